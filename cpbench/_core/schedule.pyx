@@ -22,7 +22,7 @@ import numpy as np
 
 cimport numpy as cnp
 from cpython.pycapsule cimport PyCapsule_GetPointer
-from libc.math cimport sqrt
+from libc.math cimport INFINITY, sqrt
 from libc.stdint cimport int64_t
 from numpy.random cimport bitgen_t
 
@@ -96,28 +96,52 @@ cdef inline double _ramp_time(const Params *p, double mass) noexcept nogil:
 
 cdef int64_t _fill(bitgen_t *rng, const Params *p, State *s, int64_t[::1] out,
                    int64_t limit, double duration_ns, double *ramp_mass) noexcept nogil:
-    """Write arrivals into ``out[s.n:limit]``; stop early past ``duration_ns`` (< 0: never).
+    """Write arrivals into ``out[s.n:limit]``; stop early at ``duration_ns`` (inf: never).
 
     Returns the new arrival count; the caller grows ``out`` and calls again when it is full.
+    One loop per pattern keeps the branch out of the per-arrival path (~10 ns per arrival).
     """
     cdef double t = s.t_ns
     cdef int64_t i = s.n
-    while i < limit:
-        if p.pattern == UNIFORM:
+    cdef double scale
+    if p.pattern == UNIFORM:
+        while i < limit:
             t = <double>i / p.rate_per_ns
-        elif p.pattern == POISSON:
-            t += random_standard_exponential(rng) / p.rate_per_ns
-        elif p.pattern == GAMMA:
-            t += random_standard_gamma(rng, p.shape) / (p.shape * p.rate_per_ns)
-        elif p.pattern == BURST:
+            if t >= duration_ns:
+                break
+            out[i] = <int64_t>(t + 0.5)
+            i += 1
+    elif p.pattern == POISSON:
+        scale = 1.0 / p.rate_per_ns
+        while i < limit:
+            t += random_standard_exponential(rng) * scale
+            if t >= duration_ns:
+                break
+            out[i] = <int64_t>(t + 0.5)
+            i += 1
+    elif p.pattern == GAMMA:
+        scale = 1.0 / (p.shape * p.rate_per_ns)
+        while i < limit:
+            t += random_standard_gamma(rng, p.shape) * scale
+            if t >= duration_ns:
+                break
+            out[i] = <int64_t>(t + 0.5)
+            i += 1
+    elif p.pattern == BURST:
+        while i < limit:
             t = _next_burst(rng, p, t)
-        else:
+            if t >= duration_ns:
+                break
+            out[i] = <int64_t>(t + 0.5)
+            i += 1
+    else:
+        while i < limit:
             ramp_mass[0] += random_standard_exponential(rng)
             t = _ramp_time(p, ramp_mass[0])
-        if duration_ns >= 0.0 and t >= duration_ns:
-            break
-        out[i] = <int64_t>(t + 0.5)
-        i += 1
+            if t >= duration_ns:
+                break
+            out[i] = <int64_t>(t + 0.5)
+            i += 1
     s.t_ns = t
     s.n = i
     return i
@@ -182,7 +206,7 @@ cdef object _generate(Params p, object count, double duration_ns, double mean_ra
         out = np.empty(limit, dtype=np.int64)
         view = out
         with nogil:
-            _fill(rng, &p, &s, view, limit, -1.0, &ramp_mass)
+            _fill(rng, &p, &s, view, limit, INFINITY, &ramp_mass)
         return out
     expected_f = mean_rate_per_ns * duration_ns
     if expected_f > MAX_ARRIVALS:
