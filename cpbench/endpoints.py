@@ -1,0 +1,182 @@
+"""OpenAI request bodies and response parsing for chat, completions and embeddings.
+
+The dispatcher calls these on its hot path, so they work on ``bytes`` with C-speed
+``find``/``count`` instead of ``json.loads`` per chunk: a streamed response is scanned one
+read at a time for content events, and token counts come from the final ``usage`` chunk
+(``stream_options.include_usage``) where the server sends one. This module imports nothing of
+cpbench above it; it hands the dispatcher request bytes and a few integers per read.
+"""
+from __future__ import annotations
+
+import json
+
+from cpbench.prompts import build_prompt
+
+KINDS = ("chat", "completion", "embedding")
+PATHS = {
+    "chat": "/v1/chat/completions",
+    "completion": "/v1/completions",
+    "embedding": "/v1/embeddings",
+}
+HINTS = ("sagellm", "vllm", "none")
+# vLLM's `priority`: a lower value is scheduled earlier.
+VLLM_PRIORITY = {"HIGH": 0, "NORMAL": 1, "LOW": 2}
+
+# Content markers, with and without the space some servers put after the colon.
+_CHAT_CONTENT = (b'"content":"', b'"content": "')
+_CHAT_EMPTY = (b'"content":""', b'"content": ""')
+_TEXT_CONTENT = (b'"text":"', b'"text": "')
+_TEXT_EMPTY = (b'"text":""', b'"text": ""')
+_USAGE = (b'"usage":{', b'"usage": {')
+
+
+def _json_str(text: str) -> str:
+    # Built prompts are plain ASCII words: quoting them directly skips json.dumps.
+    if text.isascii() and text.isprintable() and '"' not in text and "\\" not in text:
+        return f'"{text}"'
+    return json.dumps(text)
+
+
+def request_body(
+    kind: str,
+    model_json: str,
+    row: int,
+    input_tokens: int,
+    output_tokens: int | None,
+    batch_size: int,
+    prompt: str | None,
+    priority: str,
+    hints: str,
+) -> bytes:
+    """The JSON body of one request, as bytes.
+
+    ``model_json`` is the model name already JSON-quoted (the caller caches it per model).
+    ``prompt`` null means a prompt of ``input_tokens`` words built by
+    :func:`cpbench.prompts.build_prompt`, tagged with the trace ``row``.
+    """
+    extra = f',"priority":{VLLM_PRIORITY.get(priority, 1)}' if hints == "vllm" else ""
+    if kind == "embedding":
+        text = _json_str(build_prompt(input_tokens, row) if prompt is None else prompt)
+        inputs = ",".join([text] * max(int(batch_size), 1))
+        return f'{{"model":{model_json},"input":[{inputs}]{extra}}}'.encode()
+    text = _json_str(build_prompt(input_tokens, row) if prompt is None else prompt)
+    max_tokens = "" if output_tokens is None else f',"max_tokens":{int(output_tokens)}'
+    if kind == "chat":
+        head = f'{{"model":{model_json},"messages":[{{"role":"user","content":{text}}}]'
+    else:
+        head = f'{{"model":{model_json},"prompt":{text}'
+    return (head + max_tokens
+            + ',"stream":true,"stream_options":{"include_usage":true}' + extra + "}").encode()
+
+
+def header_block(
+    kind: str, host: str, *, bearer: str | None, request_id: str | None,
+    priority: str, deadline_ms: float | None, hints: str,
+) -> bytes:
+    """HTTP/1.1 request line and headers up to (not including) ``Content-Length``."""
+    lines = [f"POST {PATHS[kind]} HTTP/1.1", f"Host: {host}",
+             "Content-Type: application/json", "Accept: */*"]
+    if bearer:
+        lines.append(f"Authorization: Bearer {bearer}")
+    if hints == "sagellm":
+        if request_id is not None:
+            lines.append(f"X-Request-ID: {request_id}")
+        lines.append(f"X-Request-Priority: {priority}")
+        if deadline_ms is not None:
+            lines.append(f"X-SLO-Deadline-Ms: {deadline_ms:g}")
+    return ("\r\n".join(lines) + "\r\n").encode("latin-1")
+
+
+def int_after(buf: bytes, key: bytes, start: int = 0) -> int | None:
+    """The non-negative integer that follows ``key`` in ``buf`` (spaces allowed), else None."""
+    i = buf.find(key, start)
+    if i < 0:
+        return None
+    i += len(key)
+    n = len(buf)
+    while i < n and buf[i] == 32:
+        i += 1
+    j = i
+    while j < n and 48 <= buf[j] <= 57:
+        j += 1
+    return int(buf[i:j]) if j > i else None
+
+
+class StreamScan:
+    """Incremental scan of one SSE body: content events, the usage event, ``[DONE]``.
+
+    One instance lives on each connection and is ``reset`` per request, so a request costs no
+    new Python objects. ``feed`` takes the body bytes of one socket read and returns how many
+    content events (tokens, as the server chunked them) completed in it.
+    """
+
+    __slots__ = ("_tail", "_content", "_empty", "usage", "done", "error")
+
+    def __init__(self) -> None:
+        self._tail = b""
+        self._content = _CHAT_CONTENT
+        self._empty = _CHAT_EMPTY
+        self.usage: bytes | None = None
+        self.done = False
+        self.error: bytes | None = None
+
+    def reset(self, kind: str) -> None:
+        """Prepare for a new response of ``kind`` (``chat`` or ``completion``)."""
+        self._tail = b""
+        if kind == "chat":
+            self._content, self._empty = _CHAT_CONTENT, _CHAT_EMPTY
+        else:
+            self._content, self._empty = _TEXT_CONTENT, _TEXT_EMPTY
+        self.usage = None
+        self.done = False
+        self.error = None
+
+    def feed(self, data: bytes) -> int:
+        """Scan ``data`` (body bytes); return the number of content events completed in it."""
+        if self._tail:
+            data = self._tail + data
+        # Only whole events are scanned; a partial one waits for the next read.
+        cut_lf = data.rfind(b"\n\n")
+        cut_crlf = data.rfind(b"\r\n\r\n")
+        cut = max(cut_lf + 2 if cut_lf >= 0 else -1, cut_crlf + 4 if cut_crlf >= 0 else -1)
+        if cut < 0:
+            self._tail = data
+            return 0
+        seg = data[:cut] if cut < len(data) else data
+        self._tail = data[cut:] if cut < len(data) else b""
+        c, e = self._content, self._empty
+        tokens = seg.count(c[0]) + seg.count(c[1]) - seg.count(e[0]) - seg.count(e[1])
+        for marker in _USAGE:
+            i = seg.rfind(marker)
+            if i >= 0:
+                start = seg.rfind(b"data:", 0, i)
+                end = seg.find(b"\n", i)
+                self.usage = seg[start + 5 if start >= 0 else 0: end if end >= 0 else len(seg)]
+                break
+        if b"[DONE]" in seg:
+            self.done = True
+        if b'"error"' in seg and self.error is None:
+            i = seg.find(b'"error"')
+            self.error = seg[i: i + 200]
+        return tokens
+
+    def usage_tokens(self) -> tuple[int | None, int | None]:
+        """``(prompt_tokens, completion_tokens)`` from the usage event, None where absent."""
+        if self.usage is None:
+            return None, None
+        return int_after(self.usage, b'"prompt_tokens":'), int_after(
+            self.usage, b'"completion_tokens":')
+
+
+def check_embedding(body: bytes, batch_size: int) -> tuple[str | None, int | None]:
+    """Validate an embeddings response body without decoding its vectors.
+
+    Returns ``(problem, prompt_tokens)``: ``problem`` is None when the body holds one
+    ``"embedding"`` per input, else a short description for ``bad_payload``.
+    """
+    if not body.startswith(b"{"):
+        return f"embeddings body is not a JSON object: {body[:60]!r}", None
+    vectors = body.count(b'"embedding":') + body.count(b'"embedding" :')
+    if vectors != max(int(batch_size), 1):
+        return f"embeddings body has {vectors} vectors for {batch_size} inputs", None
+    return None, int_after(body, b'"prompt_tokens":')
