@@ -1,0 +1,328 @@
+"""Bokeh figures of one run, grouped into report sections.
+
+Takes a ``RunData`` (aggregates only: timeslice series, quantile functions, small tables) and
+hands ``html.py`` a list of ``Section``s, each a title, its figures and plain notes. Time plots
+share one x range so zooming one zooms all; every figure has a hover tool and legends that hide
+a series on click. Strings from traces or servers only reach Bokeh as data, which Bokeh
+serialises as escaped JSON and draws on a canvas, never as HTML.
+"""
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+
+import numpy as np
+from bokeh.models import ColumnDataSource, DataRange1d, FactorRange, HoverTool, Model
+from bokeh.palettes import Category10_10
+from bokeh.plotting import figure
+
+from cpbench.report.load import LADDER_PERCENTS, Distribution, RunData
+
+PLOT_HEIGHT = 300
+TOOLS = "pan,wheel_zoom,box_zoom,reset,save"
+SENT_COLOR, INTENDED_COLOR = Category10_10[0], Category10_10[1]
+LATENCY_TITLES = {"ttft": "Time to first token", "e2e": "End-to-end latency",
+                  "itl": "Inter-token latency", "dispatch_lag": "Dispatch lag"}
+
+
+@dataclass
+class Section:
+    """One block of the report: a heading, its figures in order, and plain-text notes."""
+
+    title: str
+    figures: list[Model] = field(default_factory=list)
+    notes: list[str] = field(default_factory=list)
+
+
+def new_figure(title: str, *, x_label: str = "", y_label: str = "", x_range=None,
+               x_axis_type: str = "linear", y_axis_type: str = "linear", **kwargs) -> figure:
+    """A figure in the report's style (stretches to the page width)."""
+    opts = {"x_range": x_range} if x_range is not None else {}
+    fig = figure(title=title, height=PLOT_HEIGHT, sizing_mode="stretch_width", tools=TOOLS,
+                 x_axis_type=x_axis_type, y_axis_type=y_axis_type, **opts, **kwargs)
+    fig.xaxis.axis_label, fig.yaxis.axis_label = x_label, y_label
+    fig.toolbar.logo = None
+    return fig
+
+
+def finish_legend(fig: figure, location: str = "top_left") -> figure:
+    """Click a legend entry to hide its series; legends outside the data keep it visible."""
+    if fig.legend:
+        fig.legend.click_policy = "hide"
+        fig.legend.location = location
+        fig.legend.background_fill_alpha = 0.6
+    return fig
+
+
+def add_lines(fig: figure, x: np.ndarray, series: list[tuple[str, np.ndarray, str]],
+              value_format: str = "{0,0.00}", unit: str = "") -> figure:
+    """Lines of ``(label, y, colour)`` over a shared ``x`` with a vertical-line hover."""
+    renderers = []
+    for label, y, color in series:
+        src = ColumnDataSource({"x": np.asarray(x, float), "y": np.asarray(y, float)})
+        renderers.append(fig.line("x", "y", source=src, legend_label=label, color=color,
+                                  line_width=2, name=label))
+    fig.add_tools(HoverTool(renderers=renderers, mode="vline", tooltips=[
+        ("series", "$name"), ("x", "@x{0,0.0}"), ("value", f"@y{value_format} {unit}".strip())]))
+    return finish_legend(fig)
+
+
+def time_figure(title: str, y_label: str, x_range) -> figure:
+    return new_figure(title, x_label="time since run start (s)", y_label=y_label,
+                      x_range=x_range)
+
+
+def histogram_edges(dists: list[Distribution], n_bins: int = 60) -> np.ndarray:
+    """Log-spaced bin edges (ms) covering every distribution's p0.1..max."""
+    lo = min(max(d.at(0.1), 1e-3) for d in dists)
+    hi = max(d.values_ms[-1] for d in dists)
+    hi = max(hi, lo * 1.01)
+    return np.logspace(np.log10(lo), np.log10(hi), n_bins + 1)
+
+
+def bin_counts(dist: Distribution, edges: np.ndarray) -> np.ndarray:
+    """Requests per bin, read off the quantile function (inverse by interpolation)."""
+    cdf_pct = np.interp(edges, dist.values_ms, dist.percents, left=0.0, right=100.0)
+    return np.diff(cdf_pct) / 100.0 * dist.count
+
+
+def distribution_figures(run: RunData, metric: str) -> list[figure]:
+    """Histogram and CDF of one latency, from-sent beside from-intended where both exist."""
+    pairs = [(f"{metric}_from_sent", "from sent", SENT_COLOR),
+             (f"{metric}_from_intended", "from intended (scheduled)", INTENDED_COLOR)]
+    if metric in run.distributions:
+        pairs = [(metric, "per request" if run.distributions[metric].source == "results"
+                  else "every gap", SENT_COLOR)]
+    present = [(run.distributions[k], label, color) for k, label, color in pairs
+               if k in run.distributions]
+    if not present:
+        return []
+    name = LATENCY_TITLES[metric]
+    edges = histogram_edges([d for d, _, _ in present])
+    hist = new_figure(f"{name}: distribution", x_label="latency (ms, log scale)",
+                      y_label="requests per bin", x_axis_type="log")
+    cdf = new_figure(f"{name}: CDF", x_label="latency (ms, log scale)",
+                     y_label="requests at or below (%)", x_axis_type="log")
+    quads, lines = [], []
+    for dist, label, color in present:
+        src = ColumnDataSource({"left": edges[:-1], "right": edges[1:],
+                                "count": bin_counts(dist, edges)})
+        quads.append(hist.quad(left="left", right="right", top="count", bottom=0, source=src,
+                               fill_color=color, fill_alpha=0.45, line_color=color,
+                               legend_label=label, name=label))
+        csrc = ColumnDataSource({"ms": dist.values_ms, "pct": dist.percents})
+        lines.append(cdf.line("ms", "pct", source=csrc, color=color, line_width=2,
+                              legend_label=label, name=label))
+    hist.add_tools(HoverTool(renderers=quads, tooltips=[
+        ("series", "$name"), ("bin (ms)", "@left{0,0.000} – @right{0,0.000}"),
+        ("requests", "@count{0,0}")]))
+    cdf.add_tools(HoverTool(renderers=lines, mode="vline", tooltips=[
+        ("series", "$name"), ("latency", "@ms{0,0.000} ms"), ("percentile", "@pct{0.000}")]))
+    return [finish_legend(hist, "top_right"), finish_legend(cdf)]
+
+
+def ladder_figure(run: RunData) -> figure | None:
+    """Latency at p50 … p99.99 for every metric, from sent and from intended."""
+    labels = [f"p{p:g}" for p in LADDER_PERCENTS]
+    fig = new_figure("Percentile ladder", x_label="percentile", y_label="latency (ms, log)",
+                     x_range=labels, y_axis_type="log")
+    renderers = []
+    present = [k for k in LADDER_ORDER if k in run.distributions]
+    for i, key in enumerate(present):
+        dist = run.distributions[key]
+        src = ColumnDataSource({"p": labels, "ms": [dist.at(p) for p in LADDER_PERCENTS]})
+        color = Category10_10[i % 10]
+        label = key.replace("_", " ")
+        renderers.append(fig.line("p", "ms", source=src, color=color, line_width=2,
+                                  legend_label=label, name=label))
+        fig.scatter("p", "ms", source=src, color=color, size=6, legend_label=label)
+    if not renderers:
+        return None
+    fig.add_tools(HoverTool(renderers=renderers, tooltips=[
+        ("series", "$name"), ("percentile", "@p"), ("latency", "@ms{0,0.000} ms")]))
+    return finish_legend(fig)
+
+
+LADDER_ORDER = ("ttft_from_sent", "ttft_from_intended", "e2e_from_sent", "e2e_from_intended",
+                "itl", "dispatch_lag")
+
+
+def attainment_figure(title: str, rows: list[tuple[tuple[str, ...], float, int, int]],
+                      colors: list[str]) -> figure:
+    """Bars of SLO attainment (%) per (nested) factor: ``(factor, percent, met, requests)``."""
+    factors = [r[0] for r in rows]
+    fig = new_figure(title, y_label="SLO attainment (%)", x_range=FactorRange(*factors),
+                     y_range=(0, 105))
+    src = ColumnDataSource({"x": factors, "pct": [r[1] for r in rows],
+                            "met": [r[2] for r in rows], "requests": [r[3] for r in rows],
+                            "color": colors})
+    bars = fig.vbar(x="x", top="pct", width=0.8, source=src, fill_color="color",
+                    line_color="color")
+    fig.add_tools(HoverTool(renderers=[bars], tooltips=[
+        ("class", "@x"), ("attainment", "@pct{0.00} %"), ("met / requests", "@met / @requests")]))
+    fig.xaxis.major_label_orientation = 0.6
+    fig.xgrid.grid_line_color = None
+    return fig
+
+
+def _rate(run: RunData, key: str) -> np.ndarray:
+    slice_s = float((run.summary.get("timeslices") or {}).get("slice_s") or 1.0)
+    return run.series.get(key, np.zeros(len(run.series.get("t_s", [])))) / slice_s
+
+
+def throughput_section(run: RunData, x_range) -> Section:
+    sec = Section("Throughput")
+    t = run.series.get("t_s")
+    if t is None or not len(t):
+        sec.notes.append("No timeslices in this run: throughput over time is not available.")
+        return sec
+    fig = time_figure("Requests per second: achieved vs scheduled", "requests/s", x_range)
+    add_lines(fig, t, [("scheduled", _rate(run, "scheduled"), Category10_10[7]),
+                       ("sent (achieved)", _rate(run, "sent"), Category10_10[0]),
+                       ("completed", _rate(run, "completed"), Category10_10[2]),
+                       ("errors", _rate(run, "errors"), Category10_10[3])], unit="req/s")
+    tok = time_figure("Output tokens per second", "tokens/s", x_range)
+    add_lines(tok, t, [("output tokens/s", _rate(run, "output_tokens"), Category10_10[4])],
+              unit="tok/s")
+    sec.figures += [fig, tok]
+    if "in_flight" in run.series:
+        fl = time_figure("Requests in flight", "requests", x_range)
+        add_lines(fl, t, [("in flight", run.series["in_flight"], Category10_10[5])])
+        sec.figures.append(fl)
+    return sec
+
+
+def latency_sections(run: RunData, x_range) -> list[Section]:
+    sec = Section("Latency distributions",
+                  notes=["From sent = service time seen after the request left the client; "
+                         "from intended = what a user waited since the trace's scheduled time, "
+                         "client lag included."])
+    for metric in ("ttft", "e2e", "itl"):
+        sec.figures += distribution_figures(run, metric)
+    if (ladder := ladder_figure(run)) is not None:
+        sec.figures.append(ladder)
+    sources = {d.source for d in run.distributions.values()}
+    if "results" in sources:
+        sec.notes.append("Some distributions are computed from results.arrow (exact); the ITL "
+                         "one then shows each request's mean gap, not every gap.")
+    over = Section("Latency over time")
+    t = run.series.get("t_s")
+    for metric in ("ttft", "e2e"):
+        keys = (f"{metric}_p50_ms", f"{metric}_p99_ms")
+        if t is not None and all(k in run.series for k in keys):
+            fig = time_figure(f"{LATENCY_TITLES[metric]} p50 / p99 per timeslice (from intended)",
+                              "ms", x_range)
+            add_lines(fig, t, [("p50", run.series[keys[0]], Category10_10[0]),
+                               ("p99", run.series[keys[1]], Category10_10[3])], unit="ms")
+            over.figures.append(fig)
+    return [sec, over]
+
+
+def slo_section(run: RunData, x_range) -> Section:
+    sec = Section("SLO attainment")
+    by_class = run.summary.get("by_class") or []
+    by_kind = run.summary.get("by_kind") or []
+    rows = [((str(c.get("kind", "?")), "all"), float(c.get("attainment", 0.0)),
+             int(c.get("slo_met", 0)), int(c.get("requests", 0))) for c in by_kind]
+    rows += [((str(c.get("kind", "?")), str(c.get("priority", "?"))),
+              float(c.get("attainment", 0.0)), int(c.get("slo_met", 0)),
+              int(c.get("requests", 0))) for c in by_class]
+    rows.sort(key=lambda r: (r[0][0], r[0][1] != "all"))
+    if rows:
+        colors = [Category10_10[7] if r[0][1] == "all" else PRIORITY_COLORS.get(r[0][1], "#777")
+                  for r in rows]
+        sec.figures.append(attainment_figure("SLO attainment per kind and priority", rows,
+                                             colors))
+    t = run.series.get("t_s")
+    if t is not None and "slo_met" in run.series:
+        fig = time_figure("Goodput over time (completed within every deadline)", "requests/s",
+                          x_range)
+        add_lines(fig, t, [("completed", _rate(run, "completed"), Category10_10[2]),
+                           ("goodput", _rate(run, "slo_met"), Category10_10[1])], unit="req/s")
+        sec.figures.append(fig)
+    return sec
+
+
+PRIORITY_COLORS = {"HIGH": Category10_10[3], "NORMAL": Category10_10[0], "LOW": Category10_10[2]}
+
+
+def hybrid_section(run: RunData, x_range) -> Section | None:
+    if len(run.kind_series) < 2 and not run.batch_table:
+        return None
+    sec = Section("Hybrid breakdown")
+    t = run.series.get("t_s")
+    if len(run.kind_series) >= 2 and t is not None:
+        fig = time_figure("Completed requests per second, per type", "requests/s", x_range)
+        add_lines(fig, t, [(kind, values, Category10_10[i % 10])
+                           for i, (kind, values) in enumerate(sorted(run.kind_series.items()))],
+                  unit="req/s")
+        sec.figures.append(fig)
+    if run.batch_table:
+        sizes = [str(r["batch_size"]) for r in run.batch_table]
+        fig = new_figure("Embedding batch efficiency: latency per input", x_range=sizes,
+                         x_label="inputs per request (batch size)",
+                         y_label="mean e2e per input (ms)")
+        src = ColumnDataSource({"size": sizes, **{k: [r[k] for r in run.batch_table]
+                                                   for k in run.batch_table[0] if k != "batch_size"}})
+        bars = fig.vbar(x="size", top="per_input_ms", width=0.7, source=src,
+                        color=Category10_10[9])
+        fig.add_tools(HoverTool(renderers=[bars], tooltips=[
+            ("batch size", "@size"), ("requests", "@requests"),
+            ("mean e2e", "@e2e_mean_ms{0,0.000} ms"), ("per input", "@per_input_ms{0,0.000} ms"),
+            ("inputs/s per stream", "@inputs_per_s_per_stream{0,0.0}")]))
+        sec.figures.append(fig)
+    return sec
+
+
+def monitor_sections(run: RunData, x_range) -> list[Section]:
+    gpu = Section("GPU")
+    server = Section("Server metrics")
+    client = Section("Client host")
+    gpu_info = ((run.summary.get("monitor") or {}).get("gpu") or {})
+    if gpu_info.get("available") is False:
+        gpu.notes.append("GPU monitoring was unavailable: "
+                         f"{gpu_info.get('reason') or 'no reason recorded'}.")
+    by_metric: dict[tuple[str, str], list[tuple[str, np.ndarray, np.ndarray]]] = {}
+    for (source, metric), (ts, vs) in sorted(run.monitor.items()):
+        group = "gpu" if source.startswith("gpu") else "client" if source == "client" else "server"
+        by_metric.setdefault((group, metric), []).append((source, ts, vs))
+    target = {"gpu": gpu, "server": server, "client": client}
+    for (group, metric), lines in by_metric.items():
+        fig = time_figure(metric, metric, x_range)
+        renderers = []
+        for i, (source, ts, vs) in enumerate(lines):
+            src = ColumnDataSource({"x": ts, "y": vs})
+            renderers.append(fig.line("x", "y", source=src, color=Category10_10[i % 10],
+                                      line_width=2, legend_label=source, name=source))
+        fig.add_tools(HoverTool(renderers=renderers, mode="vline", tooltips=[
+            ("source", "$name"), ("t", "@x{0,0.0} s"), ("value", "@y{0,0.00}")]))
+        target[group].figures.append(finish_legend(fig))
+    if not run.monitor and gpu_info.get("available") is not False:
+        server.notes.append("This run recorded no monitor.arrow (no GPU or server metrics).")
+    return [s for s in (gpu, server, client) if s.figures or s.notes]
+
+
+def lag_section(run: RunData, x_range) -> Section:
+    sec = Section("Dispatch lag (client)")
+    sec.notes.append("Dispatch lag = sent − intended: how late the client itself sent requests. "
+                     "It is the gap between latency from intended and from sent.")
+    t = run.series.get("t_s")
+    lines = [(label, run.series[key], color) for key, label, color in
+             (("lag_p50_ms", "p50", Category10_10[0]), ("lag_p99_ms", "p99", Category10_10[3]))
+             if key in run.series]
+    if t is not None and lines:
+        fig = time_figure("Dispatch lag per timeslice", "ms", x_range)
+        sec.figures.append(add_lines(fig, t, lines, value_format="{0,0.000}", unit="ms"))
+    sec.figures += distribution_figures(run, "dispatch_lag")
+    return sec
+
+
+def single_run_sections(run: RunData) -> list[Section]:
+    """Every chart section of a one-run report, time plots sharing one x range."""
+    x_range = DataRange1d()
+    sections = [throughput_section(run, x_range), *latency_sections(run, x_range),
+                slo_section(run, x_range)]
+    if (hybrid := hybrid_section(run, x_range)) is not None:
+        sections.append(hybrid)
+    sections += monitor_sections(run, x_range)
+    sections.append(lag_section(run, x_range))
+    return [s for s in sections if s.figures or s.notes]

@@ -1,0 +1,62 @@
+"""The Markdown report: the same facts and tables as the HTML one, ready for a pull request.
+
+Takes loaded runs, writes GitHub-flavoured Markdown. Cells are escaped for Markdown tables
+(pipes, newlines) and for the HTML that Markdown renderers pass through (``<``, ``>``, ``&``),
+so a model name or server error cannot inject markup.
+"""
+from __future__ import annotations
+
+from pathlib import Path
+
+from cpbench.report.load import RunData, run_labels
+from cpbench.report.tables import Table, comparison_table, run_facts_rows, run_tables
+
+_ESCAPES = {"&": "&amp;", "<": "&lt;", ">": "&gt;", "|": "\\|", "`": "\\`", "*": "\\*",
+            "_": "\\_", "[": "\\[", "]": "\\]", "\r": " ", "\n": " "}
+
+
+def md_escape(text: str) -> str:
+    """Escape one table cell or line of Markdown."""
+    return "".join(_ESCAPES.get(ch, ch) for ch in str(text))
+
+
+def md_table(table: Table) -> list[str]:
+    lines = [f"### {md_escape(table.title)}", "",
+             "| " + " | ".join(md_escape(h) for h in table.headers) + " |",
+             "|" + "|".join("---" if i == 0 else "---:" for i in range(len(table.headers))) + "|"]
+    lines += ["| " + " | ".join(md_escape(c) for c in row) + " |" for row in table.rows]
+    if table.note:
+        lines += ["", f"_{md_escape(table.note)}_"]
+    return lines + [""]
+
+
+def render_markdown(runs: list[RunData], title: str | None = None) -> str:
+    """The Markdown report of ``runs`` (several runs: a comparison)."""
+    labels = run_labels(runs)
+    if title is None:
+        title = (f"cpbench report: {runs[0].run.get('policy') or runs[0].path.name}"
+                 if len(runs) == 1 else f"cpbench comparison of {len(runs)} runs")
+    lines = [f"# {md_escape(title)}", ""]
+    if len(runs) > 1:
+        lines += md_table(comparison_table(runs, labels))
+    for run, label in zip(runs, labels):
+        lines += [f"## Run: {md_escape(label)}" if len(runs) > 1 else "## Run", ""]
+        lines += [f"> {md_escape(note)}" for note in run.notes] + ([""] if run.notes else [])
+        lines += ["| fact | value |", "|---|---|"]
+        lines += [f"| {md_escape(k)} | {md_escape(v)} |" for k, v in run_facts_rows(run)]
+        lines.append("")
+        gpu = (run.summary.get("monitor") or {}).get("gpu") or {}
+        if gpu.get("available") is False:
+            lines += [f"GPU monitoring was unavailable: "
+                      f"{md_escape(gpu.get('reason') or 'no reason recorded')}.", ""]
+        if len(runs) == 1:
+            for table in run_tables(run):
+                lines += md_table(table)
+    return "\n".join(lines).rstrip() + "\n"
+
+
+def write_markdown(runs: list[RunData], path: Path, *, title: str | None = None) -> Path:
+    """Write ``render_markdown(runs)`` to ``path`` and return it."""
+    path.parent.mkdir(parents=True, exist_ok=True)
+    path.write_text(render_markdown(runs, title), encoding="utf-8")
+    return path
