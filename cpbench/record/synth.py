@@ -1,0 +1,274 @@
+"""Synthesize a trace from a spec: arrival pattern, rate, request mix and length distributions.
+
+Arrival times come from the compiled ``cpbench._core.schedule``; everything else is drawn
+here with NumPy. Reproducibility promise: the same arguments and seed give the same table,
+and ``write_trace`` turns it into the same bytes. Each random quantity has its own stream,
+``numpy.random.SeedSequence(seed).spawn(...)[k]`` with a fixed ``k`` (``_STREAMS``), so adding
+a new quantity never shifts the existing ones.
+"""
+from __future__ import annotations
+
+import dataclasses
+import inspect
+import math
+import os
+from collections.abc import Mapping
+from typing import Any
+
+import numpy as np
+import pyarrow as pa
+
+from cpbench._core import schedule
+from cpbench.errors import ConfigError
+
+PATTERNS = ("uniform", "poisson", "gamma", "burst", "ramp")
+MODES = ("llm", "hybrid")
+DEFAULT_MODELS = {"llm": "cpbench-llm-7b", "embedding": "cpbench-embed"}
+DEFAULT_SLO_E2E_MS = {"llm": 5000.0, "embedding": 500.0}
+DEFAULT_PRIORITY_MIX = {"HIGH": 0.2, "NORMAL": 0.6, "LOW": 0.2}
+
+# Stream index per random quantity: fixed forever (append, never reorder).
+_STREAMS = ("arrivals", "kind", "llm_kind", "priority", "input_tokens", "output_tokens",
+            "embed_batch", "embed_tokens")
+
+
+@dataclasses.dataclass(frozen=True)
+class LengthSpec:
+    """A distribution of positive integers: token lengths or batch sizes.
+
+    ``dist`` is ``fixed`` (``a``), ``uniform`` (integers in [a, b]), ``lognormal`` (median
+    ``a``, sigma ``b``) or ``empirical`` (resample the values of ``path``'s ``column``).
+    Every draw is clipped to [``low``, ``high``].
+    """
+
+    dist: str
+    a: float = 0.0
+    b: float = 0.0
+    low: int = 1
+    high: int = 1_000_000
+    path: str = ""
+    column: str = "input_tokens"
+
+    def sample(self, rng: np.random.Generator, n: int) -> np.ndarray:
+        """``n`` draws as int64."""
+        if self.dist == "fixed":
+            values = np.full(n, self.a)
+        elif self.dist == "uniform":
+            values = rng.integers(int(self.a), int(self.b), size=n, endpoint=True)
+        elif self.dist == "lognormal":
+            values = np.rint(self.a * np.exp(self.b * rng.standard_normal(n)))
+        else:
+            pool = _empirical_pool(self.path, self.column)
+            values = pool[rng.integers(0, len(pool), size=n)]
+        return np.clip(values, self.low, self.high).astype(np.int64)
+
+    def describe(self) -> str:
+        """The spec in the string form ``parse_length`` reads."""
+        if self.dist == "fixed":
+            return f"fixed:{self.a:g}"
+        if self.dist == "uniform":
+            return f"uniform:{self.a:g},{self.b:g}"
+        if self.dist == "lognormal":
+            return f"lognormal:{self.a:g},{self.b:g},{self.high}"
+        return f"empirical:{self.path}:{self.column}"
+
+
+def parse_length(text: str | LengthSpec, *, what: str, low: int = 1,
+                 high: int = 1_000_000) -> LengthSpec:
+    """Parse ``fixed:N``, ``uniform:A,B``, ``lognormal:MEDIAN,SIGMA[,MAX]`` or
+    ``empirical:PATH[:COLUMN]`` (PATH: a cpbench trace, an Azure CSV or a Mooncake JSONL;
+    COLUMN: ``input_tokens`` or ``output_tokens``). A bare integer means ``fixed``."""
+    if isinstance(text, LengthSpec):
+        return text
+    raw = str(text).strip()
+    name, _, rest = raw.partition(":")
+    if not rest and name.isdigit():
+        name, rest = "fixed", name
+    try:
+        if name == "empirical":
+            path, _, column = rest.rpartition(":") if rest.endswith(
+                (":input_tokens", ":output_tokens")) else (rest, "", "")
+            return LengthSpec("empirical", path=path or rest, column=column or "input_tokens",
+                              low=low, high=high)
+        nums = [float(x) for x in rest.split(",")] if rest else []
+        if name == "fixed" and len(nums) == 1 and nums[0] >= low:
+            return LengthSpec("fixed", nums[0], low=low, high=high)
+        if name == "uniform" and len(nums) == 2 and low <= nums[0] <= nums[1]:
+            return LengthSpec("uniform", nums[0], nums[1], low=low, high=high)
+        if name == "lognormal" and len(nums) in (2, 3) and nums[0] > 0 and nums[1] >= 0:
+            cap = int(nums[2]) if len(nums) == 3 else high
+            return LengthSpec("lognormal", nums[0], nums[1], low=low, high=min(cap, high))
+    except ValueError:
+        pass
+    raise ConfigError(f"{what} must be fixed:N, uniform:A,B, lognormal:MEDIAN,SIGMA[,MAX] or "
+                      f"empirical:PATH[:COLUMN] with values >= {low}; got {raw!r}")
+
+
+_POOLS: dict[tuple[str, str], np.ndarray] = {}
+
+
+def _empirical_pool(path: str, column: str) -> np.ndarray:
+    key = (os.path.abspath(path), column)
+    if key not in _POOLS:
+        from cpbench.record import importers  # late: importers is heavier and optional here
+        table = importers.load_any(path)
+        values = table.column(column).drop_null().to_numpy()
+        if values.size == 0:
+            raise ConfigError(f"empirical length source {path} has no {column} values")
+        _POOLS[key] = values.astype(np.int64)
+    return _POOLS[key]
+
+
+def arrivals(pattern: str, *, rate_rps: float, requests: int | None, duration_s: float | None,
+             seed: np.random.SeedSequence, shape: float = 1.0, burst_rps: float | None = None,
+             burst_s: float = 1.0, period_s: float = 10.0,
+             end_rps: float | None = None) -> np.ndarray:
+    """Arrival offsets (int64 ns) for a pattern; ``burst`` uses ``rate_rps`` as the base rate
+    between bursts and ``ramp`` moves from ``rate_rps`` to ``end_rps``."""
+    if pattern not in PATTERNS:
+        raise ConfigError(f"--pattern must be one of {', '.join(PATTERNS)}; got {pattern!r}")
+    extent = {"count": requests, "duration_s": duration_s}
+    try:
+        if pattern == "uniform":
+            return schedule.uniform(rate_rps, **extent)
+        if pattern == "poisson":
+            return schedule.poisson(rate_rps, **extent, seed=seed)
+        if pattern == "gamma":
+            return schedule.gamma(rate_rps, shape, **extent, seed=seed)
+        if pattern == "burst":
+            if burst_rps is None:
+                raise ConfigError("--pattern burst needs --burst-rps (the rate inside a burst)")
+            return schedule.burst(rate_rps, burst_rps, burst_s, period_s, **extent, seed=seed)
+        if end_rps is None:
+            raise ConfigError("--pattern ramp needs --end-rps (the rate at the end)")
+        return schedule.ramp(rate_rps, end_rps, **extent, seed=seed)
+    except ValueError as exc:
+        if isinstance(exc, ConfigError):
+            raise
+        raise ConfigError(f"pattern {pattern}: {exc}") from None
+
+
+def _check_mix(mix: Mapping[str, float], allowed: tuple[str, ...], what: str) -> np.ndarray:
+    unknown = set(mix) - set(allowed)
+    weights = np.array([float(mix.get(k, 0.0)) for k in allowed])
+    if unknown or (weights < 0).any() or not math.isfinite(weights.sum()) or weights.sum() <= 0:
+        raise ConfigError(f"{what} takes weights >= 0 for {', '.join(allowed)} with a positive "
+                          f"sum; got {dict(mix)!r}")
+    return weights / weights.sum()
+
+
+def _check_fraction(name: str, value: float) -> float:
+    v = float(value)
+    if not 0.0 <= v <= 1.0:
+        raise ConfigError(f"{name} must be in [0, 1]; got {value!r}")
+    return v
+
+
+def synthesize(*, pattern: str = "poisson", rate_rps: float, requests: int | None = None,
+               duration_s: float | None = None, mode: str = "llm", llm_ratio: float = 1.0,
+               chat_share: float = 1.0, priority_mix: Mapping[str, float] | None = None,
+               input_tokens: str | LengthSpec = "lognormal:256,0.8,4096",
+               output_tokens: str | LengthSpec = "lognormal:128,0.6,1024",
+               embed_tokens: str | LengthSpec = "lognormal:96,0.5,512",
+               embed_batch: str | LengthSpec = "uniform:1,16",
+               slo_e2e_ms: Mapping[str, float] | None = None,
+               slo_ttft_ms: Mapping[str, float | None] | None = None,
+               models: Mapping[str, str] | None = None, seed: int,
+               shape: float = 1.0, burst_rps: float | None = None, burst_s: float = 1.0,
+               period_s: float = 10.0, end_rps: float | None = None) -> pa.Table:
+    """A synthetic trace as a table (write it with ``cpbench.trace.write_trace``).
+
+    Parameters
+    ----------
+    pattern, rate_rps, requests, duration_s, shape, burst_rps, burst_s, period_s, end_rps
+        The arrival process (see ``arrivals``); exactly one of ``requests``/``duration_s``.
+    mode
+        ``llm`` (every request chat/completion) or ``hybrid`` (``llm_ratio`` of them LLM, the
+        rest embeddings).
+    chat_share
+        Fraction of LLM requests that are ``chat``; the rest are ``completion``.
+    priority_mix
+        Weights per priority, default HIGH 0.2, NORMAL 0.6, LOW 0.2.
+    input_tokens, output_tokens, embed_tokens, embed_batch
+        Length specs (``parse_length``): LLM prompt and ``max_tokens``, tokens per embedding
+        text, texts per embedding request.
+    slo_e2e_ms, slo_ttft_ms
+        Deadlines per class ``llm``/``embedding``; defaults: e2e LLM 5000 ms, embedding
+        500 ms; no TTFT deadline.
+    models
+        Model names per class ``llm``/``embedding``.
+    seed
+        Required; see the module's reproducibility promise.
+    """
+    if mode not in MODES:
+        raise ConfigError(f"--mode must be one of {', '.join(MODES)}; got {mode!r}")
+    if isinstance(seed, bool) or not isinstance(seed, (int, np.integer)) or seed < 0:
+        raise ConfigError(f"--seed must be a non-negative integer; got {seed!r}")
+    llm_ratio = 1.0 if mode == "llm" else _check_fraction("--llm-ratio", llm_ratio)
+    chat_share = _check_fraction("--chat-share", chat_share)
+    prio_p = _check_mix(priority_mix or DEFAULT_PRIORITY_MIX, ("HIGH", "NORMAL", "LOW"),
+                        "--priority-mix")
+    specs = {
+        "input_tokens": parse_length(input_tokens, what="--input-tokens"),
+        "output_tokens": parse_length(output_tokens, what="--output-tokens"),
+        "embed_tokens": parse_length(embed_tokens, what="--embed-tokens"),
+        "embed_batch": parse_length(embed_batch, what="--embed-batch", high=100_000),
+    }
+    names = {**DEFAULT_MODELS, **(models or {})}
+    e2e = {**DEFAULT_SLO_E2E_MS, **(slo_e2e_ms or {})}
+    ttft = {"llm": None, "embedding": None, **(slo_ttft_ms or {})}
+    streams = dict(zip(_STREAMS, np.random.SeedSequence(int(seed)).spawn(len(_STREAMS))))
+    rngs = {k: np.random.Generator(np.random.PCG64(v)) for k, v in streams.items()}
+    t = arrivals(pattern, rate_rps=rate_rps, requests=requests, duration_s=duration_s,
+                 seed=streams["arrivals"], shape=shape, burst_rps=burst_rps, burst_s=burst_s,
+                 period_s=period_s, end_rps=end_rps)
+    n = len(t)
+    if n == 0:
+        raise ConfigError("the spec produced no requests; raise --rate or --duration-s")
+    is_llm = rngs["kind"].random(n) < llm_ratio
+    is_chat = rngs["llm_kind"].random(n) < chat_share
+    kind = np.where(is_llm, np.where(is_chat, "chat", "completion"), "embedding")
+    prio = np.array(["HIGH", "NORMAL", "LOW"])[rngs["priority"].choice(3, size=n, p=prio_p)]
+    draw = {k: specs[k].sample(rngs[k], n) for k in specs}
+    tin = np.where(is_llm, draw["input_tokens"], draw["embed_tokens"])
+    e2e_col = np.where(is_llm, e2e["llm"], e2e["embedding"]).astype(np.float32)
+    ttft_col = [ttft["llm"] if x else ttft["embedding"] for x in is_llm] \
+        if (ttft["llm"] is not None or ttft["embedding"] is not None) else None
+    table = pa.table({
+        "arrival_ns": pa.array(t, pa.int64()),
+        "kind": pa.array(kind).dictionary_encode(),
+        "model": pa.array(np.where(is_llm, names["llm"], names["embedding"])).dictionary_encode(),
+        "input_tokens": pa.array(tin, pa.int32()),
+        "output_tokens": pa.array(draw["output_tokens"], pa.int32(), mask=~is_llm),
+        "batch_size": pa.array(np.where(is_llm, 1, draw["embed_batch"]), pa.int16()),
+        "priority": pa.array(prio).dictionary_encode(),
+        "slo_ttft_ms": pa.array(ttft_col, pa.float32()) if ttft_col is not None
+        else pa.nulls(n, pa.float32()),
+        "slo_e2e_ms": pa.array(e2e_col, pa.float32()),
+    })
+    return table
+
+
+def synth_params(**kwargs: Any) -> dict[str, Any]:
+    """The JSON-able parameter record stored in a synthetic trace's metadata."""
+    out = {}
+    for key, value in sorted(kwargs.items()):
+        if isinstance(value, LengthSpec):
+            value = value.describe()
+        elif isinstance(value, Mapping):
+            value = dict(value)
+        out[key] = value
+    return out
+
+
+def synth_to_file(path: str, **kwargs: Any) -> pa.Table:
+    """``synthesize(**kwargs)`` written to ``path`` with its parameters and seed as metadata."""
+    from cpbench.trace import write_trace
+    table = synthesize(**kwargs)
+    # Record every effective parameter, defaults included, so the metadata alone rebuilds it.
+    bound = inspect.signature(synthesize).bind(**kwargs)
+    bound.apply_defaults()
+    params = synth_params(**{k: v for k, v in bound.arguments.items() if k != "seed"})
+    write_trace(table, path, metadata={"generator": "cpbench record synth", "params": params,
+                                       "seed": kwargs.get("seed"), "source": "synthetic"})
+    return table
