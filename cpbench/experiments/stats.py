@@ -1,0 +1,400 @@
+"""Statistics of multi-run experiments: paired policy differences, repeat spread, the knee.
+
+Owns the arithmetic only — no server, no files beyond reading ``results.arrow``. Hands the
+experiment drivers (``compare``, ``sweep``) plain dicts ready for ``comparison.json``:
+
+- :func:`load_run` reads one result directory into per-request NumPy arrays;
+- :func:`paired_comparison` joins several policies' runs of the *same trace* on the trace
+  ``row`` and, per kind and priority, bootstraps (``scipy.stats.bootstrap``, seeded) confidence
+  intervals of the candidate-minus-baseline difference in SLO attainment and in latency
+  percentiles. A difference whose interval contains 0 is marked ``indistinguishable``;
+- :func:`repeat_spread` summarises each metric across ``--repeat`` runs of one policy;
+- :func:`find_knee` brackets and bisects the rate at which SLO attainment falls below a target.
+
+Percentiles are percents in [0, 100]; attainment is a percent; latencies are milliseconds
+(display units — the result columns are nanoseconds).
+"""
+from __future__ import annotations
+
+import math
+import warnings
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import numpy as np
+import pyarrow as pa
+import pyarrow.ipc as ipc
+import scipy.stats
+
+from cpbench.errors import ConfigError
+
+NS_PER_MS = 1_000_000
+KINDS = ("chat", "completion", "embedding")
+PRIORITIES = ("HIGH", "NORMAL", "LOW")
+LATENCY_METRICS = ("ttft_from_intended", "e2e_from_intended")
+LATENCY_PERCENTS = (50.0, 99.0)
+# Bound on resample elements held at once (batch x rows): keeps a 10^6-row bootstrap in memory.
+_BOOTSTRAP_ELEMENTS = 20_000_000
+
+
+@dataclass
+class RunArrays:
+    """One run's non-warm-up requests, sorted by trace row."""
+
+    path: Path
+    row: np.ndarray          # int64
+    kind: np.ndarray         # object (str)
+    priority: np.ndarray     # object (str)
+    slo_met: np.ndarray      # bool
+    latency_ms: dict[str, np.ndarray] = field(default_factory=dict)  # NaN = no value (failed)
+
+
+def load_run(result_dir: str | Path) -> RunArrays:
+    """Read ``results.arrow`` of one run; raises ``ConfigError`` when it is missing or unreadable.
+
+    Latency is measured from the *intended* send time (what a user waited); a failed request has
+    NaN latencies and ``slo_met`` False, exactly as the result file says.
+    """
+    path = Path(result_dir)
+    file = path / "results.arrow"
+    try:
+        with pa.memory_map(str(file)) as source:
+            table = ipc.open_file(source).read_all()
+    except (OSError, pa.ArrowInvalid) as exc:
+        raise ConfigError(f"cannot read {str(file)!r}: {exc}; is {str(path)!r} a result "
+                          f"directory written by cpbench replay?") from exc
+    missing = [c for c in ("row", "kind", "priority", "intended_ns", "first_token_ns",
+                           "done_ns", "slo_met", "warmup") if c not in table.column_names]
+    if missing:
+        raise ConfigError(f"{str(file)!r} lacks column(s) {missing}; it was not written by this "
+                          f"version of cpbench replay")
+    warm = table.column("warmup").to_numpy(zero_copy_only=False).astype(bool)
+    table = table.filter(pa.array(~warm))
+    order = np.argsort(table.column("row").to_numpy(), kind="stable")
+    table = table.take(pa.array(order))
+    intended = table.column("intended_ns").to_numpy().astype(np.int64)
+    first_token = table.column("first_token_ns").fill_null(-1).to_numpy().astype(np.float64)
+    done = table.column("done_ns").fill_null(-1).to_numpy().astype(np.float64)
+    ttft = np.where(first_token >= 0, (first_token - intended) / NS_PER_MS, np.nan)
+    e2e = np.where(done >= 0, (done - intended) / NS_PER_MS, np.nan)
+    if "error_class" in table.column_names:
+        errored = table.column("error_class").is_valid().to_numpy(zero_copy_only=False)
+        ttft = np.where(errored, np.nan, ttft)
+        e2e = np.where(errored, np.nan, e2e)
+    return RunArrays(
+        path=path,
+        row=table.column("row").to_numpy().astype(np.int64),
+        kind=np.asarray(table.column("kind").cast(pa.string()).to_pylist(), dtype=object),
+        priority=np.asarray(table.column("priority").cast(pa.string()).to_pylist(), dtype=object),
+        slo_met=table.column("slo_met").to_numpy(zero_copy_only=False).astype(bool),
+        latency_ms={"ttft_from_intended": ttft, "e2e_from_intended": e2e},
+    )
+
+
+def run_metrics(run: RunArrays, mask: np.ndarray | None = None) -> dict[str, float]:
+    """Attainment (percent) and latency percentiles (ms) of one run, or of ``mask``'s rows."""
+    m = np.ones(len(run.row), dtype=bool) if mask is None else mask
+    out: dict[str, float] = {"requests": int(m.sum())}
+    out["slo_attainment_pct"] = float(100.0 * run.slo_met[m].mean()) if m.any() else math.nan
+    for metric in LATENCY_METRICS:
+        values = run.latency_ms[metric][m]
+        values = values[np.isfinite(values)]
+        for p in LATENCY_PERCENTS:
+            key = f"{metric}_p{p:g}_ms"
+            out[key] = float(np.percentile(values, p)) if values.size else math.nan
+    return out
+
+
+def metric_names() -> list[str]:
+    """The per-run metric keys, in display order."""
+    names = ["slo_attainment_pct"]
+    names += [f"{m}_p{p:g}_ms" for m in LATENCY_METRICS for p in LATENCY_PERCENTS]
+    return names
+
+
+def higher_is_better(metric: str) -> bool:
+    """Attainment improves upward; every latency improves downward."""
+    return metric.startswith("slo_attainment")
+
+
+def repeat_spread(values: Sequence[float]) -> dict[str, float]:
+    """Mean, sample standard deviation, min and max of one metric across repeats."""
+    v = np.asarray([x for x in values if x is not None and math.isfinite(x)], dtype=float)
+    if v.size == 0:
+        return {"n": 0, "mean": math.nan, "std": math.nan, "min": math.nan, "max": math.nan}
+    std = float(v.std(ddof=1)) if v.size > 1 else 0.0
+    return {"n": int(v.size), "mean": float(v.mean()), "std": std,
+            "min": float(v.min()), "max": float(v.max())}
+
+
+def _batch(n_rows: int) -> int:
+    return max(1, _BOOTSTRAP_ELEMENTS // max(n_rows, 1))
+
+
+def bootstrap_mean_ci(diff: np.ndarray, *, confidence: float, n_resamples: int,
+                      rng: np.random.Generator) -> tuple[float, float]:
+    """Percentile-bootstrap interval of ``mean(diff)``; exact when every difference is equal.
+
+    The percentile method, not scipy's default BCa: BCa's jackknife holds an n x (n-1) array,
+    impossible for the 10^5-row runs a comparison sees.
+    """
+    if diff.size == 0:
+        return (math.nan, math.nan)
+    if diff.size == 1 or np.ptp(diff) == 0:
+        # scipy warns on a degenerate sample; the interval is the single value.
+        return (float(diff[0]), float(diff[0]))
+    res = scipy.stats.bootstrap((diff,), np.mean, n_resamples=n_resamples, vectorized=True,
+                                method="percentile", confidence_level=confidence,
+                                batch=_batch(diff.size), rng=rng)
+    return (float(res.confidence_interval.low), float(res.confidence_interval.high))
+
+
+def bootstrap_percentile_diff_ci(base: np.ndarray, cand: np.ndarray, percents: Sequence[float],
+                                 *, confidence: float, n_resamples: int,
+                                 rng: np.random.Generator) -> list[tuple[float, float]]:
+    """Paired bootstrap intervals of ``percentile(cand, p) - percentile(base, p)`` per ``p``.
+
+    Rows are resampled together (``paired=True``) so the request-to-request variation both
+    policies share cancels out of the difference.
+    """
+    if base.size < 2:
+        return [(math.nan, math.nan) for _ in percents]
+    q = np.asarray(percents, dtype=float)
+
+    def stat(a: np.ndarray, b: np.ndarray, axis: int = -1) -> np.ndarray:
+        return np.percentile(b, q, axis=axis) - np.percentile(a, q, axis=axis)
+
+    res = scipy.stats.bootstrap((base, cand), stat, paired=True, vectorized=True,
+                                n_resamples=n_resamples, method="percentile",
+                                confidence_level=confidence, batch=_batch(base.size), rng=rng)
+    low = np.atleast_1d(res.confidence_interval.low)
+    high = np.atleast_1d(res.confidence_interval.high)
+    return [(float(lo), float(hi)) for lo, hi in zip(low, high)]
+
+
+def verdict(metric: str, ci: tuple[float, float]) -> str:
+    """``better`` / ``worse`` for the candidate, ``indistinguishable`` when the CI holds 0."""
+    low, high = ci
+    if not (math.isfinite(low) and math.isfinite(high)):
+        return "insufficient data"
+    if low <= 0.0 <= high:
+        return "indistinguishable"
+    up = low > 0.0
+    return "better" if up == higher_is_better(metric) else "worse"
+
+
+def _groups(kind: np.ndarray, priority: np.ndarray) -> list[tuple[str, str, np.ndarray]]:
+    """(kind, priority, mask) for all rows, each kind, and each kind x priority present."""
+    out = [("all", "all", np.ones(len(kind), dtype=bool))]
+    for k in KINDS:
+        km = kind == k
+        if not km.any():
+            continue
+        out.append((k, "all", km))
+        for p in PRIORITIES:
+            pm = km & (priority == p)
+            if pm.any():
+                out.append((k, p, pm))
+    return out
+
+
+def _per_row(runs: Sequence[RunArrays], rows: np.ndarray) -> tuple[np.ndarray, dict]:
+    """Per-row SLO-met fraction and mean latency across the repeats of one policy."""
+    met = np.zeros(len(rows))
+    sums = {m: np.zeros(len(rows)) for m in LATENCY_METRICS}
+    counts = {m: np.zeros(len(rows)) for m in LATENCY_METRICS}
+    for run in runs:
+        idx = np.searchsorted(run.row, rows)
+        met += run.slo_met[idx]
+        for m in LATENCY_METRICS:
+            v = run.latency_ms[m][idx]
+            ok = np.isfinite(v)
+            sums[m][ok] += v[ok]
+            counts[m][ok] += 1
+    lat = {m: np.where(counts[m] > 0, sums[m] / np.maximum(counts[m], 1), np.nan)
+           for m in LATENCY_METRICS}
+    return met / len(runs), lat
+
+
+def _repeat_p_value(a: Sequence[float], b: Sequence[float]) -> float | None:
+    """Welch's t-test of run-level values across repeats; None with fewer than 2 repeats each."""
+    a = np.asarray([x for x in a if math.isfinite(x)])
+    b = np.asarray([x for x in b if math.isfinite(x)])
+    if a.size < 2 or b.size < 2:
+        return None
+    if a.std() == 0 and b.std() == 0:
+        return 1.0 if a.mean() == b.mean() else 0.0
+    with warnings.catch_warnings():
+        # Identical values within one policy's repeats make scipy warn about precision.
+        warnings.simplefilter("ignore", RuntimeWarning)
+        return float(scipy.stats.ttest_ind(a, b, equal_var=False).pvalue)
+
+
+def paired_comparison(runs: dict[str, list[RunArrays]], *, baseline: str,
+                      confidence: float = 0.95, n_resamples: int = 1000,
+                      seed: int = 0) -> dict:
+    """Compare every policy with ``baseline`` request by request (joined on the trace ``row``).
+
+    Parameters
+    ----------
+    runs
+        Policy name → its runs of one trace (several with ``--repeat``), in display order.
+    baseline
+        The policy the others are compared with.
+    confidence, n_resamples, seed
+        Bootstrap confidence level in (0, 1), resample count, and the seed of the one generator
+        every interval draws from (same inputs and seed → same intervals).
+
+    Returns
+    -------
+    dict
+        ``paired_rows``, ``unpaired_rows`` (per policy: rows missing from some run),
+        ``policies`` (per policy and group: each metric's spread across repeats) and
+        ``differences`` (per policy, group and metric: baseline, candidate, difference, CI,
+        ``repeat_p_value`` and ``verdict``: better, worse, indistinguishable, insufficient data).
+    """
+    if baseline not in runs:
+        raise ConfigError(f"baseline policy {baseline!r} is not among the compared policies "
+                          f"{list(runs)}")
+    if not 0.0 < confidence < 1.0 or n_resamples < 10:
+        raise ConfigError(f"confidence must be in (0, 1) and n_resamples >= 10; got "
+                          f"{confidence}, {n_resamples}")
+    all_runs = [r for rs in runs.values() for r in rs]
+    if not all_runs or any(not rs for rs in runs.values()):
+        raise ConfigError("every compared policy needs at least one run")
+    rows = all_runs[0].row
+    for r in all_runs[1:]:
+        rows = np.intersect1d(rows, r.row, assume_unique=True)
+    first = all_runs[0]
+    at = np.searchsorted(first.row, rows)
+    kind, priority = first.kind[at], first.priority[at]
+    groups = _groups(kind, priority)
+    per_row = {name: _per_row(rs, rows) for name, rs in runs.items()}
+    rng = np.random.default_rng(seed)
+    names = metric_names()
+
+    policies: dict[str, dict] = {}
+    run_level: dict[tuple[str, str, str], list[dict]] = {}
+    for name, rs in runs.items():
+        entry = {"repeats": len(rs), "runs": [str(r.path) for r in rs], "groups": []}
+        for k, p, _ in groups:
+            per_run = []
+            for r in rs:
+                m = np.ones(len(r.row), dtype=bool) if k == "all" else (r.kind == k)
+                if p != "all":
+                    m &= r.priority == p
+                per_run.append(run_metrics(r, m))
+            run_level[(name, k, p)] = per_run
+            entry["groups"].append({"kind": k, "priority": p, "metrics": {
+                n: repeat_spread([x[n] for x in per_run]) for n in names}})
+        policies[name] = entry
+
+    differences = []
+    base_met, base_lat = per_row[baseline]
+    for name in runs:
+        if name == baseline:
+            continue
+        met, lat = per_row[name]
+        for k, p, mask in groups:
+            rec = {"policy": name, "kind": k, "priority": p, "rows": int(mask.sum())}
+            d = 100.0 * (met[mask] - base_met[mask])
+            ci = bootstrap_mean_ci(d, confidence=confidence, n_resamples=n_resamples, rng=rng)
+            items = [("slo_attainment_pct", 100.0 * base_met[mask].mean(),
+                      100.0 * met[mask].mean(), ci)]
+            for m in LATENCY_METRICS:
+                a, b = base_lat[m][mask], lat[m][mask]
+                ok = np.isfinite(a) & np.isfinite(b)
+                cis = bootstrap_percentile_diff_ci(a[ok], b[ok], LATENCY_PERCENTS,
+                                                   confidence=confidence,
+                                                   n_resamples=n_resamples, rng=rng)
+                for q, qci in zip(LATENCY_PERCENTS, cis):
+                    av = float(np.percentile(a[ok], q)) if ok.any() else math.nan
+                    bv = float(np.percentile(b[ok], q)) if ok.any() else math.nan
+                    items.append((f"{m}_p{q:g}_ms", av, bv, qci))
+            for metric, av, bv, mci in items:
+                p_rep = _repeat_p_value([x[metric] for x in run_level[(baseline, k, p)]],
+                                        [x[metric] for x in run_level[(name, k, p)]])
+                v = verdict(metric, mci)
+                if p_rep is not None and p_rep >= 1.0 - confidence and v in ("better", "worse"):
+                    # The rows tell them apart, but the runs' own noise is as large.
+                    v = "indistinguishable"
+                differences.append({**rec, "metric": metric, "baseline": float(av),
+                                    "candidate": float(bv), "diff": float(bv - av),
+                                    "ci_low": mci[0], "ci_high": mci[1],
+                                    "repeat_p_value": p_rep, "verdict": v})
+    return {
+        "baseline": baseline, "confidence": confidence, "n_resamples": n_resamples,
+        "seed": seed, "paired_rows": int(len(rows)),
+        "unpaired_rows": {name: int(sum(len(r.row) - len(rows) for r in rs))
+                          for name, rs in runs.items()},
+        "policies": policies, "differences": differences,
+    }
+
+
+@dataclass
+class KneeResult:
+    """Outcome of :func:`find_knee`: ``knee_rps`` is the highest rate seen to meet the target."""
+
+    knee_rps: float | None
+    low_rps: float | None     # highest passing rate probed
+    high_rps: float | None    # lowest failing rate probed
+    converged: bool
+    probes: list[dict] = field(default_factory=list)
+    note: str = ""
+
+    def to_dict(self) -> dict:
+        return {"knee_rps": self.knee_rps, "low_rps": self.low_rps, "high_rps": self.high_rps,
+                "converged": self.converged, "probes": self.probes, "note": self.note}
+
+
+def find_knee(measure: Callable[[float], float], *, start_rps: float, target_pct: float = 95.0,
+              rel_tol: float = 0.05, max_probes: int = 12, min_rps: float = 0.0,
+              max_rps: float = math.inf) -> KneeResult:
+    """The saturation knee: the highest rate whose SLO attainment stays >= ``target_pct``.
+
+    Brackets first — doubling from ``start_rps`` while the target holds, halving while it
+    does not — then bisects the bracket until ``high - low <= rel_tol * low``. ``measure(rate)``
+    runs the workload at ``rate`` and returns the attainment percent; each rate is measured once.
+    Attainment is assumed to fall with rate; a noisy measurement only moves the bracket, it
+    never loops. Stops after ``max_probes`` measurements whatever happened (``converged``
+    False).
+    """
+    if not (start_rps > 0 and 0.0 <= target_pct <= 100.0 and 0 < rel_tol < 1 and max_probes >= 2
+            and 0.0 <= min_rps < max_rps):
+        raise ConfigError(f"knee search needs start_rps > 0, target_pct in [0, 100], rel_tol in "
+                          f"(0, 1), max_probes >= 2 and min_rps < max_rps; got {start_rps}, "
+                          f"{target_pct}, {rel_tol}, {max_probes}, {min_rps}, {max_rps}")
+    probes: list[dict] = []
+    low = high = None
+
+    def probe(rate: float) -> bool:
+        attained = float(measure(rate))
+        ok = attained >= target_pct
+        probes.append({"rate_rps": rate, "attainment_pct": attained, "passed": ok})
+        return ok
+
+    rate = min(max(start_rps, min_rps), max_rps)
+    while len(probes) < max_probes and (low is None or high is None):
+        if probe(rate):
+            low = rate
+            if rate >= max_rps:
+                return KneeResult(low, low, None, False, probes,
+                                  f"attainment still >= {target_pct:g}% at max_rps {max_rps:g}")
+            rate = min(rate * 2.0, max_rps)
+        else:
+            high = rate
+            if low is None and rate / 2.0 <= min_rps:
+                return KneeResult(None, None, high, False, probes,
+                                  f"attainment < {target_pct:g}% even at {rate:g} rps")
+            rate = max(rate / 2.0, min_rps) if low is None else rate
+    while len(probes) < max_probes and low is not None and high is not None \
+            and high - low > rel_tol * low:
+        mid = 0.5 * (low + high)
+        if probe(mid):
+            low = mid
+        else:
+            high = mid
+    converged = low is not None and high is not None and high - low <= rel_tol * low
+    note = "" if converged else f"stopped after {len(probes)} probes (max_probes)"
+    return KneeResult(low, low, high, converged, probes, note)

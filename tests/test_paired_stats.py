@@ -1,0 +1,197 @@
+"""Statistics of experiments without any server: paired bootstrap, repeat spread, knee search."""
+from __future__ import annotations
+
+import math
+from pathlib import Path
+
+import numpy as np
+import pyarrow as pa
+import pyarrow.ipc as ipc
+import pytest
+
+from cpbench.errors import ConfigError
+from cpbench.experiments.stats import (RunArrays, bootstrap_mean_ci, find_knee, load_run,
+                                       paired_comparison, repeat_spread, run_metrics, verdict)
+
+
+def _run(rows, kind, prio, met, ttft, e2e, path="x") -> RunArrays:
+    return RunArrays(Path(path), np.asarray(rows, dtype=np.int64),
+                     np.asarray(kind, dtype=object), np.asarray(prio, dtype=object),
+                     np.asarray(met, dtype=bool),
+                     {"ttft_from_intended": np.asarray(ttft, float),
+                      "e2e_from_intended": np.asarray(e2e, float)})
+
+
+def _pair(n=600, shift_ms=0.0, flip=0.0, seed=0, noise_seed=None):
+    """A baseline and a candidate on the same rows: candidate latency = baseline + shift."""
+    rng = np.random.default_rng(seed)
+    kind = np.where(rng.random(n) < 0.5, "chat", "embedding")
+    prio = rng.choice(["HIGH", "NORMAL", "LOW"], n)
+    base_lat = rng.lognormal(np.log(100), 0.4, n)
+    base_met = base_lat < 200
+    noise = np.random.default_rng(noise_seed).normal(0, 1, n) if noise_seed is not None else 0
+    cand_lat = base_lat + shift_ms + noise
+    cand_met = cand_lat < 200
+    if flip:
+        cand_met = cand_met | (rng.random(n) < flip)
+    rows = np.arange(n)
+    return (_run(rows, kind, prio, base_met, base_lat, base_lat * 2, "base"),
+            _run(rows, kind, prio, cand_met, cand_lat, cand_lat * 2, "cand"))
+
+
+def _diff(result, policy, kind, prio, metric):
+    for d in result["differences"]:
+        if (d["policy"], d["kind"], d["priority"], d["metric"]) == (policy, kind, prio, metric):
+            return d
+    raise AssertionError(f"no difference for {policy} {kind} {prio} {metric}")
+
+
+def test_identical_runs_are_indistinguishable_with_zero_difference():
+    base, _ = _pair()
+    res = paired_comparison({"fifo": [base], "same": [base]}, baseline="fifo", seed=1)
+    for d in res["differences"]:
+        assert d["diff"] == 0.0
+        assert d["verdict"] == "indistinguishable", d
+    assert res["paired_rows"] == 600
+
+
+def test_latency_shift_is_detected_with_ci_covering_it():
+    base, cand = _pair(shift_ms=-20.0, noise_seed=3)
+    res = paired_comparison({"fifo": [base], "fast": [cand]}, baseline="fifo", seed=1)
+    d = _diff(res, "fast", "all", "all", "ttft_from_intended_p50_ms")
+    assert d["verdict"] == "better"
+    assert d["ci_low"] <= -20.0 + 1.0 and d["ci_high"] >= -20.0 - 1.0
+    assert d["ci_high"] < 0
+    att = _diff(res, "fast", "all", "all", "slo_attainment_pct")
+    assert att["diff"] > 0 and att["verdict"] == "better"
+    slow = paired_comparison({"fifo": [cand], "slow": [base]}, baseline="fifo", seed=1)
+    assert _diff(slow, "slow", "all", "all", "ttft_from_intended_p50_ms")["verdict"] == "worse"
+
+
+def test_pure_noise_is_not_called_a_difference():
+    base, cand = _pair(shift_ms=0.0, noise_seed=4)
+    res = paired_comparison({"fifo": [base], "noisy": [cand]}, baseline="fifo", seed=2)
+    assert _diff(res, "noisy", "all", "all", "ttft_from_intended_p50_ms")["verdict"] == \
+        "indistinguishable"
+
+
+def test_groups_per_kind_and_priority_and_seeded_reproducibility():
+    base, cand = _pair(shift_ms=-10.0, noise_seed=5)
+    a = paired_comparison({"fifo": [base], "b": [cand]}, baseline="fifo", seed=7)
+    b = paired_comparison({"fifo": [base], "b": [cand]}, baseline="fifo", seed=7)
+    assert a == b
+    groups = {(d["kind"], d["priority"]) for d in a["differences"]}
+    assert ("chat", "HIGH") in groups and ("embedding", "LOW") in groups
+    assert ("completion", "all") not in groups
+    rows = {(d["kind"], d["priority"]): d["rows"] for d in a["differences"]}
+    assert rows[("chat", "all")] == sum(rows[("chat", p)] for p in ("HIGH", "NORMAL", "LOW"))
+
+
+def test_join_on_row_ignores_order_and_missing_rows():
+    base, cand = _pair(n=300, shift_ms=-30.0)
+    keep = np.arange(300) % 3 != 0  # the candidate lost a third of its rows
+    lost = _run(cand.row[keep][::-1], cand.kind[keep][::-1], cand.priority[keep][::-1],
+                cand.slo_met[keep][::-1], cand.latency_ms["ttft_from_intended"][keep][::-1],
+                cand.latency_ms["e2e_from_intended"][keep][::-1])
+    order = np.argsort(lost.row)  # load_run sorts by row; emulate it
+    lost = _run(lost.row[order], lost.kind[order], lost.priority[order], lost.slo_met[order],
+                lost.latency_ms["ttft_from_intended"][order],
+                lost.latency_ms["e2e_from_intended"][order])
+    res = paired_comparison({"fifo": [base], "c": [lost]}, baseline="fifo", seed=0)
+    assert res["paired_rows"] == 200
+    assert res["unpaired_rows"]["fifo"] == 100
+    d = _diff(res, "c", "all", "all", "ttft_from_intended_p50_ms")
+    assert d["diff"] == pytest.approx(-30.0, abs=1e-9)
+
+
+def test_repeats_spread_and_noisy_repeats_mark_indistinguishable():
+    base, cand = _pair(shift_ms=-5.0, noise_seed=6)
+    res = paired_comparison({"fifo": [base, base], "c": [cand, cand]}, baseline="fifo", seed=0)
+    spread = res["policies"]["c"]["groups"][0]["metrics"]["ttft_from_intended_p50_ms"]
+    assert spread["n"] == 2 and spread["std"] == 0.0
+    # Run-to-run noise larger than the effect: the repeat test must overrule the row bootstrap.
+    wobble = [_run(base.row, base.kind, base.priority, base.slo_met,
+                   base.latency_ms["ttft_from_intended"] + s,
+                   base.latency_ms["e2e_from_intended"]) for s in (-40.0, 40.0)]
+    res = paired_comparison({"fifo": wobble, "c": [cand, cand]}, baseline="fifo", seed=0)
+    d = _diff(res, "c", "all", "all", "ttft_from_intended_p50_ms")
+    assert d["repeat_p_value"] is not None and d["verdict"] == "indistinguishable"
+
+
+def test_repeat_spread_and_verdict_edges():
+    s = repeat_spread([1.0, 3.0, float("nan")])
+    assert s == {"n": 2, "mean": 2.0, "std": pytest.approx(math.sqrt(2)), "min": 1.0, "max": 3.0}
+    assert repeat_spread([])["n"] == 0
+    assert verdict("slo_attainment_pct", (1.0, 2.0)) == "better"
+    assert verdict("e2e_from_intended_p99_ms", (1.0, 2.0)) == "worse"
+    assert verdict("e2e_from_intended_p99_ms", (math.nan, 2.0)) == "insufficient data"
+    assert bootstrap_mean_ci(np.full(5, 3.0), confidence=0.95, n_resamples=100,
+                             rng=np.random.default_rng(0)) == (3.0, 3.0)
+
+
+def test_bad_arguments_raise_config_error():
+    base, _ = _pair(n=50)
+    with pytest.raises(ConfigError, match="baseline"):
+        paired_comparison({"fifo": [base]}, baseline="nope")
+    with pytest.raises(ConfigError, match="confidence"):
+        paired_comparison({"fifo": [base]}, baseline="fifo", confidence=1.5)
+
+
+def test_load_run_reads_results_file_and_drops_warmup(tmp_path):
+    d = pa.dictionary(pa.int32(), pa.string())
+    table = pa.table({
+        "row": pa.array([2, 0, 1], pa.int64()),
+        "kind": pa.array(["chat", "embedding", "chat"]).dictionary_encode().cast(d),
+        "priority": pa.array(["HIGH", "LOW", "HIGH"]).dictionary_encode().cast(d),
+        "intended_ns": pa.array([0, 0, 0], pa.int64()),
+        "first_token_ns": pa.array([5_000_000, None, 2_000_000], pa.int64()),
+        "done_ns": pa.array([9_000_000, 1_000_000, 4_000_000], pa.int64()),
+        "error_class": pa.array([None, "timeout", None]).dictionary_encode().cast(d),
+        "slo_met": pa.array([True, False, False]),
+        "warmup": pa.array([False, False, True]),
+    })
+    with ipc.new_file(str(tmp_path / "results.arrow"), table.schema) as w:
+        w.write_table(table)
+    run = load_run(tmp_path)
+    assert run.row.tolist() == [0, 2]
+    assert run.kind.tolist() == ["embedding", "chat"]
+    assert math.isnan(run.latency_ms["ttft_from_intended"][0])
+    assert math.isnan(run.latency_ms["e2e_from_intended"][0])  # failed: no latency
+    assert run.latency_ms["e2e_from_intended"][1] == 9.0
+    m = run_metrics(run)
+    assert m["slo_attainment_pct"] == 50.0 and m["ttft_from_intended_p50_ms"] == 5.0
+    with pytest.raises(ConfigError, match="result directory"):
+        load_run(tmp_path / "missing")
+
+
+def _step(knee: float, calls: list):
+    def measure(rate: float) -> float:
+        calls.append(rate)
+        return 100.0 if rate <= knee else max(0.0, 100.0 - 2.0 * (rate - knee))
+    return measure
+
+
+@pytest.mark.parametrize("knee,start", [(137.0, 10.0), (137.0, 1000.0), (3.3, 50.0),
+                                        (137.0, 137.0)])
+def test_knee_bisection_finds_known_knee(knee, start):
+    calls: list[float] = []
+    res = find_knee(_step(knee, calls), start_rps=start, target_pct=95.0, rel_tol=0.02,
+                    max_probes=30)
+    true_knee = knee + 2.5  # attainment 100 - 2 (r - knee) >= 95  <=>  r <= knee + 2.5
+    assert res.converged
+    assert res.knee_rps <= true_knee < res.high_rps
+    assert res.high_rps - res.knee_rps <= 0.02 * res.knee_rps
+    assert len(calls) == len(set(calls)) == len(res.probes)
+    assert all(p["passed"] == (p["rate_rps"] <= true_knee) for p in res.probes)
+
+
+def test_knee_edges_never_pass_never_fail_and_probe_bound():
+    res = find_knee(lambda r: 0.0, start_rps=10, min_rps=1.0)
+    assert res.knee_rps is None and not res.converged and "even at" in res.note
+    res = find_knee(lambda r: 100.0, start_rps=10, max_rps=100.0)
+    assert res.knee_rps == 100.0 and res.high_rps is None and not res.converged
+    calls: list[float] = []
+    res = find_knee(_step(137.0, calls), start_rps=10, rel_tol=1e-6, max_probes=6)
+    assert len(calls) == 6 and not res.converged and res.knee_rps <= 139.5
+    with pytest.raises(ConfigError):
+        find_knee(lambda r: 0.0, start_rps=0)
