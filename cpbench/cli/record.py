@@ -59,7 +59,7 @@ def _add_synth(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--slo-ttft-ms", type=float, default=None, help="LLM time-to-first-token")
     p.add_argument("--embed-slo-ms", type=float, default=500.0, help="embedding deadline")
     p.add_argument("--llm-model", default="cpbench-llm-7b")
-    p.add_argument("--embed-model", default="cpbench-embed")
+    p.add_argument("--embed-model", default="cpbench-embed-bge")
     p.add_argument("--shape", type=float, default=1.0, help="gamma shape (CV = 1/sqrt(shape))")
     p.add_argument("--burst-rps", type=float, help="burst: rate inside a burst")
     p.add_argument("--burst-s", type=float, default=1.0, help="burst: burst length")

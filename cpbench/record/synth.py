@@ -23,7 +23,7 @@ from cpbench.errors import ConfigError
 
 PATTERNS = ("uniform", "poisson", "gamma", "burst", "ramp")
 MODES = ("llm", "hybrid")
-DEFAULT_MODELS = {"llm": "cpbench-llm-7b", "embedding": "cpbench-embed"}
+DEFAULT_MODELS = {"llm": "cpbench-llm-7b", "embedding": "cpbench-embed-bge"}
 DEFAULT_SLO_E2E_MS = {"llm": 5000.0, "embedding": 500.0}
 DEFAULT_PRIORITY_MIX = {"HIGH": 0.2, "NORMAL": 0.6, "LOW": 0.2}
 
