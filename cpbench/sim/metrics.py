@@ -1,0 +1,98 @@
+"""Prometheus metrics of the embedded control plane, served as text at ``GET /metrics``.
+
+Counters and latency histograms are updated once per finished request; queue depths, running
+sequences, KV-cache use and fault counts are read from the live scheduler at scrape time, so
+the hot path pays nothing for them. Each app has its own registry (several sims may share a
+process in tests). Percents are in [0, 100]; latencies are seconds, as Prometheus expects.
+"""
+from __future__ import annotations
+
+from typing import Any, Iterator
+
+from prometheus_client import CollectorRegistry, Counter, Histogram, generate_latest
+from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily
+
+CONTENT_TYPE = "text/plain; version=0.0.4; charset=utf-8"
+_BUCKETS_S = (0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0, 30.0, 60.0)
+
+
+class _LiveCollector:
+    """Gauges read from the scheduler when scraped."""
+
+    def __init__(self, scheduler: Any, faults: Any) -> None:
+        self._scheduler = scheduler
+        self._faults = faults
+
+    def collect(self) -> Iterator[Any]:
+        sched = self._scheduler
+        policy = sched.policy
+        depth = GaugeMetricFamily("cpbench_sim_queue_depth", "Requests waiting in the control "
+                                  "plane, per policy queue", labels=["queue", "policy"])
+        for queue, n in policy.depths().items():
+            depth.add_metric([queue, policy.name], n)
+        yield depth
+        info = GaugeMetricFamily("cpbench_sim_policy", "The active scheduling policy (1)",
+                                 labels=["policy"])
+        info.add_metric([policy.name], 1)
+        yield info
+        running = GaugeMetricFamily("cpbench_sim_running_sequences", "Sequences (LLM) or "
+                                    "requests (embedding) on an engine", labels=["engine", "model"])
+        waiting = GaugeMetricFamily("cpbench_sim_engine_waiting", "Admitted, waiting for prefill "
+                                    "(LLM) or the next batch (embedding)", labels=["engine", "model"])
+        kv_pct = GaugeMetricFamily("cpbench_sim_kv_cache_usage_percent", "KV cache reserved, "
+                                   "percent of capacity", labels=["engine", "model"])
+        kv_tok = GaugeMetricFamily("cpbench_sim_kv_cache_used_tokens", "KV cache reserved, tokens",
+                                   labels=["engine", "model"])
+        for engine in sched.all_engines():
+            labels = [engine.name, engine.cfg.model]
+            if engine.engine_kind == "llm":
+                running.add_metric(labels, len(engine.running))
+                waiting.add_metric(labels, len(engine.prefilling))
+                kv_tok.add_metric(labels, engine.kv_used_tokens)
+                kv_pct.add_metric(labels, 100.0 * engine.kv_used_tokens
+                                  / engine.cfg.kv_cache_tokens)
+            else:
+                running.add_metric(labels, len(engine.running))
+                waiting.add_metric(labels, len(engine.pending))
+        yield from (running, waiting, kv_pct, kv_tok)
+        faults = CounterMetricFamily("cpbench_sim_faults", "Faults injected, by mode",
+                                     labels=["mode"])
+        for mode, n in self._faults.counts.items():
+            faults.add_metric([mode], n)
+        yield faults
+
+
+class SimMetrics:
+    """The registry of one sim app and the per-request updates."""
+
+    def __init__(self, scheduler: Any, faults: Any) -> None:
+        self.registry = CollectorRegistry(auto_describe=False)
+        self.requests = Counter("cpbench_sim_requests", "Requests answered, by kind, policy and "
+                                "outcome", ["kind", "policy", "outcome"], registry=self.registry)
+        self.latency = Histogram("cpbench_sim_request_latency_seconds", "Server-side latency "
+                                 "from arrival: queue (until an engine took it), ttft (first "
+                                 "token or embedding result), e2e", ["kind", "policy", "phase"],
+                                 buckets=_BUCKETS_S, registry=self.registry)
+        self.registry.register(_LiveCollector(scheduler, faults))
+
+    def finished(self, req: Any) -> None:
+        """Count one request the engines finished (completed or aborted)."""
+        outcome = "aborted" if req.aborted else "ok"
+        self.requests.labels(req.kind, req.policy, outcome).inc()
+        if req.aborted:
+            return
+        received = req.received_ns
+        if req.admitted_ns:
+            self.latency.labels(req.kind, req.policy, "queue").observe(
+                (req.admitted_ns - received) / 1e9)
+        first = req.first_token_ns or req.done_ns
+        self.latency.labels(req.kind, req.policy, "ttft").observe((first - received) / 1e9)
+        self.latency.labels(req.kind, req.policy, "e2e").observe((req.done_ns - received) / 1e9)
+
+    def rejected(self, kind: str, policy: str, status: int) -> None:
+        """Count one request answered with an error status."""
+        self.requests.labels(kind, policy, f"http_{status}").inc()
+
+    def render(self) -> bytes:
+        """The Prometheus text exposition."""
+        return generate_latest(self.registry)
