@@ -71,10 +71,10 @@ def request_body(
 
 def header_block(
     kind: str, host: str, *, bearer: str | None, request_id: str | None,
-    priority: str, deadline_ms: float | None, hints: str,
+    priority: str, deadline_ms: float | None, hints: str, path_prefix: str = "",
 ) -> bytes:
     """HTTP/1.1 request line and headers up to (not including) ``Content-Length``."""
-    lines = [f"POST {PATHS[kind]} HTTP/1.1", f"Host: {host}",
+    lines = [f"POST {path_prefix}{PATHS[kind]} HTTP/1.1", f"Host: {host}",
              "Content-Type: application/json", "Accept: */*"]
     if bearer:
         lines.append(f"Authorization: Bearer {bearer}")
@@ -110,7 +110,7 @@ class StreamScan:
     content events (tokens, as the server chunked them) completed in it.
     """
 
-    __slots__ = ("_tail", "_content", "_empty", "usage", "done", "error")
+    __slots__ = ("_tail", "_content", "_empty", "usage", "done", "error", "malformed")
 
     def __init__(self) -> None:
         self._tail = b""
@@ -119,6 +119,7 @@ class StreamScan:
         self.usage: bytes | None = None
         self.done = False
         self.error: bytes | None = None
+        self.malformed = False
 
     def reset(self, kind: str) -> None:
         """Prepare for a new response of ``kind`` (``chat`` or ``completion``)."""
@@ -130,6 +131,7 @@ class StreamScan:
         self.usage = None
         self.done = False
         self.error = None
+        self.malformed = False
 
     def feed(self, data: bytes) -> int:
         """Scan ``data`` (body bytes); return the number of content events completed in it."""
@@ -153,8 +155,14 @@ class StreamScan:
                 end = seg.find(b"\n", i)
                 self.usage = seg[start + 5 if start >= 0 else 0: end if end >= 0 else len(seg)]
                 break
-        if b"[DONE]" in seg:
+        done = seg.count(b"[DONE]")
+        if done:
             self.done = True
+        # Cheap shape check instead of decoding: every data line is a JSON object or [DONE].
+        objects = seg.count(b"data: {") + seg.count(b"data:{")
+        if objects + done != seg.count(b"data:") or \
+                objects != seg.count(b"}\n\n") + seg.count(b"}\r\n\r\n"):
+            self.malformed = True
         if b'"error"' in seg and self.error is None:
             i = seg.find(b'"error"')
             self.error = seg[i: i + 200]

@@ -1,0 +1,269 @@
+"""Fan-out of one replay to worker processes that share one start time, and the merge.
+
+The parent turns the run options into a row selection (:func:`select_rows`) that every worker
+recomputes identically from the trace file, so nothing large crosses a process boundary on the
+way in; worker ``w`` of ``n`` takes every ``n``-th selected row. Workers open their
+connections, report ready, and all start from one absolute ``time.monotonic_ns()`` instant the
+parent chooses (CLOCK_MONOTONIC is system-wide on Linux). On the way back each worker sends
+record batches (Arrow IPC bytes), progress counters, and at the end its encoded ITL histogram;
+the parent writes the batches as they come and merges the histograms, which is exact.
+"""
+from __future__ import annotations
+
+import asyncio
+import fcntl
+import gc
+import multiprocessing as mp
+import os
+import resource
+import signal
+import time
+from dataclasses import dataclass
+from multiprocessing.connection import Connection, wait
+
+import numpy as np
+import pyarrow as pa
+import pyarrow.compute as pc
+
+from cpbench._core.hist import Histogram
+from cpbench.dispatch import Dispatcher, DispatchOptions, Plan, Target
+from cpbench.errors import CpbenchError, TargetError
+from cpbench.results import DEFAULT_SLO_MS, KIND_VALUES, PRIORITY_VALUES
+
+_F_SETPIPE_SZ = 1031            # Linux: let a record batch fit in the pipe without blocking
+
+
+@dataclass(frozen=True)
+class Selection:
+    """Which trace rows a run sends, when, and which are warm-up."""
+
+    rows: np.ndarray            # int64 trace row indices, in send order
+    intended_ns: np.ndarray     # int64 offsets from the run start
+    warmup: np.ndarray          # bool
+
+
+def select_rows(table: pa.Table, *, speed: float = 1.0, rate_scale: float = 1.0,
+                duration_s: float | None = None, warmup_s: float = 0.0,
+                warmup_requests: int = 0) -> Selection:
+    """Apply ``--speed``/``--rate-scale`` (both divide the trace's time offsets),
+    ``--duration`` (rows intended at or after it are not sent) and ``--warmup``."""
+    arrival = table.column("arrival_ns").to_numpy().astype(np.int64, copy=False)
+    factor = float(speed) * float(rate_scale)
+    intended = arrival if factor == 1.0 else np.rint(arrival / factor).astype(np.int64)
+    rows = np.arange(len(intended), dtype=np.int64)
+    if duration_s is not None:
+        keep = intended < int(duration_s * 1e9)
+        rows, intended = rows[keep], intended[keep]
+    warmup = (intended < int(warmup_s * 1e9)) | (np.arange(len(rows)) < warmup_requests)
+    return Selection(rows, intended, warmup)
+
+
+def _codes(column: pa.ChunkedArray, values: list[str]) -> np.ndarray:
+    strings = pc.cast(column.combine_chunks(), pa.string()) if pa.types.is_dictionary(
+        column.type) else column.combine_chunks()
+    return pc.index_in(strings, value_set=pa.array(values, pa.string())).to_numpy(
+        zero_copy_only=False).astype(np.int32)
+
+
+def trace_models(table: pa.Table) -> list[str]:
+    """Every model of the trace, sorted: the dictionary of the results' ``model`` column."""
+    col = table.column("model")
+    col = pc.cast(col, pa.string()) if pa.types.is_dictionary(col.type) else col
+    return sorted(v for v in pc.unique(col).to_pylist() if v is not None)
+
+
+def build_plan(table: pa.Table, sel: Selection, worker: int, n_workers: int) -> Plan:
+    """Worker ``worker``'s share of ``sel`` (every ``n_workers``-th row) as a :class:`Plan`."""
+    pos = np.arange(worker, len(sel.rows), n_workers)
+    rows = sel.rows[pos]
+    sub = table.take(pa.array(rows))
+    models = trace_models(table)
+    kind = _codes(sub.column("kind"), list(KIND_VALUES))
+
+    def nums(name: str, fill, dtype) -> np.ndarray:
+        return pc.fill_null(sub.column(name), fill).to_numpy().astype(dtype)
+
+    slos = []
+    for i, name in enumerate(("slo_ttft_ms", "slo_e2e_ms")):
+        defaults = np.array([DEFAULT_SLO_MS[k][i] for k in KIND_VALUES])[kind]
+        given = pc.fill_null(sub.column(name), np.nan).to_numpy().astype(np.float64)
+        slos.append(np.where(np.isnan(given), defaults, given))
+    prompts = sub.column("prompt").combine_chunks() if "prompt" in sub.column_names else None
+    if prompts is not None and prompts.null_count == len(prompts):
+        prompts = None
+    return Plan(
+        rows=rows, intended_ns=sel.intended_ns[pos], kind=kind,
+        priority=_codes(sub.column("priority"), list(PRIORITY_VALUES)),
+        model=_codes(sub.column("model"), models),
+        input_tokens=nums("input_tokens", 0, np.int32),
+        output_tokens=nums("output_tokens", -1, np.int32),
+        batch_size=nums("batch_size", 1, np.int32),
+        slo_ttft_ms=slos[0], slo_e2e_ms=slos[1],
+        warmup=sel.warmup[pos].astype(np.int32), prompts=prompts, models=models,
+    )
+
+
+# -- the worker process ----------------------------------------------------------------
+
+def _new_loop(name: str) -> asyncio.AbstractEventLoop:
+    if name == "uvloop":
+        import uvloop
+        return uvloop.new_event_loop()
+    return asyncio.new_event_loop()
+
+
+def worker_main(cfg: dict, worker: int, n_workers: int, ctl: Connection, out: Connection) -> None:
+    """Body of worker process ``worker``: plan, connect, wait for the start, run, report."""
+    # The parent coordinates stopping (it forwards SIGINT/SIGTERM as a "stop" message).
+    signal.signal(signal.SIGINT, signal.SIG_IGN)
+    signal.signal(signal.SIGTERM, signal.SIG_IGN)
+    loop = _new_loop(cfg["loop"])
+    asyncio.set_event_loop(loop)
+
+    def emit(kind: str, payload: object) -> None:
+        out.send((kind, payload))
+
+    try:
+        from cpbench.trace import read_trace
+        table = read_trace(cfg["trace"])
+        sel = select_rows(table, **cfg["selection"])
+        plan = build_plan(table, sel, worker, n_workers)
+        del table, sel
+        hist = Histogram()
+        disp = Dispatcher(Target.from_url(cfg["url"]), plan, DispatchOptions(**cfg["dispatch"]),
+                          worker, emit, hist)
+        loop.run_until_complete(disp.open_pool())
+    except CpbenchError as exc:
+        emit("error", str(exc))
+        return
+    # Everything built so far lives for the whole run: keep the collector off it.
+    gc.collect()
+    gc.freeze()
+    emit("ready", len(plan))
+    msg = ctl.recv()
+    if msg[0] != "start":
+        emit("done", {"counters": disp.progress(), "cpu_s": 0.0, "max_rss_kb": 0,
+                      "itl_hist": hist.encode()})
+        return
+
+    def on_control() -> None:
+        try:
+            ctl.recv()
+        except (EOFError, OSError):
+            loop.remove_reader(ctl.fileno())
+            disp.unwatch(ctl.fileno())
+        disp.stopping = True
+
+    loop.add_reader(ctl.fileno(), on_control)
+    disp.watch(ctl.fileno())
+    cpu0 = time.process_time()
+    counters = loop.run_until_complete(disp.run(msg[1]))
+    cpu_s = time.process_time() - cpu0
+    emit("done", {"counters": counters, "cpu_s": cpu_s,
+                  "max_rss_kb": resource.getrusage(resource.RUSAGE_SELF).ru_maxrss,
+                  "itl_hist": hist.encode()})
+    loop.close()
+
+
+class WorkerPool:
+    """The parent's side: start workers, release them together, pump their messages."""
+
+    def __init__(self, cfg: dict, n_workers: int) -> None:
+        ctx = mp.get_context("spawn")   # no fork of a process that may hold threads
+        self.n = n_workers
+        self.procs, self.ctl, self.out = [], [], []
+        for w in range(n_workers):
+            ctl_r, ctl_w = ctx.Pipe(duplex=False)
+            out_r, out_w = ctx.Pipe(duplex=False)
+            try:
+                fcntl.fcntl(out_w.fileno(), _F_SETPIPE_SZ, 1 << 20)
+            except OSError:
+                pass
+            p = ctx.Process(target=worker_main, args=(cfg, w, n_workers, ctl_r, out_w),
+                            name=f"cpbench-worker-{w}", daemon=True)
+            p.start()
+            ctl_r.close()
+            out_w.close()
+            self.procs.append(p)
+            self.ctl.append(ctl_w)
+            self.out.append(out_r)
+        self.live = set(range(n_workers))
+        self.progress: list[dict] = [{} for _ in range(n_workers)]
+        self.finals: list[dict | None] = [None] * n_workers
+        self.planned = 0
+
+    def wait_ready(self, timeout_s: float = 120.0) -> None:
+        """Block until every worker is connected; a worker's error raises TargetError."""
+        pending = set(range(self.n))
+        deadline = time.monotonic() + timeout_s
+        while pending:
+            ready = wait([self.out[w] for w in pending], timeout=max(0.0, deadline - time.monotonic()))
+            if not ready:
+                raise TargetError(f"workers did not get ready in {timeout_s:g} s")
+            for conn in ready:
+                w = self.out.index(conn)
+                try:
+                    kind, payload = conn.recv()
+                except EOFError:
+                    raise TargetError(f"worker {w} exited during start-up "
+                                      f"(exit code {self.procs[w].exitcode})") from None
+                if kind == "error":
+                    raise TargetError(payload)
+                self.planned += int(payload)
+                pending.discard(w)
+
+    def start(self, start_ns: int) -> None:
+        """Release every worker from the same absolute monotonic instant."""
+        for c in self.ctl:
+            c.send(("start", start_ns))
+
+    def stop(self) -> None:
+        """Ask every worker to stop scheduling (in-flight requests get the grace period)."""
+        for c in self.ctl:
+            try:
+                c.send(("stop",))
+            except (BrokenPipeError, OSError):
+                pass
+
+    def pump(self, timeout_s: float, on_batch) -> None:
+        """Handle whatever the workers sent within ``timeout_s``; batches go to ``on_batch``."""
+        for conn in wait([self.out[w] for w in self.live], timeout=timeout_s):
+            w = self.out.index(conn)
+            try:
+                kind, payload = conn.recv()
+            except (EOFError, OSError):
+                self.live.discard(w)
+                continue
+            if kind == "batch":
+                on_batch(pa.ipc.open_stream(payload).read_next_batch())
+            elif kind == "progress":
+                self.progress[w] = payload
+            elif kind == "done":
+                self.finals[w] = payload
+                self.progress[w] = payload["counters"]
+                self.live.discard(w)
+
+    def totals(self) -> dict:
+        """Progress counters summed over workers (lag: the worst worker's)."""
+        keys = ("sent", "done", "errors", "in_flight", "waiting", "connections")
+        tot = {k: sum(p.get(k, 0) for p in self.progress) for k in keys}
+        tot["lag_p99_ns"] = max((p.get("lag_p99_ns", 0) for p in self.progress), default=0)
+        return tot
+
+    def merged_itl(self) -> Histogram:
+        """The exact merge of every finished worker's ITL histogram."""
+        hist = Histogram()
+        for final in self.finals:
+            if final is not None:
+                hist.merge(Histogram.decode(final["itl_hist"]))
+        return hist
+
+    def close(self, grace_s: float = 5.0) -> None:
+        """Join the workers; one that hangs past ``grace_s`` is killed."""
+        for p in self.procs:
+            p.join(grace_s)
+            if p.is_alive():
+                os.kill(p.pid, signal.SIGKILL)
+                p.join(1.0)
+        for c in self.ctl + self.out:
+            c.close()
