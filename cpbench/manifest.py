@@ -206,13 +206,17 @@ def probe_server(url: str, timeout_s: float = 2.0) -> dict[str, Any]:
         key is never returned.
     """
     out: dict[str, Any] = {"status": None, "server": None, "models": None, "error": None}
-    endpoint = url.rstrip("/")
-    endpoint = endpoint + ("/models" if endpoint.endswith("/v1") else "/v1/models")
-    request = urllib.request.Request(endpoint, headers={"Accept": "application/json"})
-    key = os.environ.get("OPENAI_API_KEY")
-    if key:
-        request.add_header("Authorization", f"Bearer {key}")
     try:
+        parts = urllib.parse.urlsplit(url)
+        # No credentials and no query string in the probe: only the base path is the server's.
+        path = parts.path.rstrip("/")
+        path += "/models" if path.endswith("/v1") else "/v1/models"
+        netloc = parts.netloc.rsplit("@", 1)[-1]
+        endpoint = urllib.parse.urlunsplit((parts.scheme, netloc, path, "", ""))
+        request = urllib.request.Request(endpoint, headers={"Accept": "application/json"})
+        key = os.environ.get("OPENAI_API_KEY")
+        if key:
+            request.add_header("Authorization", f"Bearer {key}")
         with urllib.request.urlopen(request, timeout=timeout_s) as resp:  # noqa: S310
             out["status"] = resp.status
             out["server"] = resp.headers.get("Server")
@@ -221,8 +225,9 @@ def probe_server(url: str, timeout_s: float = 2.0) -> dict[str, Any]:
         out.update(status=exc.code, server=exc.headers.get("Server") if exc.headers else None,
                    error=f"HTTP {exc.code} from /v1/models")
         return out
-    except (OSError, ValueError) as exc:
-        out["error"] = f"no answer from /v1/models: {getattr(exc, 'reason', exc)}"
+    except Exception as exc:  # noqa: BLE001 - a probe must never fail the run
+        reason = getattr(exc, "reason", None) or exc
+        out["error"] = scrub(f"no answer from /v1/models: {type(exc).__name__}: {reason}")
         return out
     try:
         out["models"] = json.loads(body)
