@@ -216,3 +216,28 @@ def load_config(path: str | Path) -> SimConfig:
     except json.JSONDecodeError as exc:
         raise ConfigError(f"sim config {str(path)!r} is not valid JSON: {exc}") from exc
     return config_from_dict(data)
+
+
+def resolve_config(path: str | Path | None = None, *, top: dict[str, Any] | None = None,
+                   llm: dict[str, Any] | None = None, embedding: dict[str, Any] | None = None,
+                   faults: dict[str, Any] | None = None) -> SimConfig:
+    """The config file at ``path`` (or defaults) with overrides applied, validated.
+
+    ``top`` overrides ``SimConfig`` fields; ``llm`` and ``embedding`` override fields of the
+    first engine of that kind (use a config file for several models); ``faults`` overrides
+    ``FaultConfig`` fields. ``None`` values are ignored, so CLI flags left unset change nothing.
+    """
+    config = load_config(path) if path is not None else SimConfig()
+    def pick(d: dict[str, Any] | None) -> dict[str, Any]:
+        return {k: v for k, v in (d or {}).items() if v is not None}
+    for key, value in pick(top).items():
+        setattr(config, key, value)
+    for engines, over in ((config.llm, pick(llm)), (config.embedding, pick(embedding))):
+        if over and not engines:
+            raise ConfigError("engine flags given, but the config file defines no engine of "
+                              "that kind; add it to the file")
+        for key, value in over.items():
+            setattr(engines[0], key, value)
+    for key, value in pick(faults).items():
+        setattr(config.faults, key, value)
+    return config.validate()
