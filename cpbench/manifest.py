@@ -288,6 +288,42 @@ def build_manifest(*, options: Mapping[str, Any], trace_path: str | os.PathLike[
     return scrub(manifest)
 
 
+def trace_seed(path: str | os.PathLike[str]) -> int | None:
+    """The seed stored in a trace's schema metadata, read without loading its rows."""
+    try:
+        import pyarrow as pa
+        import pyarrow.ipc as ipc
+
+        name = os.fspath(path)
+        try:
+            with pa.memory_map(name) as source:
+                schema = ipc.open_file(source).schema
+        except (pa.ArrowInvalid, OSError):
+            import pyarrow.parquet as pq
+            schema = pq.read_schema(name)
+        text = (schema.metadata or {}).get(b"cpbench.seed", b"").decode("utf-8", "replace")
+        return int(text) if text.lstrip("-").isdigit() else None
+    except Exception:  # noqa: BLE001 - an unreadable trace is reported by the replay itself
+        return None
+
+
+def record_run(out_dir: str | os.PathLike[str], *, options: Mapping[str, Any],
+               trace_path: str | os.PathLike[str] | None, target_url: str | None,
+               seed: int | None = None, probe_timeout_s: float = 2.0) -> Path:
+    """Probe the target, build the manifest and write ``OUT_DIR/manifest.json``: one call.
+
+    This is what every command that writes a result directory calls once, after the target is
+    up and before the first request. ``seed`` defaults to the one stored in the trace. Only
+    ``OutputError`` (the directory cannot be written) escapes; the probe never fails.
+    """
+    if seed is None and trace_path is not None:
+        seed = trace_seed(trace_path)
+    server = probe_server(target_url, probe_timeout_s) if target_url else None
+    manifest = build_manifest(options=options, trace_path=trace_path, seed=seed,
+                              target_url=target_url, server_info=server)
+    return write_manifest(out_dir, manifest)
+
+
 def write_manifest(directory: str | os.PathLike[str], manifest: Mapping[str, Any]) -> Path:
     """Write ``manifest`` (scrubbed again) as ``DIR/manifest.json``, atomically; its path."""
     target = Path(directory) / MANIFEST_NAME

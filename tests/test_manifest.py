@@ -185,3 +185,17 @@ def test_read_manifest_rejects_other_json(tmp_path):
     (tmp_path / "manifest.json").write_text("[1, 2]")
     with pytest.raises(ConfigError, match="not a cpbench manifest"):
         manifest.read_manifest(tmp_path)
+
+
+def test_record_run_takes_the_seed_from_the_trace_and_probes_the_target(tmp_path, server):
+    from cpbench.record.synth import synth_to_file
+
+    trace = tmp_path / "s.arrow"
+    synth_to_file(str(trace), rate_rps=5.0, requests=20, seed=42)
+    path = manifest.record_run(tmp_path / "out", options={"workers": 1, "func": print},
+                               trace_path=trace, target_url=server)
+    data = json.loads(path.read_text())
+    assert data["workload"]["seed"] == 42 and data["workload"]["options"] == {"workers": 1}
+    assert data["workload"]["trace_sha256"] == hashlib.sha256(trace.read_bytes()).hexdigest()
+    assert data["target"]["server"]["server"] == "TestPlane/1.2"
+    assert manifest.trace_seed(tmp_path / "out" / "manifest.json") is None
