@@ -1,0 +1,340 @@
+"""One replay end to end: target, workers, outputs, console summary, live progress.
+
+:func:`run_replay` is the entry point (the ``cpbench replay`` CLI is a thin layer over it). With
+no URL it starts the embedded control plane (``cpbench sim``) as a subprocess on a free loopback
+port and stops it at the end. It hands on a results directory: ``results.arrow`` (written as the
+run goes), ``summary.json`` (from :mod:`cpbench.summary`) and, unless told not to, the report.
+"""
+from __future__ import annotations
+
+import json
+import math
+import os
+import platform
+import signal
+import socket
+import subprocess
+import sys
+import tempfile
+import time
+import urllib.request
+from datetime import datetime, timezone
+from pathlib import Path
+
+import numpy as np
+
+from cpbench import __version__
+from cpbench.dispatch import Target, strip_credentials
+from cpbench.endpoints import HINTS
+from cpbench.errors import ConfigError, OutputError, TargetError
+from cpbench.results import ResultsWriter, read_results
+from cpbench.workers import WorkerPool, select_rows
+
+SIM_READY_S = 30.0
+SIM_STOP_GRACE_S = 5.0
+PROGRESS_S = 1.0
+
+
+def parse_warmup(value: str | float | int | None) -> tuple[float, int]:
+    """``--warmup``: ``"10s"`` or a float is seconds, ``"500"`` (an integer) is requests."""
+    if value is None or value == "":
+        return 0.0, 0
+    if isinstance(value, (int, float)) and not isinstance(value, bool):
+        return (float(value), 0) if isinstance(value, float) else (0.0, int(value))
+    text = str(value).strip()
+    try:
+        if text.endswith("s"):
+            return float(text[:-1]), 0
+        if text.isdigit():
+            return 0.0, int(text)
+        return float(text), 0
+    except ValueError:
+        raise ConfigError(f"--warmup must be seconds like 10s or a request count like 500; "
+                          f"got {value!r}") from None
+
+
+def _check_options(o: dict) -> None:
+    for name in ("speed", "rate_scale", "timeout_s"):
+        if not (o[name] > 0 and math.isfinite(o[name])):
+            raise ConfigError(f"--{name.replace('_s', '').replace('_', '-')} must be a positive "
+                              f"number; got {o[name]}")
+    if o["duration_s"] is not None and not o["duration_s"] > 0:
+        raise ConfigError(f"--duration must be positive seconds; got {o['duration_s']}")
+    if o["hints"] not in HINTS:
+        raise ConfigError(f"--hints must be one of {', '.join(HINTS)}; got {o['hints']!r}")
+    if o["max_concurrency"] < 0 or o["workers"] < 1:
+        raise ConfigError("--max-concurrency must be >= 0 and --workers >= 1")
+    if o["max_error_ratio"] is not None and not 0 <= o["max_error_ratio"] <= 1:
+        raise ConfigError(f"--max-error-ratio must be in [0, 1]; got {o['max_error_ratio']}")
+    if o["loop"] not in ("uvloop", "asyncio"):
+        raise ConfigError(f"--loop must be uvloop or asyncio; got {o['loop']!r}")
+
+
+# -- the target ------------------------------------------------------------------------
+
+class EmbeddedSim:
+    """``cpbench sim`` in its own process on a free loopback port, stopped by PID."""
+
+    def __init__(self, policy: str | None, workdir: Path) -> None:
+        self.ready_file = workdir / "sim-ready.json"
+        self.log = open(workdir / "sim.log", "w+b")
+        cmd = [sys.executable, "-m", "cpbench", "sim", "--host", "127.0.0.1", "--port", "0",
+               "--ready-file", str(self.ready_file)]
+        if policy:
+            cmd += ["--policy", policy]
+        self.proc = subprocess.Popen(cmd, stdout=subprocess.DEVNULL, stderr=self.log)
+        self.url = self._wait_ready()
+
+    def _wait_ready(self) -> str:
+        deadline = time.monotonic() + SIM_READY_S
+        while time.monotonic() < deadline:
+            if self.proc.poll() is not None:
+                self.log.seek(0)
+                tail = self.log.read().decode("utf-8", "replace").strip().splitlines()[-1:]
+                self.stop()
+                raise TargetError(f"the embedded control plane exited with status "
+                                  f"{self.proc.returncode}: {' '.join(tail) or 'no message'}")
+            if self.ready_file.exists():
+                url = json.loads(self.ready_file.read_text())["url"]
+                try:
+                    with urllib.request.urlopen(url + "/health", timeout=2) as resp:
+                        if resp.status == 200:
+                            return url
+                except OSError:
+                    pass
+            time.sleep(0.05)
+        self.stop()
+        raise TargetError(f"the embedded control plane was not ready in {SIM_READY_S:g} s")
+
+    def stop(self) -> None:
+        """SIGTERM, then SIGKILL after a grace period."""
+        if self.proc.poll() is None:
+            self.proc.send_signal(signal.SIGTERM)
+            try:
+                self.proc.wait(SIM_STOP_GRACE_S)
+            except subprocess.TimeoutExpired:
+                self.proc.kill()
+                self.proc.wait(2)
+        self.log.close()
+
+
+def check_reachable(url: str) -> None:
+    """One TCP connect to the target; a refusal becomes one clear TargetError line."""
+    t = Target.from_url(url)
+    try:
+        socket.create_connection((t.host, t.port), timeout=5).close()
+    except OSError as exc:
+        raise TargetError(f"cannot reach {strip_credentials(url)}: {exc.strerror or exc}; "
+                          "start the server or fix --url") from None
+
+
+# -- the run -----------------------------------------------------------------------------
+
+def default_out_dir(trace_path: Path) -> Path:
+    """``cpbench-results/<trace>-<UTC timestamp>``."""
+    stamp = datetime.now(timezone.utc).strftime("%Y%m%dT%H%M%SZ")
+    return Path("cpbench-results") / f"{Path(trace_path).stem}-{stamp}"
+
+
+def run_replay(trace_path: str | os.PathLike[str], *, url: str | None = None,
+               out_dir: str | os.PathLike[str] | None = None, **options) -> Path:
+    """Replay a trace against ``url`` (or the embedded sim) and write the results directory.
+
+    Parameters
+    ----------
+    trace_path
+        A cpbench trace (see docs/formats.md).
+    url
+        The control plane's base URL; None starts ``cpbench sim`` on loopback.
+    out_dir
+        Results directory; default ``cpbench-results/<trace>-<UTC timestamp>``.
+    **options
+        ``workers`` (default: all cores), ``max_concurrency`` (0 = open loop), ``speed``,
+        ``rate_scale``, ``duration_s``, ``warmup`` (``"10s"`` or ``"500"``), ``timeout_s``,
+        ``hints`` (sagellm|vllm|none), ``policy`` (embedded sim only), ``quiet``,
+        ``max_error_ratio``, ``loop`` (uvloop|asyncio), ``connections`` (per worker),
+        ``grace_s``, ``report`` (write the report).
+
+    Returns
+    -------
+    Path
+        The results directory.
+
+    Raises
+    ------
+    TargetError
+        The target is unreachable at the start, or the error ratio exceeded
+        ``max_error_ratio`` (everything is still written).
+    """
+    from cpbench.trace import read_trace, sha256_file
+
+    o = {"workers": os.cpu_count() or 1, "max_concurrency": 0, "speed": 1.0,
+         "rate_scale": 1.0, "duration_s": None, "warmup": None, "timeout_s": 60.0,
+         "hints": "sagellm", "policy": None, "quiet": False, "max_error_ratio": None,
+         "loop": "uvloop", "connections": 32, "grace_s": 5.0, "report": True}
+    unknown = set(options) - set(o)
+    if unknown:
+        raise ConfigError(f"unknown replay option(s): {', '.join(sorted(unknown))}")
+    o.update({k: v for k, v in options.items() if v is not None})
+    _check_options(o)
+    warmup_s, warmup_requests = parse_warmup(o["warmup"])
+    trace_path = Path(trace_path)
+    table = read_trace(trace_path)
+    selection = {"speed": o["speed"], "rate_scale": o["rate_scale"],
+                 "duration_s": o["duration_s"], "warmup_s": warmup_s,
+                 "warmup_requests": warmup_requests}
+    sel = select_rows(table, **selection)
+    del table
+    out = Path(out_dir) if out_dir is not None else default_out_dir(trace_path)
+    try:
+        out.mkdir(parents=True, exist_ok=True)
+    except OSError as exc:
+        raise OutputError(f"cannot create {out}: {exc.strerror or exc}; choose another -o") \
+            from None
+    with tempfile.TemporaryDirectory(prefix="cpbench-replay-") as tmp:
+        sim = EmbeddedSim(o["policy"], Path(tmp)) if url is None else None
+        try:
+            target_url = sim.url if sim else url
+            check_reachable(target_url)
+            return _run(trace_path, sha256_file(trace_path), target_url, sim is not None,
+                        out, o, selection, sel.intended_ns)
+        finally:
+            if sim is not None:
+                sim.stop()
+
+
+def _run(trace_path: Path, trace_sha: str, url: str, embedded: bool, out: Path, o: dict,
+         selection: dict, intended_ns: np.ndarray) -> Path:
+    n_workers = max(1, min(int(o["workers"]), max(1, len(intended_ns))))
+    cap = int(o["max_concurrency"])
+    run = {"trace": str(trace_path), "trace_sha256": trace_sha,
+           "target": strip_credentials(url), "embedded_target": embedded,
+           "policy": o["policy"] or ("fifo" if embedded else None),
+           "started_utc": datetime.now(timezone.utc).isoformat(timespec="seconds"),
+           "workers": n_workers, "cpbench_version": __version__, "host": platform.node(),
+           "clock": "CLOCK_MONOTONIC",
+           "options": {k: v for k, v in o.items() if k not in ("quiet", "report")}}
+    run["options"]["warmup"] = None if o["warmup"] is None else str(o["warmup"])
+    dispatch_base = {"hints": o["hints"], "timeout_s": float(o["timeout_s"]),
+                     "connections": int(o["connections"]), "grace_s": float(o["grace_s"]),
+                     "bearer": os.environ.get("OPENAI_API_KEY") or None}
+    # Each worker gets its share of the cap; the key never reaches results or summary.
+    cfgs = []
+    for w in range(n_workers):
+        share = cap // n_workers + (1 if w < cap % n_workers else 0) if cap else 0
+        cfgs.append({"trace": str(trace_path), "url": url, "loop": o["loop"],
+                     "selection": selection,
+                     "dispatch": dict(dispatch_base, max_concurrency=max(share, 1) if cap else 0)})
+    writer = ResultsWriter(out / "results.arrow", run)
+    pool = WorkerPool(cfgs, n_workers)
+    stop = {"why": None}
+
+    def on_signal(signum, frame) -> None:
+        if stop["why"] is None:
+            stop["why"] = signal.Signals(signum).name
+            pool.stop()
+
+    old = {s: signal.signal(s, on_signal) for s in (signal.SIGINT, signal.SIGTERM)}
+    show = not o["quiet"] and sys.stderr.isatty()
+    try:
+        pool.wait_ready()
+        start_ns = time.monotonic_ns() + 50_000_000
+        pool.start(start_ns)
+        cpu0 = time.process_time()
+        next_show = 0.0
+        while pool.live:
+            pool.pump(0.1, writer.write)
+            tot = pool.totals()
+            if o["max_error_ratio"] is not None and stop["why"] is None and tot["done"] >= 100 \
+                    and tot["errors"] > o["max_error_ratio"] * tot["done"]:
+                stop["why"] = "max-error-ratio"
+                pool.stop()
+            if show and time.monotonic() >= next_show:
+                _progress_line(tot, start_ns, intended_ns)
+                next_show = time.monotonic() + PROGRESS_S
+        duration_s = (time.monotonic_ns() - start_ns) / 1e9
+        parent_cpu_s = time.process_time() - cpu0
+    finally:
+        for s, h in old.items():
+            signal.signal(s, h)
+        if show:
+            sys.stderr.write("\n")
+        pool.stop()
+        pool.close()
+        writer.close()
+    finals = [f for f in pool.finals if f is not None]
+    run.update({"duration_s": round(duration_s, 3), "interrupted": stop["why"] is not None,
+                "stop_reason": stop["why"], "scheduled": int(len(intended_ns)),
+                "client": {"worker_cpu_s": sum(f["cpu_s"] for f in finals),
+                           "parent_cpu_s": parent_cpu_s,
+                           "worker_max_rss_kb": max((f["max_rss_kb"] for f in finals), default=0),
+                           "connections": sum(f["counters"]["connections"] for f in finals)}})
+    _write_outputs(out, run, pool, o)
+    tot = pool.totals()
+    if stop["why"] == "max-error-ratio":
+        raise TargetError(f"{tot['errors']} of {tot['done']} requests failed, more than "
+                          f"--max-error-ratio {o['max_error_ratio']}; results are in {out}")
+    return out
+
+
+def _progress_line(tot: dict, start_ns: int, intended_ns: np.ndarray) -> None:
+    elapsed_ns = max(0, time.monotonic_ns() - start_ns)
+    total_s = intended_ns[-1] / 1e9 if len(intended_ns) else 0.0
+    due = int(np.searchsorted(intended_ns, elapsed_ns, side="right"))
+    el = elapsed_ns / 1e9
+    rate = tot["sent"] / el if el > 0 else 0.0
+    sched = due / el if el > 0 else 0.0
+    sys.stderr.write(f"\r[{el:7.1f}/{total_s:.1f} s] sent {tot['sent']}/{due} "
+                     f"({rate:,.0f}/{sched:,.0f} rps)  in flight {tot['in_flight']}  "
+                     f"errors {tot['errors']}  lag p99 {tot['lag_p99_ns'] / 1e6:.2f} ms   ")
+    sys.stderr.flush()
+
+
+def _write_outputs(out: Path, run: dict, pool: WorkerPool, o: dict) -> None:
+    from cpbench.summary import summarize, write_summary
+    results = read_results(out / "results.arrow")
+    summary = summarize(results, itl_hist=pool.merged_itl(), run=run)
+    write_summary(summary, out / "summary.json")
+    if not o["quiet"]:
+        print(format_summary(summary, out))
+    if o["report"]:
+        from cpbench.report import write_report  # Bokeh loads only when a report is made
+        write_report([out], out / "report.html", markdown_path=out / "report.md")
+
+
+def _ms(d: dict, key: str) -> str:
+    v = d.get(key)
+    return "-" if v is None else f"{v:,.2f}"
+
+
+def format_summary(summary: dict, out: Path) -> str:
+    """The console summary table of one run (milliseconds for display only)."""
+    run, req, rates = summary.get("run", {}), summary.get("requests", {}), summary.get("rates", {})
+    errs = ", ".join(f"{k} {v}" for k, v in sorted(req.get("by_error_class", {}).items()) if v)
+    lines = [
+        f"cpbench replay  {run.get('trace')} -> {run.get('target')}  "
+        f"({run.get('workers')} workers, {run.get('duration_s', 0):.1f} s"
+        + (", INTERRUPTED)" if run.get("interrupted") else ")"),
+        f"requests   scheduled {req.get('scheduled', 0):,}  sent {req.get('sent', 0):,}  "
+        f"completed {req.get('completed', 0):,}  errors {req.get('errors', 0):,}"
+        + (f" ({errs})" if errs else "") + f"  warmup {req.get('warmup', 0):,}",
+        f"rates      scheduled {rates.get('scheduled_rps', 0):,.1f} rps  achieved "
+        f"{rates.get('achieved_rps', 0):,.1f} rps  completed {rates.get('completed_rps', 0):,.1f}"
+        f" rps  output {rates.get('output_tps', 0):,.0f} tok/s",
+    ]
+    lag = summary.get("dispatch_lag_ms", {})
+    lines.append("dispatch lag ms  " + "  ".join(
+        f"{k} {_ms(lag, k)}" for k in ("p50", "p99", "p99.9", "max")))
+    cols = ("count", "p50", "p90", "p99", "p99.9", "max")
+    lines.append(f"{'latency ms':<20}" + "".join(f"{c:>11}" for c in cols))
+    for name, d in summary.get("latency_ms", {}).items():
+        if not isinstance(d, dict) or not d:
+            continue
+        cells = [f"{d.get('count', 0):>11,}"] + [f"{_ms(d, c):>11}" for c in cols[1:]]
+        lines.append(f"{name:<20}" + "".join(cells))
+    slo = summary.get("slo", {})
+    if slo:
+        lines.append(f"SLO        attainment {slo.get('attainment', 0):.1f}%  goodput "
+                     f"{slo.get('goodput_rps', 0):,.1f} rps")
+    lines.append(f"results    {out}")
+    return "\n".join(lines)
