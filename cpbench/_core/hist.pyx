@@ -315,7 +315,10 @@ cdef class Histogram:
         if self._total == 0 or p_arr.size == 0:
             return out
         # Nearest rank: the smallest value with at least p% of the values at or below it.
-        ranks = np.maximum(np.ceil(p_arr / 100.0 * self._total - 1e-9), 1).astype(np.int64)
+        # Percents are read to 12 significant digits, so that float noise in p / 100 * n
+        # (99.9 / 100 * 20000 = 19980.000000000004) does not push the rank up by one.
+        exact = p_arr / 100.0 * self._total
+        ranks = np.maximum(np.ceil(exact * (1.0 - 1e-12)), 1).astype(np.int64)
         ranks = np.minimum(ranks, self._total)
         order = np.argsort(ranks, kind="stable")
         cdef const int64_t[::1] rk = np.ascontiguousarray(ranks[order])
