@@ -244,8 +244,10 @@ BURN = "import time\nt = time.process_time()\nwhile time.process_time() - t < {c
 
 
 @pytest.mark.skipif(not os.path.exists("/proc/stat"), reason="needs Linux /proc")
-def test_client_cpu_counts_children_alive_and_reaped():
-    sampler = ClientCpuSampler(0.05, time.monotonic_ns())
+@pytest.mark.parametrize("rescan_s", [0.05, 3600.0])
+def test_client_cpu_counts_children_alive_and_reaped(rescan_s):
+    # rescan_s=3600: the child is never seen alive, and is still counted once reaped.
+    sampler = ClientCpuSampler(0.05, time.monotonic_ns(), rescan_s=rescan_s)
     sampler.start()
     assert wait_until(lambda: sampler.samples >= 2)
     child = subprocess.Popen([sys.executable, "-c", BURN.format(cpu_s=0.6)])
@@ -264,7 +266,8 @@ def test_client_cpu_counts_children_alive_and_reaped():
     # The child's 0.6 s of CPU is in the tree's total (minus at most one tick of 1/HZ s).
     assert status["cpu_s"] >= 0.6 - 0.02
     table = sampler.buffer.to_table()
-    assert max(v for _, v in rows_of(table, "client", "processes")) >= 2
+    if rescan_s < 1:
+        assert max(v for _, v in rows_of(table, "client", "processes")) >= 2
     for metric in ("cpu_tree_pct", "cpu_host_pct", "cpu_host_max_core_pct"):
         values = [v for _, v in rows_of(table, "client", metric)]
         assert values and all(0.0 <= v <= 100.0 for v in values), metric

@@ -4,12 +4,13 @@ from __future__ import annotations
 
 import asyncio
 import base64
+import concurrent.futures
 import json
-import os
 import subprocess
 import sys
 import threading
 import time
+import urllib.request
 
 import pytest
 from aiohttp import web
@@ -60,8 +61,20 @@ def test_parse_selected_defaults_and_globs():
 
 
 def test_select_lines_drops_comments_and_other_names():
-    page = "# HELP a x\n# TYPE a gauge\na 1\nab 2\n  a{x=\"1\"} 3\nb 4\n\n"
+    page = "# HELP a x\n# TYPE a gauge\na 1\nab 2\na{x=\"1\"} 3\nb 4\n\n"
     assert select_lines(page, SeriesSelector(["a"])) == 'a 1\na{x="1"} 3\n'
+    # The fast path (a literal prefix) and the full scan (a leading wildcard) agree,
+    # on \r\n line ends too, and keep page order.
+    crlf = page.replace("\n", "\r\n")
+    cases = {("a*",): 'a 1\nab 2\na{x="1"} 3\n',
+             ("*",): 'a 1\nab 2\na{x="1"} 3\nb 4\n',
+             ("?", "a?"): 'a 1\nab 2\na{x="1"} 3\nb 4\n'}
+    for patterns, expected in cases.items():
+        selector = SeriesSelector(patterns)
+        assert select_lines(page, selector) == expected, patterns
+        assert select_lines(crlf, selector) == expected, patterns
+    assert SeriesSelector(["vllm:num*", "vllm:*", "sglang:x"]).prefixes == ("sglang:x", "vllm:")
+    assert SeriesSelector(["vllm:*", "*_total"]).prefixes is None
 
 
 def test_parse_rejects_bad_text():
@@ -215,14 +228,26 @@ def _sim_available() -> str | None:
     return None
 
 
+def _chat(url: str) -> int:
+    body = json.dumps({"model": "cpbench-llm-7b", "max_tokens": 20,
+                       "messages": [{"role": "user", "content": "hello there"}]}).encode()
+    request = urllib.request.Request(f"{url}/v1/chat/completions", data=body,
+                                     headers={"Content-Type": "application/json"})
+    with urllib.request.urlopen(request, timeout=60) as resp:
+        resp.read()
+        return resp.status
+
+
 @pytest.mark.integration
 @pytest.mark.skipif(_sim_available() is not None, reason=str(_sim_available()))
-def test_scrape_cpbench_sim(tmp_path):
+def test_scrape_cpbench_sim_under_load(tmp_path):
+    # Two sequences at a time, 50 ms per decode step: six 20-token chats keep the engine
+    # full and the queue non-empty for about three seconds.
     ready = tmp_path / "ready.json"
     proc = subprocess.Popen(
         [sys.executable, "-m", "cpbench", "sim", "--host", "127.0.0.1", "--port", "0",
-         "--ready-file", str(ready)],
-        stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, env={**os.environ})
+         "--ready-file", str(ready), "--max-running-seqs", "2", "--decode-step-ms", "50"],
+        stdout=subprocess.DEVNULL, stderr=subprocess.PIPE)
     try:
         assert wait_until(lambda: ready.exists() or proc.poll() is not None, 30), "sim start"
         assert proc.poll() is None, proc.stderr.read().decode()
@@ -231,15 +256,26 @@ def test_scrape_cpbench_sim(tmp_path):
                               metrics_interval_s=0.05, client_interval_s=0.05,
                               clock_origin_ns=time.monotonic_ns())
         monitors.start()
-        assert wait_until(lambda: monitors.scrapers[0].samples >= 3, 20)
+        with concurrent.futures.ThreadPoolExecutor(6) as pool:
+            statuses = list(pool.map(_chat, [url] * 6))
         monitors.stop()
     finally:
         proc.terminate()
         proc.wait(10)
+    assert statuses == [200] * 6
     status = monitors.status()["prometheus"][0]
     assert status["url"] == url + "/metrics" and status["failures"] == 0
-    metrics = {r["metric"].split("{")[0] for r in monitors.table().to_pylist()
-               if r["source"] == status["url"]}
-    # The default selection finds the sim's queue-depth, running and KV-cache series.
+    rows = [r for r in monitors.table().to_pylist() if r["source"] == status["url"]]
+    # The default selection finds the sim's queue-depth, running, KV-cache and policy series.
     sim_defaults = {s for s in DEFAULT_SERIES if s.startswith("cpbench")}
-    assert sim_defaults and sim_defaults <= metrics
+    assert sim_defaults and sim_defaults == {r["metric"].split("{")[0] for r in rows}
+    policy = {r["metric"] for r in rows if r["metric"].startswith("cpbench_sim_policy{")}
+    assert policy == {'cpbench_sim_policy{policy="fifo"}'}
+
+    def peak(prefix: str) -> float:
+        return max(r["value"] for r in rows if r["metric"].startswith(prefix))
+
+    llm = '{engine="cpbench-llm-7b/0",model="cpbench-llm-7b"}'
+    assert peak("cpbench_sim_running_sequences" + llm) == 2.0  # the engine was full
+    assert peak("cpbench_sim_queue_depth") + peak("cpbench_sim_engine_waiting" + llm) >= 1
+    assert 0.0 < peak("cpbench_sim_kv_cache_usage_percent") <= 100.0

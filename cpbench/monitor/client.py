@@ -16,6 +16,7 @@ Without ``/proc`` (macOS) only this process's own times (``os.times``) are avail
 from __future__ import annotations
 
 import os
+import time
 
 from cpbench.monitor.sampler import PeriodicSampler
 
@@ -94,12 +95,22 @@ class ClientCpuSampler(PeriodicSampler):
         ``time.monotonic_ns()`` of the run start.
     root_pid : int, optional
         Root of the process tree; this process by default.
+    rescan_s : float, optional
+        Seconds between full ``/proc`` scans for new processes in the tree; in between,
+        only the known members are read. A process found late brings its whole CPU time
+        into the sample that finds it; one that ends unseen is counted when reaped.
     """
 
     def __init__(self, interval_s: float, clock_origin_ns: int,
-                 root_pid: int | None = None) -> None:
+                 root_pid: int | None = None, rescan_s: float = 2.0) -> None:
         super().__init__("client", interval_s, clock_origin_ns)
         self.root_pid = os.getpid() if root_pid is None else root_pid
+        # A full scan reads every process's stat (about 20 µs each, GIL held in between):
+        # a few milliseconds on a busy host, too much to spend beside the dispatcher twice a
+        # second, while the tree's membership changes only when workers start.
+        self.rescan_s = rescan_s
+        self._pids: set[int] | None = None
+        self._next_scan = 0.0
         self.proc = os.path.exists(f"{_PROC}/stat")
         self.cores = (len(read_proc_stat()) - 1 if self.proc else 0) or os.cpu_count() or 1
         self._hz = os.sysconf("SC_CLK_TCK") if self.proc else 100
@@ -114,8 +125,25 @@ class ClientCpuSampler(PeriodicSampler):
         if not self.proc:
             t = os.times()
             return t.user + t.system + t.children_user + t.children_system, 1, None
-        tree = process_tree(self.root_pid)
+        tree = self._tree()
         return tree_cpu_ticks(tree) / self._hz, len(tree), read_proc_stat()
+
+    def _tree(self) -> dict[int, list[str]]:
+        now = time.monotonic()
+        if self._pids is None or now >= self._next_scan:
+            tree = process_tree(self.root_pid)
+            self._next_scan = now + self.rescan_s
+        else:
+            tree = {}
+            for pid in self._pids:
+                fields = _stat_fields(pid)
+                if fields is not None:
+                    tree[pid] = fields
+            # A reused pid belongs to someone else: its parent is not in our tree.
+            tree = {pid: f for pid, f in tree.items()
+                    if pid == self.root_pid or int(f[1]) in tree}
+        self._pids = set(tree)
+        return tree
 
     def sample(self) -> None:
         t_ns = self.now_ns()

@@ -23,7 +23,8 @@ from prometheus_client.parser import text_string_to_metric_families
 from cpbench.monitor.sampler import PeriodicSampler
 
 # Queue depth, running requests and KV-cache use, as vLLM, SGLang and cpbench's embedded
-# control plane (cpbench sim) name them. vLLM renamed gpu_cache_usage_perc to
+# control plane (cpbench sim) name them; the sim's active policy too, so a policy switch
+# shows on the time axis. vLLM renamed gpu_cache_usage_perc to
 # kv_cache_usage_perc in v0.10; both are fractions in [0, 1] despite the name.
 DEFAULT_SERIES: tuple[str, ...] = (
     "vllm:num_requests_running",
@@ -33,6 +34,11 @@ DEFAULT_SERIES: tuple[str, ...] = (
     "sglang:num_running_reqs",
     "sglang:num_queue_reqs",
     "sglang:token_usage",
+    "cpbench_sim_queue_depth",
+    "cpbench_sim_running_sequences",
+    "cpbench_sim_engine_waiting",
+    "cpbench_sim_kv_cache_usage_percent",
+    "cpbench_sim_policy",
 )
 
 # A /metrics page of a large vLLM deployment is a few hundred KB; more is a misconfiguration.
@@ -82,6 +88,19 @@ class SeriesSelector:
         self._exact = {p for p in self.patterns if not any(c in p for c in "*?[")}
         self._globs = [p for p in self.patterns if p not in self._exact]
         self._cache: dict[str, bool] = {}
+        # The literal text every selected name starts with, per pattern; None when some
+        # pattern starts with a wildcard and any line may match.
+        literal = [min((p.find(c) for c in "*?[" if c in p), default=len(p))
+                   for p in self.patterns]
+        heads = sorted(p[:n] for p, n in zip(self.patterns, literal))
+        if any(not h for h in heads):
+            self.prefixes: tuple[str, ...] | None = None
+        else:  # drop heads another head already covers ("vllm:" covers "vllm:num_...")
+            kept: list[str] = []
+            for h in heads:
+                if not kept or not h.startswith(kept[-1]):
+                    kept.append(h)
+            self.prefixes = tuple(kept)
 
     def __call__(self, name: str) -> bool:
         hit = self._cache.get(name)
@@ -92,23 +111,52 @@ class SeriesSelector:
         return hit
 
 
+def _sample_name(line: str) -> str:
+    end = len(line)
+    for sep in ("{", " ", "\t"):
+        i = line.find(sep)
+        if 0 <= i < end:
+            end = i
+    return line[:end]
+
+
+def _candidate_lines(text: str, prefixes: tuple[str, ...]) -> list[str]:
+    """Lines of ``text`` that start with one of ``prefixes``, in page order.
+
+    ``str.find`` runs in C over the page, so a scrape costs in proportion to the lines
+    selected, not the page size: vLLM pages are mostly histogram buckets nobody asked for.
+    """
+    starts: set[int] = set()
+    for prefix in prefixes:
+        if text.startswith(prefix):
+            starts.add(0)
+        needle = "\n" + prefix
+        i = text.find(needle)
+        while i >= 0:
+            starts.add(i + 1)
+            i = text.find(needle, i + len(needle))
+    lines = []
+    for start in sorted(starts):
+        end = text.find("\n", start)
+        lines.append(text[start:] if end < 0 else text[start:end])
+    return lines
+
+
 def select_lines(text: str, keep: SeriesSelector) -> str:
     """The sample lines of an exposition whose metric name ``keep`` selects.
 
     Comment lines (HELP/TYPE) are dropped: without them the parser still yields each
-    sample's name, labels and value, which is all a monitor stores.
+    sample's name, labels and value, which is all a monitor stores. Sample lines are
+    expected to start at the line start, as every exporter writes them.
     """
+    if keep.prefixes is None:
+        candidates = text.split("\n")
+    else:
+        candidates = _candidate_lines(text, keep.prefixes)
     out = []
-    for line in text.splitlines():
-        if not line or line[0] == "#":
-            continue
-        line = line.lstrip()
-        end = len(line)
-        for sep in ("{", " ", "\t"):
-            i = line.find(sep)
-            if 0 <= i < end:
-                end = i
-        if keep(line[:end]):
+    for line in candidates:
+        line = line.rstrip("\r")
+        if line and line[0] != "#" and keep(_sample_name(line)):
             out.append(line)
     return "\n".join(out) + "\n" if out else ""
 
