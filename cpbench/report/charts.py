@@ -17,7 +17,7 @@ from bokeh.plotting import figure
 
 from cpbench.report.load import LADDER_PERCENTS, Distribution, RunData
 
-PLOT_HEIGHT = 300
+PLOT_HEIGHT = 330
 TOOLS = "pan,wheel_zoom,box_zoom,reset,save"
 SENT_COLOR, INTENDED_COLOR = Category10_10[0], Category10_10[1]
 LATENCY_TITLES = {"ttft": "Time to first token", "e2e": "End-to-end latency",
@@ -34,7 +34,7 @@ class Section:
 
 
 def new_figure(title: str, *, x_label: str = "", y_label: str = "", x_range=None,
-               x_axis_type: str = "linear", y_axis_type: str = "linear", **kwargs) -> figure:
+               x_axis_type: str = "auto", y_axis_type: str = "auto", **kwargs) -> figure:
     """A figure in the report's style (stretches to the page width)."""
     opts = {"x_range": x_range} if x_range is not None else {}
     fig = figure(title=title, height=PLOT_HEIGHT, sizing_mode="stretch_width", tools=TOOLS,
@@ -44,12 +44,17 @@ def new_figure(title: str, *, x_label: str = "", y_label: str = "", x_range=None
     return fig
 
 
-def finish_legend(fig: figure, location: str = "top_left") -> figure:
-    """Click a legend entry to hide its series; legends outside the data keep it visible."""
+def finish_legend(fig: figure) -> figure:
+    """Click a legend entry to hide its series; the legend sits below the plot area."""
     if fig.legend:
-        fig.legend.click_policy = "hide"
-        fig.legend.location = location
-        fig.legend.background_fill_alpha = 0.6
+        legend = fig.legend[0]
+        legend.click_policy = "hide"
+        # Below the plot, one row: never hides data, and long source URLs only add height.
+        legend.orientation = "horizontal"
+        legend.location = "center"
+        legend.label_text_font_size = "11px"
+        legend.spacing = 12
+        fig.add_layout(legend, "below")
     return fig
 
 
@@ -117,7 +122,7 @@ def distribution_figures(run: RunData, metric: str) -> list[figure]:
         ("requests", "@count{0,0}")]))
     cdf.add_tools(HoverTool(renderers=lines, mode="vline", tooltips=[
         ("series", "$name"), ("latency", "@ms{0,0.000} ms"), ("percentile", "@pct{0.000}")]))
-    return [finish_legend(hist, "top_right"), finish_legend(cdf)]
+    return [finish_legend(hist), finish_legend(cdf)]
 
 
 def ladder_figure(run: RunData) -> figure | None:
@@ -287,10 +292,12 @@ def monitor_sections(run: RunData, x_range) -> list[Section]:
         by_metric.setdefault((group, metric), []).append((source, ts, vs))
     target = {"gpu": gpu, "server": server, "client": client}
     for (group, metric), lines in by_metric.items():
-        fig = time_figure(metric, metric, x_range)
+        # Bytes read badly as 4.5e+10 on an axis; GiB is what people compare.
+        scale, unit = (2.0 ** 30, " (GiB)") if metric.endswith("_bytes") else (1.0, "")
+        fig = time_figure(metric + unit, metric + unit, x_range)
         renderers = []
         for i, (source, ts, vs) in enumerate(lines):
-            src = ColumnDataSource({"x": ts, "y": vs})
+            src = ColumnDataSource({"x": ts, "y": vs / scale})
             renderers.append(fig.line("x", "y", source=src, color=Category10_10[i % 10],
                                       line_width=2, legend_label=source, name=source))
         fig.add_tools(HoverTool(renderers=renderers, mode="vline", tooltips=[

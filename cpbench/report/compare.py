@@ -195,7 +195,7 @@ def ratio_section(runs: list[RunData], labels: list[str], colors: list[str]) -> 
     att.add_tools(HoverTool(renderers=[dots], tooltips=[("run", "@run"), ("LLM share", "@x"),
                                                         ("attainment", "@att{0.00} %")]))
     tail.add_tools(HoverTool(tooltips=[("LLM share", "@x"), ("TTFT p99", "@y{0,0.0} ms")]))
-    sec.figures += [finish_legend(att, "bottom_left"), finish_legend(tail)]
+    sec.figures += [finish_legend(att), finish_legend(tail)]
     return sec
 
 

@@ -112,7 +112,7 @@ def _histogram_distributions(encoded: dict) -> dict[str, Distribution]:
         count = int(hist.total_count)
         if count == 0:
             continue
-        values = np.asarray([hist.value_at_percentile(float(p)) for p in PERCENT_GRID], float)
+        values = np.asarray(hist.percentiles(PERCENT_GRID), dtype=float)
         out[name] = Distribution(PERCENT_GRID, values / NS_PER_MS, count, "histogram")
     return out
 

@@ -1,0 +1,200 @@
+"""The report in a real browser: headless Chromium opens it, no console error, every plot drawn.
+
+Drives Chromium through the DevTools protocol over a websocket (aiohttp's client, no extra
+dependency): collects console errors, uncaught exceptions and any network request to another
+host, counts the Bokeh document roots and the canvases inside their shadow DOM, and saves a
+screenshot under the test's temporary directory. Needs Debian's ``chromium`` package.
+"""
+from __future__ import annotations
+
+import asyncio
+import base64
+import json
+import os
+import shutil
+import signal
+import subprocess
+import time
+from pathlib import Path
+
+import pytest
+
+from cpbench.report import write_report
+from report_fixtures import make_result_dir
+
+CHROMIUM = shutil.which("chromium") or shutil.which("chromium-browser")
+pytestmark = [
+    pytest.mark.browser,
+    pytest.mark.skipif(CHROMIUM is None, reason="headless Chromium not installed "
+                       "(apt-get install -y chromium)"),
+]
+
+# Counts canvases inside Bokeh's shadow roots; a plot that failed to render has none.
+PROBE_JS = """
+(() => {
+  const canvases = [];
+  const walk = (root) => {
+    root.querySelectorAll('*').forEach((el) => {
+      if (el.tagName === 'CANVAS') canvases.push(el);
+      if (el.shadowRoot) walk(el.shadowRoot);
+    });
+  };
+  walk(document);
+  const plots = document.querySelectorAll('.plot > div');
+  let drawnPlots = 0;
+  plots.forEach((p) => {
+    let n = 0;
+    const count = (r) => r.querySelectorAll('*').forEach((el) => {
+      if (el.tagName === 'CANVAS' && el.width > 0 && el.height > 0) n++;
+      if (el.shadowRoot) count(el.shadowRoot);
+    });
+    count(p);
+    if (n > 0) drawnPlots++;
+  });
+  const docs = (window.Bokeh && Bokeh.documents) || [];
+  return JSON.stringify({
+    bokeh: !!window.Bokeh, documents: docs.length,
+    roots: docs.reduce((a, d) => a + d.roots().length, 0),
+    canvases: canvases.length, plotDivs: plots.length, drawnPlots: drawnPlots,
+    expected: Number(document.body.dataset.cpbenchPlots),
+  });
+})()
+"""
+
+
+class DevTools:
+    """A minimal Chrome DevTools Protocol client over one page's websocket."""
+
+    def __init__(self, ws):
+        self.ws, self.next_id, self.events = ws, 0, []
+
+    async def call(self, method: str, **params) -> dict:
+        self.next_id += 1
+        my_id = self.next_id
+        await self.ws.send_json({"id": my_id, "method": method, "params": params})
+        while True:
+            msg = await self.ws.receive_json(timeout=30)
+            if msg.get("id") == my_id:
+                if "error" in msg:
+                    raise RuntimeError(f"{method}: {msg['error']}")
+                return msg.get("result", {})
+            self.events.append(msg)
+
+    async def drain(self, seconds: float) -> None:
+        end = time.monotonic() + seconds
+        while (left := end - time.monotonic()) > 0:
+            try:
+                self.events.append(await self.ws.receive_json(timeout=left))
+            except asyncio.TimeoutError:
+                return
+
+
+def _launch(profile: Path) -> tuple[subprocess.Popen, str]:
+    proc = subprocess.Popen(
+        [CHROMIUM, "--headless=new", "--no-sandbox", "--disable-gpu", "--no-first-run",
+         "--disable-dev-shm-usage", "--remote-debugging-port=0", f"--user-data-dir={profile}",
+         "--window-size=1400,2000", "about:blank"],
+        stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL, start_new_session=True)
+    port_file = profile / "DevToolsActivePort"
+    deadline = time.monotonic() + 30
+    while time.monotonic() < deadline:
+        if port_file.is_file() and len(lines := port_file.read_text().splitlines()) >= 2:
+            return proc, f"http://127.0.0.1:{lines[0]}"
+        if proc.poll() is not None:
+            break
+        time.sleep(0.1)
+    proc.kill()
+    pytest.fail("chromium did not open its DevTools port within 30 s")
+
+
+async def _open_report(base_url: str, html: Path, screenshot: Path) -> tuple[dict, list]:
+    import aiohttp
+
+    async with aiohttp.ClientSession() as session:
+        async with session.put(f"{base_url}/json/new?about:blank") as resp:
+            target = json.loads(await resp.text())
+        async with session.ws_connect(target["webSocketDebuggerUrl"], max_msg_size=0) as ws:
+            dt = DevTools(ws)
+            for domain in ("Runtime", "Log", "Page", "Network"):
+                await dt.call(f"{domain}.enable")
+            await dt.call("Emulation.setDeviceMetricsOverride", width=1400, height=2000,
+                          deviceScaleFactor=1, mobile=False)
+            await dt.call("Page.navigate", url=html.as_uri())
+            probe = {}
+            for _ in range(60):  # up to ~30 s for BokehJS to build every view
+                await dt.drain(0.5)
+                result = await dt.call("Runtime.evaluate", expression=PROBE_JS,
+                                       returnByValue=True)
+                probe = json.loads(result["result"].get("value") or "{}")
+                if probe.get("drawnPlots", 0) >= probe.get("expected", 1) > 0:
+                    break
+            await dt.drain(1.0)
+            size = (await dt.call("Page.getLayoutMetrics"))["cssContentSize"]
+            # The whole page, so a reader of the screenshot sees every section.
+            shot = await dt.call("Page.captureScreenshot", format="png",
+                                 captureBeyondViewport=True,
+                                 clip={"x": 0, "y": 0, "width": size["width"],
+                                       "height": size["height"], "scale": 1})
+            screenshot.write_bytes(base64.b64decode(shot["data"]))
+            return probe, dt.events
+
+
+def _problems(events: list) -> list[str]:
+    problems = []
+    for ev in events:
+        method, params = ev.get("method"), ev.get("params", {})
+        if method == "Runtime.consoleAPICalled" and params.get("type") in ("error", "assert"):
+            problems.append(f"console.{params['type']}: "
+                            f"{[a.get('value', a.get('description')) for a in params['args']]}")
+        elif method == "Runtime.exceptionThrown":
+            problems.append(f"exception: {params['exceptionDetails']}")
+        elif method == "Log.entryAdded" and params["entry"].get("level") == "error":
+            problems.append(f"log error: {params['entry'].get('text')}")
+        elif method == "Network.requestWillBeSent":
+            url = params["request"]["url"]
+            if not url.startswith(("file:", "data:", "blob:", "about:")):
+                problems.append(f"network request to {url}")
+    return problems
+
+
+def _check_in_browser(html: Path, tmp_path: Path, name: str) -> dict:
+    profile = tmp_path / f"chromium-{name}"
+    profile.mkdir()
+    proc, base_url = _launch(profile)
+    try:
+        probe, events = asyncio.run(_open_report(base_url, html, tmp_path / f"{name}.png"))
+    finally:
+        os.killpg(proc.pid, signal.SIGTERM)
+        try:
+            proc.wait(timeout=10)
+        except subprocess.TimeoutExpired:
+            os.killpg(proc.pid, signal.SIGKILL)
+            proc.wait()
+    assert _problems(events) == []
+    assert (tmp_path / f"{name}.png").stat().st_size > 10_000
+    assert probe["bokeh"] and probe["documents"] == 1
+    assert probe["expected"] > 0
+    assert probe["roots"] == probe["expected"] == probe["plotDivs"]
+    assert probe["drawnPlots"] == probe["expected"]
+    assert probe["canvases"] >= probe["expected"]
+    return probe
+
+
+@pytest.mark.slow
+def test_single_run_report_renders_every_plot_in_chromium(tmp_path):
+    run = make_result_dir(tmp_path / "run", n_requests=2000, model_name="<script>x</script>",
+                          error_detail='"><img src=x onerror=alert(1)>', gpu=True)
+    html = write_report([run], tmp_path / "report.html")
+    probe = _check_in_browser(html, tmp_path, "single")
+    assert probe["roots"] >= 20  # throughput, latency, SLO, hybrid, GPU, server, client, lag
+
+
+@pytest.mark.slow
+def test_comparison_report_renders_every_plot_in_chromium(tmp_path):
+    dirs = [make_result_dir(tmp_path / p, n_requests=800, seed=i, policy=p, rate_rps=rate,
+                            llm_ratio=ratio, monitor=False)
+            for i, (p, rate, ratio) in enumerate([("fifo", 50, 0.5), ("priority", 100, 0.7),
+                                                  ("slo_aware", 150, 0.9)])]
+    html = write_report(dirs, tmp_path / "compare.html")
+    probe = _check_in_browser(html, tmp_path, "compare")
+    assert probe["roots"] >= 8
