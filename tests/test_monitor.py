@@ -228,6 +228,12 @@ def test_gpu_off_and_bad_intervals():
                 {"client_interval_s": float("nan")}):
         with pytest.raises(ConfigError, match="must be a number of seconds > 0"):
             MonitorSet(clock_origin_ns=0, **bad)
+    for bad in ("localhost:9000", "ftp://h/metrics", "http:///metrics"):
+        with pytest.raises(ConfigError, match="--metrics-url must be an http"):
+            MonitorSet(clock_origin_ns=0, metrics_urls=[bad])
+    with pytest.raises(ConfigError) as info:
+        MonitorSet(clock_origin_ns=0, metrics_urls=["ftp://bob:hunter2@h/m"])
+    assert "hunter2" not in str(info.value)
 
 
 def test_import_has_no_side_effects():

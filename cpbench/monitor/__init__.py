@@ -12,6 +12,8 @@ in :meth:`MonitorSet.start`.
 from __future__ import annotations
 
 import os
+import time
+import urllib.parse
 
 import pyarrow as pa
 
@@ -25,6 +27,15 @@ __all__ = [
     "DEFAULT_SERIES", "GPU_METRICS", "MONITOR_SCHEMA", "MonitorSet", "read_monitor",
     "redact_url", "write_monitor",
 ]
+
+
+def _check_url(url: str) -> str:
+    parts = urllib.parse.urlsplit(url) if isinstance(url, str) else None
+    if parts is None or parts.scheme not in ("http", "https") or not parts.hostname:
+        shown = redact_url(url) if isinstance(url, str) else url
+        raise ConfigError(f"--metrics-url must be an http(s) URL such as "
+                          f"http://127.0.0.1:8000/metrics; got {shown!r}")
+    return url
 
 
 def _check_interval(name: str, value: float) -> float:
@@ -55,7 +66,7 @@ class MonitorSet:
     Raises
     ------
     ConfigError
-        An interval is not a positive number.
+        An interval is not a positive number, or a metrics URL is not http(s).
     """
 
     def __init__(self, *, gpu_interval_s: float | None = 0.5, metrics_urls: list[str] = (),
@@ -68,7 +79,7 @@ class MonitorSet:
         interval = _check_interval("--metrics-interval", metrics_interval_s)
         self.scrapers = [
             PrometheusScraper(url, interval, self.clock_origin_ns, series=metrics_series)
-            for url in metrics_urls
+            for url in map(_check_url, metrics_urls)
         ]
         self.client = ClientCpuSampler(_check_interval("--client-interval", client_interval_s),
                                        self.clock_origin_ns)
@@ -86,15 +97,16 @@ class MonitorSet:
             sampler.start()
 
     def stop(self, timeout_s: float = 2.0) -> None:
-        """Stop every sampler, waiting at most about ``timeout_s`` for each thread.
+        """Stop every sampler, waiting at most about ``timeout_s`` for all threads together.
 
         A thread still stuck in a call after that (a scrape past its timeout) is left
         behind as a daemon; its rows so far are kept.
         """
         for sampler in self._samplers():
-            sampler._stop.set()  # signal all first, so they wind down in parallel
+            sampler.signal_stop()  # all first, so they wind down in parallel
+        deadline = time.monotonic() + timeout_s
         for sampler in self._samplers():
-            sampler.stop(timeout_s)
+            sampler.stop(max(0.0, deadline - time.monotonic()))
 
     def table(self) -> pa.Table:
         """Every sample so far, sorted by ``t_ns``, with :data:`MONITOR_SCHEMA`."""

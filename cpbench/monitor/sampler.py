@@ -67,6 +67,10 @@ class PeriodicSampler:
             target=self._run, name=f"cpbench-monitor-{self.name}", daemon=True)
         self._thread.start()
 
+    def signal_stop(self) -> None:
+        """Ask the thread to end after its current sample; returns at once."""
+        self._stop.set()
+
     def stop(self, timeout_s: float = 2.0) -> bool:
         """Stop sampling; return False if the thread did not end within ``timeout_s``.
 
