@@ -195,3 +195,11 @@ def test_knee_edges_never_pass_never_fail_and_probe_bound():
     assert len(calls) == 6 and not res.converged and res.knee_rps <= 139.5
     with pytest.raises(ConfigError):
         find_knee(lambda r: 0.0, start_rps=0)
+
+
+def test_knee_upper_bound_caps_doubling():
+    calls: list[float] = []
+    res = find_knee(_step(137.0, calls), start_rps=100.0, upper_rps=150.0, rel_tol=0.02,
+                    max_probes=30)
+    assert calls[:2] == [100.0, 150.0]
+    assert res.converged and res.knee_rps <= 139.5 < res.high_rps

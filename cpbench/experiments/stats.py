@@ -286,7 +286,9 @@ def paired_comparison(runs: dict[str, list[RunArrays]], *, baseline: str,
                     m &= r.priority == p
                 per_run.append(run_metrics(r, m))
             run_level[(name, k, p)] = per_run
-            entry["groups"].append({"kind": k, "priority": p, "metrics": {
+            entry["groups"].append({"kind": k, "priority": p,
+                                    "requests": int(np.mean([x["requests"] for x in per_run])),
+                                    "metrics": {
                 n: repeat_spread([x[n] for x in per_run]) for n in names}})
         policies[name] = entry
 
@@ -350,7 +352,7 @@ class KneeResult:
 
 def find_knee(measure: Callable[[float], float], *, start_rps: float, target_pct: float = 95.0,
               rel_tol: float = 0.05, max_probes: int = 12, min_rps: float = 0.0,
-              max_rps: float = math.inf) -> KneeResult:
+              max_rps: float = math.inf, upper_rps: float | None = None) -> KneeResult:
     """The saturation knee: the highest rate whose SLO attainment stays >= ``target_pct``.
 
     Brackets first — doubling from ``start_rps`` while the target holds, halving while it
@@ -358,7 +360,8 @@ def find_knee(measure: Callable[[float], float], *, start_rps: float, target_pct
     runs the workload at ``rate`` and returns the attainment percent; each rate is measured once.
     Attainment is assumed to fall with rate; a noisy measurement only moves the bracket, it
     never loops. Stops after ``max_probes`` measurements whatever happened (``converged``
-    False).
+    False). ``upper_rps``, a rate already seen failing, caps the doubling so a sweep's fixed
+    points serve as the bracket (a caching ``measure`` then costs nothing for it).
     """
     if not (start_rps > 0 and 0.0 <= target_pct <= 100.0 and 0 < rel_tol < 1 and max_probes >= 2
             and 0.0 <= min_rps < max_rps):
@@ -382,6 +385,8 @@ def find_knee(measure: Callable[[float], float], *, start_rps: float, target_pct
                 return KneeResult(low, low, None, False, probes,
                                   f"attainment still >= {target_pct:g}% at max_rps {max_rps:g}")
             rate = min(rate * 2.0, max_rps)
+            if upper_rps is not None and upper_rps > low:
+                rate = min(rate, upper_rps)
         else:
             high = rate
             if low is None and rate / 2.0 <= min_rps:
