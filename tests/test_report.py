@@ -1,0 +1,258 @@
+"""Tests of cpbench.report: loading result dirs, the HTML and Markdown reports, the CLI.
+
+Result directories come from tests/report_fixtures.py, which writes the files of
+docs/formats.md from a seeded synthetic run.
+"""
+from __future__ import annotations
+
+import json
+import subprocess
+import sys
+from html.parser import HTMLParser
+from pathlib import Path
+
+import numpy as np
+import pyarrow as pa
+import pytest
+from bokeh.models import HoverTool
+
+from cpbench.cli import main as cli_main
+from cpbench.errors import ConfigError
+from cpbench.report import write_report
+from cpbench.report.charts import single_run_sections
+from cpbench.report.compare import comparison_sections
+from cpbench.report.load import load_run, run_labels
+from cpbench.report.markdown import md_escape
+from report_fixtures import make_result_dir, write_arrow
+
+XSS_MODEL = "<script>alert('model')</script>"
+XSS_DETAIL = '"><img src=x onerror=alert(1)>'
+
+
+@pytest.fixture(scope="module")
+def run_dir(tmp_path_factory) -> Path:
+    return make_result_dir(tmp_path_factory.mktemp("run") / "r", n_requests=3000,
+                           model_name=XSS_MODEL, error_detail=XSS_DETAIL, error_ratio=0.02)
+
+
+class _Tags(HTMLParser):
+    """Collects script and stylesheet tags with their attributes, and the visible text."""
+
+    def __init__(self):
+        super().__init__()
+        self.tags: list[tuple[str, dict]] = []
+        self.text: list[str] = []
+        self._in_script = False
+
+    def handle_starttag(self, tag, attrs):
+        self.tags.append((tag, dict(attrs)))
+        self._in_script = tag == "script"
+
+    def handle_endtag(self, tag):
+        self._in_script = False if tag == "script" else self._in_script
+
+    def handle_data(self, data):
+        if not self._in_script:
+            self.text.append(data)
+
+
+def _parse(html: str) -> _Tags:
+    parser = _Tags()
+    parser.feed(html)
+    return parser
+
+
+def test_single_report_is_standalone_and_escapes_every_foreign_string(run_dir, tmp_path):
+    out = write_report([run_dir], tmp_path / "report.html", markdown_path=tmp_path / "r.md")
+    html = out.read_text()
+    tags = _parse(html)
+    for tag, attrs in tags.tags:
+        ref = attrs.get("src") or (attrs.get("href") if tag == "link" else None)
+        assert not (tag in ("script", "link", "img", "iframe") and ref), (tag, attrs)
+    assert not any(t == "link" and a.get("rel") == "stylesheet" for t, a in tags.tags)
+    assert "Bokeh.embed" in html  # BokehJS inlined, its embedding code present
+    # The hostile strings appear only escaped: as text in the page, never as markup.
+    assert XSS_MODEL not in html and XSS_DETAIL not in html and "<img" not in html
+    visible = "".join(tags.text)
+    assert XSS_MODEL in visible and XSS_DETAIL in visible
+    assert sum(1 for t, _ in tags.tags if t == "script") == 3  # resources, bokeh, embed
+    md = (tmp_path / "r.md").read_text()
+    assert "<script" not in md and "<img" not in md
+    assert md_escape(XSS_MODEL) in md and md_escape(XSS_DETAIL) in md
+
+
+def test_every_plot_has_hover_toggling_legend_and_time_plots_share_x(run_dir):
+    run = load_run(run_dir)
+    sections = single_run_sections(run)
+    figures = [f for s in sections for f in s.figures]
+    assert len(figures) >= 18
+    for fig in figures:
+        assert any(isinstance(t, HoverTool) for t in fig.tools), fig.title.text
+        for legend in fig.legend:
+            assert legend.click_policy == "hide"
+    time_plots = [f for f in figures if f.xaxis[0].axis_label.startswith("time since")]
+    assert len(time_plots) >= 8
+    assert len({id(f.x_range) for f in time_plots}) == 1
+    titles = {s.title for s in sections}
+    assert {"Throughput", "Latency distributions", "Latency over time", "SLO attainment",
+            "Hybrid breakdown", "Server metrics", "Client host",
+            "Dispatch lag (client)"} <= titles
+
+
+def test_gpu_unavailable_is_a_plain_note_with_the_reason(run_dir, tmp_path):
+    html = write_report([run_dir], tmp_path / "r.html", markdown_path=tmp_path / "r.md")
+    text = "".join(_parse(html.read_text()).text)
+    assert "GPU monitoring was unavailable: NVML Shared Library Not Found." in text
+    assert "GPU monitoring was unavailable: NVML Shared Library Not Found." in \
+        (tmp_path / "r.md").read_text()
+    gpu = [s for s in single_run_sections(load_run(run_dir)) if s.title == "GPU"][0]
+    assert gpu.figures == []
+
+
+def test_gpu_and_server_series_become_plots_with_bounded_points(tmp_path):
+    d = make_result_dir(tmp_path / "gpu", n_requests=500, gpu=True)
+    # A long monitor file: 20,000 samples of one series must be binned, not drawn raw.
+    t_ns = np.arange(20_000, dtype=np.int64) * 10_000_000
+    write_arrow(pa.table({"t_ns": t_ns, "source": ["gpu0"] * t_ns.size,
+                          "metric": ["gpu_util_pct"] * t_ns.size,
+                          "value": np.linspace(0, 100, t_ns.size)}), d / "monitor.arrow")
+    run = load_run(d)
+    ts, vs = run.monitor[("gpu0", "gpu_util_pct")]
+    assert 1000 < ts.size <= 2000
+    assert vs.min() == pytest.approx(0, abs=0.1) and vs.max() == pytest.approx(100, abs=0.1)
+    gpu = [s for s in single_run_sections(run) if s.title == "GPU"][0]
+    assert [f.title.text for f in gpu.figures] == ["gpu_util_pct"] and not gpu.notes
+
+
+def test_no_monitor_file_says_so_and_draws_no_monitor_plots(tmp_path):
+    d = make_result_dir(tmp_path / "nomon", n_requests=400, monitor=False)
+    summary = json.loads((d / "summary.json").read_text())
+    del summary["monitor"]
+    (d / "summary.json").write_text(json.dumps(summary))
+    sections = {s.title: s for s in single_run_sections(load_run(d))}
+    assert "GPU" not in sections and "Client host" not in sections
+    assert "no monitor.arrow" in sections["Server metrics"].notes[0]
+
+
+def test_distributions_come_from_histograms_when_present_else_from_results(tmp_path):
+    pytest.importorskip("cpbench._core.hist")
+    with_h = load_run(make_result_dir(tmp_path / "h", n_requests=4000, seed=3))
+    without = load_run(make_result_dir(tmp_path / "n", n_requests=4000, seed=3,
+                                       with_histograms=False))
+    for name in ("ttft_from_sent", "ttft_from_intended", "e2e_from_intended", "itl",
+                 "dispatch_lag"):
+        assert with_h.distributions[name].source == "histogram"
+        assert without.distributions[name].source == "results"
+        assert with_h.distributions[name].count == without.distributions[name].count
+        for p in (50.0, 90.0, 99.0):  # histogram bound (0.1 %) plus interpolation slack
+            assert with_h.distributions[name].at(p) == pytest.approx(
+                without.distributions[name].at(p), rel=0.02)
+    exact = without.summary["latency_ms"]["ttft_from_intended"]["p99"]
+    assert without.distributions["ttft_from_intended"].at(99.0) == pytest.approx(exact, rel=1e-6)
+
+
+def test_series_are_derived_from_results_when_summary_has_no_timeslices(tmp_path):
+    d = make_result_dir(tmp_path / "nots", n_requests=2000, seed=5)
+    summary = json.loads((d / "summary.json").read_text())
+    expected = summary.pop("timeslices")
+    (d / "summary.json").write_text(json.dumps(summary))
+    run = load_run(d)
+    assert any("derived from results.arrow" in n for n in run.notes)
+    for key in ("scheduled", "sent", "completed", "errors", "slo_met"):
+        n = len(expected[key])
+        assert run.series[key][:n].tolist() == expected[key], key
+    assert np.nanmax(run.series["ttft_p99_ms"]) == pytest.approx(
+        max(v for v in expected["ttft_p99_ms"] if v is not None))
+
+
+def test_batch_efficiency_and_per_kind_series(run_dir):
+    run = load_run(run_dir)
+    sizes = [r["batch_size"] for r in run.batch_table]
+    assert sizes == [1, 4, 8, 16, 32]
+    per_input = [r["per_input_ms"] for r in run.batch_table]
+    assert per_input == sorted(per_input, reverse=True)  # batching amortises the fixed cost
+    assert sorted(run.kind_series) == ["chat", "embedding"]
+    completed = sum(k["completed"] for k in run.summary["by_kind"])
+    assert sum(v.sum() for v in run.kind_series.values()) == completed
+
+
+def test_markdown_has_the_same_facts_and_tables(run_dir, tmp_path):
+    write_report([run_dir], tmp_path / "r.html", markdown_path=tmp_path / "r.md")
+    md = (tmp_path / "r.md").read_text()
+    summary = json.loads((run_dir / "summary.json").read_text())
+    for heading in ("### Latency (ms)", "### Per kind", "### Per kind and priority",
+                    "### Embedding batch efficiency", "### Most frequent errors"):
+        assert heading in md
+    high = [c for c in summary["by_class"] if c["kind"] == "chat" and c["priority"] == "HIGH"][0]
+    row = [line for line in md.splitlines() if line.startswith("| chat | HIGH |")][0]
+    assert f"{high['attainment']:.2f} %" in row and f"{high['requests']:,}" in row
+    assert f"{summary['requests']['errors']:,}" in md
+    html_text = "".join(_parse((tmp_path / "r.html").read_text()).text)
+    assert f"{high['attainment']:.2f} %" in html_text
+
+
+def test_comparison_report_labels_colours_and_ratio_section(tmp_path):
+    specs = [("fifo", 50, 0.5), ("priority", 100, 0.7), ("slo_aware", 150, 0.9)]
+    dirs = [make_result_dir(tmp_path / p, n_requests=600, seed=i, policy=p, rate_rps=r,
+                            llm_ratio=x, monitor=False) for i, (p, r, x) in enumerate(specs)]
+    runs = [load_run(d) for d in dirs]
+    labels = run_labels(runs)
+    assert labels == ["fifo · 50 rps · llm 0.5", "priority · 100 rps · llm 0.7",
+                      "slo_aware · 150 rps · llm 0.9"]
+    sections = {s.title: s for s in comparison_sections(runs, labels)}
+    assert {"Throughput per run", "Latency percentiles side by side",
+            "SLO attainment by policy and priority", "LLM-ratio impact"} <= set(sections)
+    # One colour per run, the same in the per-run bars and in the latency lines.
+    bars = sections["Throughput per run"].figures[0].renderers[0].data_source.data
+    bar_colors = {x[0]: c for x, c in zip(bars["x"], bars["color"])}
+    ladder = sections["Latency percentiles side by side"].figures[0]
+    line_colors = {r.name: r.glyph.line_color for r in ladder.renderers}
+    assert bar_colors == line_colors and len(set(bar_colors.values())) == 3
+    out = write_report(dirs, tmp_path / "cmp.html", markdown_path=tmp_path / "cmp.md")
+    text = "".join(_parse(out.read_text()).text)
+    for label in labels:
+        assert label in text
+    assert "### Runs" in (tmp_path / "cmp.md").read_text()
+
+
+def test_comparison_without_policy_or_options_falls_back_to_directory_names(tmp_path):
+    dirs = []
+    for name in ("a", "b"):
+        d = make_result_dir(tmp_path / name, n_requests=300, policy=None, options={},
+                            monitor=False, seed=len(dirs))
+        dirs.append(d)
+    runs = [load_run(d) for d in dirs]
+    assert run_labels(runs) == ["a", "b"]
+    titles = [s.title for s in comparison_sections(runs, ["a", "b"])]
+    assert "LLM-ratio impact" not in titles
+    assert write_report(dirs, tmp_path / "ab.html").stat().st_size > 100_000
+
+
+def test_not_a_result_directory_and_a_broken_summary_raise_config_error(tmp_path):
+    with pytest.raises(ConfigError, match="no summary.json"):
+        write_report([tmp_path], tmp_path / "x.html")
+    (tmp_path / "summary.json").write_text("{not json")
+    with pytest.raises(ConfigError, match="cannot read"):
+        write_report([tmp_path], tmp_path / "x.html")
+    with pytest.raises(ConfigError, match="no result directory"):
+        write_report([], tmp_path / "x.html")
+
+
+def test_cli_default_outputs(run_dir, tmp_path, monkeypatch, capsys):
+    single = make_result_dir(tmp_path / "one", n_requests=300, monitor=False)
+    assert cli_main(["report", str(single)]) == 0
+    assert (single / "report.html").is_file()
+    monkeypatch.chdir(tmp_path)
+    assert cli_main(["report", str(single), str(run_dir), "--markdown", "cmp.md",
+                     "--title", "Two runs"]) == 0
+    assert (tmp_path / "cpbench-report.html").is_file() and (tmp_path / "cmp.md").is_file()
+    assert "<title>Two runs</title>" in (tmp_path / "cpbench-report.html").read_text()
+    assert (tmp_path / "cmp.md").read_text().startswith("# Two runs")
+
+
+def test_cli_bad_directory_is_one_line_and_exit_2(tmp_path):
+    proc = subprocess.run([sys.executable, "-m", "cpbench", "report", str(tmp_path / "nope")],
+                          capture_output=True, text=True, timeout=120)
+    assert proc.returncode == 2
+    assert proc.stderr.count("\n") == 1 and "not a result directory" in proc.stderr
+    assert "Traceback" not in proc.stderr
