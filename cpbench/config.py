@@ -360,6 +360,11 @@ def namespace_from(parser: argparse.ArgumentParser, options: Mapping[str, Any], 
         values, lines = load_file(path)
         converted.update(convert(parser, values, source=f"config file {path}", lines=lines))
     converted.update(convert(parser, given, source=source))
+    supplied = set(converted) | set(positionals or {})
+    missing = [_key_name(a).replace("-", "_") for a in parser._actions
+               if a.required and a.option_strings and a.dest not in supplied]
+    if missing:
+        raise ConfigError(f"{source}: missing required option(s) {', '.join(missing)}")
     namespace = argparse.Namespace()
     for action in parser._actions:
         if action.dest in (argparse.SUPPRESS, "help", "version"):
