@@ -165,6 +165,30 @@ def test_fake_nvml_init_failure_reason(monkeypatch):
     assert not [r for r in monitors.table().to_pylist() if r["source"].startswith("gpu")]
 
 
+def test_pynvml_missing_or_broken(monkeypatch):
+    monkeypatch.setitem(sys.modules, "pynvml", None)  # as if nvidia-ml-py were absent
+    sampler = GpuSampler(0.05, time.monotonic_ns())
+    sampler.start()
+    assert not sampler.running and not sampler.available
+    assert sampler.reason.startswith("pynvml is not importable (")
+    assert sampler.reason.endswith("install nvidia-ml-py")
+
+
+def test_sampler_that_cannot_start_is_noted(monkeypatch):
+    monitors = MonitorSet(gpu_interval_s=None, client_interval_s=0.05,
+                          clock_origin_ns=time.monotonic_ns())
+
+    def no_threads(*args, **kwargs):
+        raise RuntimeError("can't start new thread")
+
+    monkeypatch.setattr(threading.Thread, "start", no_threads)
+    monitors.start()
+    monkeypatch.undo()
+    monitors.stop()
+    assert monitors.status()["client_cpu"]["last_error"] == (
+        "could not start: RuntimeError: can't start new thread")
+
+
 def test_fake_nvml_no_devices(monkeypatch):
     fake = make_fake_nvml(0)
     monkeypatch.setitem(sys.modules, "pynvml", fake)

@@ -94,7 +94,11 @@ class MonitorSet:
             return
         self._started = True
         for sampler in self._samplers():
-            sampler.start()
+            try:
+                sampler.start()
+            except Exception as exc:  # noqa: BLE001 - no thread left (ulimit): note, go on
+                sampler.failures += 1
+                sampler.last_error = f"could not start: {type(exc).__name__}: {exc}"
 
     def stop(self, timeout_s: float = 2.0) -> None:
         """Stop every sampler, waiting at most about ``timeout_s`` for all threads together.

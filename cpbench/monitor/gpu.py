@@ -79,7 +79,7 @@ class GpuSampler(PeriodicSampler):
     def setup(self) -> bool:
         try:
             import pynvml  # lazily: no NVML work at cpbench import time
-        except ImportError as exc:
+        except Exception as exc:  # noqa: BLE001 - ImportError, or a broken install
             self.reason = f"pynvml is not importable ({exc}); install nvidia-ml-py"
             return False
         try:

@@ -63,9 +63,14 @@ class PeriodicSampler:
             return
         if not self.setup():
             return
-        self._thread = threading.Thread(
+        thread = threading.Thread(
             target=self._run, name=f"cpbench-monitor-{self.name}", daemon=True)
-        self._thread.start()
+        try:
+            thread.start()
+        except BaseException:
+            self.teardown()  # release NVML: stop() will find no thread to wait for
+            raise
+        self._thread = thread
 
     def signal_stop(self) -> None:
         """Ask the thread to end after its current sample; returns at once."""
