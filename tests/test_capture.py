@@ -1,0 +1,265 @@
+"""The recording proxy, end to end: a real aiohttp client sends a known schedule through
+``cpbench record capture`` (a subprocess) to a loopback aiohttp server; the trace written on
+SIGINT/SIGTERM must match what was sent, and never contain the API key."""
+from __future__ import annotations
+
+import asyncio
+import json
+import os
+import signal
+import subprocess
+import sys
+import threading
+import time
+
+import aiohttp
+import pytest
+from aiohttp import web
+
+from cpbench.prompts import build_prompt
+from cpbench.record.capture import describe_request, public_url
+from cpbench.trace import read_trace
+
+pytestmark = pytest.mark.integration
+
+KEY = "sk-planted-4f7c2e9a1b3d5c7e-DO-NOT-WRITE"
+# (gap before this request in ms, kind, input tokens, max_tokens, batch, priority header)
+SCHEDULE = [
+    (0, "chat", 12, 5, 1, "HIGH"), (35, "embedding", 7, None, 3, None),
+    (20, "completion", 30, 4, 1, "LOW"), (60, "chat", 3, 8, 1, None),
+    (15, "embedding", 40, None, 1, "HIGH"), (45, "chat", 100, 2, 1, "NORMAL"),
+    (25, "completion", 9, 6, 1, None), (80, "embedding", 5, None, 16, "LOW"),
+    (10, "chat", 64, 3, 1, "HIGH"), (50, "chat", 1, 1, 1, None),
+    (30, "embedding", 20, None, 2, None), (40, "completion", 17, 9, 1, "HIGH"),
+    (20, "chat", 8, 4, 1, "LOW"), (70, "embedding", 11, None, 5, None),
+    (15, "chat", 22, 7, 1, None), (35, "completion", 2, 2, 1, "NORMAL"),
+]
+
+
+def _sse_body(n_tokens: int) -> bytes:
+    chunks = [b'data: {"choices":[{"delta":{"content":"tok "}}]}\n\n'] * n_tokens
+    usage = b'data: {"choices":[],"usage":{"prompt_tokens":1,"completion_tokens":%d}}\n\n' \
+        % n_tokens
+    return b"".join(chunks) + usage + b"data: [DONE]\n\n"
+
+
+class Upstream:
+    """A loopback OpenAI-ish server in its own thread and event loop."""
+
+    def __init__(self) -> None:
+        self.loop = asyncio.new_event_loop()
+        self.seen_auth: list[str] = []
+        ready = threading.Event()
+        self.thread = threading.Thread(target=self._run, args=(ready,), daemon=True)
+        self.thread.start()
+        assert ready.wait(10)
+
+    async def _chat(self, request: web.Request) -> web.StreamResponse:
+        self.seen_auth.append(request.headers.get("Authorization", ""))
+        body = await request.json()
+        if request.headers.get("X-Test-Stall-Ms"):
+            await asyncio.sleep(float(request.headers["X-Test-Stall-Ms"]) / 1000)
+        resp = web.StreamResponse(headers={"Content-Type": "text/event-stream"})
+        await resp.prepare(request)
+        data = _sse_body(body["max_tokens"])
+        for i in range(0, len(data), 40):   # several writes, as a real server streams
+            await resp.write(data[i:i + 40])
+            await asyncio.sleep(0.001)
+        return resp
+
+    async def _json(self, request: web.Request) -> web.Response:
+        self.seen_auth.append(request.headers.get("Authorization", ""))
+        await request.read()
+        return web.json_response({"data": [], "usage": {"prompt_tokens": 1,
+                                                        "completion_tokens": 2}})
+
+    async def _models(self, request: web.Request) -> web.Response:
+        return web.json_response({"data": [{"id": "m"}]})
+
+    def _run(self, ready: threading.Event) -> None:
+        asyncio.set_event_loop(self.loop)
+        app = web.Application()
+        app.router.add_post("/v1/chat/completions", self._chat)
+        app.router.add_post("/v1/completions", self._json)
+        app.router.add_post("/v1/embeddings", self._json)
+        app.router.add_get("/v1/models", self._models)
+        self.runner = web.AppRunner(app)
+        self.loop.run_until_complete(self.runner.setup())
+        site = web.TCPSite(self.runner, "127.0.0.1", 0)
+        self.loop.run_until_complete(site.start())
+        self.url = f"http://127.0.0.1:{site._server.sockets[0].getsockname()[1]}"
+        ready.set()
+        self.loop.run_forever()
+
+    def close(self) -> None:
+        asyncio.run_coroutine_threadsafe(self.runner.cleanup(), self.loop).result(10)
+        self.loop.call_soon_threadsafe(self.loop.stop)
+        self.thread.join(10)
+
+
+@pytest.fixture
+def upstream():
+    server = Upstream()
+    yield server
+    server.close()
+
+
+def _start_proxy(tmp_path, upstream_url: str) -> tuple[subprocess.Popen, str, str]:
+    out = str(tmp_path / "captured.arrow")
+    ready = str(tmp_path / "proxy.ready")
+    proc = subprocess.Popen(
+        [sys.executable, "-m", "cpbench", "record", "capture", "--listen", "127.0.0.1:0",
+         "--upstream", upstream_url, "-o", out, "--ready-file", ready, "--drain-s", "5"],
+        stdout=subprocess.PIPE, stderr=subprocess.PIPE)
+    deadline = time.monotonic() + 20
+    while not os.path.exists(ready):
+        if proc.poll() is not None or time.monotonic() > deadline:
+            proc.kill()
+            raise AssertionError(f"proxy did not start: {proc.communicate()}")
+        time.sleep(0.05)
+    with open(ready) as fh:
+        return proc, json.load(fh)["url"], out
+
+
+def _body(kind: str, n_in: int, max_tokens: int | None, batch: int, row: int) -> dict:
+    text = build_prompt(n_in, row)
+    if kind == "chat":
+        return {"model": "llm-a", "messages": [{"role": "user", "content": text}],
+                "max_tokens": max_tokens, "stream": True}
+    if kind == "completion":
+        return {"model": "llm-a", "prompt": text, "max_tokens": max_tokens}
+    return {"model": "emb-b", "input": [text] * batch if batch > 1 else text}
+
+
+async def _send_schedule(url: str) -> tuple[list[int], list[bytes]]:
+    headers = {"Authorization": f"Bearer {KEY}", "api-key": KEY}
+    sent_ns: list[int] = [0] * len(SCHEDULE)
+    bodies: list[bytes] = [b""] * len(SCHEDULE)
+
+    # Stamp the moment the request headers hit the socket, not when the coroutine started.
+    async def on_headers_sent(session, ctx, params) -> None:
+        if ctx.trace_request_ctx is not None:
+            sent_ns[ctx.trace_request_ctx["i"]] = time.monotonic_ns()
+
+    tracing = aiohttp.TraceConfig()
+    tracing.on_request_headers_sent.append(on_headers_sent)
+    async with aiohttp.ClientSession(headers=headers, trace_configs=[tracing]) as session:
+        # Open keep-alive connections and warm both processes' POST paths first (GETs and
+        # unknown paths are forwarded but never recorded).
+        async def warm() -> None:
+            async with session.get(url + "/v1/models") as resp:
+                await resp.read()
+            async with session.post(url + "/v1/warmup", data=b"{}") as resp:
+                await resp.read()
+
+        await asyncio.gather(*(warm() for _ in range(6)))
+        payloads = [json.dumps(_body(k, n, m, b, i)).encode()
+                    for i, (_, k, n, m, b, _) in enumerate(SCHEDULE)]
+
+        async def one(i: int, at_ns: int) -> None:
+            _, kind, _, _, _, prio = SCHEDULE[i]
+            await asyncio.sleep(max(0.0, (at_ns - time.monotonic_ns()) / 1e9))
+            extra = {"X-Request-Priority": prio} if prio else {}
+            extra["Content-Type"] = "application/json"
+            path = {"chat": "/v1/chat/completions", "completion": "/v1/completions",
+                    "embedding": "/v1/embeddings"}[kind]
+            async with session.post(url + path, data=payloads[i], headers=extra,
+                                    trace_request_ctx={"i": i}) as resp:
+                bodies[i] = await resp.read()
+
+        start = time.monotonic_ns() + 50_000_000
+        offsets, at = [], 0
+        for gap_ms, *_ in SCHEDULE:
+            at += gap_ms * 1_000_000
+            offsets.append(start + at)
+        await asyncio.gather(*(one(i, t) for i, t in enumerate(offsets)))
+    return sent_ns, bodies
+
+
+def _capture_once(tmp_path, upstream: Upstream, sig: int) -> int:
+    """Send SCHEDULE through a fresh proxy stopped by ``sig``; check everything but timing
+    exactly; return the worst |captured gap - sent gap| in ns."""
+    tmp_path.mkdir(parents=True, exist_ok=True)
+    upstream.seen_auth.clear()
+    proc, url, out = _start_proxy(tmp_path, upstream.url)
+    try:
+        sent_ns, bodies = asyncio.run(_send_schedule(url))
+    finally:
+        proc.send_signal(sig)
+        stdout, stderr = proc.communicate(timeout=30)
+    assert proc.returncode == 0, stderr.decode()
+    assert f"{len(SCHEDULE)} requests".encode() in stderr
+    # Responses were relayed unchanged (SSE bytes included) and the key reached the upstream.
+    for (_, kind, _, max_tokens, _, _), body in zip(SCHEDULE, bodies):
+        if kind == "chat":
+            assert body == _sse_body(max_tokens)
+        else:
+            assert json.loads(body)["usage"]["completion_tokens"] == 2
+    assert upstream.seen_auth.count(f"Bearer {KEY}") == len(SCHEDULE)
+    raw = open(out, "rb").read()
+    assert KEY.encode() not in raw and b"planted" not in raw
+
+    table = read_trace(out).to_pydict()
+    assert len(table["arrival_ns"]) == len(SCHEDULE)
+    assert sorted(range(len(SCHEDULE)), key=lambda i: sent_ns[i]) == list(range(len(SCHEDULE)))
+    for i, (_, kind, n_in, max_tokens, batch, prio) in enumerate(SCHEDULE):
+        assert table["kind"][i] == kind
+        assert table["input_tokens"][i] == n_in
+        assert table["batch_size"][i] == batch
+        assert table["output_tokens"][i] == (max_tokens if kind != "embedding" else None)
+        assert table["priority"][i] == (prio or "NORMAL")
+        assert table["model"][i] == ("emb-b" if kind == "embedding" else "llm-a")
+    return max(abs((table["arrival_ns"][i] - table["arrival_ns"][i - 1])
+                   - (sent_ns[i] - sent_ns[i - 1])) for i in range(1, len(SCHEDULE)))
+
+
+@pytest.mark.parametrize("sig", [signal.SIGTERM, signal.SIGINT])
+def test_capture_matches_schedule_and_hides_key(tmp_path, upstream, sig):
+    # Gaps are stamped in two processes; on a loaded 2-core CI box either may be descheduled
+    # for a few ms. Count, order, kinds and lengths must match on every attempt; the 2 ms gap
+    # bound must hold on all gaps of at least one of three attempts.
+    worst = []
+    for attempt in range(3):
+        worst.append(_capture_once(tmp_path / f"try{attempt}", upstream, sig))
+        if worst[-1] <= 2_000_000:
+            break
+    assert min(worst) <= 2_000_000, f"worst gap error per attempt (ns): {worst}"
+
+
+def test_signal_during_request_drains_and_keeps_row(tmp_path, upstream):
+    proc, url, out = _start_proxy(tmp_path, upstream.url)
+
+    async def stalled() -> bytes:
+        async with aiohttp.ClientSession() as session:
+            async with session.post(url + "/v1/chat/completions",
+                                    json=_body("chat", 5, 3, 1, 0),
+                                    headers={"X-Test-Stall-Ms": "800"}) as resp:
+                await asyncio.sleep(0.2)
+                proc.send_signal(signal.SIGTERM)   # arrives while the upstream stalls
+                return await resp.read()
+
+    try:
+        body = asyncio.run(stalled())
+    finally:
+        _, stderr = proc.communicate(timeout=30)
+    assert proc.returncode == 0, stderr.decode()
+    assert body == _sse_body(3)
+    table = read_trace(out)
+    assert table.num_rows == 1 and table["input_tokens"][0].as_py() == 5
+
+
+def test_describe_request_forms():
+    headers = {"X-SLO-Deadline-Ms": "750", "X-Session-ID": "s1"}
+    row = describe_request("embedding", {"model": "e", "input": [[1, 2, 3], [4, 5]]}, headers)
+    assert (row["batch_size"], row["input_tokens"], row["slo_e2e_ms"], row["session"]) == \
+        (2, 2, 750.0, "s1")
+    row = describe_request("completion", {"model": "m", "prompt": [5, 6, 7, 8],
+                                          "max_completion_tokens": 9, "priority": 2}, {})
+    assert (row["input_tokens"], row["output_tokens"], row["priority"]) == (4, 9, "LOW")
+    row = describe_request("chat", {"messages": [{"role": "user", "content": [
+        {"type": "text", "text": "one two"}, {"type": "image_url"}]}]}, {})
+    assert (row["model"], row["input_tokens"], row["output_tokens"]) == ("unknown", 2, None)
+
+
+def test_public_url_drops_credentials():
+    assert public_url("http://u:secret@h:8000/v1?api_key=k#f") == "http://h:8000/v1"
