@@ -255,6 +255,9 @@ def test_gpu_off_and_bad_intervals():
     for bad in ("localhost:9000", "ftp://h/metrics", "http:///metrics"):
         with pytest.raises(ConfigError, match="--metrics-url must be an http"):
             MonitorSet(clock_origin_ns=0, metrics_urls=[bad])
+    for bad in ([], [""]):
+        with pytest.raises(ConfigError, match="--metrics-series must be metric names"):
+            MonitorSet(clock_origin_ns=0, metrics_series=bad)
     with pytest.raises(ConfigError) as info:
         MonitorSet(clock_origin_ns=0, metrics_urls=["ftp://bob:hunter2@h/m"])
     assert "hunter2" not in str(info.value)

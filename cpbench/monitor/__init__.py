@@ -66,7 +66,8 @@ class MonitorSet:
     Raises
     ------
     ConfigError
-        An interval is not a positive number, or a metrics URL is not http(s).
+        An interval is not a positive number, a metrics URL is not http(s), or the series
+        selection is empty.
     """
 
     def __init__(self, *, gpu_interval_s: float | None = 0.5, metrics_urls: list[str] = (),
@@ -77,6 +78,10 @@ class MonitorSet:
                     GpuSampler(_check_interval("--gpu-interval", gpu_interval_s),
                                self.clock_origin_ns))
         interval = _check_interval("--metrics-interval", metrics_interval_s)
+        if metrics_series is not None and (
+                not metrics_series or not all(isinstance(p, str) and p for p in metrics_series)):
+            raise ConfigError(f"--metrics-series must be metric names or globs such as "
+                              f"'vllm:*'; got {list(metrics_series)!r}")
         self.scrapers = [
             PrometheusScraper(url, interval, self.clock_origin_ns, series=metrics_series)
             for url in map(_check_url, metrics_urls)
