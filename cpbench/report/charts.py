@@ -95,8 +95,12 @@ def distribution_figures(run: RunData, metric: str) -> list[figure]:
     pairs = [(f"{metric}_from_sent", "from sent", SENT_COLOR),
              (f"{metric}_from_intended", "from intended (scheduled)", INTENDED_COLOR)]
     if metric in run.distributions:
-        pairs = [(metric, "per request" if run.distributions[metric].source == "results"
-                  else "every gap", SENT_COLOR)]
+        if metric == "itl":
+            label = ("per-request mean gap" if run.distributions[metric].source == "results"
+                     else "every gap")
+        else:
+            label = "every request"
+        pairs = [(metric, label, SENT_COLOR)]
     present = [(run.distributions[k], label, color) for k, label, color in pairs
                if k in run.distributions]
     if not present:
