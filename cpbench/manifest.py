@@ -41,10 +41,13 @@ LIBRARIES = ("numpy", "scipy", "pyarrow", "aiohttp", "uvloop", "bokeh", "jinja2"
 _SECRET_NAME = re.compile(r"(^|[_.-])(api-?key|apikey|key|token|secret|passw(or)?d|auth|"
                           r"authorization|credentials?|signature|sig|cookie)($|[_.-])", re.I)
 _BEARER = re.compile(r"\b(Bearer|Basic|Token)\s+[^\s\"',;]+", re.I)
-# Options that say where output goes or how chatty the run is: not part of the workload.
+# Options that say where output goes, which target was measured, how chatty the run is or
+# how the client spreads its work (workers default to the host's cores): they change neither
+# which requests are sent nor when, so `verify` does not call them a different workload.
 NON_WORKLOAD_OPTIONS = frozenset({
     "output", "out", "output_dir", "out_dir", "o", "config", "quiet", "verbose", "progress",
-    "open", "no_report", "report", "url", "func", "command",
+    "open", "no_report", "report", "url", "func", "command", "workers", "loop", "connections",
+    "grace_s",
 })
 _MIN_SECRET_LEN = 6
 
