@@ -1,0 +1,113 @@
+"""`cpbench compare`: parse arguments and call ``cpbench.experiments.compare.compare``.
+
+Also holds the option groups every multi-run command shares (target, policy switch, replay,
+statistics), so ``sweep`` and ``experiment`` spell them the same way.
+"""
+from __future__ import annotations
+
+import argparse
+from datetime import datetime, timezone
+from pathlib import Path
+
+EPILOG = """examples:
+  cpbench compare --policies fifo,priority,slo_aware,hybrid_slo traces/burst.arrow -o results/cmp
+  cpbench compare --policies fifo,slo_aware traces/burst.arrow --speed 2 --duration 10 --repeat 3
+  cpbench compare --policies fifo,edf traces/medium.arrow --url http://127.0.0.1:8000 \\
+      --policy-path /v1/admin/policy --drain-s 5
+  cpbench compare --policies a,b traces/light.arrow --url http://cp:8080 --no-switch
+"""
+
+
+def default_output(name: str) -> Path:
+    """``cpbench-results/<name>-<UTC timestamp>``."""
+    stamp = datetime.now(timezone.utc).strftime("%Y%m%dT%H%M%SZ")
+    return Path("cpbench-results") / f"{name}-{stamp}"
+
+
+def add_target_args(p: argparse.ArgumentParser, *, speed: bool = True) -> None:
+    """--url, the policy switch, draining, and the replay options passed to every run."""
+    g = p.add_argument_group("control plane")
+    g.add_argument("--url", default=None,
+                   help="control plane base URL (default: start `cpbench sim` on loopback, "
+                        "one server for every run)")
+    g.add_argument("--sim-config", default=None, metavar="FILE.json",
+                   help="configuration of the embedded control plane (`cpbench sim --config`)")
+    g.add_argument("--policy-path", default="/admin/policy", metavar="PATH",
+                   help="admin endpoint that GETs/POSTs {\"policy\": NAME} (default "
+                        "/admin/policy)")
+    g.add_argument("--no-switch", action="store_true",
+                   help="do not switch policies (a control plane without the admin API); "
+                        "runs are only labelled")
+    g.add_argument("--drain-s", type=float, default=1.0, metavar="S",
+                   help="pause after each run, then wait until the sim's queues are empty "
+                        "(default 1)")
+    g = p.add_argument_group("replay (every run)")
+    if speed:
+        g.add_argument("--speed", type=float, default=None, metavar="X",
+                       help="compress the trace's time by X")
+    g.add_argument("--duration", type=float, default=None, metavar="S", dest="duration_s",
+                   help="send only requests scheduled in the first S seconds")
+    g.add_argument("--warmup", default=None, metavar="10s|N",
+                   help="exclude the first seconds (10s) or requests (500) from statistics")
+    g.add_argument("--timeout", type=float, default=None, metavar="S", dest="timeout_s",
+                   help="per-request limit in seconds (default 60)")
+    g.add_argument("--workers", type=int, default=None, metavar="N",
+                   help="client processes per run (default: all cores)")
+    g.add_argument("--hints", choices=("sagellm", "vllm", "none"), default=None,
+                   help="priority/deadline hints sent with each request (default sagellm)")
+    g.add_argument("--quiet", action="store_true", help="no progress lines on stderr")
+
+
+def add_stats_args(p: argparse.ArgumentParser) -> None:
+    """Bootstrap settings of the paired comparison."""
+    g = p.add_argument_group("statistics")
+    g.add_argument("--confidence", type=float, default=0.95, metavar="C",
+                   help="confidence level of the intervals, in (0, 1) (default 0.95)")
+    g.add_argument("--resamples", type=int, default=1000, metavar="N",
+                   help="bootstrap resamples (default 1000)")
+    g.add_argument("--seed", type=int, default=0, help="seed of the bootstrap (default 0)")
+
+
+def replay_options(args: argparse.Namespace) -> dict:
+    """The replay options the user set (unset ones keep replay's defaults)."""
+    keys = ("speed", "duration_s", "warmup", "timeout_s", "workers", "hints")
+    return {k: getattr(args, k) for k in keys if getattr(args, k, None) is not None}
+
+
+def target_kwargs(args: argparse.Namespace) -> dict:
+    """Keyword arguments shared by ``compare``, ``sweep`` and ``experiment``."""
+    return {"url": args.url, "switch": not args.no_switch, "policy_path": args.policy_path,
+            "drain_s": args.drain_s, "sim_config": args.sim_config,
+            "replay_options": replay_options(args), "quiet": args.quiet}
+
+
+def register(subparsers) -> None:
+    p = subparsers.add_parser(
+        "compare", help="replay one trace once per scheduling policy; paired comparison report",
+        description="Replay TRACE once per policy (and --repeat) on ONE control plane, switching "
+                    "the policy through its admin API and reading it back; compare the policies "
+                    "request by request (paired bootstrap intervals per kind and priority) and "
+                    "write DIR/<policy>/, DIR/comparison.json and DIR/report.html.",
+        epilog=EPILOG, formatter_class=argparse.RawDescriptionHelpFormatter)
+    p.add_argument("trace", type=Path, metavar="TRACE", help="cpbench trace (.arrow)")
+    p.add_argument("--policies", required=True, metavar="A,B,...",
+                   help="policies to compare, comma-separated; the first is the baseline")
+    p.add_argument("--baseline", default=None, metavar="P",
+                   help="policy the others are compared with (default: the first)")
+    p.add_argument("--repeat", type=int, default=1, metavar="K",
+                   help="runs per policy, interleaved; shows each metric's spread (default 1)")
+    p.add_argument("-o", "--output", type=Path, default=None, metavar="DIR",
+                   help="output directory (default: cpbench-results/compare-<UTC time>/)")
+    add_target_args(p)
+    add_stats_args(p)
+    p.set_defaults(func=run)
+
+
+def run(args: argparse.Namespace) -> int:
+    from cpbench.experiments.compare import compare, parse_list
+
+    compare(args.trace, policies=parse_list(args.policies, what="--policies"),
+            out_dir=args.output or default_output("compare"), repeat=args.repeat,
+            baseline=args.baseline, confidence=args.confidence, n_resamples=args.resamples,
+            seed=args.seed, **target_kwargs(args))
+    return 0

@@ -1,0 +1,51 @@
+"""`cpbench sweep`: parse arguments and call ``cpbench.experiments.sweep.sweep``."""
+from __future__ import annotations
+
+import argparse
+from pathlib import Path
+
+from cpbench.cli.compare import add_target_args, default_output, target_kwargs
+
+EPILOG = """examples:
+  cpbench sweep traces/medium.arrow --rates 10,50,100,200 --policy slo_aware -o results/sweep
+  cpbench sweep traces/medium.arrow --rates 20,40 --knee --target-pct 99
+  cpbench sweep traces/light.arrow --rates 5,10 --knee --url http://127.0.0.1:8000 --no-switch
+"""
+
+
+def register(subparsers) -> None:
+    p = subparsers.add_parser(
+        "sweep", help="replay one trace at several rates; optionally find the saturation knee",
+        description="Replay TRACE at each rate of --rates (the trace's own rows, time offsets "
+                    "scaled), under one policy; with --knee, bracket and bisect the highest "
+                    "rate whose SLO attainment stays >= --target-pct. Writes DIR/rate-<rps>/, "
+                    "DIR/experiment.json and DIR/report.html.",
+        epilog=EPILOG, formatter_class=argparse.RawDescriptionHelpFormatter)
+    p.add_argument("trace", type=Path, metavar="TRACE", help="cpbench trace (.arrow)")
+    p.add_argument("--rates", default="", metavar="R1,R2,...",
+                   help="rates to measure, requests/s (e.g. 10,50,100,200)")
+    p.add_argument("--policy", default=None,
+                   help="policy set once through the admin API (default: leave as is)")
+    p.add_argument("--knee", action="store_true",
+                   help="search the saturation knee after the fixed rates")
+    p.add_argument("--target-pct", type=float, default=95.0, metavar="P",
+                   help="SLO attainment the knee must hold, percent (default 95)")
+    p.add_argument("--rel-tol", type=float, default=0.05, metavar="F",
+                   help="stop bisecting when the bracket is narrower than F x rate (0.05)")
+    p.add_argument("--max-probes", type=int, default=8, metavar="N",
+                   help="runs the knee search may add (default 8)")
+    p.add_argument("-o", "--output", type=Path, default=None, metavar="DIR",
+                   help="output directory (default: cpbench-results/sweep-<UTC time>/)")
+    add_target_args(p, speed=False)
+    p.set_defaults(func=run)
+
+
+def run(args: argparse.Namespace) -> int:
+    from cpbench.experiments.compare import parse_floats
+    from cpbench.experiments.sweep import sweep
+
+    rates = parse_floats(args.rates, what="--rates") if args.rates or not args.knee else []
+    sweep(args.trace, rates_rps=rates, out_dir=args.output or default_output("sweep"),
+          policy=args.policy, knee=args.knee, target_pct=args.target_pct, rel_tol=args.rel_tol,
+          max_probes=args.max_probes, **target_kwargs(args))
+    return 0
