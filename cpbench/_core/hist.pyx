@@ -503,7 +503,8 @@ cdef Histogram _decode(bytes blob):
     if len(blob) < _HEADER.size + _CRC.size:
         raise ValueError(f"histogram blob is truncated: {len(blob)} bytes, a valid one has at "
                          f"least {_HEADER.size + _CRC.size}")
-    body, (crc,) = blob[:-_CRC.size], _CRC.unpack(blob[-_CRC.size:])
+    cut = len(blob) - _CRC.size   # no negative indices: this file runs wraparound=False
+    body, (crc,) = blob[:cut], _CRC.unpack(blob[cut:])
     if body[:4] != MAGIC:
         raise ValueError(f"not a cpbench histogram blob: starts with {body[:4]!r}, expected "
                          f"{MAGIC!r}")
