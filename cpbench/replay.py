@@ -238,7 +238,7 @@ def _run(trace_path: Path, trace_sha: str, url: str, embedded: bool, out: Path, 
     show = not o["quiet"] and sys.stderr.isatty()
     try:
         pool.wait_ready()
-        start_ns = time.monotonic_ns() + 50_000_000
+        start_ns = time.monotonic_ns() + 250_000_000
         pool.start(start_ns)
         cpu0 = time.process_time()
         next_show = 0.0
@@ -268,7 +268,9 @@ def _run(trace_path: Path, trace_sha: str, url: str, embedded: bool, out: Path, 
                 "client": {"worker_cpu_s": sum(f["cpu_s"] for f in finals),
                            "parent_cpu_s": parent_cpu_s,
                            "worker_max_rss_kb": max((f["max_rss_kb"] for f in finals), default=0),
-                           "connections": sum(f["counters"]["connections"] for f in finals)}})
+                           "connections": sum(f["counters"]["connections"] for f in finals),
+                           "worker_preempted": sum(f["counters"].get("preempted", 0)
+                                                   for f in finals)}})
     _write_outputs(out, run, pool, o)
     tot = pool.totals()
     if stop["why"] == "max-error-ratio":

@@ -13,10 +13,12 @@ from __future__ import annotations
 import asyncio
 import fcntl
 import gc
-import multiprocessing as mp
+import json
 import os
 import resource
 import signal
+import subprocess
+import sys
 import time
 from dataclasses import dataclass
 from multiprocessing.connection import Connection, wait
@@ -136,11 +138,17 @@ def worker_main(cfg: dict, worker: int, n_workers: int, ctl: Connection, out: Co
     except CpbenchError as exc:
         emit("error", str(exc))
         return
+    # The prompt text is built on first use (tens of ms): not on the first send.
+    from cpbench.prompts import build_prompt
+    build_prompt(2, 0)
     # Everything built so far lives for the whole run: keep the collector off it.
     gc.collect()
     gc.freeze()
     emit("ready", len(plan))
-    msg = ctl.recv()
+    try:
+        msg = ctl.recv()
+    except (EOFError, OSError):
+        return                                      # the parent went away before the start
     if msg[0] != "start":
         emit("done", {"counters": disp.progress(), "cpu_s": 0.0, "max_rss_kb": 0,
                       "itl_hist": hist.encode()})
@@ -157,10 +165,13 @@ def worker_main(cfg: dict, worker: int, n_workers: int, ctl: Connection, out: Co
     loop.add_reader(ctl.fileno(), on_control)
     disp.watch(ctl.fileno())
     cpu0 = time.process_time()
+    ctx0 = resource.getrusage(resource.RUSAGE_SELF).ru_nivcsw
     counters = loop.run_until_complete(disp.run(msg[1]))
     cpu_s = time.process_time() - cpu0
-    emit("done", {"counters": counters, "cpu_s": cpu_s,
-                  "max_rss_kb": resource.getrusage(resource.RUSAGE_SELF).ru_maxrss,
+    usage = resource.getrusage(resource.RUSAGE_SELF)
+    # Involuntary switches tell a lag spike caused by a busy host from one caused by us.
+    counters["preempted"] = usage.ru_nivcsw - ctx0
+    emit("done", {"counters": counters, "cpu_s": cpu_s, "max_rss_kb": usage.ru_maxrss,
                   "itl_hist": hist.encode()})
     loop.close()
 
@@ -168,25 +179,31 @@ def worker_main(cfg: dict, worker: int, n_workers: int, ctl: Connection, out: Co
 class WorkerPool:
     """The parent's side: start workers, release them together, pump their messages."""
 
-    def __init__(self, cfg: dict, n_workers: int) -> None:
-        ctx = mp.get_context("spawn")   # no fork of a process that may hold threads
+    def __init__(self, cfgs: list[dict], n_workers: int) -> None:
+        # Plain subprocesses running this module, not multiprocessing's spawn: spawn re-runs
+        # the caller's __main__, which breaks any script that calls run_replay unguarded.
         self.n = n_workers
         self.procs, self.ctl, self.out = [], [], []
         for w in range(n_workers):
-            ctl_r, ctl_w = ctx.Pipe(duplex=False)
-            out_r, out_w = ctx.Pipe(duplex=False)
+            ctl_r, ctl_w = os.pipe()
+            out_r, out_w = os.pipe()
             try:
-                fcntl.fcntl(out_w.fileno(), _F_SETPIPE_SZ, 1 << 20)
+                fcntl.fcntl(out_w, _F_SETPIPE_SZ, 1 << 20)
             except OSError:
                 pass
-            p = ctx.Process(target=worker_main, args=(cfg, w, n_workers, ctl_r, out_w),
-                            name=f"cpbench-worker-{w}", daemon=True)
-            p.start()
-            ctl_r.close()
-            out_w.close()
-            self.procs.append(p)
-            self.ctl.append(ctl_w)
-            self.out.append(out_r)
+            cmd = [sys.executable, "-m", "cpbench.workers", str(w), str(n_workers),
+                   str(ctl_r), str(out_w)]
+            # Own session: a terminal's Ctrl-C reaches the parent only, which stops the workers
+            # by message after a clean hand-over. The key travels on stdin, never on argv.
+            proc = subprocess.Popen(cmd, stdin=subprocess.PIPE, pass_fds=(ctl_r, out_w),
+                                    start_new_session=True)
+            proc.stdin.write(json.dumps(cfgs[w]).encode())
+            proc.stdin.close()
+            os.close(ctl_r)
+            os.close(out_w)
+            self.procs.append(proc)
+            self.ctl.append(Connection(ctl_w, readable=False))
+            self.out.append(Connection(out_r, writable=False))
         self.live = set(range(n_workers))
         self.progress: list[dict] = [{} for _ in range(n_workers)]
         self.finals: list[dict | None] = [None] * n_workers
@@ -206,7 +223,7 @@ class WorkerPool:
                     kind, payload = conn.recv()
                 except EOFError:
                     raise TargetError(f"worker {w} exited during start-up "
-                                      f"(exit code {self.procs[w].exitcode})") from None
+                                      f"(exit code {self.procs[w].wait()})") from None
                 if kind == "error":
                     raise TargetError(payload)
                 self.planned += int(payload)
@@ -261,9 +278,17 @@ class WorkerPool:
     def close(self, grace_s: float = 5.0) -> None:
         """Join the workers; one that hangs past ``grace_s`` is killed."""
         for p in self.procs:
-            p.join(grace_s)
-            if p.is_alive():
+            try:
+                p.wait(grace_s)
+            except subprocess.TimeoutExpired:
                 os.kill(p.pid, signal.SIGKILL)
-                p.join(1.0)
+                p.wait(2.0)
         for c in self.ctl + self.out:
             c.close()
+
+
+if __name__ == "__main__":
+    # python -m cpbench.workers W N CTL_FD OUT_FD, config JSON on stdin (see WorkerPool).
+    _w, _n, _ctl, _out = (int(a) for a in sys.argv[1:5])
+    worker_main(json.loads(sys.stdin.read()), _w, _n, Connection(_ctl, writable=False),
+                Connection(_out, readable=False))

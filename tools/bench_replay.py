@@ -1,0 +1,144 @@
+"""Replay dispatcher benchmark against nginx answering with fixed bodies (DESIGN "Performance").
+
+For chat (a 16-chunk SSE body) and embeddings (a 384-float body), at a ladder of Poisson rates,
+with 1 and 2 worker processes: achieved vs target rate, dispatch lag p50/p99 (sent - intended),
+the client-side inter-send coefficient of variation (1.0 for Poisson), client CPU per request
+(worker + parent CPU during the run / requests) and the worst worker's peak RSS. Each point runs
+a few seconds. Prints a table and writes JSON.
+
+    python tools/bench_replay.py                       # full ladder, ~2 minutes
+    python tools/bench_replay.py --kinds chat --rates 2000,4000 --workers 2 --seconds 3
+"""
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import signal
+import subprocess
+import sys
+import tempfile
+import time
+from pathlib import Path
+
+import numpy as np
+import pyarrow as pa
+
+from cpbench._core import schedule
+from cpbench.replay import run_replay
+from cpbench.results import read_results
+from cpbench.trace import write_trace
+
+HERE = Path(__file__).resolve().parent
+SEED = 20_260_601
+
+
+def make_trace(path: Path, kind: str, rate_rps: float, seconds: float, seed: int) -> int:
+    arrivals = np.asarray(schedule.poisson(rate_rps, duration_s=seconds, seed=seed))
+    n = len(arrivals)
+    llm = kind != "embedding"
+    table = pa.table({
+        "arrival_ns": pa.array(arrivals, pa.int64()),
+        "kind": pa.array([kind] * n).dictionary_encode(),
+        "model": pa.array(["bench"] * n).dictionary_encode(),
+        "input_tokens": pa.array(np.full(n, 16, np.int32)),
+        "output_tokens": pa.array(np.full(n, 16, np.int32)) if llm else pa.nulls(n, pa.int32()),
+        "batch_size": pa.array(np.ones(n, np.int16)),
+        "priority": pa.array(["NORMAL"] * n).dictionary_encode(),
+    })
+    write_trace(table, path, metadata={"generator": "tools/bench_replay.py",
+                                       "params": {"kind": kind, "rate_rps": rate_rps,
+                                                  "seconds": seconds},
+                                       "seed": seed, "source": "synthetic"})
+    return n
+
+
+def start_nginx(prefix: Path) -> tuple[int, str]:
+    out = subprocess.run([str(HERE / "bench" / "start_nginx.sh"), "0", str(prefix)],
+                         check=True, capture_output=True, text=True).stdout.split()
+    return int(out[0]), out[1]
+
+
+def measure(trace: Path, out: Path, url: str, workers: int, loop: str) -> dict:
+    run_replay(trace, url=url, out_dir=out, workers=workers, quiet=True, report=False,
+               timeout_s=10.0, loop=loop, hints="none")
+    res = read_results(out / "results.arrow")
+    summary = json.loads((out / "summary.json").read_text())
+    client = summary["run"]["client"]
+    intended = res.column("intended_ns").to_numpy()
+    sent = np.sort(res.column("sent_ns").to_numpy())
+    lag_ms = (res.column("sent_ns").to_numpy() - intended) / 1e6
+    n = len(sent)
+    span_target_s = (intended.max() - intended.min()) / 1e9
+    span_sent_s = (sent[-1] - sent[0]) / 1e9
+    gaps = np.diff(sent)
+    return {
+        "requests": n,
+        "errors": n - res.column("error_class").null_count,
+        "target_rps": (n - 1) / span_target_s,
+        "achieved_rps": (n - 1) / span_sent_s,
+        "lag_p50_ms": float(np.percentile(lag_ms, 50)),
+        "lag_p99_ms": float(np.percentile(lag_ms, 99)),
+        "lag_max_ms": float(lag_ms.max()),
+        "send_gap_cv": float(gaps.std() / gaps.mean()),
+        "cpu_us_per_request": (client["worker_cpu_s"] + client["parent_cpu_s"]) / n * 1e6,
+        "peak_rss_mb": client["worker_max_rss_kb"] / 1024,
+        "connections": client["connections"],
+        "preempted": client.get("worker_preempted", 0),
+    }
+
+
+def main(argv: list[str] | None = None) -> int:
+    ap = argparse.ArgumentParser(description=__doc__.split("\n")[0])
+    ap.add_argument("--kinds", default="chat,embedding")
+    ap.add_argument("--rates", default=None, help="comma-separated; default per kind")
+    ap.add_argument("--workers", default="1,2")
+    ap.add_argument("--seconds", type=float, default=3.0)
+    ap.add_argument("--loop", default="uvloop", choices=("uvloop", "asyncio"))
+    ap.add_argument("--url", default=None, help="use a running server instead of nginx")
+    ap.add_argument("-o", "--output", type=Path, default=Path("bench_replay.json"))
+    args = ap.parse_args(argv)
+    ladders = {"chat": [1000, 2000, 4000, 6000], "embedding": [1000, 2000, 5000, 7000],
+               "completion": [1000, 2000, 4000]}
+    rows = []
+    with tempfile.TemporaryDirectory(prefix="cpbench-bench-") as tmp:
+        tmp = Path(tmp)
+        pid, url = (None, args.url) if args.url else start_nginx(tmp / "nginx")
+        try:
+            for kind in args.kinds.split(","):
+                rates = [float(r) for r in args.rates.split(",")] if args.rates else ladders[kind]
+                for rate in rates:
+                    trace = tmp / f"{kind}-{rate:g}.arrow"
+                    make_trace(trace, kind, rate, args.seconds, SEED)
+                    for w in (int(x) for x in args.workers.split(",")):
+                        r = measure(trace, tmp / f"out-{kind}-{rate:g}-{w}", url, w, args.loop)
+                        r.update({"kind": kind, "rate_rps": rate, "workers": w})
+                        rows.append(r)
+                        print(_row(r), flush=True)
+        finally:
+            if pid is not None:
+                os.kill(pid, signal.SIGTERM)
+    meta = {"host_cores": os.cpu_count(), "loop": args.loop, "seconds": args.seconds,
+            "python": sys.version.split()[0], "time_utc": time.strftime("%Y-%m-%dT%H:%M:%SZ",
+                                                                          time.gmtime())}
+    args.output.write_text(json.dumps({"meta": meta, "points": rows}, indent=2))
+    print(f"wrote {args.output}")
+    return 0
+
+
+HEADER = (f"{'kind':<10}{'workers':>8}{'target':>9}{'achieved':>10}{'short%':>8}"
+          f"{'lag p50':>9}{'lag p99':>9}{'lag max':>9}{'gap CV':>8}{'cpu us/req':>11}"
+          f"{'rss MB':>8}{'errors':>7}{'preempt':>8}")
+
+
+def _row(r: dict) -> str:
+    short = 100.0 * (1 - r["achieved_rps"] / r["target_rps"])
+    return (f"{r['kind']:<10}{r['workers']:>8}{r['target_rps']:>9.0f}{r['achieved_rps']:>10.0f}"
+            f"{short:>8.2f}{r['lag_p50_ms']:>9.3f}{r['lag_p99_ms']:>9.3f}{r['lag_max_ms']:>9.2f}"
+            f"{r['send_gap_cv']:>8.3f}{r['cpu_us_per_request']:>11.1f}{r['peak_rss_mb']:>8.0f}"
+            f"{r['errors']:>7}{r['preempted']:>8}")
+
+
+if __name__ == "__main__":
+    print(HEADER)
+    sys.exit(main())
