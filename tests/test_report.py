@@ -256,3 +256,20 @@ def test_cli_bad_directory_is_one_line_and_exit_2(tmp_path):
     assert proc.returncode == 2
     assert proc.stderr.count("\n") == 1 and "not a result directory" in proc.stderr
     assert "Traceback" not in proc.stderr
+
+
+def test_a_run_with_no_requests_reports_facts_and_says_there_is_nothing_to_chart(tmp_path):
+    from report_fixtures import make_results_table
+
+    d = tmp_path / "empty"
+    d.mkdir()
+    table = make_results_table(10, rate_rps=10, llm_ratio=0.5, seed=1, model_name="m",
+                               error_detail="x", error_ratio=0.0).slice(0, 0)
+    write_arrow(table, d / "results.arrow")
+    (d / "summary.json").write_text(json.dumps({"run": {"policy": "fifo", "interrupted": True},
+                                                "requests": {"sent": 0}}))
+    html = write_report([d], d / "r.html", markdown_path=d / "r.md").read_text()
+    assert 'data-cpbench-plots="0"' in html
+    text = "".join(_parse(html).text)
+    assert "nothing to chart" in text and "interrupted" in text and "sent 0" in text
+    assert "| Policy | fifo |" in (d / "r.md").read_text()

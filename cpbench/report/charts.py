@@ -329,6 +329,9 @@ def lag_section(run: RunData, x_range) -> Section:
 
 def single_run_sections(run: RunData) -> list[Section]:
     """Every chart section of a one-run report, time plots sharing one x range."""
+    if not run.series and not run.distributions:
+        return [Section("Charts", notes=["No timeslices, histograms or requests in this run: "
+                                         "there is nothing to chart."])]
     x_range = DataRange1d()
     sections = [throughput_section(run, x_range), *latency_sections(run, x_range),
                 slo_section(run, x_range)]

@@ -275,6 +275,9 @@ def _add_results(data: RunData, table: pa.Table, slice_s: float) -> None:
     data.error_details = _value_counts(table, "error_detail")[:MAX_ERROR_DETAILS]
     warmup = _column(table, "warmup", False)
     live = ~warmup.astype(bool) if warmup is not None else np.ones(table.num_rows, bool)
+    if not live.any():
+        data.notes.append("results.arrow holds no request past warm-up: nothing to chart.")
+        return
     cols = {name: _column(table, name)[live] for name in RESULT_COLUMNS
             if name in table.column_names
             and name not in ("error_class", "warmup", "slo_met", "model", "error_detail")}
