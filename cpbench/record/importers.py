@@ -359,7 +359,8 @@ def _tuned_offsets(lg: np.ndarray, cv: float, n: int, window_ns: float) -> np.nd
         lg = lg * math.exp(0.5 * (lo + hi))
     g = np.exp(lg)
     c = np.cumsum(g)
-    return np.floor(c[:n] / c[n] * window_ns).astype(np.int64)
+    # When the last gap is negligible, c[n-1]/c[n] rounds to 1.0: keep it inside the window.
+    return np.minimum(np.floor(c[:n] / c[n] * window_ns), window_ns - 1).astype(np.int64)
 
 
 def _pmf(text: Any, what: str) -> tuple[np.ndarray, np.ndarray]:
