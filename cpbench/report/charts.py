@@ -218,8 +218,10 @@ def latency_sections(run: RunData, x_range) -> list[Section]:
     for metric in ("ttft", "e2e"):
         keys = (f"{metric}_p50_ms", f"{metric}_p99_ms")
         if t is not None and all(k in run.series for k in keys):
-            fig = time_figure(f"{LATENCY_TITLES[metric]} p50 / p99 per timeslice (from intended)",
-                              "ms", x_range)
+            # Derived here from intended times; the stats core's own slices say their basis.
+            basis = " (from intended)" if run.series_derived else ""
+            fig = time_figure(f"{LATENCY_TITLES[metric]} p50 / p99 per timeslice{basis}", "ms",
+                              x_range)
             add_lines(fig, t, [("p50", run.series[keys[0]], Category10_10[0]),
                                ("p99", run.series[keys[1]], Category10_10[3])], unit="ms")
             over.figures.append(fig)

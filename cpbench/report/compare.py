@@ -8,7 +8,7 @@ from __future__ import annotations
 
 import numpy as np
 from bokeh.models import ColumnDataSource, DataRange1d, FactorRange, HoverTool
-from bokeh.palettes import Category10_10
+from bokeh.palettes import Category10_10, Category20_20, Turbo256
 
 from cpbench.report.charts import (Section, attainment_figure, finish_legend,
                                    new_figure, time_figure)
@@ -18,7 +18,12 @@ PRIORITIES = ("HIGH", "NORMAL", "LOW")
 
 
 def run_colors(n: int) -> list[str]:
-    return [Category10_10[i % 10] for i in range(n)]
+    """Distinct colours for ``n`` runs (a sweep can have more runs than Category10 has)."""
+    if n <= 10:
+        return list(Category10_10[:n])
+    if n <= 20:
+        return list(Category20_20[:n])
+    return [Turbo256[int(i * 255 / (n - 1))] for i in range(n)]
 
 
 def _option(run: RunData, *names: str):

@@ -62,6 +62,7 @@ class RunData:
     models: list[tuple[str, int]] = field(default_factory=list)
     error_details: list[tuple[str, int]] = field(default_factory=list)
     notes: list[str] = field(default_factory=list)
+    series_derived: bool = False  # True: series computed here from results.arrow
 
     @property
     def run(self) -> dict:
@@ -290,6 +291,7 @@ def _add_results(data: RunData, table: pa.Table, slice_s: float) -> None:
     cols["first_token_ns"] = cols.get("first_token_ns", cols["done_ns"])
     if not data.series:
         data.series = _derive_series(cols, slice_s)
+        data.series_derived = True
         data.notes.append("summary.json has no timeslices: series derived from results.arrow.")
     for name, values in _result_latencies(cols).items():
         if name not in data.distributions and values.size:
