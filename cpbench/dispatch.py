@@ -362,7 +362,8 @@ class Dispatcher:
         self.waiting: deque = deque()
         self.start_ns = 0
         self.stopping = False
-        self.sent = self.done = self.errors = self.opened = 0
+        self.sent = self.done = self.errors = self.opened = self._opening = 0
+        self._tasks: set[asyncio.Task] = set()
         self._itl = array.array("q")
         self.itl_append = self._itl.append
         self._lags = array.array("q")
@@ -421,7 +422,7 @@ class Dispatcher:
         if self.waiting and not self.stopping:
             blk, j = self.waiting.popleft()
             if conn is None:
-                asyncio.get_running_loop().create_task(self._open_and_send(blk, j))
+                self._spawn_open(blk, j)
             else:
                 self._write(conn, blk, j)
             return
@@ -437,12 +438,17 @@ class Dispatcher:
         if self.idle:
             self._write(self.idle.pop(), blk, j)
         else:
-            asyncio.get_running_loop().create_task(self._open_and_send(blk, j))
+            self._spawn_open(blk, j)
 
-    _opening = 0
+    def _spawn_open(self, blk: "_Block", j: int) -> None:
+        # Counted before the task runs, so the drain never misses a request being connected;
+        # the set holds the task (the loop keeps only a weak reference).
+        self._opening += 1
+        task = asyncio.get_running_loop().create_task(self._open_and_send(blk, j))
+        self._tasks.add(task)
+        task.add_done_callback(self._tasks.discard)
 
     async def _open_and_send(self, blk: "_Block", j: int) -> None:
-        self._opening += 1
         try:
             conn = await self._connect()
         except OSError as exc:
@@ -536,6 +542,8 @@ class Dispatcher:
             await self._drain()
         finally:
             ticker.cancel()
+            for task in list(self._tasks):
+                task.cancel()
             for conn in list(self.busy):
                 if conn.req is not None:
                     conn._fail(_E_TIMEOUT, "interrupted: still in flight after the grace period",

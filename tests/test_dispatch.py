@@ -1,0 +1,145 @@
+"""The dispatcher of one process (cpbench.dispatch) against a real loopback server,
+under both the stock asyncio loop and uvloop."""
+from __future__ import annotations
+
+import asyncio
+import time
+
+import numpy as np
+import pyarrow as pa
+import pytest
+import uvloop
+
+from cpbench._core.hist import Histogram
+from cpbench.dispatch import Dispatcher, DispatchOptions, Target, strip_credentials
+from cpbench.errors import ConfigError, TargetError
+from cpbench.workers import build_plan, select_rows
+from test_replay_server import TOKENS, ServerThread
+
+pytestmark = pytest.mark.integration
+LOOPS = ["asyncio", "uvloop"]
+
+
+@pytest.fixture(scope="module")
+def server():
+    srv = ServerThread().start()
+    yield srv
+    srv.stop()
+
+
+def trace(models: list[str], kinds: list[str], gap_ms: float = 2.0) -> pa.Table:
+    n = len(models)
+    llm = [k != "embedding" for k in kinds]
+    return pa.table({
+        "arrival_ns": pa.array((np.arange(n) * gap_ms * 1e6).astype(np.int64)),
+        "kind": pa.array(kinds).dictionary_encode(),
+        "model": pa.array(models).dictionary_encode(),
+        "input_tokens": pa.array([6] * n, pa.int32()),
+        "output_tokens": pa.array([TOKENS if x else None for x in llm], pa.int32()),
+        "batch_size": pa.array([1 if x else 3 for x in llm], pa.int16()),
+        "priority": pa.array(["NORMAL"] * n).dictionary_encode(),
+        "slo_ttft_ms": pa.array([None] * n, pa.float32()),
+        "slo_e2e_ms": pa.array([None] * n, pa.float32()),
+        "prompt": pa.array([None] * n, pa.string()),
+    })
+
+
+def dispatch(url: str, table: pa.Table, loop_name: str, **opts) -> tuple[pa.Table, Histogram]:
+    plan = build_plan(table, select_rows(table), 0, 1)
+    batches: list[pa.RecordBatch] = []
+
+    def emit(kind, payload):
+        if kind == "batch":
+            batches.append(pa.ipc.open_stream(payload).read_next_batch())
+
+    loop = uvloop.new_event_loop() if loop_name == "uvloop" else asyncio.new_event_loop()
+    hist = Histogram()
+    try:
+        disp = Dispatcher(Target.from_url(url), plan, DispatchOptions(**opts), 0, emit, hist)
+        loop.run_until_complete(disp.open_pool())
+        loop.run_until_complete(disp.run(time.monotonic_ns() + 20_000_000))
+    finally:
+        loop.close()
+    return pa.Table.from_batches(batches).sort_by("row"), hist
+
+
+@pytest.mark.parametrize("loop_name", LOOPS)
+def test_error_classes_tokens_and_clock_order(server, loop_name):
+    models = ["ok", "http:500", "http:429", "break", "garble", "nousage", "ok", "garble",
+              "ok", "stall:50"]
+    kinds = ["chat", "chat", "embedding", "chat", "chat", "chat", "embedding", "embedding",
+             "completion", "completion"]
+    res, hist = dispatch(server.url, trace(models, kinds), loop_name, timeout_s=5.0,
+                         connections=2)
+    rows = res.to_pylist()
+    assert [r["row"] for r in rows] == list(range(len(models)))
+    assert [r["error_class"] for r in rows] == [
+        None, "http_5xx", "http_4xx", "stream_broken", "bad_payload", None, None,
+        "bad_payload", None, None]
+    assert [r["status"] for r in rows][:3] == [200, 500, 429]
+    assert rows[0]["output_tokens"] == TOKENS and rows[0]["input_tokens"] == 5   # usage
+    assert rows[5]["output_tokens"] == TOKENS and rows[5]["input_tokens"] == 6   # counted
+    assert rows[8]["output_tokens"] == TOKENS                                    # completion
+    assert rows[6]["output_tokens"] == 0 and rows[6]["input_tokens"] == 7
+    assert "injected" in rows[1]["error_detail"]
+    for r in rows:
+        assert r["intended_ns"] <= r["sent_ns"] <= r["done_ns"]
+        if r["error_class"] is None:
+            assert r["sent_ns"] < r["first_byte_ns"] <= r["first_token_ns"] <= r["done_ns"]
+    ok_llm = [r for r in rows if r["error_class"] is None and r["kind"] != "embedding"]
+    assert all(r["slo_met"] for r in ok_llm)
+    assert not any(r["slo_met"] for r in rows if r["error_class"] is not None)
+    # Every streamed token after the first of a successful request is one ITL sample.
+    assert hist.total_count + hist.underflow_count >= sum(TOKENS - 1 for _ in ok_llm)
+
+
+@pytest.mark.parametrize("loop_name", LOOPS)
+def test_open_loop_sends_everything_while_the_server_stalls(server, loop_name):
+    n = 12
+    res, _ = dispatch(server.url, trace(["stall:400"] * n, ["chat"] * n, gap_ms=5.0),
+                      loop_name, connections=1)
+    assert res.num_rows == n and res.column("error_class").null_count == n
+    # Open loop: the last request left before the first answer arrived.
+    assert max(res.column("sent_ns").to_pylist()) < min(res.column("first_byte_ns").to_pylist())
+
+
+@pytest.mark.parametrize("loop_name", LOOPS)
+def test_closed_loop_waits_and_the_wait_shows_as_lag(server, loop_name):
+    n = 6
+    res, _ = dispatch(server.url, trace(["stall:60"] * n, ["chat"] * n, gap_ms=1.0),
+                      loop_name, max_concurrency=1)
+    rows = res.to_pylist()
+    for prev, cur in zip(rows, rows[1:]):
+        assert cur["sent_ns"] >= prev["done_ns"]
+    # From the intended time the user waited longer than the server took.
+    last = rows[-1]
+    assert last["first_token_ns"] - last["intended_ns"] > 3 * (last["first_token_ns"]
+                                                               - last["sent_ns"])
+
+
+def test_timeout_is_counted_not_raised(server):
+    res, _ = dispatch(server.url, trace(["stall:3000", "ok"], ["chat", "chat"]), "uvloop",
+                      timeout_s=0.3)
+    rows = res.to_pylist()
+    assert rows[0]["error_class"] == "timeout" and rows[0]["status"] == 0
+    assert rows[0]["done_ns"] - rows[0]["sent_ns"] >= 300_000_000
+    assert rows[1]["error_class"] is None
+
+
+def test_refused_target_raises_one_line_error():
+    import socket
+    sock = socket.socket()
+    sock.bind(("127.0.0.1", 0))
+    port = sock.getsockname()[1]
+    sock.close()
+    with pytest.raises(TargetError, match=f"cannot connect to 127.0.0.1:{port}"):
+        dispatch(f"http://127.0.0.1:{port}", trace(["ok"], ["chat"]), "uvloop")
+
+
+def test_target_parsing_and_credential_stripping():
+    t = Target.from_url("https://u:secret@example.org/v1")
+    assert (t.host, t.port, t.tls, t.base_path) == ("example.org", 443, True, "")
+    assert Target.from_url("http://h:81/proxy").base_path == "/proxy"
+    assert strip_credentials("http://u:secret@h:1/x") == "http://h:1/x"
+    with pytest.raises(ConfigError):
+        Target.from_url("ftp://h")

@@ -1,0 +1,107 @@
+"""Request bodies and byte-level response scanning (cpbench.endpoints)."""
+from __future__ import annotations
+
+import json
+
+import pytest
+
+from cpbench.endpoints import (StreamScan, check_embedding, header_block, int_after,
+                               request_body)
+from cpbench.prompts import count_tokens
+
+
+def _event(obj) -> bytes:
+    return b"data: " + json.dumps(obj).encode() + b"\n\n"
+
+
+def _content(text: str) -> bytes:
+    return _event({"choices": [{"index": 0, "delta": {"content": text}}], "usage": None})
+
+
+USAGE = _event({"choices": [], "usage": {"prompt_tokens": 11, "completion_tokens": 42,
+                                         "total_tokens": 53}})
+
+
+def test_chat_body_is_openai_json_with_streamed_usage():
+    body = json.loads(request_body("chat", '"m"', 7, 12, 30, 1, None, "HIGH", "sagellm"))
+    assert body["model"] == "m"
+    assert body["max_tokens"] == 30
+    assert body["stream"] is True and body["stream_options"] == {"include_usage": True}
+    assert count_tokens(body["messages"][0]["content"]) == 12
+    assert "priority" not in body
+
+
+def test_literal_prompt_is_escaped_and_vllm_priority_added():
+    prompt = 'say "hi"\n\\ ünïcode'
+    body = json.loads(request_body("completion", '"m"', 0, 3, None, 1, prompt, "LOW", "vllm"))
+    assert body["prompt"] == prompt
+    assert "max_tokens" not in body
+    assert body["priority"] == 2
+
+
+def test_embedding_body_has_batch_inputs():
+    body = json.loads(request_body("embedding", '"e"', 3, 5, None, 4, None, "NORMAL", "none"))
+    assert len(body["input"]) == 4
+    assert all(count_tokens(t) == 5 for t in body["input"])
+    assert "stream" not in body
+
+
+def test_header_block_hints_and_auth():
+    head = header_block("chat", "h:1", bearer="sk-x", request_id="cpbench-5", priority="HIGH",
+                        deadline_ms=250.0, hints="sagellm", path_prefix="/api").decode()
+    assert head.startswith("POST /api/v1/chat/completions HTTP/1.1\r\n")
+    assert "Authorization: Bearer sk-x\r\n" in head
+    assert "X-Request-ID: cpbench-5\r\n" in head
+    assert "X-Request-Priority: HIGH\r\n" in head
+    assert "X-SLO-Deadline-Ms: 250\r\n" in head
+    plain = header_block("embedding", "h:1", bearer=None, request_id=None, priority="LOW",
+                         deadline_ms=None, hints="none").decode()
+    assert "X-Request" not in plain and "Authorization" not in plain
+
+
+def test_stream_scan_counts_content_and_reads_usage_across_split_reads():
+    body = (_event({"choices": [{"delta": {"role": "assistant", "content": ""}}]})
+            + b"".join(_content(f"w{i}") for i in range(5)) + USAGE + b"data: [DONE]\n\n")
+    for cut in range(1, len(body), 37):          # every way of splitting into two reads
+        scan = StreamScan()
+        scan.reset("chat")
+        tokens = scan.feed(body[:cut]) + scan.feed(body[cut:])
+        assert tokens == 5
+        assert scan.done and not scan.malformed
+        assert scan.usage_tokens() == (11, 42)
+
+
+def test_stream_scan_crlf_events_completions_and_no_usage():
+    scan = StreamScan()
+    scan.reset("completion")
+    body = b'data: {"choices":[{"text":"a"}]}\r\n\r\ndata: {"choices":[{"text": "b"}]}\r\n\r\n' \
+           b"data: [DONE]\r\n\r\n"
+    assert scan.feed(body) == 2
+    assert scan.done and scan.usage_tokens() == (None, None)
+
+
+def test_stream_scan_flags_malformed_and_error_events():
+    scan = StreamScan()
+    scan.reset("chat")
+    scan.feed(_content("a") + b"data: {not json\n\n")
+    assert scan.malformed
+    scan.reset("chat")
+    scan.feed(_event({"error": {"message": "engine died"}}))
+    assert scan.error is not None and b"engine died" in scan.error
+    assert not scan.malformed
+
+
+def test_check_embedding_counts_vectors_without_decoding():
+    good = json.dumps({"data": [{"object": "embedding", "index": i, "embedding": [0.1]}
+                                for i in range(3)], "usage": {"prompt_tokens": 9}}).encode()
+    assert check_embedding(good, 3) == (None, 9)
+    problem, _ = check_embedding(good, 4)
+    assert "3 vectors for 4 inputs" in problem
+    problem, _ = check_embedding(b"<html>oops</html>", 1)
+    assert problem.startswith("embeddings body is not a JSON object")
+
+
+@pytest.mark.parametrize("buf,expected", [(b'"k": 12,', 12), (b'"k":0}', 0), (b'"k":x', None),
+                                          (b"nothing", None)])
+def test_int_after(buf, expected):
+    assert int_after(buf, b'"k":') == expected
