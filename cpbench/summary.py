@@ -1,0 +1,321 @@
+"""summary.json: a results table (docs/formats.md) turned into counts, rates and percentiles.
+
+``summarize`` reads the columns of ``results.arrow`` once into NumPy and hands them whole to
+the compiled core (``_core.hist`` histograms, ``_core.slo`` SLO counters and timeslices): no
+per-row Python. It returns the summary.json shape of docs/formats.md except ``"monitor"``,
+which the caller adds. ``write_summary`` writes it atomically; ``load_summary`` reads it back.
+
+Definitions (what a reader of the numbers needs):
+
+- Rows with ``warmup`` true count under ``requests.warmup`` and nowhere else.
+- *completed*: no ``error_class`` and a ``done_ns``; *errors*: an ``error_class``.
+- Latencies are kept from the intended time and from the sent time (wrk2's pair): TTFT is
+  ``first_token_ns`` minus either, over completed requests with a first token; end-to-end is
+  ``done_ns`` minus either, over completed requests. Dispatch lag is ``sent_ns - intended_ns``
+  over every sent request; a request sent early counts as zero lag.
+- Rates divide by the measurement window: from the first intended time to the last
+  ``done_ns`` (or ``sent_ns``) of the non-warmup rows. ``goodput_rps`` counts completed
+  requests that met every deadline of their class; ``attainment`` is that count over all
+  requests of the class, a share in [0, 1] (null with no requests).
+- Percentiles are nearest-rank within the histogram's stated relative error (4.9e-4 at 3
+  digits; timeslices: 3.9e-3 at 2 digits). Milliseconds only here, for display; an empty
+  statistic is null.
+"""
+from __future__ import annotations
+
+import base64
+import json
+import math
+import os
+import tempfile
+from collections.abc import Sequence
+from typing import Any
+
+import numpy as np
+import pyarrow as pa
+import pyarrow.compute as pc
+
+from cpbench import __version__
+from cpbench._core.hist import Histogram
+from cpbench._core.slo import KINDS, PRIORITIES, SloCounters, Timeslices
+from cpbench.errors import ConfigError, OutputError
+
+PERCENTILES = (50, 90, 95, 99, 99.9)
+NS_PER_MS = 1e6
+REQUIRED_COLUMNS = ("kind", "priority", "intended_ns", "sent_ns", "first_token_ns", "done_ns",
+                    "output_tokens", "error_class", "slo_ttft_met", "slo_e2e_met", "slo_met",
+                    "warmup")
+LATENCIES = ("ttft_from_sent", "ttft_from_intended", "e2e_from_sent", "e2e_from_intended")
+
+
+def percent_key(p: float) -> str:
+    """JSON key of a percent: 50 -> "p50", 99.9 -> "p99.9"."""
+    p = float(p)
+    return "p" + (str(int(p)) if p.is_integer() else repr(p))
+
+
+def _ms(value_ns: float) -> float | None:
+    return float(value_ns) / NS_PER_MS if math.isfinite(value_ns) else None
+
+
+def histogram_stats_ms(hist: Histogram, percentiles: Sequence[float]) -> dict[str, Any]:
+    """``{"count", "mean", "min", "max", "p..."}`` of a histogram in milliseconds."""
+    out: dict[str, Any] = {"count": hist.total_count}
+    if hist.total_count == 0:
+        out.update({"mean": None, "min": None, "max": None})
+        out.update({percent_key(p): None for p in percentiles})
+        return out
+    out.update({"mean": _ms(hist.mean), "min": _ms(hist.min), "max": _ms(hist.max)})
+    for p, v in zip(percentiles, hist.percentiles(percentiles)):
+        out[percent_key(p)] = _ms(v)
+    return out
+
+
+def _histogram(values: np.ndarray, what: str, lowest_ns: int = 1_000) -> Histogram:
+    hist = Histogram(lowest_ns=lowest_ns)
+    try:
+        hist.record_array(values)
+    except ValueError as exc:
+        raise ConfigError(f"results table gives a negative {what} ({exc}); its times are "
+                          "not on one monotonic clock") from None
+    return hist
+
+
+def _codes(column: pa.ChunkedArray, canonical: tuple[str, ...]) -> tuple[np.ndarray, tuple]:
+    """Integer codes of a string/dictionary column and the labels they index (canonical first)."""
+    strings = pc.fill_null(column.cast(pa.string()), "unknown")
+    enc = pc.dictionary_encode(strings).combine_chunks()
+    seen = enc.dictionary.to_pylist()
+    labels = tuple(x for x in canonical if x in seen) + tuple(x for x in seen
+                                                              if x not in canonical)
+    remap = np.array([labels.index(x) for x in seen], dtype=np.int64)
+    codes = remap[enc.indices.to_numpy(zero_copy_only=False)] if len(seen) else np.zeros(
+        0, np.int64)
+    return codes, labels or canonical
+
+
+def _int_col(table: pa.Table, name: str) -> np.ndarray:
+    return pc.fill_null(table.column(name), -1).to_numpy().astype(np.int64, copy=False)
+
+
+def _bool_col(table: pa.Table, name: str) -> np.ndarray:
+    return pc.fill_null(table.column(name), False).to_numpy().astype(bool, copy=False)
+
+
+def _columns(results: pa.Table) -> dict[str, Any]:
+    missing = [c for c in REQUIRED_COLUMNS if c not in results.column_names]
+    if missing:
+        raise ConfigError(f"results table lacks column(s) {', '.join(missing)}; "
+                          "it must follow docs/formats.md (results.arrow)")
+    warm = _bool_col(results, "warmup")
+    table = results.filter(pa.array(~warm))
+    c: dict[str, Any] = {"n_warmup": int(warm.sum()), "table": table}
+    for name in ("intended_ns", "sent_ns", "first_token_ns", "done_ns", "output_tokens"):
+        c[name] = _int_col(table, name)
+    for name in ("slo_ttft_met", "slo_e2e_met", "slo_met"):
+        c[name] = _bool_col(table, name)
+    c["errored"] = pc.is_valid(table.column("error_class")).to_numpy(zero_copy_only=False)
+    c["completed"] = ~c["errored"] & (c["done_ns"] >= 0)
+    c["kind"], c["kinds"] = _codes(table.column("kind"), KINDS)
+    c["priority"], c["priorities"] = _codes(table.column("priority"), PRIORITIES)
+    return c
+
+
+def _latencies(c: dict[str, Any]) -> dict[str, np.ndarray]:
+    """Latency arrays (ns) and the row masks they come from."""
+    ok, first = c["completed"], c["first_token_ns"]
+    has_first = ok & (first >= 0)
+    return {
+        "ttft_mask": has_first, "e2e_mask": ok,
+        "ttft_from_sent": (first - c["sent_ns"])[has_first],
+        "ttft_from_intended": (first - c["intended_ns"])[has_first],
+        "e2e_from_sent": (c["done_ns"] - c["sent_ns"])[ok],
+        "e2e_from_intended": (c["done_ns"] - c["intended_ns"])[ok],
+    }
+
+
+def _window_s(c: dict[str, Any]) -> float:
+    if c["intended_ns"].size == 0:
+        return 0.0
+    end = max(int(c["done_ns"].max()), int(c["sent_ns"].max()))
+    return max(end - int(c["intended_ns"].min()), 0) / 1e9
+
+
+def _per_rate(count: float, window_s: float) -> float:
+    return float(count) / window_s if window_s > 0 else 0.0
+
+
+def _class_entry(counts: dict[str, int], window_s: float, lat: dict[str, np.ndarray],
+                 c: dict[str, Any], mask: np.ndarray, percentiles: Sequence[float]) -> dict:
+    entry: dict[str, Any] = dict(counts)
+    entry["attainment"] = counts["slo_met"] / counts["requests"] if counts["requests"] else None
+    entry["goodput_rps"] = _per_rate(counts["slo_met"], window_s)
+    ttft = _histogram(lat["ttft_from_intended"][mask[lat["ttft_mask"]]], "TTFT")
+    e2e = _histogram(lat["e2e_from_intended"][mask[lat["e2e_mask"]]], "end-to-end latency")
+    entry["latency_ms"] = {"ttft_from_intended": histogram_stats_ms(ttft, percentiles),
+                           "e2e_from_intended": histogram_stats_ms(e2e, percentiles)}
+    return entry
+
+
+def _by_class(c: dict[str, Any], lat: dict[str, np.ndarray], window_s: float,
+              percentiles: Sequence[float]) -> tuple[list[dict], list[dict], SloCounters]:
+    slo = SloCounters(c["kinds"], c["priorities"])
+    slo.add_arrays(c["kind"], c["priority"], c["completed"], c["errored"], c["slo_ttft_met"],
+                   c["slo_e2e_met"], c["slo_met"])
+    by_class, by_kind = [], []
+    for k, kind in enumerate(slo.kinds):
+        kind_mask = c["kind"] == k
+        counts = slo.counts(kind)
+        if counts["requests"] == 0:
+            continue
+        by_kind.append({"kind": kind, **_class_entry(counts, window_s, lat, c, kind_mask,
+                                                     percentiles)})
+        for p, priority in enumerate(slo.priorities):
+            counts = slo.counts(kind, priority)
+            if counts["requests"]:
+                mask = kind_mask & (c["priority"] == p)
+                by_class.append({"kind": kind, "priority": priority,
+                                 **_class_entry(counts, window_s, lat, c, mask, percentiles)})
+    return by_class, by_kind, slo
+
+
+def _timeslices(c: dict[str, Any], slice_s: float) -> dict[str, Any]:
+    if not (slice_s > 0 and math.isfinite(slice_s)):
+        raise ConfigError(f"slice_s must be a positive number of seconds; got {slice_s!r}")
+    ts = Timeslices(slice_ns=max(1, round(slice_s * 1e9)))
+    try:
+        ts.add_arrays(c["intended_ns"], c["sent_ns"], c["first_token_ns"], c["done_ns"],
+                      c["output_tokens"], c["completed"], c["errored"],
+                      c["slo_met"] & c["completed"])
+    except ValueError as exc:
+        raise ConfigError(f"results table cannot be sliced in time: {exc}") from None
+    counters = ts.counters()
+    out: dict[str, Any] = {"slice_s": float(slice_s),
+                           "t_s": [i * float(slice_s) for i in range(ts.n_slices)]}
+    for name in ("scheduled", "sent", "completed", "errors", "output_tokens", "in_flight",
+                 "slo_met"):
+        out[name] = [int(v) for v in counters[name]]
+    for key, metric, p in (("ttft_p50_ms", "ttft", 50), ("ttft_p99_ms", "ttft", 99),
+                           ("e2e_p50_ms", "e2e", 50), ("e2e_p99_ms", "e2e", 99),
+                           ("lag_p99_ms", "lag", 99)):
+        out[key] = [_ms(v) for v in ts.percentile_series(metric, p)]
+    return out
+
+
+def summarize(results: pa.Table, *, itl_hist: Histogram | None = None, run: dict,
+              slice_s: float = 1.0,
+              percentiles: Sequence[float] = PERCENTILES) -> dict[str, Any]:
+    """Summarize a results table into the summary.json shape (without ``"monitor"``).
+
+    Parameters
+    ----------
+    results : pyarrow.Table
+        Rows of results.arrow (docs/formats.md); extra columns are ignored.
+    itl_hist : Histogram, optional
+        Inter-token gaps recorded while streaming (they are not per-row data); without it
+        ``latency_ms.itl`` has count 0 and null statistics.
+    run : dict
+        The ``"run"`` block, copied as given.
+    slice_s : float
+        Timeslice length in seconds.
+    percentiles : sequence of float
+        Percents in [0, 100] reported for every latency.
+
+    Raises
+    ------
+    ConfigError
+        A required column is missing, or the times are inconsistent (negative latency).
+    """
+    percentiles = tuple(float(p) for p in percentiles)
+    if not all(0 <= p <= 100 for p in percentiles):
+        raise ConfigError(f"percentiles must be percents in [0, 100]; got {list(percentiles)}")
+    c = _columns(results)
+    lat = _latencies(c)
+    window_s = _window_s(c)
+    n = int(c["intended_ns"].size)
+    n_sent = int((c["sent_ns"] >= 0).sum())
+    n_completed = int(c["completed"].sum())
+    n_errors = int(c["errored"].sum())
+    by_error = pc.value_counts(c["table"].column("error_class").drop_null().cast(pa.string()))
+    sent = c["sent_ns"] >= 0
+    lag = _histogram(np.maximum(c["sent_ns"][sent] - c["intended_ns"][sent], 0),
+                     "dispatch lag", lowest_ns=0)
+    hists = {name: _histogram(lat[name], name.replace("_", " ")) for name in LATENCIES}
+    latency_ms = {name: histogram_stats_ms(h, percentiles) for name, h in hists.items()}
+    latency_ms["itl"] = histogram_stats_ms(itl_hist if itl_hist is not None else Histogram(),
+                                           percentiles)
+    lag_stats = histogram_stats_ms(lag, percentiles)
+    by_class, by_kind, slo = _by_class(c, lat, window_s, percentiles)
+    total = slo.counts()
+    encoded = {**hists, "dispatch_lag": lag}
+    if itl_hist is not None:
+        encoded["itl"] = itl_hist
+    return {
+        "cpbench_version": __version__,
+        "run": dict(run),
+        "requests": {"scheduled": n, "sent": n_sent, "completed": n_completed,
+                     "errors": n_errors, "warmup": c["n_warmup"],
+                     "by_error_class": {str(d["values"]): int(d["counts"])
+                                        for d in by_error.to_pylist()}},
+        "rates": {"scheduled_rps": _per_rate(n, window_s),
+                  "achieved_rps": _per_rate(n_sent, window_s),
+                  "completed_rps": _per_rate(n_completed, window_s),
+                  "output_tps": _per_rate(int(c["output_tokens"][c["completed"]].sum()),
+                                          window_s)},
+        "dispatch_lag_ms": {**{k: v for k, v in lag_stats.items() if k.startswith("p")},
+                            "max": lag_stats["max"], "mean": lag_stats["mean"]},
+        "latency_ms": latency_ms,
+        "slo": {"attainment": total["slo_met"] / n if n else None,
+                "goodput_rps": _per_rate(total["slo_met"], window_s)},
+        "by_class": by_class,
+        "by_kind": by_kind,
+        "timeslices": _timeslices(c, slice_s),
+        "histograms": {name: base64.b64encode(h.encode()).decode("ascii")
+                       for name, h in encoded.items()},
+    }
+
+
+def decode_histogram(summary: dict[str, Any], name: str) -> Histogram:
+    """The histogram ``name`` of a summary (e.g. ``"e2e_from_intended"``), decoded."""
+    return Histogram.decode(base64.b64decode(summary["histograms"][name]))
+
+
+def write_summary(summary: dict[str, Any], path: str | os.PathLike) -> None:
+    """Write ``summary`` as JSON atomically (temporary file in the same folder, then rename)."""
+    path = os.fspath(path)
+    text = json.dumps(summary, indent=2, allow_nan=False) + "\n"
+    folder = os.path.dirname(os.path.abspath(path))
+    try:
+        fd, tmp = tempfile.mkstemp(prefix=".summary-", suffix=".tmp", dir=folder)
+        try:
+            with os.fdopen(fd, "w", encoding="utf-8") as f:
+                f.write(text)
+                f.flush()
+                os.fsync(f.fileno())
+            os.replace(tmp, path)
+        except BaseException:
+            os.unlink(tmp)
+            raise
+    except OSError as exc:
+        raise OutputError(f"cannot write summary {path}: {exc.strerror or exc}; check that "
+                          "the folder exists, is writable and has space") from None
+
+
+def load_summary(path: str | os.PathLike) -> dict[str, Any]:
+    """Read a summary.json written by ``write_summary``; ConfigError when it is not one."""
+    path = os.fspath(path)
+    try:
+        with open(path, encoding="utf-8") as f:
+            summary = json.load(f)
+    except OSError as exc:
+        raise ConfigError(f"cannot read summary {path}: {exc.strerror or exc}") from None
+    except ValueError as exc:
+        raise ConfigError(f"summary {path} is not valid JSON ({exc}); rewrite it with "
+                          "cpbench report or replay") from None
+    if not isinstance(summary, dict) or "cpbench_version" not in summary:
+        raise ConfigError(f"{path} is not a cpbench summary: no 'cpbench_version' key")
+    return summary
+
+
+__all__ = ["PERCENTILES", "decode_histogram", "histogram_stats_ms", "load_summary",
+           "percent_key", "summarize", "write_summary"]
