@@ -153,7 +153,9 @@ def run_replay(trace_path: str | os.PathLike[str], *, url: str | None = None,
         ``rate_scale``, ``duration_s``, ``warmup`` (``"10s"`` or ``"500"``), ``timeout_s``,
         ``hints`` (sagellm|vllm|none), ``policy`` (embedded sim only), ``quiet``,
         ``max_error_ratio``, ``loop`` (uvloop|asyncio), ``connections`` (per worker),
-        ``grace_s``, ``report`` (write the report).
+        ``grace_s``, ``report`` (write the report), ``monitor`` (GPU, client CPU and
+        Prometheus sampling into ``monitor.arrow``), ``metrics_urls`` (extra ``/metrics`` to
+        scrape; the embedded sim's is scraped by default).
 
     Returns
     -------
@@ -171,7 +173,8 @@ def run_replay(trace_path: str | os.PathLike[str], *, url: str | None = None,
     o = {"workers": os.cpu_count() or 1, "max_concurrency": 0, "speed": 1.0,
          "rate_scale": 1.0, "duration_s": None, "warmup": None, "timeout_s": 60.0,
          "hints": "sagellm", "policy": None, "quiet": False, "max_error_ratio": None,
-         "loop": "uvloop", "connections": 32, "grace_s": 5.0, "report": True}
+         "loop": "uvloop", "connections": 32, "grace_s": 5.0, "report": True,
+         "monitor": True, "metrics_urls": None}
     unknown = set(options) - set(o)
     if unknown:
         raise ConfigError(f"unknown replay option(s): {', '.join(sorted(unknown))}")
@@ -215,6 +218,7 @@ def _run(trace_path: Path, trace_sha: str, url: str, embedded: bool, out: Path, 
            "clock": "CLOCK_MONOTONIC",
            "options": {k: v for k, v in o.items() if k not in ("quiet", "report")}}
     run["options"]["warmup"] = None if o["warmup"] is None else str(o["warmup"])
+    run["options"]["metrics_urls"] = [strip_credentials(u) for u in o["metrics_urls"] or []]
     dispatch_base = {"hints": o["hints"], "timeout_s": float(o["timeout_s"]),
                      "connections": int(o["connections"]), "grace_s": float(o["grace_s"]),
                      "bearer": os.environ.get("OPENAI_API_KEY") or None}
@@ -236,9 +240,11 @@ def _run(trace_path: Path, trace_sha: str, url: str, embedded: bool, out: Path, 
 
     old = {s: signal.signal(s, on_signal) for s in (signal.SIGINT, signal.SIGTERM)}
     show = not o["quiet"] and sys.stderr.isatty()
+    monitors = None
     try:
         pool.wait_ready()
         start_ns = time.monotonic_ns() + 250_000_000
+        monitors = _start_monitors(o, url if embedded else None, start_ns)
         pool.start(start_ns)
         cpu0 = time.process_time()
         next_show = 0.0
@@ -257,6 +263,8 @@ def _run(trace_path: Path, trace_sha: str, url: str, embedded: bool, out: Path, 
     finally:
         for s, h in old.items():
             signal.signal(s, h)
+        if monitors is not None:
+            monitors.stop()
         if show:
             sys.stderr.write("\n")
         pool.stop()
@@ -271,7 +279,7 @@ def _run(trace_path: Path, trace_sha: str, url: str, embedded: bool, out: Path, 
                            "connections": sum(f["counters"]["connections"] for f in finals),
                            "worker_preempted": sum(f["counters"].get("preempted", 0)
                                                    for f in finals)}})
-    _write_outputs(out, run, pool, o)
+    _write_outputs(out, run, pool, o, monitors)
     tot = pool.totals()
     if stop["why"] == "max-error-ratio":
         raise TargetError(f"{tot['errors']} of {tot['done']} requests failed, more than "
@@ -292,10 +300,23 @@ def _progress_line(tot: dict, start_ns: int, intended_ns: np.ndarray) -> None:
     sys.stderr.flush()
 
 
-def _write_outputs(out: Path, run: dict, pool: WorkerPool, o: dict) -> None:
+def _start_monitors(o: dict, sim_url: str | None, start_ns: int):
+    if not o["monitor"]:
+        return None
+    from cpbench.monitor import MonitorSet
+    urls = list(o["metrics_urls"] or []) + ([sim_url + "/metrics"] if sim_url else [])
+    monitors = MonitorSet(metrics_urls=urls, clock_origin_ns=start_ns)
+    monitors.start()
+    return monitors
+
+
+def _write_outputs(out: Path, run: dict, pool: WorkerPool, o: dict, monitors) -> None:
     from cpbench.summary import summarize, write_summary
     results = read_results(out / "results.arrow")
     summary = summarize(results, itl_hist=pool.merged_itl(), run=run)
+    if monitors is not None:
+        monitors.write(out / "monitor.arrow")
+        summary["monitor"] = monitors.status()
     write_summary(summary, out / "summary.json")
     if not o["quiet"]:
         print(format_summary(summary, out))
@@ -336,7 +357,8 @@ def format_summary(summary: dict, out: Path) -> str:
         lines.append(f"{name:<20}" + "".join(cells))
     slo = summary.get("slo", {})
     if slo:
-        lines.append(f"SLO        attainment {slo.get('attainment', 0):.1f}%  goodput "
-                     f"{slo.get('goodput_rps', 0):,.1f} rps")
+        share = slo.get("attainment")
+        shown = "-" if share is None else f"{100.0 * share:.1f}%"
+        lines.append(f"SLO        attainment {shown}  goodput {slo.get('goodput_rps') or 0:,.1f} rps")
     lines.append(f"results    {out}")
     return "\n".join(lines)
