@@ -56,3 +56,79 @@ def build_prompt(n_tokens: int, tag: int = 0) -> str:
         whole, rest = divmod(body_words, _MAX_WORDS)
         body = " ".join([text] * whole + ([text[: cuts[rest]]] if rest else []))
     return f"r{tag}" if not body else f"r{tag} {body}"
+
+
+# --- prompt corpora (traces/prompts/*.jsonl) ----------------------------------------------------
+# The shipped corpora are original text written for cpbench (no third-party rights): one JSON
+# object per line, {"id": ..., "text": ...}. A corpus prompt of n tokens is n whitespace words
+# cut from the corpus' texts laid end to end (cycled), starting at the text chosen by ``tag`` —
+# the same counting convention and the same O(1) slicing as ``build_prompt``.
+
+CORPORA = {"llm": "llm_prompts.jsonl", "embedding": "embed_texts.jsonl"}
+
+
+def corpus_path(kind: str) -> str:
+    """Path of the shipped corpus for ``llm`` or ``embedding`` (in the source tree's traces/)."""
+    import os
+    root = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+    return os.path.join(root, "traces", "prompts", CORPORA[kind])
+
+
+def load_corpus(path: str) -> list[str]:
+    """The texts of a JSONL corpus (``{"text": ...}`` per line), in file order."""
+    import json
+
+    from cpbench.errors import ConfigError
+    texts = []
+    try:
+        with open(path, encoding="utf-8") as fh:
+            for lineno, line in enumerate(fh, start=1):
+                if line.strip():
+                    text = json.loads(line)["text"]
+                    if not isinstance(text, str) or not text.split():
+                        raise ValueError("empty or non-string text")
+                    texts.append(text)
+    except (OSError, ValueError, KeyError, TypeError) as exc:
+        where = f" line {lineno}" if "lineno" in locals() else ""
+        raise ConfigError(f"prompt corpus {path}{where}: {exc}; expected one "
+                          '{"text": "..."} object per line') from None
+    if not texts:
+        raise ConfigError(f"prompt corpus {path} has no texts")
+    return texts
+
+
+class CorpusPrompts:
+    """Prompts of an exact word count cut from a corpus (``build`` mirrors ``build_prompt``)."""
+
+    def __init__(self, texts: list[str], max_words: int = _MAX_WORDS) -> None:
+        words: list[str] = []
+        self._starts: list[int] = []       # word index where each text begins (first cycle)
+        for text in texts:
+            self._starts.append(len(words))
+            words.extend(text.split())
+        cycle = len(words)
+        # One cycle to start in plus max_words to slice: any (start, n) is one slice.
+        total = cycle + max_words
+        words = [words[i % cycle] for i in range(total)]
+        self._text = " ".join(words)
+        cuts = [0] * (total + 1)           # cuts[k] = end offset of the first k words
+        pos = 0
+        for k, word in enumerate(words, start=1):
+            pos += len(word)
+            cuts[k] = pos
+            pos += 1
+        self._cuts = cuts
+        self._max_words = max_words
+
+    def build(self, n_tokens: int, tag: int = 0) -> str:
+        """``n_tokens`` words (``count_tokens`` agrees), starting at text ``tag % len(texts)``;
+        longer than ``max_words``: repeated."""
+        if n_tokens <= 0:
+            return ""
+        start = self._starts[tag % len(self._starts)]
+        if n_tokens <= self._max_words:
+            begin = self._cuts[start] + (1 if start else 0)
+            return self._text[begin: self._cuts[start + n_tokens]]
+        whole, rest = divmod(n_tokens, self._max_words)
+        parts = [self.build(self._max_words, tag)] * whole
+        return " ".join(parts + ([self.build(rest, tag)] if rest else []))

@@ -161,3 +161,24 @@ def test_shipped_traces_are_valid_small_and_rebuild_byte_for_byte(tmp_path):
         assert ("embedding" in kinds) == (name not in ("light", "medium", "heavy"))
     burst = describe(read_trace(os.path.join(ROOT, "traces", "burst.arrow")))
     assert burst["gap_cv"] > 5 and burst["idle_1s_bins_percent"] > 60
+
+
+@pytest.mark.parametrize("kind", ["llm", "embedding"])
+def test_shipped_corpora_build_exact_lengths(kind):
+    from cpbench.prompts import CorpusPrompts, corpus_path, count_tokens, load_corpus
+    texts = load_corpus(corpus_path(kind))
+    assert len(texts) >= 40 and len(set(texts)) == len(texts)
+    corpus = CorpusPrompts(texts, max_words=2048)
+    for n, tag in ((1, 0), (7, 3), (250, 11), (2048, 5), (5000, 1)):
+        prompt = corpus.build(n, tag)
+        assert count_tokens(prompt) == n
+    assert corpus.build(3, 1).split() == texts[1].split()[:3]
+    assert corpus.build(0, 4) == ""
+
+
+def test_corpus_errors_are_one_line(tmp_path):
+    from cpbench.prompts import load_corpus
+    bad = tmp_path / "c.jsonl"
+    bad.write_text('{"text": "fine"}\n{"txt": "wrong key"}\n')
+    with pytest.raises(ConfigError, match="line 2"):
+        load_corpus(str(bad))
