@@ -1,0 +1,98 @@
+"""compare / sweep / experiment / run end to end: the real CLI against the embedded sim.
+
+The sim is configured small so the control plane, not the client, is the bottleneck and the
+answers are known: on the shipped burst trace a deadline-aware policy beats FIFO (FIFO makes
+500 ms embeddings wait behind a queue of LLM requests), and the throughput knee of an
+embedding-only sim with a computable capacity lies within 10% of that capacity.
+"""
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import pyarrow.ipc as ipc
+import pytest
+
+from cpbench.cli import main
+
+pytestmark = pytest.mark.integration
+
+ROOT = Path(__file__).resolve().parents[1]
+BURST = ROOT / "traces" / "burst.arrow"
+# LLM engine with 16 slots and 2 ms steps: the first burst of burst.arrow (173 LLM requests,
+# 92 embeddings in 1 s) queues at the control plane for seconds.
+BURST_SIM = {"llm": [{"max_running_seqs": 16, "decode_base_ns": 2_000_000,
+                      "decode_ns_per_seq": 0, "decode_ns_per_context_token": 0,
+                      "prefill_ns_per_token": 1_000}]}
+# Embedding-only sim, one input per batch, 4 engines x 20 ms per batch: capacity 200 req/s.
+KNEE_ENGINE = {"model": "cpbench-embed-bge", "instances": 4, "max_batch_inputs": 1,
+               "batch_base_ns": 20_000_000, "ns_per_token": 0}
+KNEE_SIM = {"llm": [], "embedding": [KNEE_ENGINE]}
+KNEE_TOKENS = 8
+
+
+def _config(tmp_path: Path, name: str, data: dict) -> str:
+    path = tmp_path / name
+    path.write_text(json.dumps(data))
+    return str(path)
+
+
+def _capacity_rps(engine: dict, tokens: int) -> float:
+    """Requests per second the sim serves when each request is one batch of its own."""
+    batch_ns = engine["batch_base_ns"] + engine["ns_per_token"] * tokens
+    return engine["instances"] * 1e9 / batch_ns
+
+
+def _rows(result_dir: Path) -> int:
+    with ipc.open_file(str(result_dir / "results.arrow")) as f:
+        return f.read_all().num_rows
+
+
+def test_compare_on_burst_trace_deadline_aware_beats_fifo(tmp_path, capsys):
+    out = tmp_path / "cmp"
+    status = main(["compare", "--policies", "fifo,slo_aware,hybrid_slo", str(BURST),
+                   "--duration", "5", "--drain-s", "0.2", "--resamples", "500",
+                   "--sim-config", _config(tmp_path, "sim.json", BURST_SIM), "-o", str(out)])
+    captured = capsys.readouterr()
+    assert status == 0, captured.err
+    assert "run 1 of 3: policy fifo" in captured.err and "run 3 of 3" in captured.err
+    result = json.loads((out / "comparison.json").read_text())
+    for policy in ("fifo", "slo_aware", "hybrid_slo"):
+        assert _rows(out / policy) == result["stats"]["paired_rows"] > 200
+        assert (out / policy / "summary.json").is_file()
+    assert (out / "report.html").stat().st_size > 10_000 and (out / "report.md").is_file()
+    overall = {d["policy"]: d for d in result["stats"]["differences"]
+               if d["kind"] == "all" and d["metric"] == "slo_attainment_pct"}
+    winners = [p for p in ("slo_aware", "hybrid_slo")
+               if overall[p]["verdict"] == "better" and overall[p]["ci_low"] > 0]
+    assert winners, overall
+    assert result["answer"]["best_policy"]["policy"] in ("slo_aware", "hybrid_slo")
+    # Embeddings are where FIFO loses: the paired difference is per kind too.
+    emb = [d for d in result["stats"]["differences"] if d["kind"] == "embedding"
+           and d["priority"] == "all" and d["metric"] == "slo_attainment_pct"]
+    assert any(d["diff"] > 0 for d in emb)
+    assert "best policy on SLO attainment: " in captured.out and "baseline" in captured.out
+
+
+def test_sweep_knee_within_ten_percent_of_sim_capacity(tmp_path, capsys):
+    trace = tmp_path / "emb.arrow"
+    assert main(["record", "synth", "--pattern", "uniform", "--rate", "100", "--requests",
+                 "400", "--mode", "hybrid", "--llm-ratio", "0", "--embed-batch", "fixed:1",
+                 "--embed-tokens", f"fixed:{KNEE_TOKENS}", "--embed-slo-ms", "100",
+                 "--seed", "1", "-o", str(trace)]) == 0
+    out = tmp_path / "sweep"
+    status = main(["sweep", str(trace), "--rates", "150,250", "--knee", "--rel-tol", "0.05",
+                   "--max-probes", "6", "--drain-s", "0.2", "-o", str(out),
+                   "--sim-config", _config(tmp_path, "sim.json", KNEE_SIM)])
+    captured = capsys.readouterr()
+    assert status == 0, captured.err
+    result = json.loads((out / "experiment.json").read_text())
+    capacity = _capacity_rps(KNEE_ENGINE, KNEE_TOKENS)
+    knee = result["knee"]["knee_rps"]
+    assert knee is not None and abs(knee - capacity) <= 0.10 * capacity, result["knee"]
+    assert result["knee"]["converged"]
+    probes = {round(p["rate_rps"], 6) for p in result["knee"]["probes"]}
+    assert {150.0, 250.0} <= probes and len(result["points"]) == len(probes)
+    assert all((Path(p["dir"]) / "results.arrow").is_file() for p in result["points"])
+    assert (out / "report.html").is_file()
+    assert f"knee: {knee:.2f} rps" in captured.out
