@@ -120,8 +120,10 @@ class LLMEngine:
             end_ns = start_ns + step_ns
             await _sleep_until(end_ns)
             now_ns = _monotonic_ns()
+            # First tokens go out before decode tokens: TTFT is what clients measure most.
+            started = self._finish_prefill(chunk, now_ns)
             self._decode(now_ns)
-            self._finish_prefill(chunk, now_ns)
+            self.running.extend(started)
             self.steps += 1
             # Keep the fixed timeline unless the loop fell a whole step behind (then catching
             # up would emit a burst of tokens, which a real engine never does).
@@ -160,7 +162,8 @@ class LLMEngine:
         self.context_tokens += emitted
         self.running = keep
 
-    def _finish_prefill(self, chunk: list[tuple[Any, int]], now_ns: int) -> None:
+    def _finish_prefill(self, chunk: list[tuple[Any, int]], now_ns: int) -> list[Any]:
+        started: list[Any] = []
         for req, take in chunk:
             req.prefill_left -= take
             if req.prefill_left > 0:
@@ -173,8 +176,9 @@ class LLMEngine:
                 self.kv_used_tokens -= req.kv_tokens
                 req.finish(now_ns)
             else:
-                self.running.append(req)
+                started.append(req)
                 self.context_tokens += req.prompt_tokens + req.generated
+        return started
 
     def _release(self, req: Any) -> None:
         self.kv_used_tokens -= req.kv_tokens

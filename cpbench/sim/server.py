@@ -160,7 +160,7 @@ async def _llm(request: web.Request, kind: str) -> web.StreamResponse:
     if request.transport is None:
         return resp   # the client left before we could answer
     # Headers stay buffered until the first token, as with vLLM: first byte = first token.
-    req.attach_stream(request.transport, getattr(writer, "send_headers", None))
+    req.attach_stream(request.transport, writer)
     sched.submit(req)
     await req.done
     state.metrics.finished(req)

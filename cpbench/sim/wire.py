@@ -23,6 +23,25 @@ def _frame(event: bytes) -> bytes:
     return b"%x\r\n%b\r\n" % (len(event), event)
 
 
+def _take_headers(writer: Any) -> bytes:
+    """The response's status line and headers, if aiohttp still holds them back.
+
+    aiohttp (3.10+) buffers the headers of a prepared response until the first body write;
+    taking them here lets headers and first token leave in one ``write`` (one syscall, one
+    segment) instead of two. This reads aiohttp's writer internals, so it falls back to the
+    public ``send_headers()`` (or to nothing, where ``prepare()`` already sent them).
+    """
+    buf = getattr(writer, "_headers_buf", None)
+    if buf and getattr(writer, "_headers_written", True) is False:
+        writer._headers_buf = None
+        writer._headers_written = True
+        return bytes(buf)
+    send = getattr(writer, "send_headers", None)
+    if send is not None:
+        send()
+    return b""
+
+
 class SimRequest:
     """One request on its way through policy queue, engine and response."""
 
@@ -31,7 +50,7 @@ class SimRequest:
                  "prompt_tokens", "max_tokens", "kv_tokens", "n_inputs", "prefill_left",
                  "generated", "slow_factor", "slow_count", "disconnect_at", "malformed_at",
                  "stream", "include_usage", "report_timing", "aborted", "done", "transport",
-                 "send_headers", "created", "_prefix", "_token_frame", "_first_frame")
+                 "writer", "created", "_prefix", "_token_frame", "_first_frame")
 
     def __init__(self, *, seq: int, rid: str, kind: str, model: str, policy: str, rank: int,
                  received_ns: int, deadline_ns: int, prompt_tokens: int, max_tokens: int,
@@ -49,14 +68,15 @@ class SimRequest:
         self.aborted = False
         self.done: asyncio.Future[None] = asyncio.get_running_loop().create_future()
         self.transport: Any = None
-        self.send_headers: Any = None
+        self.writer: Any = None
         self.created = int(time.time())
         self._prefix = self._token_frame = self._first_frame = b""
 
     # -- streaming ------------------------------------------------------------------------------
-    def attach_stream(self, transport: Any, send_headers: Any) -> None:
-        """Write tokens to ``transport``; ``send_headers()`` flushes the buffered HTTP headers."""
-        self.transport, self.send_headers = transport, send_headers
+    def attach_stream(self, transport: Any, writer: Any) -> None:
+        """Write tokens to ``transport``; ``writer`` is aiohttp's payload writer of the response
+        (prepared, chunked), whose buffered headers go out with the first token."""
+        self.transport, self.writer = transport, writer
         obj = "chat.completion.chunk" if self.kind == "chat" else "text_completion"
         prefix = (f'data: {{"id":"{self.rid}","object":"{obj}","created":{self.created},'
                   f'"model":{json.dumps(self.model)},"choices":[')
@@ -75,17 +95,18 @@ class SimRequest:
         """Emit one token; False when the client is gone (the engine then aborts the request)."""
         n = self.generated
         self.generated = n + 1
-        if n == 0:
-            self.first_token_ns = now_ns
         transport = self.transport
         if transport is None:
+            if n == 0:
+                self.first_token_ns = now_ns
             return not self.aborted
         if transport.is_closing():
             return False
         if n == 0:
-            if self.send_headers is not None:
-                self.send_headers()
-            transport.write(self._first_frame)
+            head = _take_headers(self.writer)
+            # Stamped at the write, not at the step: what the client can see, to the microsecond.
+            self.first_token_ns = _monotonic_ns()
+            transport.write(head + self._first_frame)
         elif n == self.malformed_at:
             # Cut JSON: a client must classify this chunk as a bad payload.
             transport.write(_frame(self._prefix + b'{"index":0,"delta":{"content":" the\n\n'))
@@ -104,7 +125,14 @@ class SimRequest:
         self.aborted = aborted
         transport = self.transport
         if transport is not None and not aborted and not transport.is_closing():
-            transport.write(self._final_frames())
+            end = self._final_frames()
+            writer = self.writer
+            if getattr(writer, "_eof", None) is False and getattr(writer, "chunked", False):
+                # End the chunked body in the same write; the handler's write_eof() then
+                # finds the writer at EOF and writes nothing more.
+                end += b"0\r\n\r\n"
+                writer._eof = True
+            transport.write(end)
         self.done.set_result(None)
 
     def timing(self) -> dict[str, Any]:
@@ -121,10 +149,7 @@ class SimRequest:
         return usage
 
     def _final_frames(self) -> bytes:
-        if self.generated == 0:
-            # Nothing was streamed (max_tokens cannot be 0, so only on a shutdown): headers now.
-            if self.send_headers is not None:
-                self.send_headers()
+        head = _take_headers(self.writer) if self.generated == 0 else b""
         timing = ""
         if self.report_timing:
             timing = ',"cpbench_server_timing":' + json.dumps(self.timing(), separators=(",", ":"))
@@ -140,7 +165,7 @@ class SimRequest:
         else:
             events.append(finish + timing + "}\n\n")
         body = b"".join(self._prefix + e.encode() for e in events) + b"data: [DONE]\n\n"
-        return _frame(body)
+        return head + _frame(body)
 
     # -- non-streaming bodies -----------------------------------------------------------------
     def completion_body(self) -> dict[str, Any]:
