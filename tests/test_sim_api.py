@@ -228,3 +228,27 @@ def test_config_from_dict_and_errors(tmp_path):
     path.write_text("{oops")
     with pytest.raises(ConfigError, match="not valid JSON"):
         resolve_config(path)
+
+
+def test_streams_keep_the_connection_alive_with_valid_chunked_framing(sim):
+    """Headers, tokens and the chunked terminator are written by the engine, bypassing
+    aiohttp's writer: http.client would fail the second request on a broken framing."""
+    import http.client
+    from urllib.parse import urlsplit
+
+    host = urlsplit(sim.url)
+    conn = http.client.HTTPConnection(host.hostname, host.port, timeout=10)
+    try:
+        for n in (3, 1, 5):
+            body = json.dumps({"model": LLM, "messages": [{"role": "user", "content": "k"}],
+                               "max_tokens": n, "stream": True})
+            conn.request("POST", "/v1/chat/completions", body,
+                         {"Content-Type": "application/json"})
+            resp = conn.getresponse()
+            assert resp.status == 200 and resp.getheader("Transfer-Encoding") == "chunked"
+            assert resp.getheader("Content-Type").startswith("text/event-stream")
+            text = resp.read().decode()
+            assert text.count('"content":') == n and text.endswith("data: [DONE]\n\n")
+            assert not resp.will_close
+    finally:
+        conn.close()

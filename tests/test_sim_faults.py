@@ -71,10 +71,13 @@ async def _stream(session: aiohttp.ClientSession, url: str, max_tokens: int = 10
     return out
 
 
-def _with_sim(config: SimConfig, body) -> object:
+def _with_sim(config: SimConfig, body, use_uvloop: bool = False) -> object:
     async def main():
         async with running_sim(config) as sim, aiohttp.ClientSession() as session:
             return await body(sim, session)
+    if use_uvloop:
+        import uvloop
+        return uvloop.run(main())
     return asyncio.run(main())
 
 
@@ -110,16 +113,17 @@ def test_disconnect_mid_stream_is_stream_broken_and_frees_the_engine():
         async with session.get(sim.url + "/metrics") as resp:
             text = await resp.text()
         return results, engine.kv_used_tokens, engine.load(), text
-    results, kv_used, load, metrics = _with_sim(cfg, body)
+    results, kv_used, load, metrics = _with_sim(cfg, body, use_uvloop=True)
     assert [(r["error_class"], r["tokens"]) for r in results] == [("stream_broken", 3)] * 3
     assert kv_used == 0 and load == 0
     assert 'cpbench_sim_faults_total{mode="disconnect"} 3.0' in metrics
 
 
-def test_malformed_chunk_is_bad_payload():
+@pytest.mark.parametrize("use_uvloop", [False, True])
+def test_malformed_chunk_is_bad_payload(use_uvloop):
     async def body(sim, session):
         return await _stream(session, sim.url, max_tokens=10)
-    result = _with_sim(_config(malformed_percent=100.0), body)
+    result = _with_sim(_config(malformed_percent=100.0), body, use_uvloop)
     assert result["error_class"] == "bad_payload"
     assert result["tokens"] == 9 and result["done"]
 
