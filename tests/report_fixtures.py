@@ -1,14 +1,13 @@
 """A factory of realistic result directories for the report tests and benchmark.
 
-The replay, stats and monitor stages write these files for real; the report must not wait for
-them, so this module writes ``results.arrow``, ``summary.json`` and ``monitor.arrow`` exactly as
-docs/formats.md describes, from a seeded synthetic run: Poisson arrivals, lognormal TTFT and
-inter-token gaps, embedding batches, a small error share, SLO flags from the intended time.
+Writes ``results.arrow`` and ``monitor.arrow`` as docs/formats.md describes, from a seeded
+synthetic run (Poisson arrivals, lognormal TTFT and inter-token gaps, embedding batches, a small
+error share, SLO flags from the intended time), and ``summary.json`` through the real
+``cpbench.summary.summarize``, so the report is tested against the shape replay writes.
 Everything is vectorised so the 10^6-row benchmark builds its input in seconds.
 """
 from __future__ import annotations
 
-import base64
 import json
 from pathlib import Path
 
@@ -16,32 +15,11 @@ import numpy as np
 import pyarrow as pa
 
 PRIORITIES = ("HIGH", "NORMAL", "LOW")
-PERCENTS = (50.0, 90.0, 95.0, 99.0, 99.9)
 NS_PER_MS = 1_000_000
-
-
-def _histogram_class():
-    """The stats core's histogram, or None while it is not built yet."""
-    try:
-        from cpbench._core.hist import Histogram
-    except ImportError:
-        return None
-    return Histogram
 
 
 def _dict_array(indices: np.ndarray, values: list[str]) -> pa.DictionaryArray:
     return pa.DictionaryArray.from_arrays(pa.array(indices.astype(np.int32)), pa.array(values))
-
-
-def _latency_summary(values_ns: np.ndarray) -> dict:
-    if values_ns.size == 0:
-        return {"count": 0}
-    ms = values_ns / NS_PER_MS
-    out = {"count": int(ms.size), "mean": float(ms.mean()), "min": float(ms.min()),
-           "max": float(ms.max())}
-    for p, v in zip(PERCENTS, np.percentile(ms, PERCENTS)):
-        out[f"p{p:g}"] = float(v)
-    return out
 
 
 def make_results_table(n_requests: int, *, rate_rps: float, llm_ratio: float, seed: int,
@@ -112,123 +90,30 @@ def make_results_table(n_requests: int, *, rate_rps: float, llm_ratio: float, se
     return pa.table(columns)
 
 
-def _class_entry(t: dict, sel: np.ndarray, duration_s: float, **keys) -> dict:
-    ok = sel & ~t["failed"]
-    entry = dict(keys)
-    entry.update({
-        "requests": int(sel.sum()), "completed": int(ok.sum()),
-        "errors": int((sel & t["failed"]).sum()),
-        "ttft_met": int(t["ttft_met"][sel].sum()), "e2e_met": int(t["e2e_met"][sel].sum()),
-        "slo_met": int(t["slo_met"][sel].sum()),
-    })
-    entry["attainment"] = 100.0 * entry["slo_met"] / max(entry["requests"], 1)
-    entry["goodput_rps"] = entry["slo_met"] / duration_s
-    entry["latency_ms"] = {
-        "ttft_from_intended": _latency_summary(t["ttft_i"][ok]),
-        "e2e_from_intended": _latency_summary(t["e2e_i"][ok]),
-    }
-    return entry
-
-
-def _timeslices(t: dict, slice_s: float) -> dict:
-    slice_ns = int(slice_s * 1e9)
-    n_slices = int(t["done"].max() // slice_ns) + 1
-    bins = lambda ns: np.bincount((ns // slice_ns).astype(np.int64), minlength=n_slices)[:n_slices]  # noqa: E731
-    ok = ~t["failed"]
-    done_slice = (t["done"] // slice_ns).astype(np.int64)
-    ts = {"slice_s": slice_s, "t_s": [i * slice_s for i in range(n_slices)],
-          "scheduled": bins(t["intended"]).tolist(), "sent": bins(t["sent"]).tolist(),
-          "completed": bins(t["done"][ok]).tolist(), "errors": bins(t["done"][~ok]).tolist(),
-          "output_tokens": np.bincount(done_slice, weights=t["out"], minlength=n_slices)
-          [:n_slices].astype(np.int64).tolist(),
-          "slo_met": bins(t["done"][t["slo_met"]]).tolist()}
-    started = np.cumsum(bins(t["sent"]))
-    ts["in_flight"] = (started - np.cumsum(bins(t["done"]))).tolist()
-    order = np.argsort(done_slice[ok], kind="stable")
-    groups = np.split(order, np.searchsorted(done_slice[ok][order], np.arange(1, n_slices)))
-    for name, values in (("ttft", t["ttft_i"][ok]), ("e2e", t["e2e_i"][ok]),
-                         ("lag", t["lag"][ok])):
-        p50, p99 = [], []
-        for g in groups:
-            if g.size:
-                a, b = np.percentile(values[g], [50, 99]) / NS_PER_MS
-                p50.append(float(a))
-                p99.append(float(b))
-            else:
-                p50.append(None)
-                p99.append(None)
-        if name != "lag":
-            ts[f"{name}_p50_ms"] = p50
-        ts[f"{name}_p99_ms"] = p99
-    return ts
-
-
 def make_summary(table: pa.Table, *, policy: str | None, options: dict,
                  gpu_available: bool, with_histograms: bool = True) -> dict:
-    """A ``summary.json`` dict for ``table`` in the shape of docs/formats.md."""
-    c = {name: table.column(name) for name in table.column_names}
-    live = ~c["warmup"].to_numpy(zero_copy_only=False)
-    np_col = lambda name, fill=0: c[name].fill_null(fill).to_numpy(zero_copy_only=False)[live]  # noqa: E731
-    t = {"intended": np_col("intended_ns"), "sent": np_col("sent_ns"), "done": np_col("done_ns"),
-         "first": np_col("first_token_ns"), "out": np_col("output_tokens"),
-         "failed": c["error_class"].is_valid().to_numpy(zero_copy_only=False)[live],
-         "ttft_met": np_col("slo_ttft_met", False), "e2e_met": np_col("slo_e2e_met", False),
-         "slo_met": np_col("slo_met", False), "itl": np_col("itl_mean_ns")}
-    kind = np.asarray(c["kind"].to_numpy(zero_copy_only=False))[live]
-    prio = np.asarray(c["priority"].to_numpy(zero_copy_only=False))[live]
-    t["lag"] = t["sent"] - t["intended"]
-    t["ttft_i"], t["ttft_s"] = t["first"] - t["intended"], t["first"] - t["sent"]
-    t["e2e_i"], t["e2e_s"] = t["done"] - t["intended"], t["done"] - t["sent"]
-    ok = ~t["failed"]
-    duration_s = float(t["done"].max() - t["intended"].min()) / 1e9
-    n_live = int(live.sum())
-    summary = {
-        "cpbench_version": "0.1.0",
-        "run": {"trace": "traces/medium.arrow", "trace_sha256": "0" * 64,
-                "target": "http://127.0.0.1:8000", "embedded_target": True, "policy": policy,
-                "started_utc": "2026-11-28T02:00:00Z", "duration_s": duration_s,
-                "interrupted": False, "workers": 2, "options": options},
-        "requests": {"scheduled": int(table.num_rows), "sent": int(table.num_rows),
-                     "completed": int(ok.sum()), "errors": int(t["failed"].sum()),
-                     "warmup": int(table.num_rows - n_live),
-                     "by_error_class": {}},
-        "rates": {"scheduled_rps": n_live / duration_s, "achieved_rps": n_live / duration_s,
-                  "completed_rps": float(ok.sum()) / duration_s,
-                  "output_tps": float(t["out"].sum()) / duration_s},
-    }
-    lag = _latency_summary(t["lag"])
-    summary["dispatch_lag_ms"] = {k: v for k, v in lag.items() if k != "count"}
-    errs = c["error_class"].dictionary_decode() if hasattr(c["error_class"], "dictionary_decode") \
-        else c["error_class"].cast(pa.string())
-    names, counts = np.unique(np.asarray(errs.to_numpy(zero_copy_only=False))[live][t["failed"]],
-                              return_counts=True)
-    summary["requests"]["by_error_class"] = {str(k): int(v) for k, v in zip(names, counts)}
-    chat_ok = ok & (kind == "chat")
-    summary["latency_ms"] = {
-        "ttft_from_sent": _latency_summary(t["ttft_s"][ok]),
-        "ttft_from_intended": _latency_summary(t["ttft_i"][ok]),
-        "e2e_from_sent": _latency_summary(t["e2e_s"][ok]),
-        "e2e_from_intended": _latency_summary(t["e2e_i"][ok]),
-        "itl": _latency_summary(t["itl"][chat_ok]),
-    }
-    met = int(t["slo_met"].sum())
-    summary["slo"] = {"attainment": 100.0 * met / max(n_live, 1), "goodput_rps": met / duration_s}
-    summary["by_class"] = [_class_entry(t, (kind == k) & (prio == p), duration_s, kind=k, priority=p)
-                           for k in ("chat", "embedding") for p in PRIORITIES
-                           if ((kind == k) & (prio == p)).any()]
-    summary["by_kind"] = [_class_entry(t, kind == k, duration_s, kind=k)
-                          for k in ("chat", "embedding") if (kind == k).any()]
-    summary["timeslices"] = _timeslices(t, 1.0)
-    hist_cls = _histogram_class() if with_histograms else None
-    if hist_cls is not None:
-        summary["histograms"] = {}
-        for name, values in (("ttft_from_sent", t["ttft_s"][ok]),
-                             ("ttft_from_intended", t["ttft_i"][ok]),
-                             ("e2e_from_sent", t["e2e_s"][ok]), ("e2e_from_intended", t["e2e_i"][ok]),
-                             ("itl", t["itl"][chat_ok]), ("dispatch_lag", t["lag"])):
-            h = hist_cls()
-            h.record_array(np.ascontiguousarray(np.maximum(values, 1_000), dtype=np.int64))
-            summary["histograms"][name] = base64.b64encode(h.encode()).decode("ascii")
+    """``summary.json`` for ``table``, written by the real ``cpbench.summary.summarize``.
+
+    The run and monitor blocks are the caller's (replay's) part; they are filled in here as
+    docs/formats.md shows them. The per-request mean gaps stand in for the streamed ITL
+    histogram, which only a live run records.
+    """
+    from cpbench._core.hist import Histogram
+    from cpbench.summary import summarize
+
+    live = ~table.column("warmup").to_numpy(zero_copy_only=False)
+    intended = table.column("intended_ns").to_numpy()[live]
+    done = table.column("done_ns").to_numpy()[live]
+    itl = Histogram()
+    itl.record_array(table.filter(pa.array(live)).column("itl_mean_ns").drop_null().to_numpy())
+    run = {"trace": "traces/medium.arrow", "trace_sha256": "0" * 64,
+           "target": "http://127.0.0.1:8000", "embedded_target": True, "policy": policy,
+           "started_utc": "2026-11-28T02:00:00Z",
+           "duration_s": float(done.max() - intended.min()) / 1e9 if live.any() else 0.0,
+           "interrupted": False, "workers": 2, "options": options}
+    summary = summarize(table, itl_hist=itl, run=run)
+    if not with_histograms:
+        del summary["histograms"]
     gpu = {"available": True} if gpu_available else {
         "available": False, "reason": "NVML Shared Library Not Found"}
     summary["monitor"] = {"gpu": gpu, "prometheus": ["http://127.0.0.1:8000/metrics"],

@@ -144,11 +144,13 @@ def test_distributions_come_from_histograms_when_present_else_from_results(tmp_p
         assert with_h.distributions[name].source == "histogram"
         assert without.distributions[name].source == "results"
         assert with_h.distributions[name].count == without.distributions[name].count
-        for p in (50.0, 90.0, 99.0):  # histogram bound (0.1 %) plus interpolation slack
+        for p in (50.0, 90.0, 99.0):  # both nearest rank; the histogram within 4.9e-4
             assert with_h.distributions[name].at(p) == pytest.approx(
-                without.distributions[name].at(p), rel=0.02)
-    exact = without.summary["latency_ms"]["ttft_from_intended"]["p99"]
-    assert without.distributions["ttft_from_intended"].at(99.0) == pytest.approx(exact, rel=1e-6)
+                without.distributions[name].at(p), rel=1e-3)
+    for p in ("p50", "p99", "p99.9"):
+        summary_ms = without.summary["latency_ms"]["ttft_from_intended"][p]
+        assert without.distributions["ttft_from_intended"].at(float(p[1:])) == pytest.approx(
+            summary_ms, rel=1e-3)
 
 
 def test_series_are_derived_from_results_when_summary_has_no_timeslices(tmp_path):
@@ -161,8 +163,13 @@ def test_series_are_derived_from_results_when_summary_has_no_timeslices(tmp_path
     for key in ("scheduled", "sent", "completed", "errors", "slo_met"):
         n = len(expected[key])
         assert run.series[key][:n].tolist() == expected[key], key
-    assert np.nanmax(run.series["ttft_p99_ms"]) == pytest.approx(
-        max(v for v in expected["ttft_p99_ms"] if v is not None))
+    # Per-slice percentiles: exact here, 2-digit histograms (3.9e-3) in the stats core.
+    for key in ("ttft_p50_ms", "ttft_p99_ms", "e2e_p99_ms", "lag_p99_ms"):
+        want = np.array([np.nan if v is None else v for v in expected[key]])
+        got = run.series[key][:want.size]
+        assert np.array_equal(np.isnan(got), np.isnan(want)), key
+        ok = ~np.isnan(want) & (want > 0.01)  # sub-10 µs lags sit under the histogram floor
+        np.testing.assert_allclose(got[ok], want[ok], rtol=5e-3, err_msg=key)
 
 
 def test_batch_efficiency_and_per_kind_series(run_dir):
@@ -185,10 +192,10 @@ def test_markdown_has_the_same_facts_and_tables(run_dir, tmp_path):
         assert heading in md
     high = [c for c in summary["by_class"] if c["kind"] == "chat" and c["priority"] == "HIGH"][0]
     row = [line for line in md.splitlines() if line.startswith("| chat | HIGH |")][0]
-    assert f"{high['attainment']:.2f} %" in row and f"{high['requests']:,}" in row
+    assert f"{100 * high['attainment']:.2f} %" in row and f"{high['requests']:,}" in row
     assert f"{summary['requests']['errors']:,}" in md
     html_text = "".join(_parse((tmp_path / "r.html").read_text()).text)
-    assert f"{high['attainment']:.2f} %" in html_text
+    assert f"{100 * high['attainment']:.2f} %" in html_text
 
 
 def test_comparison_report_labels_colours_and_ratio_section(tmp_path):

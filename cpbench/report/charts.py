@@ -15,7 +15,7 @@ from bokeh.models import ColumnDataSource, DataRange1d, FactorRange, HoverTool, 
 from bokeh.palettes import Category10_10
 from bokeh.plotting import figure
 
-from cpbench.report.load import LADDER_PERCENTS, Distribution, RunData
+from cpbench.report.load import LADDER_PERCENTS, Distribution, RunData, attainment_pct
 
 PLOT_HEIGHT = 330
 TOOLS = "pan,wheel_zoom,box_zoom,reset,save"
@@ -218,10 +218,9 @@ def latency_sections(run: RunData, x_range) -> list[Section]:
     for metric in ("ttft", "e2e"):
         keys = (f"{metric}_p50_ms", f"{metric}_p99_ms")
         if t is not None and all(k in run.series for k in keys):
-            # Derived here from intended times; the stats core's own slices say their basis.
-            basis = " (from intended)" if run.series_derived else ""
-            fig = time_figure(f"{LATENCY_TITLES[metric]} p50 / p99 per timeslice{basis}", "ms",
-                              x_range)
+            # Both the stats core and load.py put a latency in its request's scheduled slice.
+            fig = time_figure(f"{LATENCY_TITLES[metric]} p50 / p99 by scheduled time "
+                              "(from intended)", "ms", x_range)
             add_lines(fig, t, [("p50", run.series[keys[0]], Category10_10[0]),
                                ("p99", run.series[keys[1]], Category10_10[3])], unit="ms")
             over.figures.append(fig)
@@ -232,10 +231,10 @@ def slo_section(run: RunData, x_range) -> Section:
     sec = Section("SLO attainment")
     by_class = run.summary.get("by_class") or []
     by_kind = run.summary.get("by_kind") or []
-    rows = [((str(c.get("kind", "?")), "all"), float(c.get("attainment", 0.0)),
+    rows = [((str(c.get("kind", "?")), "all"), attainment_pct(c) or 0.0,
              int(c.get("slo_met", 0)), int(c.get("requests", 0))) for c in by_kind]
     rows += [((str(c.get("kind", "?")), str(c.get("priority", "?"))),
-              float(c.get("attainment", 0.0)), int(c.get("slo_met", 0)),
+              attainment_pct(c) or 0.0, int(c.get("slo_met", 0)),
               int(c.get("requests", 0))) for c in by_class]
     rows.sort(key=lambda r: (r[0][0], r[0][1] != "all"))
     if rows:

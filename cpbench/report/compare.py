@@ -12,7 +12,7 @@ from bokeh.palettes import Category10_10, Category20_20, Turbo256
 
 from cpbench.report.charts import (Section, attainment_figure, finish_legend,
                                    new_figure, time_figure)
-from cpbench.report.load import LADDER_PERCENTS, RunData
+from cpbench.report.load import LADDER_PERCENTS, RunData, attainment_pct
 
 PRIORITIES = ("HIGH", "NORMAL", "LOW")
 
@@ -146,7 +146,7 @@ def _priority_attainment(run: RunData) -> dict[str, tuple[float, int, int]]:
 
 def slo_section(runs: list[RunData], labels: list[str], colors: list[str]) -> Section:
     sec = Section("SLO attainment by policy and priority")
-    overall = [((lab, "all"), float((r.summary.get("slo") or {}).get("attainment") or 0.0),
+    overall = [((lab, "all"), attainment_pct(r.summary.get("slo")) or 0.0,
                 0, 0) for r, lab in zip(runs, labels)]
     rows, row_colors = [], []
     for (factor, pct, _, _), run, color in zip(overall, runs, colors):
@@ -161,7 +161,7 @@ def slo_section(runs: list[RunData], labels: list[str], colors: list[str]) -> Se
     kind_rows, kind_colors = [], []
     for run, label, color in zip(runs, labels, colors):
         for k in run.summary.get("by_kind") or []:
-            kind_rows.append(((label, str(k.get("kind", "?"))), float(k.get("attainment", 0.0)),
+            kind_rows.append(((label, str(k.get("kind", "?"))), attainment_pct(k) or 0.0,
                               int(k.get("slo_met", 0)), int(k.get("requests", 0))))
             kind_colors.append(color)
     if kind_rows:
@@ -187,15 +187,15 @@ def ratio_section(runs: list[RunData], labels: list[str], colors: list[str]) -> 
                if k.get("kind") == kind]
         xs = [x for x, _ in pts]
         dash = "solid" if j == 0 else "dashed"
-        att.line(xs, [float(k.get("attainment", 0.0)) for _, k in pts], color="#666",
+        att.line(xs, [attainment_pct(k) or np.nan for _, k in pts], color="#666",
                  line_dash=dash, legend_label=str(kind))
         tail.line(xs, [float(((k.get("latency_ms") or {}).get("ttft_from_intended") or {})
                              .get("p99") or np.nan) for _, k in pts], color="#666",
                   line_dash=dash, legend_label=str(kind))
     src = ColumnDataSource({"x": [ratios[i] for i in idx], "run": [labels[i] for i in idx],
                             "color": [colors[i] for i in idx],
-                            "att": [float((runs[i].summary.get("slo") or {}).get("attainment")
-                                          or 0.0) for i in idx]})
+                            "att": [attainment_pct(runs[i].summary.get("slo")) or np.nan
+                                    for i in idx]})
     dots = att.scatter("x", "att", source=src, color="color", size=10, legend_label="all kinds")
     att.add_tools(HoverTool(renderers=[dots], tooltips=[("run", "@run"), ("LLM share", "@x"),
                                                         ("attainment", "@att{0.00} %")]))

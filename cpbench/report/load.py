@@ -28,6 +28,8 @@ LADDER_PERCENTS = (50.0, 75.0, 90.0, 95.0, 99.0, 99.9, 99.99)
 LATENCY_METRICS = ("ttft_from_sent", "ttft_from_intended", "e2e_from_sent",
                    "e2e_from_intended", "itl", "dispatch_lag")
 MAX_MONITOR_POINTS = 2000
+# The stats core's percentile definition, so exact values and histogram values agree.
+NEAREST_RANK = "inverted_cdf"
 MAX_ERROR_DETAILS = 10
 RESULT_COLUMNS = ("kind", "priority", "model", "error_detail", "intended_ns", "sent_ns", "first_token_ns", "done_ns",
                   "output_tokens", "batch_size", "error_class", "itl_mean_ns", "slo_met",
@@ -62,7 +64,6 @@ class RunData:
     models: list[tuple[str, int]] = field(default_factory=list)
     error_details: list[tuple[str, int]] = field(default_factory=list)
     notes: list[str] = field(default_factory=list)
-    series_derived: bool = False  # True: series computed here from results.arrow
 
     @property
     def run(self) -> dict:
@@ -71,6 +72,12 @@ class RunData:
     @property
     def kinds(self) -> list[str]:
         return [k.get("kind", "?") for k in self.summary.get("by_kind") or []]
+
+
+def attainment_pct(entry: dict | None) -> float | None:
+    """SLO attainment of a summary block as a percent (summary.json stores a share in [0, 1])."""
+    share = (entry or {}).get("attainment")
+    return 100.0 * float(share) if isinstance(share, (int, float)) else None
 
 
 def _read_arrow(path: Path, columns: tuple[str, ...] | None = None) -> pa.Table:
@@ -134,6 +141,19 @@ def _result_latencies(cols: dict[str, np.ndarray]) -> dict[str, np.ndarray]:
     return values
 
 
+def _slice_percentiles(slices: np.ndarray, values: np.ndarray, n: int) -> np.ndarray:
+    """(p50, p99) in ms of ``values`` per slice index; NaN for an empty slice."""
+    order = np.argsort(slices, kind="stable")
+    bounds = np.searchsorted(slices[order], np.arange(n + 1))
+    ordered = values[order]
+    out = np.full((n, 2), np.nan)
+    for i in range(n):
+        if bounds[i + 1] > bounds[i]:
+            out[i] = np.percentile(ordered[bounds[i]:bounds[i + 1]], [50, 99],
+                                   method=NEAREST_RANK) / NS_PER_MS
+    return out
+
+
 def _derive_series(cols: dict[str, np.ndarray], slice_s: float) -> dict[str, np.ndarray]:
     """Per-timeslice series from the result columns, for summaries without timeslices."""
     slice_ns = int(slice_s * 1e9)
@@ -149,18 +169,13 @@ def _derive_series(cols: dict[str, np.ndarray], slice_s: float) -> dict[str, np.
               "errors": per_slice(cols["done_ns"][~ok]),
               "output_tokens": per_slice(cols["done_ns"], cols["output_tokens"]),
               "slo_met": per_slice(cols["done_ns"][cols["slo_met"]])}
-    slice_of = cols["done_ns"][ok] // slice_ns
-    order = np.argsort(slice_of, kind="stable")
-    bounds = np.searchsorted(slice_of[order], np.arange(n + 1))
-    latencies = {"ttft": cols["first_token_ns"][ok] - cols["intended_ns"][ok],
-                 "e2e": cols["done_ns"][ok] - cols["intended_ns"][ok],
-                 "lag": cols["sent_ns"][ok] - cols["intended_ns"][ok]}
-    for name, values in latencies.items():
-        ordered = values[order]
-        p = np.full((n, 2), np.nan)
-        for i in range(n):
-            if bounds[i + 1] > bounds[i]:
-                p[i] = np.percentile(ordered[bounds[i]:bounds[i + 1]], [50, 99]) / NS_PER_MS
+    # As the stats core does: a latency belongs to the slice its request was scheduled in.
+    intended_slice = cols["intended_ns"] // slice_ns
+    latencies = {"ttft": (ok, cols["first_token_ns"] - cols["intended_ns"]),
+                 "e2e": (ok, cols["done_ns"] - cols["intended_ns"]),
+                 "lag": (np.ones_like(ok), cols["sent_ns"] - cols["intended_ns"])}
+    for name, (mask, values) in latencies.items():
+        p = _slice_percentiles(intended_slice[mask], values[mask], n)
         series[f"{name}_p50_ms"], series[f"{name}_p99_ms"] = p[:, 0], p[:, 1]
     return series
 
@@ -185,7 +200,7 @@ def _batch_table(cols: dict[str, np.ndarray]) -> list[dict]:
         lat = e2e_ms[sizes == size]
         mean_ms = float(lat.mean())
         rows.append({"batch_size": int(size), "requests": int(lat.size),
-                     "e2e_mean_ms": mean_ms, "e2e_p99_ms": float(np.percentile(lat, 99)),
+                     "e2e_mean_ms": mean_ms, "e2e_p99_ms": float(np.percentile(lat, 99, method=NEAREST_RANK)),
                      "per_input_ms": mean_ms / max(int(size), 1),
                      "inputs_per_s_per_stream": 1000.0 * int(size) / mean_ms if mean_ms else 0.0})
     return rows
@@ -279,24 +294,27 @@ def _add_results(data: RunData, table: pa.Table, slice_s: float) -> None:
     if not live.any():
         data.notes.append("results.arrow holds no request past warm-up: nothing to chart.")
         return
-    cols = {name: _column(table, name)[live] for name in RESULT_COLUMNS
-            if name in table.column_names
+    # Missing times read as -1 (as the stats core reads them), never as the run's first instant.
+    cols = {name: _column(table, name, -1 if name.endswith("_ns") else 0)[live]
+            for name in RESULT_COLUMNS if name in table.column_names
             and name not in ("error_class", "warmup", "slo_met", "model", "error_detail")}
+    # A failure with no done time ended when it was sent, as the stats core counts it.
+    cols["done_ns"] = np.where(cols["done_ns"] < 0, cols["sent_ns"], cols["done_ns"])
     errors = table.column("error_class") if "error_class" in table.column_names else None
     cols["ok"] = (np.asarray(errors.is_null().to_numpy(zero_copy_only=False))[live]
                   if errors is not None else np.ones(int(live.sum()), bool))
     slo = _column(table, "slo_met", False)
     cols["slo_met"] = slo[live].astype(bool) if slo is not None else cols["ok"]
     cols.setdefault("output_tokens", np.zeros(int(live.sum()), np.int64))
-    cols["first_token_ns"] = cols.get("first_token_ns", cols["done_ns"])
+    first = cols.get("first_token_ns", cols["done_ns"])
+    cols["first_token_ns"] = np.where(first < 0, cols["done_ns"], first)
     if not data.series:
         data.series = _derive_series(cols, slice_s)
-        data.series_derived = True
         data.notes.append("summary.json has no timeslices: series derived from results.arrow.")
     for name, values in _result_latencies(cols).items():
         if name not in data.distributions and values.size:
             data.distributions[name] = Distribution(
-                PERCENT_GRID, np.percentile(values, PERCENT_GRID) / NS_PER_MS,
+                PERCENT_GRID, np.percentile(values, PERCENT_GRID, method=NEAREST_RANK) / NS_PER_MS,
                 int(values.size), "results")
     if len(np.unique(cols["kind"])) > 1:
         data.kind_series = _kind_series(cols, slice_s, len(data.series.get("t_s", [])))

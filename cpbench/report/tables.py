@@ -7,7 +7,7 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 
-from cpbench.report.load import RunData, run_facts
+from cpbench.report.load import RunData, attainment_pct, run_facts
 
 SUMMARY_PERCENTS = ("p50", "p90", "p95", "p99", "p99.9")
 LATENCY_ROWS = (("TTFT", "ttft"), ("End-to-end", "e2e"))
@@ -65,7 +65,7 @@ def run_facts_rows(run: RunData) -> list[tuple[str, str]]:
                       f"{fmt_num(rates.get('achieved_rps'))} req/s · completed "
                       f"{fmt_num(rates.get('completed_rps'))} req/s · output "
                       f"{fmt_num(rates.get('output_tps'))} tok/s"),
-            ("SLO", f"attainment {fmt_pct((s.get('slo') or {}).get('attainment'))} · goodput "
+            ("SLO", f"attainment {fmt_pct(attainment_pct(s.get('slo')))} · goodput "
                     f"{fmt_num((s.get('slo') or {}).get('goodput_rps'))} req/s"),
             ("Dispatch lag (ms)", " · ".join(f"{k} {fmt_ms(lag.get(k))}" for k in
                                              ("p50", "p99", "p99.9", "max") if k in lag) or "–"),
@@ -109,7 +109,7 @@ def class_table(title: str, entries: list[dict], with_priority: bool) -> Table:
                                                  else [])
                     + [fmt_num(e.get(k)) for k in ("requests", "completed", "errors", "ttft_met",
                                                    "e2e_met", "slo_met")]
-                    + [fmt_pct(e.get("attainment")), fmt_num(e.get("goodput_rps"), 2),
+                    + [fmt_pct(attainment_pct(e)), fmt_num(e.get("goodput_rps"), 2),
                        fmt_ms(ttft.get("p50")), fmt_ms(ttft.get("p99")), fmt_ms(e2e.get("p50")),
                        fmt_ms(e2e.get("p99"))])
     return Table(title, headers, rows, note="latency columns are from the intended time.")
@@ -149,7 +149,7 @@ def comparison_table(runs: list[RunData], labels: list[str]) -> Table:
                      fmt_num(rates.get("completed_rps")), fmt_num(rates.get("output_tps")),
                      fmt_num((s.get("requests") or {}).get("errors")),
                      fmt_ms(ttft.get("p50")), fmt_ms(ttft.get("p99")), fmt_ms(e2e.get("p99")),
-                     fmt_pct((s.get("slo") or {}).get("attainment")),
+                     fmt_pct(attainment_pct(s.get("slo"))),
                      fmt_num((s.get("slo") or {}).get("goodput_rps"), 2),
                      fmt_ms((s.get("dispatch_lag_ms") or {}).get("p99")), str(run.path)])
     return Table("Runs", ["run", "policy", "rate", "LLM share", "achieved req/s",
