@@ -115,7 +115,14 @@ def test_repeats_spread_and_noisy_repeats_mark_indistinguishable():
                    base.latency_ms["e2e_from_intended"]) for s in (-40.0, 40.0)]
     res = paired_comparison({"fifo": wobble, "c": [cand, cand]}, baseline="fifo", seed=0)
     d = _diff(res, "c", "all", "all", "ttft_from_intended_p50_ms")
-    assert d["repeat_p_value"] is not None and d["verdict"] == "indistinguishable"
+    assert d["repeats_overlap"] is True and d["verdict"] == "indistinguishable"
+    # Repeats that do not overlap keep the row bootstrap's verdict.
+    apart = [_run(base.row, base.kind, base.priority, base.slo_met,
+                  base.latency_ms["ttft_from_intended"] + s,
+                  base.latency_ms["e2e_from_intended"]) for s in (-1.0, 1.0)]
+    res = paired_comparison({"fifo": apart, "c": [cand, cand]}, baseline="fifo", seed=0)
+    d = _diff(res, "c", "all", "all", "ttft_from_intended_p50_ms")
+    assert d["repeats_overlap"] is False and d["verdict"] == "better"
 
 
 def test_repeat_spread_and_verdict_edges():

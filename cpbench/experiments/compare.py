@@ -172,8 +172,10 @@ def answer_table(stats: dict) -> str:
         rows.append([name, f"{_fmt(att['mean'])}{spread}", delta,
                      _fmt(m["ttft_from_intended_p99_ms"]["mean"]),
                      _fmt(m["e2e_from_intended_p99_ms"]["mean"])])
-    return format_table(["policy", "SLO attained %", "vs baseline (pp, CI)",
-                         "TTFT p99 ms", "E2E p99 ms"], rows)
+    repeats = max(e["repeats"] for e in stats["policies"].values())
+    att_head = "SLO attained %" + (f" (±sd, {repeats} runs)" if repeats > 1 else "")
+    ci_head = f"vs baseline (pp, {100 * stats['confidence']:g}% CI)"
+    return format_table(["policy", att_head, ci_head, "TTFT p99 ms", "E2E p99 ms"], rows)
 
 
 def analyse(dirs: dict[str, list[Path]], *, baseline: str, confidence: float,

@@ -17,7 +17,6 @@ Percentiles are percents in [0, 100]; attainment is a percent; latencies are mil
 from __future__ import annotations
 
 import math
-import warnings
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -217,18 +216,14 @@ def _per_row(runs: Sequence[RunArrays], rows: np.ndarray) -> tuple[np.ndarray, d
     return met / len(runs), lat
 
 
-def _repeat_p_value(a: Sequence[float], b: Sequence[float]) -> float | None:
-    """Welch's t-test of run-level values across repeats; None with fewer than 2 repeats each."""
-    a = np.asarray([x for x in a if math.isfinite(x)])
-    b = np.asarray([x for x in b if math.isfinite(x)])
-    if a.size < 2 or b.size < 2:
+def _repeats_overlap(a: Sequence[float], b: Sequence[float]) -> bool | None:
+    """Whether the per-repeat values of two policies overlap ([min, max] ranges); None with
+    fewer than 2 repeats each. Overlap means run-to-run noise is as large as the difference."""
+    a = [x for x in a if math.isfinite(x)]
+    b = [x for x in b if math.isfinite(x)]
+    if len(a) < 2 or len(b) < 2:
         return None
-    if a.std() == 0 and b.std() == 0:
-        return 1.0 if a.mean() == b.mean() else 0.0
-    with warnings.catch_warnings():
-        # Identical values within one policy's repeats make scipy warn about precision.
-        warnings.simplefilter("ignore", RuntimeWarning)
-        return float(scipy.stats.ttest_ind(a, b, equal_var=False).pvalue)
+    return max(min(a), min(b)) <= min(max(a), max(b))
 
 
 def paired_comparison(runs: dict[str, list[RunArrays]], *, baseline: str,
@@ -252,7 +247,9 @@ def paired_comparison(runs: dict[str, list[RunArrays]], *, baseline: str,
         ``paired_rows``, ``unpaired_rows`` (per policy: rows missing from some run),
         ``policies`` (per policy and group: each metric's spread across repeats) and
         ``differences`` (per policy, group and metric: baseline, candidate, difference, CI,
-        ``repeat_p_value`` and ``verdict``: better, worse, indistinguishable, insufficient data).
+        ``repeats_overlap`` and ``verdict``: better, worse, indistinguishable, insufficient
+        data). A difference is ``indistinguishable`` when its interval holds 0 or, with
+        repeats, when the two policies' per-repeat values overlap.
     """
     if baseline not in runs:
         raise ConfigError(f"baseline policy {baseline!r} is not among the compared policies "
@@ -315,16 +312,17 @@ def paired_comparison(runs: dict[str, list[RunArrays]], *, baseline: str,
                     bv = float(np.percentile(b[ok], q)) if ok.any() else math.nan
                     items.append((f"{m}_p{q:g}_ms", av, bv, qci))
             for metric, av, bv, mci in items:
-                p_rep = _repeat_p_value([x[metric] for x in run_level[(baseline, k, p)]],
-                                        [x[metric] for x in run_level[(name, k, p)]])
+                overlap = _repeats_overlap([x[metric] for x in run_level[(baseline, k, p)]],
+                                           [x[metric] for x in run_level[(name, k, p)]])
                 v = verdict(metric, mci)
-                if p_rep is not None and p_rep >= 1.0 - confidence and v in ("better", "worse"):
-                    # The rows tell them apart, but the runs' own noise is as large.
+                if overlap and v in ("better", "worse"):
+                    # The rows tell them apart, but the runs' own noise is as large: the row
+                    # bootstrap cannot see run-to-run variation, the repeats can.
                     v = "indistinguishable"
                 differences.append({**rec, "metric": metric, "baseline": float(av),
                                     "candidate": float(bv), "diff": float(bv - av),
                                     "ci_low": mci[0], "ci_high": mci[1],
-                                    "repeat_p_value": p_rep, "verdict": v})
+                                    "repeats_overlap": overlap, "verdict": v})
     return {
         "baseline": baseline, "confidence": confidence, "n_resamples": n_resamples,
         "seed": seed, "paired_rows": int(len(rows)),
