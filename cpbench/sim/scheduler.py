@@ -98,8 +98,8 @@ class Scheduler:
     def _admit(self, req: Any) -> bool:
         if req.done.done():
             return True   # finished while waiting (shutdown): just drop it from the queue
-        transport = req.transport
-        if transport is not None and transport.is_closing():
+        client = req.client
+        if client is not None and client.is_closing():
             req.finish(_monotonic_ns(), aborted=True)   # its client left while it waited
             return True
         best = None

@@ -145,12 +145,13 @@ async def _llm(request: web.Request, kind: str) -> web.StreamResponse:
             await asyncio.sleep(stall_s)
         state.faults.mark(req, call.stream)
     headers = {"X-Request-ID": request.headers.get("X-Request-ID", req.rid)}
+    req.client = request.transport
     if not call.stream:
         sched.submit(req)
         await req.done
         state.metrics.finished(req)
-        if req.aborted:
-            return _error(503, "the sim shut down before this request finished",
+        if req.aborted:   # shut down, or the client left: nobody may be reading this
+            return _error(503, "the request was aborted before it finished",
                           err_type="server_error")
         return _json_response(req.completion_body(), headers=headers)
     resp = web.StreamResponse(headers={"Content-Type": "text/event-stream",
@@ -210,6 +211,7 @@ async def embeddings(request: web.Request) -> web.StreamResponse:
             return fault
         if stall_s := state.faults.stall_s():
             await asyncio.sleep(stall_s)
+    req.client = request.transport
     sched.submit(req)
     await req.done
     state.metrics.finished(req)

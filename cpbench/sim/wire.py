@@ -49,7 +49,7 @@ class SimRequest:
                  "received_ns", "admitted_ns", "first_token_ns", "done_ns", "min_service_ns",
                  "prompt_tokens", "max_tokens", "kv_tokens", "n_inputs", "prefill_left",
                  "generated", "slow_factor", "slow_count", "disconnect_at", "malformed_at",
-                 "stream", "include_usage", "report_timing", "aborted", "done", "transport",
+                 "stream", "include_usage", "report_timing", "aborted", "done", "transport", "client",
                  "writer", "created", "_prefix", "_token_frame", "_first_frame")
 
     def __init__(self, *, seq: int, rid: str, kind: str, model: str, policy: str, rank: int,
@@ -68,6 +68,7 @@ class SimRequest:
         self.aborted = False
         self.done: asyncio.Future[None] = asyncio.get_running_loop().create_future()
         self.transport: Any = None
+        self.client: Any = None   # the connection, to notice a client that left (any request)
         self.writer: Any = None
         self.created = int(time.time())
         self._prefix = self._token_frame = self._first_frame = b""
@@ -99,7 +100,8 @@ class SimRequest:
         if transport is None:
             if n == 0:
                 self.first_token_ns = now_ns
-            return not self.aborted
+            client = self.client
+            return not (self.aborted or (client is not None and client.is_closing()))
         if transport.is_closing():
             return False
         if n == 0:
