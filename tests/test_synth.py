@@ -182,3 +182,13 @@ def test_corpus_errors_are_one_line(tmp_path):
     bad.write_text('{"text": "fine"}\n{"txt": "wrong key"}\n')
     with pytest.raises(ConfigError, match="line 2"):
         load_corpus(str(bad))
+
+
+def test_ttft_deadline_applies_to_its_class_only():
+    t = synthesize(rate_rps=10, requests=400, mode="hybrid", llm_ratio=0.5, seed=4,
+                   slo_ttft_ms={"llm": 300.0}, slo_e2e_ms={"embedding": 250.0})
+    kinds = np.array(t["kind"].to_pylist())
+    ttft = np.array(t["slo_ttft_ms"].to_pylist(), dtype=object)
+    assert set(ttft[kinds != "embedding"]) == {300.0}
+    assert set(ttft[kinds == "embedding"]) == {None}
+    assert set(t["slo_e2e_ms"].to_numpy()[kinds == "embedding"]) == {250.0}

@@ -232,8 +232,9 @@ def synthesize(*, pattern: str = "poisson", rate_rps: float, requests: int | Non
     draw = {k: specs[k].sample(rngs[k], n) for k in specs}
     tin = np.where(is_llm, draw["input_tokens"], draw["embed_tokens"])
     e2e_col = np.where(is_llm, e2e["llm"], e2e["embedding"]).astype(np.float32)
-    ttft_col = [ttft["llm"] if x else ttft["embedding"] for x in is_llm] \
-        if (ttft["llm"] is not None or ttft["embedding"] is not None) else None
+    nan = float("nan")
+    ttft_col = np.where(is_llm, nan if ttft["llm"] is None else ttft["llm"],
+                        nan if ttft["embedding"] is None else ttft["embedding"])
     table = pa.table({
         "arrival_ns": pa.array(t, pa.int64()),
         "kind": pa.array(kind).dictionary_encode(),
@@ -242,8 +243,8 @@ def synthesize(*, pattern: str = "poisson", rate_rps: float, requests: int | Non
         "output_tokens": pa.array(draw["output_tokens"], pa.int32(), mask=~is_llm),
         "batch_size": pa.array(np.where(is_llm, 1, draw["embed_batch"]), pa.int16()),
         "priority": pa.array(prio).dictionary_encode(),
-        "slo_ttft_ms": pa.array(ttft_col, pa.float32()) if ttft_col is not None
-        else pa.nulls(n, pa.float32()),
+        "slo_ttft_ms": pa.nulls(n, pa.float32()) if np.isnan(ttft_col).all()
+        else pa.array(ttft_col, pa.float32(), from_pandas=True),   # NaN -> null
         "slo_e2e_ms": pa.array(e2e_col, pa.float32()),
     })
     return table
