@@ -193,3 +193,29 @@ def test_cli_bad_input_is_one_line_exit_2(tmp_path):
         assert proc.returncode == 2, proc.stderr
         assert proc.stderr.startswith("cpbench: error:") and "Traceback" not in proc.stderr
         assert len(proc.stderr.strip().splitlines()) == 1
+
+
+def test_cli_sigterm_ends_running_streams(tmp_path):
+    """A stream that would run for minutes does not hold the shutdown open."""
+    import http.client
+    from urllib.parse import urlsplit
+
+    proc, info = _start_cli(tmp_path, "--decode-step-ms", "50")
+    url = urlsplit(info["url"])
+    conn = http.client.HTTPConnection(url.hostname, url.port, timeout=30)
+    try:
+        conn.request("POST", "/v1/chat/completions", json.dumps(
+            {"model": MODEL, "max_tokens": 10000, "stream": True,
+             "messages": [{"role": "user", "content": "long"}]}),
+            {"Content-Type": "application/json"})
+        resp = conn.getresponse()
+        assert resp.status == 200 and resp.readline().startswith(b"data: ")
+        proc.send_signal(signal.SIGTERM)
+        out, err = proc.communicate(timeout=20)
+        assert proc.returncode == 0, err
+        rest = resp.read()   # the stream ends (without [DONE]) instead of hanging
+        assert b"[DONE]" not in rest
+    finally:
+        conn.close()
+        if proc.poll() is None:
+            proc.kill()

@@ -53,6 +53,7 @@ class EmbeddingCall:
     input_tokens: list[int]
     encoding_format: str
     dimensions: int | None
+    body_priority: int | None
 
 
 def _typed(body: Mapping[str, Any], key: str, types: tuple[type, ...], what: str) -> Any:
@@ -192,7 +193,8 @@ def parse_embeddings(body: Any, max_input_tokens: int | None = None) -> Embeddin
     if dimensions is not None and dimensions < 1:
         raise ApiError(400, f"'dimensions' must be at least 1; got {dimensions}",
                        param="dimensions")
-    return EmbeddingCall(model, tokens, fmt, dimensions)
+    priority = _typed(body, "priority", (int,), "an integer (vLLM: lower is more important)")
+    return EmbeddingCall(model, tokens, fmt, dimensions, priority)
 
 
 def parse_hints(headers: Mapping[str, str], body_priority: int | None) -> tuple[int, float | None]:

@@ -41,7 +41,7 @@ class Scheduler:
                 engine.start()
 
     async def stop(self) -> None:
-        """Stop the engines and abort every waiting request."""
+        """Stop the engines and abort every waiting request (a second call does nothing)."""
         for group in self.engines.values():
             for engine in group:
                 await engine.stop()

@@ -205,7 +205,7 @@ async def embeddings(request: web.Request) -> web.StreamResponse:
     req = _new_request(state, request, kind="embedding", model=model,
                        prompt_tokens=sum(call.input_tokens), max_tokens=0,
                        n_inputs=len(call.input_tokens), stream=False, include_usage=False,
-                       body_priority=None, received_ns=received_ns)
+                       body_priority=call.body_priority, received_ns=received_ns)
     if state.faults.enabled:
         if (fault := _fault_response(state, "embedding", req.policy)) is not None:
             return fault
@@ -309,7 +309,7 @@ async def start_sim(config: SimConfig | None = None, host: str = "127.0.0.1",
                     port: int = 0) -> SimServer:
     """Start the sim on the running loop; ``port=0`` binds a free port. Stop with ``stop_sim``."""
     app = build_app(config)
-    runner = web.AppRunner(app, access_log=None, handle_signals=False)
+    runner = web.AppRunner(app, access_log=None, handle_signals=False, shutdown_timeout=5.0)
     await runner.setup()
     site = web.TCPSite(runner, host, port, backlog=1024)
     try:
@@ -324,6 +324,8 @@ async def start_sim(config: SimConfig | None = None, host: str = "127.0.0.1",
 
 async def stop_sim(server: SimServer) -> None:
     """Stop a sim started with ``start_sim``; waiting and running requests are aborted."""
+    # Engines first: their requests end at once, so no handler holds the shutdown open.
+    await server.scheduler.stop()
     await server.runner.cleanup()
 
 
