@@ -51,7 +51,8 @@ def test_identical_runs_are_indistinguishable_with_zero_difference():
     res = paired_comparison({"fifo": [base], "same": [base]}, baseline="fifo", seed=1)
     for d in res["differences"]:
         assert d["diff"] == 0.0
-        assert d["verdict"] == "indistinguishable", d
+        small_tail = d["metric"].endswith("p99_ms") and d["rows"] < 100
+        assert d["verdict"] == ("insufficient data" if small_tail else "indistinguishable"), d
     assert res["paired_rows"] == 600
 
 
@@ -210,3 +211,13 @@ def test_knee_upper_bound_caps_doubling():
                     max_probes=30)
     assert calls[:2] == [100.0, 150.0]
     assert res.converged and res.knee_rps <= 139.5 < res.high_rps
+
+
+def test_p99_of_a_small_group_gives_no_interval():
+    base, cand = _pair(n=150, shift_ms=-20.0, noise_seed=1)
+    res = paired_comparison({"fifo": [base], "c": [cand]}, baseline="fifo", seed=0)
+    for d in res["differences"]:
+        if d["metric"].endswith("p99_ms"):
+            expect_none = d["rows"] < 100
+            assert (d["verdict"] == "insufficient data") == expect_none, d
+    assert _diff(res, "c", "all", "all", "e2e_from_intended_p99_ms")["verdict"] == "better"

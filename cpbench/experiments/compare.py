@@ -1,11 +1,13 @@
 """``cpbench compare``: one trace, replayed once per scheduling policy on one control plane.
 
 For each policy (and each ``--repeat``) the policy is switched through the control plane's
-admin API and read back, the trace is replayed into ``DIR/<policy>`` (``DIR/<policy>/repeat-K``
-with repeats), and the control plane drains before the next run. Repeats are interleaved
-(a b c a b c, not a a b b c c) so a slow drift of the host hits every policy alike. Hands on
-``DIR/comparison.json`` (the paired statistics of ``stats.paired_comparison``), one comparison
-report (``DIR/report.html`` + ``report.md`` via ``cpbench.report``) and the answer table.
+admin API and read back, the trace is replayed into ``DIR/<policy>``
+(``DIR/<policy>/<policy>-rK`` with repeats), and the control plane drains before the next run.
+Repeats are interleaved (a b c a b c, not a a b b c c) so a slow drift of the host hits every
+policy alike. Hands on ``DIR/comparison.json`` (the paired statistics of
+``stats.paired_comparison``), ``DIR/comparison.md`` (the paired differences per kind and
+priority as a table), one comparison report (``DIR/report.html`` + ``report.md`` via
+``cpbench.report``) and the answer table.
 """
 from __future__ import annotations
 
@@ -80,9 +82,10 @@ def replay_one(trace: Path, out_dir: Path, *, url: str, policy: str | None,
 
 
 def run_dir(out_dir: Path, policy: str, repeat_index: int, repeats: int) -> Path:
-    """``DIR/<policy>``, or ``DIR/<policy>/repeat-K`` (K from 1) when repeating."""
+    """``DIR/<policy>``, or ``DIR/<policy>/<policy>-rK`` (K from 1) when repeating: the
+    report labels runs by directory name where their facts coincide, so the name says both."""
     base = out_dir / policy
-    return base if repeats == 1 else base / f"repeat-{repeat_index + 1}"
+    return base if repeats == 1 else base / f"{policy}-r{repeat_index + 1}"
 
 
 def write_json(path: Path, data: dict) -> None:
@@ -214,7 +217,8 @@ def compare(trace: str | Path, *, policies: Sequence[str], out_dir: str | Path,
     policies
         Policy names, in display order; the first is the baseline unless ``baseline`` says.
     out_dir
-        Gets one subdirectory per policy, ``comparison.json`` and ``report.html``/``.md``.
+        Gets one subdirectory per policy, ``comparison.json``, ``comparison.md`` and
+        ``report.html``/``.md``.
     url
         The control plane; ``None`` starts the embedded one (``cpbench sim``).
     repeat
@@ -273,10 +277,36 @@ def compare(trace: str | Path, *, policies: Sequence[str], out_dir: str | Path,
         "stats": stats,
     }
     write_json(out / json_name, result)
+    try:
+        (out / "comparison.md").write_text(differences_markdown(result), encoding="utf-8")
+    except OSError as exc:
+        raise OutputError(f"cannot write {str(out / 'comparison.md')!r}: {exc.strerror}") from exc
     write_comparison_report([d for ds in dirs.values() for d in ds], out,
                             title=f"cpbench {experiment}: {', '.join(policies)} on {trace.name}")
     print_answer(result, stdout)
     return result
+
+
+def differences_markdown(result: dict) -> str:
+    """The paired differences per kind and priority as Markdown (``DIR/comparison.md``)."""
+    stats = result["stats"]
+    lines = [f"# Paired comparison: {', '.join(result['policies'])}", "",
+             f"Trace `{result['trace']}`; baseline **{stats['baseline']}**; "
+             f"{stats['paired_rows']} requests paired on the trace row; "
+             f"{100 * stats['confidence']:g}% percentile-bootstrap intervals "
+             f"({stats['n_resamples']} resamples, seed {stats['seed']}). A difference is "
+             f"*indistinguishable* when its interval holds 0 or, with repeats, when the runs "
+             f"of the two policies overlap. Latencies are from the intended send time.", "",
+             "```", answer_table(stats), "```", "",
+             "| policy | kind | priority | requests | metric | baseline | policy value | "
+             "difference | CI | verdict |",
+             "|---|---|---|---:|---|---:|---:|---:|---|---|"]
+    for d in stats["differences"]:
+        lines.append(f"| {d['policy']} | {d['kind']} | {d['priority']} | {d['rows']} | "
+                     f"{d['metric']} | {_fmt(d['baseline'])} | {_fmt(d['candidate'])} | "
+                     f"{_fmt(d['diff'])} | [{_fmt(d['ci_low'])}, {_fmt(d['ci_high'])}] | "
+                     f"{d['verdict']} |")
+    return "\n".join(lines) + "\n"
 
 
 def print_answer(result: dict, stdout: TextIO | None = None) -> None:

@@ -172,6 +172,11 @@ def bootstrap_percentile_diff_ci(base: np.ndarray, cand: np.ndarray, percents: S
     return [(float(lo), float(hi)) for lo, hi in zip(low, high)]
 
 
+def min_rows_for_percentile(percent: float) -> int:
+    """Rows needed before a percentile is inside the data (p99: 100); fewer give no interval."""
+    return max(2, math.ceil(100.0 / max(100.0 - percent, 1e-9)))
+
+
 def verdict(metric: str, ci: tuple[float, float]) -> str:
     """``better`` / ``worse`` for the candidate, ``indistinguishable`` when the CI holds 0."""
     low, high = ci
@@ -308,6 +313,8 @@ def paired_comparison(runs: dict[str, list[RunArrays]], *, baseline: str,
                                                    confidence=confidence,
                                                    n_resamples=n_resamples, rng=rng)
                 for q, qci in zip(LATENCY_PERCENTS, cis):
+                    if ok.sum() < min_rows_for_percentile(q):
+                        qci = (math.nan, math.nan)  # the percentile lies beyond the data
                     av = float(np.percentile(a[ok], q)) if ok.any() else math.nan
                     bv = float(np.percentile(b[ok], q)) if ok.any() else math.nan
                     items.append((f"{m}_p{q:g}_ms", av, bv, qci))
