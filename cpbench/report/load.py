@@ -321,24 +321,38 @@ def _add_results(data: RunData, table: pa.Table, slice_s: float) -> None:
     data.batch_table = _batch_table(cols)
 
 
-def run_facts(run: dict) -> dict[str, str]:
-    """Policy, rate and LLM share of a run as display strings (absent ones left out)."""
-    opts = run.get("options") or {}
+def llm_share(run: RunData) -> float | None:
+    """The LLM share of requests: ``run.options.llm_ratio`` when given, else from the counts."""
+    ratio = (run.run.get("options") or {}).get("llm_ratio")
+    if isinstance(ratio, (int, float)) and not isinstance(ratio, bool):
+        return float(ratio)
+    counts = {k.get("kind"): int(k.get("requests") or 0) for k in run.summary.get("by_kind") or []}
+    total = sum(counts.values())
+    if not total:
+        return None
+    return round((counts.get("chat", 0) + counts.get("completion", 0)) / total, 2)
+
+
+def run_facts(run: RunData) -> dict[str, str]:
+    """Policy, offered rate and asked LLM share of a run as display strings (unknown: left out)."""
+    opts = run.run.get("options") or {}
     facts = {}
-    if run.get("policy"):
-        facts["policy"] = str(run["policy"])
+    if run.run.get("policy"):
+        facts["policy"] = str(run.run["policy"])
     rate = opts.get("rate", opts.get("rate_rps"))
-    if rate is not None:
-        facts["rate"] = f"{rate:g} rps" if isinstance(rate, (int, float)) else str(rate)
-    ratio = opts.get("llm_ratio")
-    if ratio is not None:
-        facts["llm_ratio"] = f"llm {ratio:g}" if isinstance(ratio, (int, float)) else str(ratio)
+    if isinstance(rate, (int, float)) and not isinstance(rate, bool):
+        facts["rate"] = f"{rate:g} rps"
+    elif isinstance(opts.get("rate_scale"), (int, float)) and opts["rate_scale"] != 1:
+        facts["rate"] = f"rate ×{opts['rate_scale']:g}"
+    ratio = opts.get("llm_ratio")  # as asked; a measured share would split seeds apart
+    if isinstance(ratio, (int, float)) and not isinstance(ratio, bool):
+        facts["llm_ratio"] = f"llm {ratio:g}"
     return facts
 
 
 def run_labels(runs: list[RunData]) -> list[str]:
     """Short, unique labels from the facts that differ between runs, else the directory names."""
-    all_facts = [run_facts(r.run) for r in runs]
+    all_facts = [run_facts(r) for r in runs]
     keys = [k for k in ("policy", "rate", "llm_ratio")
             if len({f.get(k) for f in all_facts}) > 1]
     labels = [" · ".join(f[k] for k in keys if k in f) for f in all_facts]

@@ -7,7 +7,7 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 
-from cpbench.report.load import RunData, attainment_pct, run_facts
+from cpbench.report.load import RunData, attainment_pct, llm_share, run_facts
 
 SUMMARY_PERCENTS = ("p50", "p90", "p95", "p99", "p99.9")
 LATENCY_ROWS = (("TTFT", "ttft"), ("End-to-end", "e2e"))
@@ -141,11 +141,11 @@ def comparison_table(runs: list[RunData], labels: list[str]) -> Table:
     rows = []
     for run, label in zip(runs, labels):
         s = run.summary
-        facts = run_facts(run.run)
+        facts = run_facts(run)
         rates, lat = s.get("rates") or {}, s.get("latency_ms") or {}
         ttft, e2e = lat.get("ttft_from_intended") or {}, lat.get("e2e_from_intended") or {}
         rows.append([label, facts.get("policy", "–"), facts.get("rate", "–"),
-                     facts.get("llm_ratio", "–"), fmt_num(rates.get("achieved_rps")),
+                     fmt_num(llm_share(run), 2), fmt_num(rates.get("achieved_rps")),
                      fmt_num(rates.get("completed_rps")), fmt_num(rates.get("output_tps")),
                      fmt_num((s.get("requests") or {}).get("errors")),
                      fmt_ms(ttft.get("p50")), fmt_ms(ttft.get("p99")), fmt_ms(e2e.get("p99")),
