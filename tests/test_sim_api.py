@@ -215,7 +215,7 @@ def test_config_from_dict_and_errors(tmp_path):
     bad = [{"polcy": "fifo"}, {"policy": "lifo"}, {"llm": [{"model": "a", "max_running_seqs": 0}]},
            {"llm": [{"model": "a"}], "embedding": [{"model": "a"}]},
            {"faults": {"error_percent": 101}}, {"faults": {"error_statuses": [200]}},
-           {"deadline_ms": {"chat": 0}}, {"llm": [{"model": "a", "kv_cache_tokens": "big"}]}]
+           {"deadline_ms": {"chat": 0}}, {"deadline_ms": {"chta": 100}}, {"llm": [{"model": "a", "kv_cache_tokens": "big"}]}]
     for data in bad:
         with pytest.raises(ConfigError):
             config_from_dict(data)

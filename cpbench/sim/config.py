@@ -147,6 +147,10 @@ class SimConfig:
                         "max_input_tokens", "dimensions"):
                 if getattr(engine, key, 1) < 1:
                     raise ConfigError(f"engine {engine.model!r}: {key} must be at least 1")
+        unknown = sorted(set(self.deadline_ms) - set(KINDS))
+        if unknown:
+            raise ConfigError(f"deadline_ms has unknown kind(s) {unknown}; kinds are "
+                              f"{', '.join(KINDS)}")
         for kind in KINDS:
             if float(self.deadline_ms.get(kind, 0)) <= 0:
                 raise ConfigError(f"deadline_ms.{kind} must be a positive number of "
