@@ -349,7 +349,8 @@ class Dispatcher:
         ``emit(kind, payload)`` hands ``"batch"`` (Arrow IPC bytes) and ``"progress"`` (dict)
         messages to the parent.
     itl_hist : cpbench._core.hist.Histogram
-        Receives every inter-token gap.
+        Receives every inter-token gap seen, a stream that fails later included; tokens that
+        arrive in one socket read are 0 ns apart (the histogram's underflow count).
     """
 
     def __init__(self, target: Target, plan: Plan, options: DispatchOptions, worker: int,

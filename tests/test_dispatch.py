@@ -89,8 +89,9 @@ def test_error_classes_tokens_and_clock_order(server, loop_name):
     ok_llm = [r for r in rows if r["error_class"] is None and r["kind"] != "embedding"]
     assert all(r["slo_met"] for r in ok_llm)
     assert not any(r["slo_met"] for r in rows if r["error_class"] is not None)
-    # Every streamed token after the first of a successful request is one ITL sample.
-    assert hist.total_count + hist.underflow_count >= sum(TOKENS - 1 for _ in ok_llm)
+    # Every streamed token after the first is one ITL sample; the broken and garbled streams
+    # add the gaps seen before they failed.
+    assert hist.total_count > sum(TOKENS - 1 for _ in ok_llm)
 
 
 @pytest.mark.parametrize("loop_name", LOOPS)

@@ -2,6 +2,7 @@
 from __future__ import annotations
 
 import argparse
+import json
 from pathlib import Path
 
 EPILOG = """examples:
@@ -61,10 +62,12 @@ def run(args: argparse.Namespace) -> int:
     if args.policy and args.url:
         raise ConfigError("--policy only sets the embedded sim's policy; with --url switch "
                           "the policy on the control plane itself")
-    run_replay(args.trace, url=args.url, out_dir=args.output,
+    out = run_replay(args.trace, url=args.url, out_dir=args.output,
                max_concurrency=args.max_concurrency, speed=args.speed,
                rate_scale=args.rate_scale, duration_s=args.duration_s, warmup=args.warmup,
                timeout_s=args.timeout_s, workers=args.workers, hints=args.hints,
                policy=args.policy, max_error_ratio=args.max_error_ratio, quiet=args.quiet,
                report=not args.no_report, loop=args.loop)
-    return 0
+    summary = json.loads((out / "summary.json").read_text())
+    # Everything is written either way; the status tells a script the run was cut short.
+    return 130 if summary["run"].get("interrupted") else 0

@@ -1,0 +1,233 @@
+"""`cpbench replay` end to end: the real CLI in a subprocess against real loopback servers
+(the fault-injecting aiohttp server of test_replay_server.py, and the embedded sim), asserting
+on the files it writes."""
+from __future__ import annotations
+
+import json
+import os
+import signal
+import socket
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import numpy as np
+import pyarrow as pa
+import pytest
+
+from cpbench.results import read_results
+from cpbench.summary import decode_histogram
+from cpbench.trace import write_trace
+from test_replay_server import TOKENS, ServerThread
+
+pytestmark = pytest.mark.integration
+ROOT = Path(__file__).resolve().parents[1]
+
+
+@pytest.fixture(scope="module")
+def server():
+    srv = ServerThread().start()
+    yield srv
+    srv.stop()
+
+
+def make_trace(path: Path, models: list[str], kinds: list[str], gap_ms: float = 2.0,
+               priorities: list[str] | None = None) -> Path:
+    n = len(models)
+    llm = [k != "embedding" for k in kinds]
+    table = pa.table({
+        "arrival_ns": pa.array((np.arange(n) * gap_ms * 1e6).astype(np.int64)),
+        "kind": pa.array(kinds).dictionary_encode(),
+        "model": pa.array(models).dictionary_encode(),
+        "input_tokens": pa.array([6] * n, pa.int32()),
+        "output_tokens": pa.array([TOKENS if x else None for x in llm], pa.int32()),
+        "batch_size": pa.array([1 if x else 2 for x in llm], pa.int16()),
+        "priority": pa.array(priorities or ["NORMAL"] * n).dictionary_encode(),
+    })
+    write_trace(table, path, metadata={"generator": "tests", "params": {}, "seed": None,
+                                       "source": "synthetic"})
+    return path
+
+
+def cpbench(*args: str, env: dict | None = None, timeout: float = 60) -> subprocess.CompletedProcess:
+    return subprocess.run([sys.executable, "-m", "cpbench", *map(str, args)], cwd=ROOT,
+                          capture_output=True, text=True, timeout=timeout,
+                          env={**os.environ, **(env or {})})
+
+
+def summary_of(out: Path) -> dict:
+    return json.loads((out / "summary.json").read_text())
+
+
+MIXED = (["ok", "http:503", "ok", "http:404", "break", "garble", "nousage", "ok"] * 5,
+         ["chat", "chat", "embedding", "embedding", "chat", "completion", "chat",
+          "completion"] * 5)
+EXPECTED = [None, "http_5xx", None, "http_4xx", "stream_broken", "bad_payload", None, None] * 5
+
+
+@pytest.mark.parametrize("loop", ["uvloop", "asyncio"])
+def test_replay_writes_results_summary_and_table(server, tmp_path, loop):
+    trace = make_trace(tmp_path / "t.arrow", *MIXED)
+    out = tmp_path / "out"
+    proc = cpbench("replay", trace, "--url", server.url, "-o", out, "--workers", 2,
+                   "--warmup", 8, "--loop", loop, "--no-report", "--timeout", 10)
+    assert proc.returncode == 0, proc.stderr
+    assert "dispatch lag ms" in proc.stdout and "ttft_from_intended" in proc.stdout
+    res = read_results(out / "results.arrow").sort_by("row")
+    n = len(EXPECTED)
+    assert res.column("row").to_pylist() == list(range(n))
+    assert set(res.column("worker").to_pylist()) == {0, 1}
+    assert res.column("error_class").to_pylist() == EXPECTED
+    assert res.column("warmup").to_pylist() == [True] * 8 + [False] * (n - 8)
+    run_meta = json.loads(res.schema.metadata[b"cpbench.run"])
+    assert run_meta["target"] == server.url and run_meta["workers"] == 2
+    summary = summary_of(out)
+    assert summary["run"]["interrupted"] is False
+    assert summary["requests"]["sent"] == n - 8 and summary["requests"]["warmup"] == 8
+    assert summary["requests"]["by_error_class"]["http_5xx"] == 4     # warm-up rows excluded
+    assert summary["latency_ms"]["ttft_from_sent"]["count"] > 0
+    assert set(summary["dispatch_lag_ms"]) >= {"p50", "p99", "max"}
+
+
+def test_multi_worker_merge_is_exact(server, tmp_path):
+    n = 60
+    trace = make_trace(tmp_path / "t.arrow", ["ok"] * n, ["chat", "completion"] * (n // 2),
+                       gap_ms=1.0)
+    runs = {}
+    for workers in (1, 2):
+        out = tmp_path / f"w{workers}"
+        proc = cpbench("replay", trace, "--url", server.url, "-o", out, "--workers", workers,
+                       "--no-report", "--quiet")
+        assert proc.returncode == 0, proc.stderr
+        runs[workers] = (read_results(out / "results.arrow").sort_by("row"), summary_of(out))
+    one, two = runs[1][0], runs[2][0]
+    for col in ("row", "kind", "status", "error_class", "output_tokens", "input_tokens",
+                "intended_ns"):
+        assert one.column(col).to_pylist() == two.column(col).to_pylist(), col
+    assert sorted(set(two.column("worker").to_pylist())) == [0, 1]
+    # Every gap between streamed tokens is one ITL sample; same-read gaps (0 ns)
+        # count as underflow within the total.
+    for _, summary in runs.values():
+        itl = decode_histogram(summary, "itl")
+        assert itl.total_count == n * (TOKENS - 1)
+
+
+def test_stalled_server_separates_from_intended_and_from_sent(server, tmp_path):
+    n = 8
+    trace = make_trace(tmp_path / "t.arrow", ["stall:150"] * n, ["chat"] * n, gap_ms=5.0)
+    out = tmp_path / "out"
+    proc = cpbench("replay", trace, "--url", server.url, "-o", out, "--workers", 1,
+                   "--max-concurrency", 1, "--no-report", "--quiet")
+    assert proc.returncode == 0, proc.stderr
+    lat = summary_of(out)["latency_ms"]
+    # Closed loop: each request waited for every stalled one before it.
+    assert lat["ttft_from_intended"]["p50"] > 2 * lat["ttft_from_sent"]["p50"]
+    assert lat["e2e_from_intended"]["max"] > 4 * lat["e2e_from_sent"]["max"]
+    res = read_results(out / "results.arrow").sort_by("row").to_pylist()
+    for prev, cur in zip(res, res[1:]):
+        assert cur["sent_ns"] >= prev["done_ns"]
+
+
+@pytest.mark.parametrize("sig", [signal.SIGINT, signal.SIGTERM])
+def test_interruption_keeps_a_valid_results_file(server, tmp_path, sig):
+    n = 2000
+    trace = make_trace(tmp_path / "t.arrow", ["ok"] * n, ["chat"] * n, gap_ms=5.0)
+    out = tmp_path / "out"
+    server.seen.clear()
+    proc = subprocess.Popen([sys.executable, "-m", "cpbench", "replay", str(trace), "--url",
+                             server.url, "-o", str(out), "--workers", "2", "--no-report",
+                             "--quiet"], cwd=ROOT, stdout=subprocess.PIPE,
+                            stderr=subprocess.PIPE, text=True)
+    try:
+        deadline = time.monotonic() + 30
+        while time.monotonic() < deadline and len(server.seen) < 100:
+            time.sleep(0.05)
+        proc.send_signal(sig)
+        _, err = proc.communicate(timeout=30)
+    finally:
+        if proc.poll() is None:
+            proc.kill()
+    assert proc.returncode == 130, err
+    res = read_results(out / "results.arrow")
+    assert 0 < res.num_rows < n
+    assert res.column("done_ns").null_count == 0
+    summary = summary_of(out)
+    assert summary["run"]["interrupted"] is True
+    assert summary["run"]["stop_reason"] == sig.name
+
+
+def test_auth_and_hints_reach_the_server_but_no_file(server, tmp_path):
+    trace = make_trace(tmp_path / "t.arrow", ["ok", "ok"], ["chat", "embedding"],
+                       priorities=["HIGH", "LOW"])
+    port = server.url.rsplit(":", 1)[1]
+    for hints in ("sagellm", "vllm"):
+        out = tmp_path / hints
+        server.seen.clear()
+        proc = cpbench("replay", trace, "--url", f"http://me:pw-secret@127.0.0.1:{port}",
+                       "-o", out, "--hints", hints, "--workers", 1, "--quiet",
+                       env={"OPENAI_API_KEY": "sk-test-secret"})
+        assert proc.returncode == 0, proc.stderr
+        seen = sorted(server.seen, key=lambda s: "input" in s["body"])
+        assert all(s["headers"]["Authorization"] == "Bearer sk-test-secret" for s in seen)
+        if hints == "sagellm":
+            assert seen[0]["headers"]["X-Request-Priority"] == "HIGH"
+            assert seen[0]["headers"]["X-Request-ID"] == "cpbench-0"
+            assert "X-SLO-Deadline-Ms" in seen[1]["headers"]
+        else:
+            assert [s["body"]["priority"] for s in seen] == [0, 2]
+            assert "X-Request-Priority" not in seen[0]["headers"]
+        for f in out.iterdir():
+            data = f.read_bytes()
+            assert b"sk-test-secret" not in data and b"pw-secret" not in data, f.name
+    assert (tmp_path / "sagellm" / "report.html").exists()
+
+
+def test_unreachable_server_is_one_line_and_exit_1(tmp_path):
+    sock = socket.socket()
+    sock.bind(("127.0.0.1", 0))
+    port = sock.getsockname()[1]
+    sock.close()
+    trace = make_trace(tmp_path / "t.arrow", ["ok"], ["chat"])
+    proc = cpbench("replay", trace, "--url", f"http://127.0.0.1:{port}", "-o", tmp_path / "o")
+    assert proc.returncode == 1
+    assert proc.stderr.strip().count("\n") == 0 and "cannot reach" in proc.stderr
+    assert "Traceback" not in proc.stderr
+
+
+def test_bad_input_exits_2_without_traceback(server, tmp_path):
+    trace = make_trace(tmp_path / "t.arrow", ["ok"], ["chat"])
+    for args in (["replay", tmp_path / "missing.arrow", "--url", server.url],
+                 ["replay", trace, "--url", server.url, "--policy", "fifo"],
+                 ["replay", trace, "--url", server.url, "--warmup", "ten"],
+                 ["replay", trace, "--url", server.url, "--speed", "0"]):
+        proc = cpbench(*args, "-o", tmp_path / "o")
+        assert proc.returncode == 2, (args, proc.stderr)
+        assert "Traceback" not in proc.stderr and proc.stderr.startswith("cpbench: error:")
+
+
+def test_max_error_ratio_stops_with_exit_1_and_writes_everything(server, tmp_path):
+    n = 400
+    trace = make_trace(tmp_path / "t.arrow", ["http:500"] * n, ["chat"] * n, gap_ms=5.0)
+    out = tmp_path / "out"
+    proc = cpbench("replay", trace, "--url", server.url, "-o", out, "--max-error-ratio", 0.5,
+                   "--workers", 1, "--no-report", "--quiet")
+    assert proc.returncode == 1 and "--max-error-ratio" in proc.stderr
+    assert 0 < read_results(out / "results.arrow").num_rows < n
+    assert summary_of(out)["run"]["stop_reason"] == "max-error-ratio"
+
+
+@pytest.mark.slow
+def test_embedded_sim_with_policy(tmp_path):
+    n = 24
+    kinds = ["chat", "embedding"] * (n // 2)
+    trace = make_trace(tmp_path / "t.arrow", ["cpbench-llm-7b", "cpbench-embed-bge"] * (n // 2),
+                       kinds, gap_ms=10.0)
+    out = tmp_path / "out"
+    proc = cpbench("replay", trace, "-o", out, "--policy", "priority", "--workers", 2,
+                   "--no-report", timeout=120)
+    assert proc.returncode == 0, proc.stderr
+    summary = summary_of(out)
+    assert summary["run"]["embedded_target"] is True and summary["run"]["policy"] == "priority"
+    assert summary["requests"]["completed"] == n
+    assert (out / "monitor.arrow").exists()
