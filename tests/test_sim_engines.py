@@ -97,3 +97,36 @@ def test_abandoned_non_stream_request_frees_its_engine():
             return engine.load(), status, body
     load, status, body = asyncio.run(main())
     assert load == 0 and status == 200 and body["usage"]["completion_tokens"] == 3
+
+
+def test_stream_headers_leave_with_the_first_token():
+    """First byte = first token, as with vLLM: nothing is on the wire during the prefill."""
+    import socket
+
+    cfg = SimConfig(llm=[_llm(prefill_ns_per_token=50_000_000)], embedding=[])   # 4 tokens: 200 ms
+
+    async def main():
+        async with running_sim(cfg) as sim:
+            port = int(sim.url.rsplit(":", 1)[1])
+            loop = asyncio.get_running_loop()
+
+            def client():
+                body = ('{"model":"cpbench-llm-7b","max_tokens":2,"stream":true,'
+                        '"messages":[{"role":"user","content":"a b c d"}]}')
+                with socket.create_connection(("127.0.0.1", port), timeout=10) as s:
+                    s.sendall((f"POST /v1/chat/completions HTTP/1.1\r\nHost: x\r\n"
+                               f"Content-Type: application/json\r\nContent-Length: {len(body)}"
+                               f"\r\n\r\n{body}").encode())
+                    s.settimeout(0.1)
+                    early = b""
+                    try:
+                        early = s.recv(65536)
+                    except socket.timeout:
+                        pass
+                    s.settimeout(10)
+                    first = s.recv(65536)
+                    return early, first
+            return await loop.run_in_executor(None, client)
+    early, first = asyncio.run(main())
+    assert early == b""
+    assert first.startswith(b"HTTP/1.1 200") and b'"content":"the"' in first

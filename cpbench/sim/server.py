@@ -36,6 +36,14 @@ _monotonic_ns = time.monotonic_ns
 _log = logging.getLogger("cpbench.sim")
 
 
+class _SseResponse(web.StreamResponse):
+    """A stream whose headers wait for the first body bytes (aiohttp sends a StreamResponse's
+    headers at ``prepare`` otherwise): headers and first token then leave in one write, as
+    the first byte a client sees. Older aiohttp ignores the flag and sends them at prepare."""
+
+    _send_headers_immediately = False
+
+
 class _State:
     """Per-app state: the scheduler, faults, metrics and request counter."""
 
@@ -154,13 +162,12 @@ async def _llm(request: web.Request, kind: str) -> web.StreamResponse:
             return _error(503, "the request was aborted before it finished",
                           err_type="server_error")
         return _json_response(req.completion_body(), headers=headers)
-    resp = web.StreamResponse(headers={"Content-Type": "text/event-stream",
+    resp = _SseResponse(headers={"Content-Type": "text/event-stream",
                                        "Cache-Control": "no-cache", **headers})
     resp.enable_chunked_encoding()
     writer = await resp.prepare(request)
     if request.transport is None:
         return resp   # the client left before we could answer
-    # Headers stay buffered until the first token, as with vLLM: first byte = first token.
     req.attach_stream(request.transport, writer)
     sched.submit(req)
     await req.done
