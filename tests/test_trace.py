@@ -241,3 +241,31 @@ def test_validate_and_info_cli(tmp_path, capsys):
         out = (result.stdout + result.stderr).strip().splitlines()
         assert result.returncode == 2 and len(out) == 1 and "Traceback" not in result.stderr
         assert "not an Arrow IPC file" in out[0]
+
+
+@pytest.mark.parametrize("container", ["stream", "file"])
+def test_huge_declared_body_length_is_refused_without_allocating(tmp_path, container):
+    import struct
+    table = _table()
+    sink = pa.BufferOutputStream()
+    opener = ipc.new_stream if container == "stream" else ipc.new_file
+    with opener(sink, table.schema) as writer:
+        writer.write_table(table)
+    raw = sink.getvalue().to_pybytes()
+    reader = pa.BufferReader(raw if container == "stream" else raw[8:])
+    sizes = []
+    while True:
+        try:
+            message = ipc.read_message(reader)
+        except (pa.ArrowInvalid, OSError, EOFError):
+            break
+        if message is None:
+            break
+        if message.type == "record batch":
+            sizes.append(message.body.size)
+    declared = struct.pack("<q", sizes[0])
+    assert declared in raw
+    path = tmp_path / f"huge.{container}"
+    path.write_bytes(raw.replace(declared, struct.pack("<q", 1 << 40)))   # a 1 TiB body
+    with pytest.raises(TraceError, match="unreadable trace"):
+        read_trace(path)
