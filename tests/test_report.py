@@ -35,6 +35,14 @@ def run_dir(tmp_path_factory) -> Path:
                            model_name=XSS_MODEL, error_detail=XSS_DETAIL, error_ratio=0.02)
 
 
+@pytest.fixture(scope="module")
+def rendered(run_dir, tmp_path_factory) -> tuple[str, str]:
+    """The single-run report of ``run_dir``, rendered once: (html, markdown)."""
+    out = tmp_path_factory.mktemp("rendered")
+    html = write_report([run_dir], out / "report.html", markdown_path=out / "report.md")
+    return html.read_text(), (out / "report.md").read_text()
+
+
 class _Tags(HTMLParser):
     """Collects script and stylesheet tags with their attributes, and the visible text."""
 
@@ -62,9 +70,8 @@ def _parse(html: str) -> _Tags:
     return parser
 
 
-def test_single_report_is_standalone_and_escapes_every_foreign_string(run_dir, tmp_path):
-    out = write_report([run_dir], tmp_path / "report.html", markdown_path=tmp_path / "r.md")
-    html = out.read_text()
+def test_single_report_is_standalone_and_escapes_every_foreign_string(rendered):
+    html, md = rendered
     tags = _parse(html)
     for tag, attrs in tags.tags:
         ref = attrs.get("src") or (attrs.get("href") if tag == "link" else None)
@@ -76,7 +83,6 @@ def test_single_report_is_standalone_and_escapes_every_foreign_string(run_dir, t
     visible = "".join(tags.text)
     assert XSS_MODEL in visible and XSS_DETAIL in visible
     assert sum(1 for t, _ in tags.tags if t == "script") == 3  # resources, bokeh, embed
-    md = (tmp_path / "r.md").read_text()
     assert "<script" not in md and "<img" not in md
     assert md_escape(XSS_MODEL) in md and md_escape(XSS_DETAIL) in md
 
@@ -99,12 +105,11 @@ def test_every_plot_has_hover_toggling_legend_and_time_plots_share_x(run_dir):
             "Dispatch lag (client)"} <= titles
 
 
-def test_gpu_unavailable_is_a_plain_note_with_the_reason(run_dir, tmp_path):
-    html = write_report([run_dir], tmp_path / "r.html", markdown_path=tmp_path / "r.md")
-    text = "".join(_parse(html.read_text()).text)
+def test_gpu_unavailable_is_a_plain_note_with_the_reason(run_dir, rendered):
+    html, md = rendered
+    text = "".join(_parse(html).text)
     assert "GPU monitoring was unavailable: NVML Shared Library Not Found." in text
-    assert "GPU monitoring was unavailable: NVML Shared Library Not Found." in \
-        (tmp_path / "r.md").read_text()
+    assert "GPU monitoring was unavailable: NVML Shared Library Not Found." in md
     gpu = [s for s in single_run_sections(load_run(run_dir)) if s.title == "GPU"][0]
     assert gpu.figures == []
 
@@ -183,9 +188,8 @@ def test_batch_efficiency_and_per_kind_series(run_dir):
     assert sum(v.sum() for v in run.kind_series.values()) == completed
 
 
-def test_markdown_has_the_same_facts_and_tables(run_dir, tmp_path):
-    write_report([run_dir], tmp_path / "r.html", markdown_path=tmp_path / "r.md")
-    md = (tmp_path / "r.md").read_text()
+def test_markdown_has_the_same_facts_and_tables(run_dir, rendered):
+    html, md = rendered
     summary = json.loads((run_dir / "summary.json").read_text())
     for heading in ("### Latency (ms)", "### Per kind", "### Per kind and priority",
                     "### Embedding batch efficiency", "### Most frequent errors"):
@@ -194,7 +198,7 @@ def test_markdown_has_the_same_facts_and_tables(run_dir, tmp_path):
     row = [line for line in md.splitlines() if line.startswith("| chat | HIGH |")][0]
     assert f"{100 * high['attainment']:.2f} %" in row and f"{high['requests']:,}" in row
     assert f"{summary['requests']['errors']:,}" in md
-    html_text = "".join(_parse((tmp_path / "r.html").read_text()).text)
+    html_text = "".join(_parse(html).text)
     assert f"{100 * high['attainment']:.2f} %" in html_text
 
 
@@ -245,12 +249,13 @@ def test_not_a_result_directory_and_a_broken_summary_raise_config_error(tmp_path
         write_report([], tmp_path / "x.html")
 
 
-def test_cli_default_outputs(run_dir, tmp_path, monkeypatch, capsys):
+def test_cli_default_outputs(tmp_path, monkeypatch):
     single = make_result_dir(tmp_path / "one", n_requests=300, monitor=False)
+    other = make_result_dir(tmp_path / "two", n_requests=300, monitor=False, seed=2)
     assert cli_main(["report", str(single)]) == 0
     assert (single / "report.html").is_file()
     monkeypatch.chdir(tmp_path)
-    assert cli_main(["report", str(single), str(run_dir), "--markdown", "cmp.md",
+    assert cli_main(["report", str(single), str(other), "--markdown", "cmp.md",
                      "--title", "Two runs"]) == 0
     assert (tmp_path / "cpbench-report.html").is_file() and (tmp_path / "cmp.md").is_file()
     assert "<title>Two runs</title>" in (tmp_path / "cpbench-report.html").read_text()
