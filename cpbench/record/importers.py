@@ -395,7 +395,9 @@ def servegen_source(path: str, *, dataset: str | None, start_s: float | None,
     0.397) has mean gap 1.59 s and CV 3.5, the row says rate 1.33/s and CV 8.6)."""
     windows = read_servegen_windows(path)
     if dataset is None:
-        guess = path.replace("-trace", "-dataset").rsplit(".", 1)[0] + ".json"
+        folder, name = os.path.split(path)
+        guess = os.path.join(folder, name.replace("-trace", "-dataset").rsplit(".", 1)[0]
+                             + ".json")
         dataset = guess if guess != path and os.path.isfile(guess) else None
     pmfs = read_servegen_dataset(dataset) if dataset else None
     seq = np.random.SeedSequence(seed)
