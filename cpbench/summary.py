@@ -82,20 +82,32 @@ def _histogram(values: np.ndarray, what: str, lowest_ns: int = 1_000) -> Histogr
 
 
 def _codes(column: pa.ChunkedArray, canonical: tuple[str, ...]) -> tuple[np.ndarray, tuple]:
-    """Integer codes of a string/dictionary column and the labels they index (canonical first)."""
-    strings = pc.fill_null(column.cast(pa.string()), "unknown")
-    enc = pc.dictionary_encode(strings).combine_chunks()
-    seen = enc.dictionary.to_pylist()
-    labels = tuple(x for x in canonical if x in seen) + tuple(x for x in seen
-                                                              if x not in canonical)
-    remap = np.array([labels.index(x) for x in seen], dtype=np.int64)
-    codes = remap[enc.indices.to_numpy(zero_copy_only=False)] if len(seen) else np.zeros(
-        0, np.int64)
-    return codes, labels or canonical
+    """Integer codes of a string/dictionary column and the labels they index.
+
+    Labels are the canonical ones first, then any other value seen (null reads "unknown");
+    only the small dictionaries are walked in Python, never the rows.
+    """
+    index = {label: i for i, label in enumerate(canonical)}
+    parts = []
+    for chunk in column.chunks:
+        if not pa.types.is_dictionary(chunk.type):
+            chunk = pc.dictionary_encode(chunk.cast(pa.string()))
+        values = ["unknown" if v is None else str(v) for v in chunk.dictionary.to_pylist()]
+        remap = np.array([index.setdefault(v, len(index)) for v in values + ["unknown"]],
+                         dtype=np.int64)
+        idx = chunk.indices
+        if idx.null_count:
+            idx = pc.fill_null(idx, len(values))
+        parts.append(remap[idx.to_numpy(zero_copy_only=False).astype(np.int64)])
+    codes = np.concatenate(parts) if parts else np.zeros(0, np.int64)
+    return codes, tuple(index)
 
 
-def _int_col(table: pa.Table, name: str) -> np.ndarray:
-    return pc.fill_null(table.column(name), -1).to_numpy().astype(np.int64, copy=False)
+def _int_col(table: pa.Table, name: str, null: int = -1) -> np.ndarray:
+    column = table.column(name)
+    if column.null_count:
+        column = pc.fill_null(column, null)
+    return column.to_numpy().astype(np.int64, copy=False)
 
 
 def _bool_col(table: pa.Table, name: str) -> np.ndarray:
@@ -110,8 +122,9 @@ def _columns(results: pa.Table) -> dict[str, Any]:
     warm = _bool_col(results, "warmup")
     table = results.filter(pa.array(~warm))
     c: dict[str, Any] = {"n_warmup": int(warm.sum()), "table": table}
-    for name in ("intended_ns", "sent_ns", "first_token_ns", "done_ns", "output_tokens"):
-        c[name] = _int_col(table, name)
+    for name in ("intended_ns", "sent_ns", "first_token_ns", "done_ns"):
+        c[name] = _int_col(table, name)   # -1: null, as _core.slo expects
+    c["output_tokens"] = _int_col(table, "output_tokens", null=0)
     for name in ("slo_ttft_met", "slo_e2e_met", "slo_met"):
         c[name] = _bool_col(table, name)
     c["errored"] = pc.is_valid(table.column("error_class")).to_numpy(zero_copy_only=False)

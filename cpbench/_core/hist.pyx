@@ -527,7 +527,7 @@ cdef Histogram _decode(bytes blob):
     except zlib.error as exc:
         raise ValueError(f"histogram blob is corrupt: counts do not decompress ({exc})") from None
     counts = np.cumsum(_unleb128_zigzag(raw, n))
-    if n and (counts.min() < 0 or int(counts.sum()) + under + over != total):
+    if (n and counts.min() < 0) or int(counts.sum()) + under + over != total:
         raise ValueError("histogram blob is corrupt: counts do not add up to total_count")
     np.asarray(<int64_t[:h.counts_len]> h.counts)[first:first + n] = counts
     if total and (vmin > vmax or vmin < 0):

@@ -149,23 +149,28 @@ cdef class SloCounters:
             ("e2e_met", e2e_met), ("slo_met", slo_met))]
         _count_classes(self._counts, kind, prio, cols[0], cols[1], cols[2], cols[3], cols[4])
 
-    def add(self, kind, priority, *, completed, errored, ttft_met, e2e_met, slo_met):
-        """Count one request, by label (``kind`` in ``kinds``, ``priority`` in ``priorities``)."""
+    def _code(self, kind, priority):
         try:
-            k, p = self.kinds.index(kind), self.priorities.index(priority)
+            k = None if kind is None else self.kinds.index(kind)
+            p = None if priority is None else self.priorities.index(priority)
         except ValueError:
             raise ValueError(f"unknown class ({kind!r}, {priority!r}); known kinds "
                              f"{self.kinds}, priorities {self.priorities}") from None
+        return k, p
+
+    def add(self, kind, priority, *, completed, errored, ttft_met, e2e_met, slo_met):
+        """Count one request, by label (``kind`` in ``kinds``, ``priority`` in ``priorities``)."""
+        k, p = self._code(kind, priority)
         self.add_arrays([k], [p], [completed], [errored], [ttft_met], [e2e_met], [slo_met])
 
     def counts(self, kind=None, priority=None):
         """Counts of one class, one kind or priority (the other None), or all (both None)."""
+        k, p = self._code(kind, priority)
         c = self._counts
-        if kind is not None:
-            c = c[self.kinds.index(kind):self.kinds.index(kind) + 1]
-        if priority is not None:
-            i = self.priorities.index(priority)
-            c = c[:, i:i + 1]
+        if k is not None:
+            c = c[k:k + 1]
+        if p is not None:
+            c = c[:, p:p + 1]
         total = c.sum(axis=(0, 1))
         return {name: int(v) for name, v in zip(FIELDS, total)}
 
