@@ -96,3 +96,82 @@ def test_sweep_knee_within_ten_percent_of_sim_capacity(tmp_path, capsys):
     assert all((Path(p["dir"]) / "results.arrow").is_file() for p in result["points"])
     assert (out / "report.html").is_file()
     assert f"knee: {knee:.2f} rps" in captured.out
+
+
+def test_run_synthesizes_sets_policy_and_replays(tmp_path, capsys):
+    out = tmp_path / "run"
+    status = main(["run", "--mode", "hybrid", "--policy", "hybrid_slo", "--requests", "30",
+                   "--rate", "30", "--llm-ratio", "0.5", "--no-report", "-o", str(out)])
+    captured = capsys.readouterr()
+    assert status == 0, captured.err
+    assert (out / "trace.arrow").is_file() and _rows(out / "run") == 30
+    summary = json.loads((out / "run" / "summary.json").read_text())
+    assert summary["run"]["policy"] == "hybrid_slo"
+    assert "hybrid_slo" in captured.out and f"results: {out / 'run'}" in captured.out
+
+
+# Overloads the small LLM engine of BURST_SIM: 150 requests at 150 req/s.
+SMALL_LOAD = ["--rate", "150", "--requests", "150", "--drain-s", "0.2", "--resamples", "300"]
+
+
+@pytest.mark.slow
+def test_experiment_slo_answers_per_priority(tmp_path, capsys):
+    out = tmp_path / "slo"
+    status = main(["experiment", "--name", "slo", "--policies", "fifo,hybrid_slo",
+                   *SMALL_LOAD, "--sim-config", _config(tmp_path, "sim.json", BURST_SIM),
+                   "-o", str(out)])
+    captured = capsys.readouterr()
+    assert status == 0, captured.err
+    result = json.loads((out / "experiment.json").read_text())
+    assert result["experiment"] == "slo" and (out / "trace.arrow").is_file()
+    best = result["answer"]["best_policy"]
+    assert best["metric"] == "slo_attainment_pct" and best["policy"] == "hybrid_slo"
+    groups = {(g["kind"], g["priority"]) for g in result["stats"]["policies"]["fifo"]["groups"]}
+    assert {("chat", "HIGH"), ("embedding", "LOW")} <= groups
+    assert "HIGH SLO %" in captured.out and (out / "report.html").is_file()
+
+
+@pytest.mark.slow
+def test_experiment_latency_and_mixed_ratio(tmp_path, capsys):
+    sim = _config(tmp_path, "sim.json", BURST_SIM)
+    out = tmp_path / "lat"
+    assert main(["experiment", "--name", "latency", "--policies", "fifo,slo_aware",
+                 *SMALL_LOAD, "--sim-config", sim, "-o", str(out)]) == 0
+    best = json.loads((out / "experiment.json").read_text())["answer"]["best_policy"]
+    assert best["metric"] == "e2e_from_intended_p99_ms" and best["runner_up"] is not None
+    assert "best policy on e2e_from_intended_p99_ms" in capsys.readouterr().out
+    out = tmp_path / "mix"
+    assert main(["experiment", "--name", "mixed_ratio", "--policies", "fifo,hybrid_slo",
+                 "--ratios", "0,1", *SMALL_LOAD, "--sim-config", sim, "-o", str(out)]) == 0
+    result = json.loads((out / "experiment.json").read_text())
+    assert [p["llm_ratio"] for p in result["points"]] == [0.0, 1.0]
+    assert set(result["answer"]["best_policy_by_ratio"]) == {"0", "1"}
+    for ratio in ("0", "1"):
+        for policy in ("fifo", "hybrid_slo"):
+            assert (out / f"ratio-{ratio}" / policy / "results.arrow").is_file()
+    # Embedding-only load never queues on the LLM engine: every policy meets every deadline.
+    assert result["points"][0]["attainment_pct"] == {"fifo": 100.0, "hybrid_slo": 100.0}
+    assert "LLM ratio" in capsys.readouterr().out
+
+
+@pytest.mark.slow
+def test_experiment_throughput_knee_per_policy(tmp_path, capsys):
+    trace = tmp_path / "emb.arrow"
+    assert main(["record", "synth", "--pattern", "uniform", "--rate", "100", "--requests",
+                 "400", "--mode", "hybrid", "--llm-ratio", "0", "--embed-batch", "fixed:1",
+                 "--embed-tokens", f"fixed:{KNEE_TOKENS}", "--embed-slo-ms", "100",
+                 "--seed", "2", "-o", str(trace)]) == 0
+    out = tmp_path / "thr"
+    status = main(["experiment", "--name", "throughput", "--trace", str(trace), "--policies",
+                   "fifo,slo_aware", "--rates", "150,250", "--rel-tol", "0.1",
+                   "--max-probes", "3", "--drain-s", "0.2", "-o", str(out),
+                   "--sim-config", _config(tmp_path, "sim.json", KNEE_SIM)])
+    captured = capsys.readouterr()
+    assert status == 0, captured.err
+    answer = json.loads((out / "experiment.json").read_text())["answer"]
+    capacity = _capacity_rps(KNEE_ENGINE, KNEE_TOKENS)
+    for policy in ("fifo", "slo_aware"):
+        assert abs(answer["knee_rps"][policy] - capacity) <= 0.15 * capacity, answer
+        assert (out / policy / "experiment.json").is_file()
+    assert answer["best_policy"] in ("fifo", "slo_aware")
+    assert "best policy on throughput" in captured.out

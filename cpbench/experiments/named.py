@@ -108,7 +108,8 @@ def _mixed_ratio(out: Path, policies: Sequence[str], ratios: Sequence[float], sy
           file=stdout or sys.stdout)
     write_comparison_report(all_dirs, out, title=f"cpbench mixed_ratio: {', '.join(policies)}")
     return {"points": points, "answer": {"best_policy_by_ratio": {
-        f"{p['llm_ratio']:g}": p["best_policy"]["policy"] for p in points}}}
+        f"{p['llm_ratio']:g}": {"policy": p["best_policy"]["policy"],
+                                   "verdict": p["best_policy"]["verdict"]} for p in points}}}
 
 
 def experiment(name: str, *, out_dir: str | Path, trace: str | Path | None = None,
