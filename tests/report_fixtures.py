@@ -58,7 +58,8 @@ def make_results_table(n_requests: int, *, rate_rps: float, llm_ratio: float, se
     e2e_met = (done - intended) / NS_PER_MS <= slo_e2e
     ttft_met &= ~failed
     e2e_met &= ~failed
-    detail = np.where(failed, np.where(err_kind == 0, error_detail, "read timeout after 30 s"), None)
+    detail = np.where(failed, np.where(err_kind == 0, error_detail, "read timeout after 30 s"),
+                      None)
     err = pa.DictionaryArray.from_arrays(
         pa.array(err_kind.astype(np.int32), mask=~failed), pa.array(["http_5xx", "timeout"]))
     columns = {

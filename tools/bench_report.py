@@ -59,7 +59,8 @@ def main() -> int:
     args = parser.parse_args()
     with tempfile.TemporaryDirectory(prefix="cpbench-bench-report-") as tmp:
         result = bench(args.requests, args.rate, Path(tmp), args.repeats)
-    rows = [("requests", f"{result['requests']:,}"), ("run duration", f"{result['duration_s']:.0f} s"),
+    rows = [("requests", f"{result['requests']:,}"),
+            ("run duration", f"{result['duration_s']:.0f} s"),
             ("timeslices", str(result["timeslices"])),
             ("histograms in summary", ", ".join(result["histograms"]) or "none (core not built)"),
             ("results.arrow", f"{result['results_arrow_mb']:.1f} MB"),

@@ -271,8 +271,8 @@ def hybrid_section(run: RunData, x_range) -> Section | None:
         fig = new_figure("Embedding batch efficiency: latency per input", x_range=sizes,
                          x_label="inputs per request (batch size)",
                          y_label="mean e2e per input (ms)")
-        src = ColumnDataSource({"size": sizes, **{k: [r[k] for r in run.batch_table]
-                                                   for k in run.batch_table[0] if k != "batch_size"}})
+        columns = {k: [r[k] for r in run.batch_table] for k in run.batch_table[0]}
+        src = ColumnDataSource({"size": sizes, **columns})
         bars = fig.vbar(x="size", top="per_input_ms", width=0.7, source=src,
                         color=Category10_10[9])
         fig.add_tools(HoverTool(renderers=[bars], tooltips=[

@@ -31,9 +31,9 @@ MAX_MONITOR_POINTS = 2000
 # The stats core's percentile definition, so exact values and histogram values agree.
 NEAREST_RANK = "inverted_cdf"
 MAX_ERROR_DETAILS = 10
-RESULT_COLUMNS = ("kind", "priority", "model", "error_detail", "intended_ns", "sent_ns", "first_token_ns", "done_ns",
-                  "output_tokens", "batch_size", "error_class", "itl_mean_ns", "slo_met",
-                  "warmup")
+RESULT_COLUMNS = ("kind", "model", "error_detail", "intended_ns", "sent_ns", "first_token_ns",
+                  "done_ns", "output_tokens", "batch_size", "error_class", "itl_mean_ns",
+                  "slo_met", "warmup")
 
 
 @dataclass
@@ -190,7 +190,7 @@ def _summary_series(timeslices: dict) -> dict[str, np.ndarray]:
 
 def _batch_table(cols: dict[str, np.ndarray]) -> list[dict]:
     """Embedding batch efficiency: per batch size, latency per input and inputs per second."""
-    emb = cols["ok"] & (cols["kind"] == "embedding")
+    emb = cols["ok"] & (cols["kind"] == cols["kind_labels"].get("embedding", -1))
     if not emb.any() or cols.get("batch_size") is None:
         return []
     sizes = cols["batch_size"][emb]
@@ -200,7 +200,8 @@ def _batch_table(cols: dict[str, np.ndarray]) -> list[dict]:
         lat = e2e_ms[sizes == size]
         mean_ms = float(lat.mean())
         rows.append({"batch_size": int(size), "requests": int(lat.size),
-                     "e2e_mean_ms": mean_ms, "e2e_p99_ms": float(np.percentile(lat, 99, method=NEAREST_RANK)),
+                     "e2e_mean_ms": mean_ms,
+                     "e2e_p99_ms": float(np.percentile(lat, 99, method=NEAREST_RANK)),
                      "per_input_ms": mean_ms / max(int(size), 1),
                      "inputs_per_s_per_stream": 1000.0 * int(size) / mean_ms if mean_ms else 0.0})
     return rows
@@ -209,8 +210,8 @@ def _batch_table(cols: dict[str, np.ndarray]) -> list[dict]:
 def _kind_series(cols: dict[str, np.ndarray], slice_s: float, n: int) -> dict[str, np.ndarray]:
     slice_ns = int(slice_s * 1e9)
     out = {}
-    for kind in np.unique(cols["kind"]):
-        sel = cols["ok"] & (cols["kind"] == kind)
+    for kind, code in cols["kind_labels"].items():
+        sel = cols["ok"] & (cols["kind"] == code)
         out[str(kind)] = np.bincount(cols["done_ns"][sel] // slice_ns, minlength=n)[:n] / slice_s
     return out
 
@@ -272,6 +273,18 @@ def load_run(path: Path) -> RunData:
     return data
 
 
+def _codes(column: pa.ChunkedArray, live: np.ndarray) -> tuple[np.ndarray, dict[str, int]]:
+    """Integer codes of a string column and {label: code} of the labels present in ``live``.
+
+    Strings of a 10^6-row column are slow to compare and sort in NumPy; small codes are not.
+    """
+    enc = pc.dictionary_encode(pc.fill_null(column.cast(pa.string()), "unknown")).combine_chunks()
+    codes = enc.indices.to_numpy(zero_copy_only=False).astype(np.int64)[live]
+    present = np.flatnonzero(np.bincount(codes, minlength=len(enc.dictionary)))
+    labels = enc.dictionary.to_pylist()
+    return codes, {str(labels[i]): int(i) for i in present}
+
+
 def _value_counts(table: pa.Table, name: str) -> list[tuple[str, int]]:
     """(value, count) of a string column, most frequent first, nulls left out."""
     if name not in table.column_names:
@@ -280,6 +293,15 @@ def _value_counts(table: pa.Table, name: str) -> list[tuple[str, int]]:
     pairs = [(str(v), int(c)) for v, c in zip(counts.field("values").to_pylist(),
                                                counts.field("counts").to_pylist()) if v is not None]
     return sorted(pairs, key=lambda vc: (-vc[1], vc[0]))
+
+
+def _add_result_distributions(data: RunData, cols: dict[str, np.ndarray]) -> None:
+    """Exact distributions from the result columns for what the histograms did not give."""
+    for name, values in _result_latencies(cols).items():
+        if name not in data.distributions and values.size:
+            data.distributions[name] = Distribution(
+                PERCENT_GRID, np.percentile(values, PERCENT_GRID, method=NEAREST_RANK) / NS_PER_MS,
+                int(values.size), "results")
 
 
 def _add_results(data: RunData, table: pa.Table, slice_s: float) -> None:
@@ -297,7 +319,8 @@ def _add_results(data: RunData, table: pa.Table, slice_s: float) -> None:
     # Missing times read as -1 (as the stats core reads them), never as the run's first instant.
     cols = {name: _column(table, name, -1 if name.endswith("_ns") else 0)[live]
             for name in RESULT_COLUMNS if name in table.column_names
-            and name not in ("error_class", "warmup", "slo_met", "model", "error_detail")}
+            and name not in ("kind", "error_class", "warmup", "slo_met", "model", "error_detail")}
+    cols["kind"], cols["kind_labels"] = _codes(table.column("kind"), live)
     # A failure with no done time ended when it was sent, as the stats core counts it.
     cols["done_ns"] = np.where(cols["done_ns"] < 0, cols["sent_ns"], cols["done_ns"])
     errors = table.column("error_class") if "error_class" in table.column_names else None
@@ -311,12 +334,9 @@ def _add_results(data: RunData, table: pa.Table, slice_s: float) -> None:
     if not data.series:
         data.series = _derive_series(cols, slice_s)
         data.notes.append("summary.json has no timeslices: series derived from results.arrow.")
-    for name, values in _result_latencies(cols).items():
-        if name not in data.distributions and values.size:
-            data.distributions[name] = Distribution(
-                PERCENT_GRID, np.percentile(values, PERCENT_GRID, method=NEAREST_RANK) / NS_PER_MS,
-                int(values.size), "results")
-    if len(np.unique(cols["kind"])) > 1:
+    if not set(LATENCY_METRICS) <= set(data.distributions):
+        _add_result_distributions(data, cols)
+    if len(cols["kind_labels"]) > 1:
         data.kind_series = _kind_series(cols, slice_s, len(data.series.get("t_s", [])))
     data.batch_table = _batch_table(cols)
 

@@ -50,8 +50,9 @@ def run_facts_rows(run: RunData) -> list[tuple[str, str]]:
     s, info = run.summary, run.run
     req, rates, lag = s.get("requests") or {}, s.get("rates") or {}, s.get("dispatch_lag_ms") or {}
     errors = req.get("by_error_class") or {}
-    rows = [("Trace", str(info.get("trace", "–"))), ("Target", str(info.get("target", "–"))
-                                                     + (" (embedded sim)" if info.get("embedded_target") else "")),
+    target = str(info.get("target", "–")) + (" (embedded sim)" if info.get("embedded_target")
+                                             else "")
+    rows = [("Trace", str(info.get("trace", "–"))), ("Target", target),
             ("Policy", str(info.get("policy") or "–")),
             ("Started (UTC)", str(info.get("started_utc", "–"))),
             ("Duration", f"{fmt_num(info.get('duration_s'), 1)} s"
