@@ -476,10 +476,11 @@ class Dispatcher:
         body = request_body(KINDS[kind], self._models_json[blk.model[j]], row, blk.inp[j],
                             None if out < 0 else out, blk.batch[j], prompt,
                             PRIORITY_VALUES[prio], hints)
+        head = self._heads.get((kind, prio)) or self._head(kind, prio)
         if hints == "sagellm":
-            head = self._head(kind, prio, f"cpbench-{row}", blk.slo_e2e[j])
-        else:
-            head = self._heads.get((kind, prio)) or self._head(kind, prio, None, None)
+            # The static headers are cached; only the per-request hints are formatted.
+            head = b"%sX-Request-ID: cpbench-%d\r\nX-SLO-Deadline-Ms: %s\r\n" % (
+                head, row, b"%g" % blk.slo_e2e[j])
         req = (row, kind, prio, blk.model[j], blk.intended[j], blk.inp[j], blk.batch[j],
                blk.slo_ttft[j], blk.slo_e2e[j], blk.warmup[j])
         now = time.monotonic_ns()
@@ -489,14 +490,12 @@ class Dispatcher:
         self.sent += 1
         self._lags.append(now - self.start_ns - blk.intended[j])
 
-    def _head(self, kind: int, prio: int, request_id: str | None,
-              deadline_ms: float | None) -> bytes:
+    def _head(self, kind: int, prio: int) -> bytes:
+        # sageLLM's X-Request-ID and X-SLO-Deadline-Ms differ per request: _write adds them.
         head = header_block(KINDS[kind], self.target.host_header, bearer=self.options.bearer,
-                            request_id=request_id, priority=PRIORITY_VALUES[prio],
-                            deadline_ms=deadline_ms, hints=self.options.hints,
-                            path_prefix=self.target.base_path)
-        if request_id is None:
-            self._heads[(kind, prio)] = head
+                            request_id=None, priority=PRIORITY_VALUES[prio], deadline_ms=None,
+                            hints=self.options.hints, path_prefix=self.target.base_path)
+        self._heads[(kind, prio)] = head
         return head
 
     # -- recording ---------------------------------------------------------------------

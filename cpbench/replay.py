@@ -11,6 +11,7 @@ import json
 import math
 import os
 import platform
+import resource
 import signal
 import socket
 import subprocess
@@ -276,6 +277,8 @@ def _run(trace_path: Path, trace_sha: str, url: str, embedded: bool, out: Path, 
                 "client": {"worker_cpu_s": sum(f["cpu_s"] for f in finals),
                            "parent_cpu_s": parent_cpu_s,
                            "worker_max_rss_kb": max((f["max_rss_kb"] for f in finals), default=0),
+                           "parent_max_rss_kb": resource.getrusage(
+                               resource.RUSAGE_SELF).ru_maxrss,
                            "connections": sum(f["counters"]["connections"] for f in finals),
                            "worker_preempted": sum(f["counters"].get("preempted", 0)
                                                    for f in finals)}})

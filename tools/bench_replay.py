@@ -61,7 +61,7 @@ def start_nginx(prefix: Path) -> tuple[int, str]:
 
 def measure(trace: Path, out: Path, url: str, workers: int, loop: str) -> dict:
     run_replay(trace, url=url, out_dir=out, workers=workers, quiet=True, report=False,
-               timeout_s=10.0, loop=loop, hints="none")
+               timeout_s=10.0, loop=loop)
     res = read_results(out / "results.arrow")
     summary = json.loads((out / "summary.json").read_text())
     client = summary["run"]["client"]
@@ -82,7 +82,10 @@ def measure(trace: Path, out: Path, url: str, workers: int, loop: str) -> dict:
         "lag_max_ms": float(lag_ms.max()),
         "send_gap_cv": float(gaps.std() / gaps.mean()),
         "cpu_us_per_request": (client["worker_cpu_s"] + client["parent_cpu_s"]) / n * 1e6,
+        "worker_cpu_us_per_request": client["worker_cpu_s"] / n * 1e6,
+        "parent_cpu_us_per_request": client["parent_cpu_s"] / n * 1e6,
         "peak_rss_mb": client["worker_max_rss_kb"] / 1024,
+        "parent_peak_rss_mb": client["parent_max_rss_kb"] / 1024,
         "connections": client["connections"],
         "preempted": client.get("worker_preempted", 0),
     }
