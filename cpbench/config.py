@@ -359,7 +359,11 @@ def namespace_from(parser: argparse.ArgumentParser, options: Mapping[str, Any], 
     if path is not None:
         values, lines = load_file(path)
         converted.update(convert(parser, values, source=f"config file {path}", lines=lines))
-    converted.update(convert(parser, given, source=source))
+    # None means "the command's default" (TOML has no null, so only keyword arguments have it).
+    unset = {k for k, v in given.items() if v is None}
+    converted.update(convert(parser, {k: v for k, v in given.items() if k not in unset},
+                             source=source))
+    convert(parser, {k: "" for k in unset if k not in settable_actions(parser)}, source=source)
     supplied = set(converted) | set(positionals or {})
     missing = [_key_name(a).replace("-", "_") for a in parser._actions
                if a.required and a.option_strings and a.dest not in supplied]

@@ -123,3 +123,87 @@ def test_replay_rejects_unknown_options_before_anything_runs(tmp_path):
     with pytest.raises(ConfigError, match=r"key 'workers' expects an integer"):
         api.replay(REPO / "traces" / "light.arrow", workers="two", output=tmp_path / "x")
     assert not (tmp_path / "x").exists()
+
+
+# --- against the embedded control plane ------------------------------------------------------
+
+# Fields that depend only on the trace, the options and the sim's deterministic answers
+# (never on timing): the API and the CLI must agree on every one of them.
+_ROW_COLUMNS = ("row", "kind", "priority", "model", "input_tokens", "output_tokens",
+                "batch_size", "status", "error_class", "slo_ttft_ms", "slo_e2e_ms", "warmup")
+_REPLAY_ARGS = {"workers": 1, "no_report": True, "timeout": 30.0, "warmup": "3"}
+_CLI_ARGS = ("--workers", "1", "--no-report", "--timeout", "30", "--warmup", "3", "--quiet")
+
+
+@pytest.fixture(scope="module")
+def small_trace(tmp_path_factory) -> Path:
+    path = tmp_path_factory.mktemp("trace") / "small.arrow"
+    api.synthesize(mode="hybrid", rate=40, requests=40, seed=11, input_tokens="fixed:16",
+                   output_tokens="fixed:4", embed_batch="fixed:2", path=path)
+    return path
+
+
+def _deterministic(run_dir: Path) -> dict:
+    summary = json.loads((run_dir / "summary.json").read_text())
+    requests = summary["requests"]
+    run = summary["run"]
+    results = api.Run(run_dir).results.sort_by("row")
+    return {
+        "requests": {k: requests[k] for k in ("scheduled", "sent", "completed", "errors",
+                                              "warmup", "by_error_class")},
+        "run": {k: run.get(k) for k in ("trace_sha256", "embedded_target", "policy",
+                                        "workers", "interrupted", "options")},
+        "by_class": sorted((c["kind"], c["priority"], c["requests"], c["completed"],
+                            c["errors"]) for c in summary["by_class"]),
+        "rows": {c: results.column(c).to_pylist() for c in _ROW_COLUMNS
+                 if c in results.column_names},
+    }
+
+
+@pytest.mark.integration
+def test_api_and_cli_give_the_same_summary(tmp_path, small_trace):
+    cli = _cli("replay", str(small_trace), "-o", str(tmp_path / "cli"), *_CLI_ARGS)
+    assert cli.returncode == 0, cli.stderr
+    run = api.replay(api.load_trace(small_trace), output=tmp_path / "api", **_REPLAY_ARGS)
+    assert isinstance(run, api.Run) and run.path == tmp_path / "api"
+    a, b = _deterministic(tmp_path / "cli"), _deterministic(run.path)
+    # Statistics leave out the 3 warm-up requests; results.arrow keeps every row.
+    assert a["requests"]["sent"] == 37 and a["requests"]["warmup"] == 3
+    assert a["requests"]["completed"] == 37 and a["requests"]["errors"] == 0
+    assert a["rows"]["row"] == list(range(40)) and sum(a["rows"]["warmup"]) == 3
+    assert a == b
+    assert run.summary == json.loads((run.path / "summary.json").read_text())
+    assert run.results.num_rows == 40
+    if (run.path / "manifest.json").exists() and (tmp_path / "cli" / "manifest.json").exists():
+        from cpbench.manifest import verify
+        assert verify(tmp_path / "cli", run.path) == []
+
+
+@pytest.mark.integration
+def test_replay_async_and_from_a_thread(tmp_path, small_trace):
+    import asyncio
+    import threading
+
+    trace = api.synthesize(rate=40, requests=12, seed=5, input_tokens="fixed:8",
+                           output_tokens="fixed:2")
+
+    async def main() -> api.Run:
+        return await api.replay_async(trace, output=tmp_path / "async", workers=1,
+                                      no_report=True)
+
+    run = asyncio.run(main())
+    # An in-memory trace is stored in the run, so the run names the exact bytes replayed.
+    assert (run.path / "trace.arrow").is_file()
+    assert run.summary["requests"]["completed"] == 12 and run.results.num_rows == 12
+    box: dict = {}
+    thread = threading.Thread(target=lambda: box.setdefault(
+        "run", api.replay(small_trace, output=tmp_path / "thread", **_REPLAY_ARGS)))
+    thread.start()
+    thread.join(120)
+    assert _deterministic(box["run"].path)["rows"]["row"] == list(range(40))
+
+
+@pytest.mark.integration
+def test_a_bad_option_value_from_the_replay_itself_is_a_config_error(tmp_path, small_trace):
+    with pytest.raises(ConfigError, match="speed"):
+        api.replay(small_trace, output=tmp_path / "bad", speed=-1.0, workers=1)
