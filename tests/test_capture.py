@@ -64,14 +64,18 @@ class Upstream:
         data = _sse_body(body["max_tokens"])
         for i in range(0, len(data), 40):   # several writes, as a real server streams
             await resp.write(data[i:i + 40])
-            await asyncio.sleep(0.001)
+            await asyncio.sleep(0.002)
         return resp
 
     async def _json(self, request: web.Request) -> web.Response:
         self.seen_auth.append(request.headers.get("Authorization", ""))
-        await request.read()
-        return web.json_response({"data": [], "usage": {"prompt_tokens": 1,
-                                                        "completion_tokens": 2}})
+        body = await request.json()
+        inputs = body.get("input", [])
+        count = len(inputs) if isinstance(inputs, list) else 1
+        data = [{"object": "embedding", "index": i, "embedding": [0.5, 0.25]}
+                for i in range(count)] if "input" in body else []
+        return web.json_response({"object": "list", "data": data, "model": body["model"],
+                                  "usage": {"prompt_tokens": 1, "completion_tokens": 2}})
 
     async def _models(self, request: web.Request) -> web.Response:
         return web.json_response({"data": [{"id": "m"}]})
@@ -176,9 +180,9 @@ async def _send_schedule(url: str) -> tuple[list[int], list[bytes]]:
     return sent_ns, bodies
 
 
-def _capture_once(tmp_path, upstream: Upstream, sig: int) -> int:
+def _capture_once(tmp_path, upstream: Upstream, sig: int) -> list[int]:
     """Send SCHEDULE through a fresh proxy stopped by ``sig``; check everything but timing
-    exactly; return the worst |captured gap - sent gap| in ns."""
+    exactly; return each gap's |captured gap - sent gap| in ns, sorted."""
     tmp_path.mkdir(parents=True, exist_ok=True)
     upstream.seen_auth.clear()
     proc, url, out = _start_proxy(tmp_path, upstream.url)
@@ -209,21 +213,25 @@ def _capture_once(tmp_path, upstream: Upstream, sig: int) -> int:
         assert table["output_tokens"][i] == (max_tokens if kind != "embedding" else None)
         assert table["priority"][i] == (prio or "NORMAL")
         assert table["model"][i] == ("emb-b" if kind == "embedding" else "llm-a")
-    return max(abs((table["arrival_ns"][i] - table["arrival_ns"][i - 1])
-                   - (sent_ns[i] - sent_ns[i - 1])) for i in range(1, len(SCHEDULE)))
+    return sorted(abs((table["arrival_ns"][i] - table["arrival_ns"][i - 1])
+                      - (sent_ns[i] - sent_ns[i - 1])) for i in range(1, len(SCHEDULE)))
 
 
 @pytest.mark.parametrize("sig", [signal.SIGTERM, signal.SIGINT])
 def test_capture_matches_schedule_and_hides_key(tmp_path, upstream, sig):
-    # Gaps are stamped in two processes; on a loaded 2-core CI box either may be descheduled
-    # for a few ms. Count, order, kinds and lengths must match on every attempt; the 2 ms gap
-    # bound must hold on all gaps of at least one of three attempts.
-    worst = []
+    # Gaps are stamped in two processes; on a loaded 2-core box (load average 6 while other
+    # suites run) either may be descheduled for a few ms at any moment. Count, order, kinds and
+    # lengths must match on every attempt. Timing: in one of three attempts, every gap but at
+    # most one is within 2 ms and none is off by more than 10 ms. A proxy that stamped rows
+    # after the upstream answered (a chat stream here takes 8-25 ms) fails this.
+    errors = []
     for attempt in range(3):
-        worst.append(_capture_once(tmp_path / f"try{attempt}", upstream, sig))
-        if worst[-1] <= 2_000_000:
+        errors.append(_capture_once(tmp_path / f"try{attempt}", upstream, sig))
+        if errors[-1][-2] <= 2_000_000 and errors[-1][-1] <= 10_000_000:
             break
-    assert min(worst) <= 2_000_000, f"worst gap error per attempt (ns): {worst}"
+    best = min(errors, key=lambda e: (e[-2], e[-1]))
+    assert best[-2] <= 2_000_000 and best[-1] <= 10_000_000, \
+        f"largest two gap errors per attempt (ns): {[e[-2:] for e in errors]}"
 
 
 def test_signal_during_request_drains_and_keeps_row(tmp_path, upstream):
@@ -263,3 +271,30 @@ def test_describe_request_forms():
 
 def test_public_url_drops_credentials():
     assert public_url("http://u:secret@h:8000/v1?api_key=k#f") == "http://h:8000/v1"
+
+
+def test_openai_sdk_through_the_proxy(tmp_path, upstream):
+    openai = pytest.importorskip("openai")
+    proc, url, out = _start_proxy(tmp_path, upstream.url)
+
+    async def use_sdk() -> list[str]:
+        client = openai.AsyncOpenAI(base_url=url + "/v1", api_key=KEY, max_retries=0)
+        stream = await client.chat.completions.create(
+            model="llm-a", messages=[{"role": "user", "content": build_prompt(21, 1)}],
+            max_tokens=3, stream=True, extra_headers={"X-Request-Priority": "LOW"})
+        pieces = [c.choices[0].delta.content async for c in stream if c.choices]
+        await client.embeddings.create(model="emb-b", input=["one two three", "four five"])
+        await client.close()
+        return pieces
+
+    try:
+        pieces = asyncio.run(use_sdk())
+    finally:
+        proc.send_signal(signal.SIGINT)
+        _, stderr = proc.communicate(timeout=30)
+    assert proc.returncode == 0, stderr.decode()
+    assert pieces == ["tok "] * 3
+    assert KEY.encode() not in open(out, "rb").read()
+    rows = read_trace(out).to_pylist()
+    assert [(r["kind"], r["input_tokens"], r["output_tokens"], r["batch_size"], r["priority"])
+            for r in rows] == [("chat", 21, 3, 1, "LOW"), ("embedding", 2, None, 2, "NORMAL")]
