@@ -32,10 +32,13 @@ def exact_percentile(values, p):
 
 @settings(max_examples=150, deadline=None)
 @given(st.lists(in_range, min_size=1, max_size=300), st.lists(percents, min_size=1, max_size=8),
-       st.sampled_from([2, 3, 4]))
-def test_percentiles_within_stated_relative_error(values, ps, digits):
-    h = Histogram(digits=digits)
+       st.sampled_from([2, 3, 4]), st.sampled_from([0, 1_000, 999_999]))
+def test_percentiles_within_stated_relative_error(values, ps, digits, lowest_ns):
+    # lowest_ns=999_999 gives a unit of 2**9 (3 digits): buckets start wider than 1 ns.
+    values = [max(v, lowest_ns) for v in values]
+    h = Histogram(lowest_ns=lowest_ns, digits=digits)
     h.record_array(np.array(values, dtype=np.int64))
+    assert h.underflow_count == h.overflow_count == 0
     got = h.percentiles(ps)
     for p, g in zip(ps, got):
         want = exact_percentile(values, p)
