@@ -207,3 +207,20 @@ def test_replay_async_and_from_a_thread(tmp_path, small_trace):
 def test_a_bad_option_value_from_the_replay_itself_is_a_config_error(tmp_path, small_trace):
     with pytest.raises(ConfigError, match="speed"):
         api.replay(small_trace, output=tmp_path / "bad", speed=-1.0, workers=1)
+
+
+@pytest.mark.integration
+def test_compare_and_report(tmp_path, small_trace):
+    result = api.compare(small_trace, ["fifo", "priority"], output=tmp_path / "cmp",
+                         workers=1, drain_s=0.1, resamples=50)
+    assert isinstance(result, api.Comparison) and list(result.runs) == ["fifo", "priority"]
+    assert result.best_policy in ("fifo", "priority")
+    assert result.report_path.is_file()
+    fifo, prio = result.runs["fifo"][0], result.runs["priority"][0]
+    assert fifo.summary["run"]["trace_sha256"] == prio.summary["run"]["trace_sha256"]
+    assert _deterministic(fifo.path)["rows"]["row"] == list(range(40))
+    html = api.report([fifo, prio.path], tmp_path / "both.html", title="two policies")
+    assert html == tmp_path / "both.html" and "two policies" in html.read_text()
+    assert (tmp_path / "both.md").is_file()
+    with pytest.raises(ConfigError, match=r"compare\(\): unknown key 'repeats'"):
+        api.compare(small_trace, "fifo,priority", repeats=2)
