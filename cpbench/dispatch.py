@@ -155,6 +155,8 @@ class _Conn(asyncio.Protocol):
             self.first_byte = now
         if not self.head_done:
             self.buf += data
+            if self.buf.startswith(b"\r\n"):     # a late CRLF of the previous chunked body
+                del self.buf[:2]
             end = self.buf.find(b"\r\n\r\n")
             if end < 0:
                 if len(self.buf) > _MAX_HEAD_BYTES:

@@ -272,6 +272,12 @@ def _run(trace_path: Path, trace_sha: str, url: str, embedded: bool, out: Path, 
         pool.close()
         writer.close()
     finals = [f for f in pool.finals if f is not None]
+    lost = [w for w, f in enumerate(pool.finals) if f is None]
+    if lost and stop["why"] is None:
+        # Its record batches so far are in results.arrow; the run is marked, not dropped.
+        print(f"cpbench: warning: worker(s) {lost} exited before finishing; their unsent "
+              "requests are missing from the results", file=sys.stderr)
+        stop["why"] = "worker-exited"
     run.update({"duration_s": round(duration_s, 3), "interrupted": stop["why"] is not None,
                 "stop_reason": stop["why"], "scheduled": int(len(intended_ns)),
                 "client": {"worker_cpu_s": sum(f["cpu_s"] for f in finals),

@@ -232,7 +232,10 @@ class WorkerPool:
     def start(self, start_ns: int) -> None:
         """Release every worker from the same absolute monotonic instant."""
         for c in self.ctl:
-            c.send(("start", start_ns))
+            try:
+                c.send(("start", start_ns))
+            except (BrokenPipeError, OSError):
+                pass                                # stopped before the start
 
     def stop(self) -> None:
         """Ask every worker to stop scheduling (in-flight requests get the grace period)."""
