@@ -298,3 +298,22 @@ def test_openai_sdk_through_the_proxy(tmp_path, upstream):
     rows = read_trace(out).to_pylist()
     assert [(r["kind"], r["input_tokens"], r["output_tokens"], r["batch_size"], r["priority"])
             for r in rows] == [("chat", 21, 3, 1, "LOW"), ("embedding", 2, None, 2, "NORMAL")]
+
+
+def test_nothing_captured_and_port_in_use(tmp_path, upstream):
+    proc, url, out = _start_proxy(tmp_path, upstream.url)
+    proc.send_signal(signal.SIGTERM)
+    _, stderr = proc.communicate(timeout=30)
+    assert proc.returncode == 0 and b"no requests captured" in stderr
+    assert not os.path.exists(out)
+    import socket
+    with socket.socket() as busy:
+        busy.bind(("127.0.0.1", 0))
+        busy.listen()
+        port = busy.getsockname()[1]
+        result = subprocess.run(
+            [sys.executable, "-m", "cpbench", "record", "capture", "--listen",
+             f"127.0.0.1:{port}", "--upstream", upstream.url, "-o", out],
+            capture_output=True, text=True, timeout=30)
+    lines = result.stderr.strip().splitlines()
+    assert result.returncode == 2 and len(lines) == 1 and "cannot listen" in lines[0]

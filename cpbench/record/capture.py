@@ -22,6 +22,7 @@ import json
 import os
 import re
 import signal
+import sys
 import time
 from typing import Any
 
@@ -261,6 +262,7 @@ async def _serve(host: str, port: int, upstream: str, out: str, *, ready_file: s
     proxy.session = aiohttp.ClientSession(
         auto_decompress=False, timeout=aiohttp.ClientTimeout(total=timeout_s),
         connector=aiohttp.TCPConnector(limit=0))
+    listening, count = False, 0
     try:
         site = web.TCPSite(runner, host, port, shutdown_timeout=drain_s)
         try:
@@ -268,6 +270,7 @@ async def _serve(host: str, port: int, upstream: str, out: str, *, ready_file: s
         except OSError as exc:
             raise ConfigError(f"--listen {host}:{port}: cannot listen ({exc.strerror or exc}); "
                               "pick another port") from None
+        listening = True
         bound = site._server.sockets[0].getsockname()   # type: ignore[union-attr]
         url = f"http://{bound[0]}:{bound[1]}"
         if ready_file:
@@ -282,8 +285,9 @@ async def _serve(host: str, port: int, upstream: str, out: str, *, ready_file: s
         # whatever stopped the proxy, the rows recorded so far are written.
         await runner.cleanup()
         await proxy.session.close()
-        count = _write(proxy, out, upstream=upstream, listen=f"{host}:{port}",
-                       started_utc=started_utc)
+        if listening:
+            count = _write(proxy, out, upstream=upstream, listen=f"{host}:{port}",
+                           started_utc=started_utc)
     return count
 
 
@@ -291,7 +295,8 @@ def _write(proxy: Proxy, out: str, **params: Any) -> int:
     from cpbench.trace import write_trace
     rec = proxy.recorder
     if not rec.arrival_ns:
-        print(f"cpbench capture: no requests captured; {out} not written", flush=True)
+        print(f"cpbench capture: no requests captured; {out} not written", file=sys.stderr,
+              flush=True)
         return 0
     table = rec.table()
     meta = {"listen": params["listen"], "upstream": public_url(params["upstream"]),
