@@ -510,7 +510,8 @@ def _round_trips(action: argparse.Action, key: str, literal: str) -> bool:
 
 def _placeholder(action: argparse.Action) -> str:
     if action.type in (int, float):
-        return "0" if action.type is int else "0.0"
+        # Not a literal: an invented number would look like a recommendation if uncommented.
+        return "<integer>" if action.type is int else "<number>"
     metavar = action.metavar if isinstance(action.metavar, str) else action.dest.upper()
     if action.nargs in ("*", "+"):
         return f'["{metavar}"]'

@@ -156,6 +156,23 @@ def test_example_of_a_real_command_loads_back_to_its_defaults(tmp_path):
     assert parser.prog.endswith("verify")
 
 
+@pytest.mark.parametrize("command", ["replay", "compare"])
+def test_example_of_a_shipped_command_loads_back_to_its_defaults(tmp_path, command):
+    from cpbench.cli import build_parser
+
+    top = build_parser()
+    sub = next(a for a in top._actions if isinstance(a, argparse._SubParsersAction))
+    if command not in sub.choices:
+        pytest.skip(f"cpbench {command} is not built yet")
+    cfg = write(tmp_path, config.example(command))
+    plain = vars(top.parse_args([command, "t.arrow", "--policies", "fifo"]
+                                if command == "compare" else [command, "t.arrow"]))
+    assert config.apply_file(sub.choices[command], cfg)  # live keys, all of them valid
+    loaded = vars(top.parse_args([command, "t.arrow", "--policies", "fifo"]
+                                 if command == "compare" else [command, "t.arrow"]))
+    assert loaded == plain
+
+
 def test_example_of_a_configurable_command_parses_back_unchanged(tmp_path, monkeypatch):
     parsers: list[argparse.ArgumentParser] = []
     top = build(parsers)
