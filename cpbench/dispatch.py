@@ -38,6 +38,7 @@ SLEEP_MARGIN_NS = 2_000_000      # leave the loop's ms timer this early, then wa
 BLOCK_ROWS = 8192                # plan rows turned into Python lists at a time
 BURST_MAX = 64                   # sends in a row before the loop gets to read responses
 FLUSH_S = 0.25                   # record batch cadence
+FLUSH_SLACK_NS = 1_500_000       # ... when the next send is at least this far away
 PROGRESS_S = 0.5
 SWEEP_S = 0.05                   # timeout check cadence
 _MAX_HEAD_BYTES = 65_536
@@ -366,6 +367,7 @@ class Dispatcher:
         self.start_ns = 0
         self.stopping = False
         self.sent = self.done = self.errors = self.opened = self._opening = 0
+        self._next_due_ns = 1 << 62
         self._tasks: set[asyncio.Task] = set()
         self._itl = array.array("q")
         self.itl_append = self._itl.append
@@ -541,6 +543,7 @@ class Dispatcher:
         ticker = loop.create_task(self._ticks())
         try:
             await self._schedule()
+            self._next_due_ns = 1 << 62
             await self._drain()
         finally:
             ticker.cancel()
@@ -576,6 +579,7 @@ class Dispatcher:
                     await asyncio.sleep(0)      # far behind: let responses be read too
 
     async def _wait_until(self, t_ns: int) -> None:
+        self._next_due_ns = t_ns
         mono, start, ep = time.monotonic_ns, self.start_ns, self._ep.fileno()
         while not self.stopping:
             wait = t_ns - (mono() - start)
@@ -615,7 +619,11 @@ class Dispatcher:
                     conn._fail(_E_TIMEOUT, f"no complete response in {self.options.timeout_s:g} s",
                                close=True)
             t = loop.time()
-            if t >= next_flush:
+            # A flush takes up to about a millisecond: do it when the next send is further
+            # away than that, unless rows have piled up for a second.
+            slack_ns = self._next_due_ns - (now - self.start_ns)
+            if t >= next_flush and (slack_ns > FLUSH_SLACK_NS or t >= next_flush + 1.0
+                                    or len(self.rows) >= 8192):
                 self.flush()
                 next_flush = t + FLUSH_S
             if t >= next_progress:
