@@ -115,10 +115,14 @@ def make_summary(table: pa.Table, *, policy: str | None, options: dict,
     summary = summarize(table, itl_hist=itl, run=run)
     if not with_histograms:
         del summary["histograms"]
-    gpu = {"available": True} if gpu_available else {
-        "available": False, "reason": "NVML Shared Library Not Found"}
-    summary["monitor"] = {"gpu": gpu, "prometheus": ["http://127.0.0.1:8000/metrics"],
-                          "client_cpu": {"mean_pct": 41.0, "max_pct": 88.0}}
+    gpu = {"available": True, "devices": ["gpu0", "gpu1"]} if gpu_available else {
+        "available": False, "reason": "NVML could not start: NVML Shared Library Not Found"}
+    summary["monitor"] = {
+        "gpu": gpu,
+        "prometheus": [{"url": "http://127.0.0.1:8000/metrics", "scrapes": 60, "failures": 0,
+                        "last_error": None, "series": 3, "interval_s": 1.0}],
+        "client_cpu": {"cores": 2, "mean_pct": 41.0, "max_pct": 88.0, "host_mean_pct": 63.0,
+                       "host_max_pct": 100.0, "source": "/proc"}}
     return summary
 
 
@@ -129,12 +133,20 @@ def make_monitor_table(duration_s: float, *, gpu: bool, seed: int) -> pa.Table:
     rows: list[tuple[str, str, np.ndarray]] = []
     if gpu:
         for g in ("gpu0", "gpu1"):
-            rows.append((g, "utilization_pct", np.clip(rng.normal(70, 10, t.size), 0, 100)))
+            rows.append((g, "gpu_util_pct", np.clip(rng.normal(70, 10, t.size), 0, 100)))
             rows.append((g, "memory_used_bytes", 40e9 + 1e8 * np.arange(t.size)))
+            rows.append((g, "memory_total_bytes", np.full(t.size, 80e9)))
+            rows.append((g, "power_w", rng.normal(450, 30, t.size)))
+    # Series names as cpbench.monitor stores them: Prometheus labels kept in the metric.
     url = "http://127.0.0.1:8000/metrics"
-    rows.append((url, "cpbench_sim_queue_depth", rng.poisson(5, t.size).astype(float)))
-    rows.append((url, "vllm:num_requests_running", rng.poisson(20, t.size).astype(float)))
-    rows.append(("client", "cpu_pct", np.clip(rng.normal(40, 8, t.size), 0, 100)))
+    rows.append((url, 'cpbench_sim_queue_depth{policy="fifo",queue="global"}',
+                 rng.poisson(5, t.size).astype(float)))
+    for engine in ("llm", "embed"):
+        rows.append((url, f'cpbench_sim_running_sequences{{engine="{engine}/0"}}',
+                     rng.poisson(20, t.size).astype(float)))
+    rows.append(("client", "cpu_tree_pct", np.clip(rng.normal(40, 8, t.size), 0, 100)))
+    rows.append(("client", "cpu_host_pct", np.clip(rng.normal(60, 8, t.size), 0, 100)))
+    rows.append(("client", "processes", np.full(t.size, 3.0)))
     t_ns = (t * 1e9).astype(np.int64)
     return pa.table({
         "t_ns": pa.array(np.concatenate([t_ns for _ in rows])),

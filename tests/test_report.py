@@ -108,8 +108,8 @@ def test_every_plot_has_hover_toggling_legend_and_time_plots_share_x(run_dir):
 def test_gpu_unavailable_is_a_plain_note_with_the_reason(run_dir, rendered):
     html, md = rendered
     text = "".join(_parse(html).text)
-    assert "GPU monitoring was unavailable: NVML Shared Library Not Found." in text
-    assert "GPU monitoring was unavailable: NVML Shared Library Not Found." in md
+    note = "GPU monitoring was unavailable: NVML could not start: NVML Shared Library Not Found."
+    assert note in text and note in md
     gpu = [s for s in single_run_sections(load_run(run_dir)) if s.title == "GPU"][0]
     assert gpu.figures == []
 
@@ -126,7 +126,32 @@ def test_gpu_and_server_series_become_plots_with_bounded_points(tmp_path):
     assert 1000 < ts.size <= 2000
     assert vs.min() == pytest.approx(0, abs=0.1) and vs.max() == pytest.approx(100, abs=0.1)
     gpu = [s for s in single_run_sections(run) if s.title == "GPU"][0]
-    assert [f.title.text for f in gpu.figures] == ["gpu_util_pct"] and not gpu.notes
+    assert [f.title.text for f in gpu.figures] == ["utilisation (%)"] and not gpu.notes
+
+
+def test_monitor_series_group_into_readable_plots(tmp_path):
+    d = make_result_dir(tmp_path / "mon", n_requests=400, gpu=True)
+    summary = json.loads((d / "summary.json").read_text())
+    summary["monitor"]["prometheus"][0].update(failures=3, last_error="connection refused")
+    (d / "summary.json").write_text(json.dumps(summary))
+    sections = {s.title: s for s in single_run_sections(load_run(d))}
+    gpu = {f.title.text: [r.name for r in f.renderers] for f in sections["GPU"].figures}
+    assert gpu == {"memory (GiB)": ["gpu0 memory_total_bytes", "gpu0 memory_used_bytes",
+                                    "gpu1 memory_total_bytes", "gpu1 memory_used_bytes"],
+                   "power_w": ["gpu0", "gpu1"],
+                   "utilisation (%)": ["gpu0 gpu_util_pct", "gpu1 gpu_util_pct"]}
+    memory = sections["GPU"].figures[[*gpu].index("memory (GiB)")]
+    total = [r for r in memory.renderers if r.name == "gpu0 memory_total_bytes"][0]
+    assert total.data_source.data["y"][0] == pytest.approx(80e9 / 2 ** 30)
+    server = {f.title.text: [r.name for r in f.renderers]
+              for f in sections["Server metrics"].figures}
+    url = "http://127.0.0.1:8000/metrics"
+    assert server["cpbench_sim_running_sequences"] == [f'{url} {{engine="embed/0"}}',
+                                                       f'{url} {{engine="llm/0"}}']
+    assert "3 of 60 scrapes failed; last error: connection refused" in \
+        sections["Server metrics"].notes[0]
+    client = {f.title.text: [r.name for r in f.renderers] for f in sections["Client host"].figures}
+    assert client == {"CPU (%)": ["cpu_host_pct", "cpu_tree_pct"], "processes": ["client"]}
 
 
 def test_no_monitor_file_says_so_and_draws_no_monitor_plots(tmp_path):

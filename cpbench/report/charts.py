@@ -283,30 +283,53 @@ def hybrid_section(run: RunData, x_range) -> Section | None:
     return sec
 
 
+def _monitor_plot_key(group: str, source: str, metric: str) -> tuple[str, str, float]:
+    """(plot title, line label, scale) of one monitor series.
+
+    Percent series of a GPU or of the client share one plot, bytes one memory plot (in GiB,
+    which reads better than 4.5e+10); a Prometheus series with labels joins the plot of its
+    metric name, one line per label set.
+    """
+    base, _, labels = metric.partition("{")
+    labels = "{" + labels if labels else ""
+    if base.endswith("_bytes"):
+        return "memory (GiB)", f"{source} {base}", 2.0 ** 30
+    if group in ("gpu", "client") and base.endswith("_pct"):
+        title = "utilisation (%)" if group == "gpu" else "CPU (%)"
+        return title, (f"{source} {base}" if group == "gpu" else base), 1.0
+    label = " ".join(x for x in (source if group != "client" else "", labels) if x)
+    return base, label or source, 1.0
+
+
 def monitor_sections(run: RunData, x_range) -> list[Section]:
     gpu = Section("GPU")
     server = Section("Server metrics")
     client = Section("Client host")
-    gpu_info = ((run.summary.get("monitor") or {}).get("gpu") or {})
+    monitor = run.summary.get("monitor") or {}
+    gpu_info = monitor.get("gpu") or {}
     if gpu_info.get("available") is False:
         gpu.notes.append("GPU monitoring was unavailable: "
                          f"{gpu_info.get('reason') or 'no reason recorded'}.")
-    by_metric: dict[tuple[str, str], list[tuple[str, np.ndarray, np.ndarray]]] = {}
+    for scrape in monitor.get("prometheus") or []:
+        if isinstance(scrape, dict) and scrape.get("failures"):
+            server.notes.append(f"{scrape.get('url', '?')}: {scrape['failures']} of "
+                                f"{scrape.get('scrapes', '?')} scrapes failed; last error: "
+                                f"{scrape.get('last_error') or 'not recorded'}.")
+    plots: dict[tuple[str, str], list[tuple[str, float, np.ndarray, np.ndarray]]] = {}
     for (source, metric), (ts, vs) in sorted(run.monitor.items()):
         group = "gpu" if source.startswith("gpu") else "client" if source == "client" else "server"
-        by_metric.setdefault((group, metric), []).append((source, ts, vs))
+        title, label, scale = _monitor_plot_key(group, source, metric)
+        plots.setdefault((group, title), []).append((label, scale, ts, vs))
     target = {"gpu": gpu, "server": server, "client": client}
-    for (group, metric), lines in by_metric.items():
-        # Bytes read badly as 4.5e+10 on an axis; GiB is what people compare.
-        scale, unit = (2.0 ** 30, " (GiB)") if metric.endswith("_bytes") else (1.0, "")
-        fig = time_figure(metric + unit, metric + unit, x_range)
+    for (group, title), lines in plots.items():
+        fig = time_figure(title, title, x_range)
         renderers = []
-        for i, (source, ts, vs) in enumerate(lines):
+        for i, (label, scale, ts, vs) in enumerate(lines):
             src = ColumnDataSource({"x": ts, "y": vs / scale})
             renderers.append(fig.line("x", "y", source=src, color=Category10_10[i % 10],
-                                      line_width=2, legend_label=source, name=source))
+                                      line_width=2, legend_label=label, name=label))
         fig.add_tools(HoverTool(renderers=renderers, mode="vline", tooltips=[
-            ("source", "$name"), ("t", "@x{0,0.0} s"), ("value", "@y{0,0.00}")]))
+            ("series", "$name"), ("t", "@x{0,0.0} s"), ("value", "@y{0,0.00}")]))
         target[group].figures.append(finish_legend(fig))
     if not run.monitor and gpu_info.get("available") is not False:
         server.notes.append("This run recorded no monitor.arrow (no GPU or server metrics).")

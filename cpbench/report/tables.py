@@ -72,6 +72,13 @@ def run_facts_rows(run: RunData) -> list[tuple[str, str]]:
                                              ("p50", "p99", "p99.9", "max") if k in lag) or "–"),
             ("Workers", fmt_num(info.get("workers"))),
             ("cpbench version", str(s.get("cpbench_version", "–")))]
+    cpu = (s.get("monitor") or {}).get("client_cpu") or {}
+    if isinstance(cpu.get("mean_pct"), (int, float)):
+        host = (f" · whole host busy {cpu['host_mean_pct']:.0f} % mean"
+                if isinstance(cpu.get("host_mean_pct"), (int, float)) else "")
+        rows.append(("Client CPU", f"cpbench {cpu['mean_pct']:.0f} % mean, "
+                                   f"{cpu.get('max_pct', float('nan')):.0f} % max of the host"
+                                   + host))
     options = info.get("options") or {}
     if options:
         rows.append(("Options", ", ".join(f"{k}={v}" for k, v in sorted(options.items()))))
