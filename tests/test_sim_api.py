@@ -249,6 +249,10 @@ def test_streams_keep_the_connection_alive_with_valid_chunked_framing(sim):
             assert resp.getheader("Content-Type").startswith("text/event-stream")
             text = resp.read().decode()
             assert text.count('"content":') == n and text.endswith("data: [DONE]\n\n")
+            events = [json.loads(line[6:]) for line in text.split("\n\n")
+                      if line.startswith("data: {")]
+            assert events[-1]["choices"][0]["finish_reason"] == "length"
+            assert events[-1]["cpbench_server_timing"]["first_token_ns"] > 0
             assert not resp.will_close
     finally:
         conn.close()
