@@ -74,20 +74,30 @@ class SimMetrics:
                                  "token or embedding result), e2e", ["kind", "policy", "phase"],
                                  buckets=_BUCKETS_S, registry=self.registry)
         self.registry.register(_LiveCollector(scheduler, faults))
+        # Label lookups cost more than the updates; the label sets are few, so keep them.
+        self._children: dict[tuple[str, str], tuple[Any, Any, Any, Any, Any]] = {}
 
     def finished(self, req: Any) -> None:
         """Count one request the engines finished (completed or aborted)."""
-        outcome = "aborted" if req.aborted else "ok"
-        self.requests.labels(req.kind, req.policy, outcome).inc()
+        key = (req.kind, req.policy)
+        children = self._children.get(key)
+        if children is None:
+            children = self._children[key] = (
+                self.requests.labels(req.kind, req.policy, "ok"),
+                self.requests.labels(req.kind, req.policy, "aborted"),
+                self.latency.labels(req.kind, req.policy, "queue"),
+                self.latency.labels(req.kind, req.policy, "ttft"),
+                self.latency.labels(req.kind, req.policy, "e2e"))
+        ok, aborted, queue, ttft, e2e = children
         if req.aborted:
+            aborted.inc()
             return
+        ok.inc()
         received = req.received_ns
         if req.admitted_ns:
-            self.latency.labels(req.kind, req.policy, "queue").observe(
-                (req.admitted_ns - received) / 1e9)
-        first = req.first_token_ns or req.done_ns
-        self.latency.labels(req.kind, req.policy, "ttft").observe((first - received) / 1e9)
-        self.latency.labels(req.kind, req.policy, "e2e").observe((req.done_ns - received) / 1e9)
+            queue.observe((req.admitted_ns - received) / 1e9)
+        ttft.observe(((req.first_token_ns or req.done_ns) - received) / 1e9)
+        e2e.observe((req.done_ns - received) / 1e9)
 
     def rejected(self, kind: str, policy: str, status: int) -> None:
         """Count one request answered with an error status."""
