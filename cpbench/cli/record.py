@@ -42,7 +42,8 @@ def _add_synth(sub: argparse._SubParsersAction) -> None:
                    help="requests/s (burst: the rate between bursts; ramp: the start rate)")
     extent = p.add_mutually_exclusive_group(required=True)
     extent.add_argument("--requests", type=int, help="number of requests")
-    extent.add_argument("--duration-s", type=float, help="trace length in seconds")
+    extent.add_argument("--duration-s", "--duration", dest="duration_s", type=float,
+                        help="trace length in seconds")
     p.add_argument("--mode", default="llm", help="llm or hybrid (LLM + embeddings)")
     p.add_argument("--llm-ratio", type=float, default=0.5, help="hybrid: share of LLM requests")
     p.add_argument("--chat-share", type=float, default=1.0,
@@ -101,8 +102,10 @@ def _add_import(sub: argparse._SubParsersAction) -> None:
                    help="HIGH, NORMAL, LOW or a mix HIGH=0.2,NORMAL=0.6,LOW=0.2")
     p.add_argument("--slo-e2e-ms", type=float, default=None, help="default 5000")
     p.add_argument("--slo-ttft-ms", type=float, default=None)
-    p.add_argument("--start-s", type=float, default=None, help="window start, s from source start")
-    p.add_argument("--end-s", type=float, default=None, help="window end (exclusive)")
+    p.add_argument("--start-s", "--start", dest="start_s", type=float, default=None,
+                   help="window start, seconds from the source's first arrival")
+    p.add_argument("--end-s", "--end", dest="end_s", type=float, default=None,
+                   help="window end in seconds (exclusive)")
     p.add_argument("--speed", type=float, default=1.0, help="time compression factor")
     p.add_argument("--seed", type=int, default=0, help="for priority mixes, servegen, jitter")
     p.add_argument("--jitter-s", type=float, default=0.0,
