@@ -283,16 +283,37 @@ def add_config_option(parser: argparse.ArgumentParser) -> None:
     def parse_known_args(args: list[str] | None = None, namespace: Any = None) -> Any:
         argv = list(sys.argv[1:] if args is None else args)
         path = config_path(argv)
-        if path is not None:
+        if path is None:
+            return original(argv, namespace)
+        saved = _snapshot(parser)
+        try:
             try:
                 apply_file(parser, path)
             except ConfigError as exc:
                 parser.exit(exc.exit_status, f"cpbench: error: {exc}\n")
-        return original(argv, namespace)
+            return original(argv, namespace)
+        finally:
+            _restore(parser, saved)  # the file applies to this parse only
 
     # argparse calls the subparser's parse_known_args by attribute, so an instance attribute
     # is the one hook that sees the subcommand's own argument list without touching cli.main.
     parser.parse_known_args = parse_known_args  # type: ignore[method-assign]
+
+
+def _snapshot(parser: argparse.ArgumentParser) -> tuple:
+    return (dict(parser._defaults),
+            [(a, a.default, a.required, a.nargs) for a in parser._actions],
+            [(g, g.required) for g in parser._mutually_exclusive_groups])
+
+
+def _restore(parser: argparse.ArgumentParser, saved: tuple) -> None:
+    defaults, actions, groups = saved
+    parser._defaults.clear()
+    parser._defaults.update(defaults)
+    for action, default, required, nargs in actions:
+        action.default, action.required, action.nargs = default, required, nargs
+    for group, required in groups:
+        group.required = required
 
 
 def config_path(argv: list[str]) -> str | None:
@@ -326,6 +347,10 @@ def apply_file(parser: argparse.ArgumentParser, path: str | os.PathLike[str]) ->
             elif action.nargs == "+":
                 action.nargs = "*"
         action.required = False
+    for group in parser._mutually_exclusive_groups:
+        # `--requests N | --duration-s S` (required) is satisfied by either key in the file.
+        if any(a.dest in converted for a in group._group_actions):
+            group.required = False
     parser.set_defaults(**converted)
     return converted
 

@@ -71,6 +71,23 @@ def test_file_supplies_values_and_command_line_overrides_it(tmp_path):
     assert args.rate_scale == 1.0
 
 
+def test_a_required_option_or_group_may_come_from_the_file(tmp_path):
+    top = argparse.ArgumentParser(prog="cpbench")
+    p = top.add_subparsers(dest="command").add_parser("synth")
+    p.add_argument("--rate", type=float, required=True)
+    extent = p.add_mutually_exclusive_group(required=True)
+    extent.add_argument("--requests", type=int)
+    extent.add_argument("--duration-s", type=float)
+    config.add_config_option(p)
+    cfg = write(tmp_path, "rate = 5\nrequests = 100\n")
+    args = top.parse_args(["synth", "--config", cfg])
+    assert (args.rate, args.requests, args.duration_s) == (5.0, 100, None)
+    args = top.parse_args(["synth", "--config", cfg, "--rate", "7"])
+    assert args.rate == 7.0
+    with pytest.raises(SystemExit):  # without the file, still required
+        top.parse_args(["synth"])
+
+
 def test_without_config_the_defaults_are_untouched():
     args = build().parse_args(["replay", "t.arrow"])
     assert (args.rate_scale, args.workers, args.percentiles, args.config) == (
