@@ -25,13 +25,13 @@ import time
 from collections import deque
 from dataclasses import dataclass, field
 from typing import Callable
-from urllib.parse import urlsplit
 
 import numpy as np
 import pyarrow as pa
 
-from cpbench.endpoints import KINDS, StreamScan, check_embedding, header_block, request_body
-from cpbench.errors import ConfigError, TargetError
+from cpbench.endpoints import (KINDS, StreamScan, Target, check_embedding, header_block,
+                               request_body, strip_credentials)
+from cpbench.errors import TargetError
 from cpbench.results import ERROR_CODE, PRIORITY_VALUES, RowBuffer
 
 SLEEP_MARGIN_NS = 2_000_000      # leave the loop's ms timer this early, then wait precisely
@@ -46,39 +46,7 @@ _E_CONNECT, _E_TIMEOUT = ERROR_CODE["connect"], ERROR_CODE["timeout"]
 _E_4XX, _E_5XX = ERROR_CODE["http_4xx"], ERROR_CODE["http_5xx"]
 _E_BROKEN, _E_PAYLOAD = ERROR_CODE["stream_broken"], ERROR_CODE["bad_payload"]
 _EMBEDDING = KINDS.index("embedding")
-
-
-@dataclass(frozen=True)
-class Target:
-    """Where requests go: host, port, TLS, path prefix, and the Host header."""
-
-    host: str
-    port: int
-    tls: bool
-    base_path: str
-    host_header: str
-
-    @classmethod
-    def from_url(cls, url: str) -> "Target":
-        """Parse ``http(s)://host[:port][/prefix]``; credentials in the URL are ignored."""
-        parts = urlsplit(url)
-        if parts.scheme not in ("http", "https") or not parts.hostname:
-            raise ConfigError(f"--url must look like http://host:port; got {strip_credentials(url)!r}")
-        port = parts.port or (443 if parts.scheme == "https" else 80)
-        base = parts.path.rstrip("/")
-        if base.endswith("/v1"):       # users often paste the OpenAI base URL
-            base = base[:-3]
-        host = parts.hostname if ":" not in parts.hostname else f"[{parts.hostname}]"
-        return cls(parts.hostname, port, parts.scheme == "https", base, f"{host}:{port}")
-
-
-def strip_credentials(url: str) -> str:
-    """``url`` without ``user:password@``: safe to print, log and store."""
-    parts = urlsplit(url)
-    if parts.username is None and parts.password is None:
-        return url
-    netloc = parts.netloc.rsplit("@", 1)[-1]
-    return parts._replace(netloc=netloc).geturl()
+__all__ = ["Dispatcher", "DispatchOptions", "Plan", "Target", "strip_credentials"]
 
 
 @dataclass

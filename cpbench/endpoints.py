@@ -3,13 +3,17 @@
 The dispatcher calls these on its hot path, so they work on ``bytes`` with C-speed
 ``find``/``count`` instead of ``json.loads`` per chunk: a streamed response is scanned one
 read at a time for content events, and token counts come from the final ``usage`` chunk
-(``stream_options.include_usage``) where the server sends one. This module imports nothing of
-cpbench above it; it hands the dispatcher request bytes and a few integers per read.
+(``stream_options.include_usage``) where the server sends one. :class:`Target` turns the
+base URL into where requests go. This module imports nothing of cpbench above it; it hands the
+dispatcher request bytes and a few integers per read.
 """
 from __future__ import annotations
 
 import json
+from dataclasses import dataclass
+from urllib.parse import urlsplit
 
+from cpbench.errors import ConfigError
 from cpbench.prompts import build_prompt
 
 KINDS = ("chat", "completion", "embedding")
@@ -28,6 +32,39 @@ _CHAT_EMPTY = (b'"content":""', b'"content": ""')
 _TEXT_CONTENT = (b'"text":"', b'"text": "')
 _TEXT_EMPTY = (b'"text":""', b'"text": ""')
 _USAGE = (b'"usage":{', b'"usage": {')
+
+
+@dataclass(frozen=True)
+class Target:
+    """Where requests go: host, port, TLS, path prefix, and the Host header."""
+
+    host: str
+    port: int
+    tls: bool
+    base_path: str
+    host_header: str
+
+    @classmethod
+    def from_url(cls, url: str) -> "Target":
+        """Parse ``http(s)://host[:port][/prefix]``; credentials in the URL are ignored."""
+        parts = urlsplit(url)
+        if parts.scheme not in ("http", "https") or not parts.hostname:
+            raise ConfigError(f"--url must look like http://host:port; got {strip_credentials(url)!r}")
+        port = parts.port or (443 if parts.scheme == "https" else 80)
+        base = parts.path.rstrip("/")
+        if base.endswith("/v1"):       # users often paste the OpenAI base URL
+            base = base[:-3]
+        host = parts.hostname if ":" not in parts.hostname else f"[{parts.hostname}]"
+        return cls(parts.hostname, port, parts.scheme == "https", base, f"{host}:{port}")
+
+
+def strip_credentials(url: str) -> str:
+    """``url`` without ``user:password@``: safe to print, log and store."""
+    parts = urlsplit(url)
+    if parts.username is None and parts.password is None:
+        return url
+    netloc = parts.netloc.rsplit("@", 1)[-1]
+    return parts._replace(netloc=netloc).geturl()
 
 
 def _json_str(text: str) -> str:
