@@ -193,9 +193,8 @@ def _convert_value(action: argparse.Action, key: str, value: Any, where: str) ->
             return value
         if isinstance(action, argparse._StoreConstAction) and isinstance(value, bool):
             return action.const if value else action.default
-        raise ConfigError(f"{where}: key '{key}' must be "
-                          f"{'a count' if isinstance(action, argparse._CountAction) else 'true or false'}"
-                          f"; got {_kind(value)} {value!r}")
+        wanted = "a count" if isinstance(action, argparse._CountAction) else "true or false"
+        raise ConfigError(f"{where}: key '{key}' must be {wanted}; got {_kind(value)} {value!r}")
     many = action.nargs in ("*", "+") or (isinstance(action.nargs, int) and action.nargs > 1) \
         or isinstance(action, argparse._AppendAction)
     if many:
