@@ -8,7 +8,8 @@ accept and never read, or stop listening mid-run.
 
 Behaviour is chosen per request by the model name, so one replay can mix healthy and faulty
 requests and the test knows which row should fail how: a request for model ``ok`` (any name
-without a ``:``) gets a correct answer; ``<mode>[:<arg>]`` gets that fault (see ``MODES``).
+without a ``:``) gets a correct answer, ``delay:<s>`` the same after ``s`` seconds;
+``<mode>[:<arg>]`` gets that fault (see ``MODES``).
 Two faults are per server instead, set with the constructor's ``server_mode``:
 ``accept-never-read`` (connections are accepted and never read) and ``refuse-after:<n>``
 (after ``n`` requests the listener closes and every connection is dropped, so later requests
@@ -23,8 +24,8 @@ import socket
 import threading
 
 TOKENS = 4
-MODES = ("ok", "status", "stall", "cut", "nodata", "badjson", "split", "bigchunk", "neverend",
-         "gzip", "slowloris")
+MODES = ("ok", "delay", "status", "stall", "cut", "nodata", "badjson", "split", "bigchunk",
+         "neverend", "gzip", "slowloris")
 
 
 def _event(content: str | None = None, usage: dict | None = None) -> bytes:
@@ -153,6 +154,8 @@ class FaultyServer:
             mode = "ok"
         embedding = path.endswith(b"/embeddings")
         n = int(body.get("max_tokens") or TOKENS)
+        if mode == "delay":                  # a correct answer, after arg seconds
+            await asyncio.sleep(float(arg))
         if mode == "status":
             code, _, how = arg.partition(":")
             if how == "body":
