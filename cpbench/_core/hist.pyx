@@ -167,7 +167,19 @@ cdef class Histogram:
             self._max = v
 
     cdef void record_ns(self, int64_t v) noexcept nogil:
-        self.record_ns_n(v, 1)
+        # record_ns_n(v, 1) spelled out: the dispatcher's per-token path, no multiply by n.
+        if <uint64_t>(v - self.lowest_ns) > <uint64_t>(self.highest_ns - self.lowest_ns):
+            self._record_out_of_range(v, 1)
+        else:
+            self.counts[_index(v, self.sub_mask, self.unit_magnitude, self.half_magnitude,
+                               self.half_count)] += 1
+            self._sumsq += <u128>v * <u128>v
+        self._total += 1
+        self._sum += v
+        if v < self._min:
+            self._min = v
+        if v > self._max:
+            self._max = v
 
     cdef void _record_view(self, const int64_t[::1] values) noexcept nogil:
         # Layout and accumulators in locals so the compiler keeps them in registers; one
