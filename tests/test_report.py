@@ -145,11 +145,11 @@ def test_monitor_series_group_into_readable_plots(tmp_path):
     assert total.data_source.data["y"][0] == pytest.approx(80e9 / 2 ** 30)
     server = {f.title.text: [r.name for r in f.renderers]
               for f in sections["Server metrics"].figures}
-    url = "http://127.0.0.1:8000/metrics"
-    assert server["cpbench_sim_running_sequences"] == [f'{url} {{engine="embed/0"}}',
-                                                       f'{url} {{engine="llm/0"}}']
-    assert "3 of 60 scrapes failed; last error: connection refused" in \
-        sections["Server metrics"].notes[0]
+    # One scrape target: named once in a note, legends keep only the label sets.
+    assert server["cpbench_sim_running_sequences"] == ['{engine="embed/0"}', '{engine="llm/0"}']
+    assert "Scraped from http://127.0.0.1:8000/metrics." in sections["Server metrics"].notes
+    assert any("3 of 60 scrapes failed; last error: connection refused" in note
+               for note in sections["Server metrics"].notes)
     client = {f.title.text: [r.name for r in f.renderers] for f in sections["Client host"].figures}
     assert client == {"CPU (%)": ["cpu_host_pct", "cpu_tree_pct"], "processes": ["client"]}
 
@@ -310,3 +310,36 @@ def test_a_run_with_no_requests_reports_facts_and_says_there_is_nothing_to_chart
     text = "".join(_parse(html).text)
     assert "nothing to chart" in text and "interrupted" in text and "sent 0" in text
     assert "| Policy | fifo |" in (d / "r.md").read_text()
+
+
+def replay_for_report(out: Path) -> Path:
+    """A short real replay of a shipped trace against the embedded sim, without its report."""
+    root = Path(__file__).resolve().parent.parent
+    proc = subprocess.run([sys.executable, "-m", "cpbench", "replay",
+                           str(root / "traces" / "light.arrow"), "--duration", "2", "--speed",
+                           "4", "--workers", "1", "--quiet", "--no-report", "-o", str(out)],
+                          capture_output=True, text=True, timeout=180, cwd=root)
+    assert proc.returncode == 0, proc.stderr[-2000:]
+    return out
+
+
+@pytest.mark.integration
+@pytest.mark.slow
+def test_report_of_a_real_replay(tmp_path):
+    out = replay_for_report(tmp_path / "replay")
+    assert not (out / "report.html").exists()
+    proc = subprocess.run([sys.executable, "-m", "cpbench", "report", str(out), "--markdown",
+                           str(out / "report.md")], capture_output=True, text=True, timeout=120)
+    assert proc.returncode == 0, proc.stderr
+    assert proc.stdout.splitlines() == [str(out / "report.html"), str(out / "report.md")]
+    html = (out / "report.html").read_text()
+    plots = int(html.split('data-cpbench-plots="')[1].split('"')[0])
+    assert plots >= 15
+    summary = json.loads((out / "summary.json").read_text())
+    text = "".join(_parse(html).text)
+    assert f"sent {summary['requests']['sent']:,}" in text
+    assert "Client host" in text and "Server metrics" in text
+    if not summary["monitor"]["gpu"].get("available"):
+        assert "GPU monitoring was unavailable" in text
+    md = (out / "report.md").read_text()
+    assert "### Per kind and priority" in md and "| Policy | fifo |" in md

@@ -21,6 +21,7 @@ import pytest
 
 from cpbench.report import write_report
 from report_fixtures import make_result_dir
+from test_report import replay_for_report
 
 CHROMIUM = shutil.which("chromium") or shutil.which("chromium-browser")
 pytestmark = [
@@ -198,3 +199,12 @@ def test_comparison_report_renders_every_plot_in_chromium(tmp_path):
     html = write_report(dirs, tmp_path / "compare.html")
     probe = _check_in_browser(html, tmp_path, "compare")
     assert probe["roots"] >= 8
+
+
+@pytest.mark.integration
+@pytest.mark.slow
+def test_report_of_a_real_replay_renders_in_chromium(tmp_path):
+    out = replay_for_report(tmp_path / "replay")
+    html = write_report([out], out / "report.html")
+    probe = _check_in_browser(html, tmp_path, "replay")
+    assert probe["roots"] >= 15

@@ -18,6 +18,7 @@ from bokeh.plotting import figure
 from cpbench.report.load import LADDER_PERCENTS, Distribution, RunData, attainment_pct
 
 PLOT_HEIGHT = 330
+LEGEND_ROW_CHARS = 80  # about what one legend row holds at half the page width
 TOOLS = "pan,wheel_zoom,box_zoom,reset,save"
 SENT_COLOR, INTENDED_COLOR = Category10_10[0], Category10_10[1]
 LATENCY_TITLES = {"ttft": "Time to first token", "e2e": "End-to-end latency",
@@ -49,8 +50,11 @@ def finish_legend(fig: figure) -> figure:
     if fig.legend:
         legend = fig.legend[0]
         legend.click_policy = "hide"
-        # Below the plot, one row: never hides data, and long source URLs only add height.
-        legend.orientation = "horizontal"
+        # Below the plot: never hides data. One row while it fits the plot's width, else one
+        # entry per line (long Prometheus label sets would run off the page).
+        width_chars = sum(len(str(getattr(item.label, "value", "") or "")) + 6
+                          for item in legend.items)
+        legend.orientation = "horizontal" if width_chars <= LEGEND_ROW_CHARS else "vertical"
         legend.location = "center"
         legend.label_text_font_size = "11px"
         legend.spacing = 12
@@ -298,7 +302,7 @@ def _monitor_plot_key(group: str, source: str, metric: str) -> tuple[str, str, f
         title = "utilisation (%)" if group == "gpu" else "CPU (%)"
         return title, (f"{source} {base}" if group == "gpu" else base), 1.0
     label = " ".join(x for x in (source if group != "client" else "", labels) if x)
-    return base, label or source, 1.0
+    return base, label or source or base, 1.0
 
 
 def monitor_sections(run: RunData, x_range) -> list[Section]:
@@ -316,9 +320,14 @@ def monitor_sections(run: RunData, x_range) -> list[Section]:
                                 f"{scrape.get('scrapes', '?')} scrapes failed; last error: "
                                 f"{scrape.get('last_error') or 'not recorded'}.")
     plots: dict[tuple[str, str], list[tuple[str, float, np.ndarray, np.ndarray]]] = {}
+    servers = sorted({src for src, _ in run.monitor
+                      if src != "client" and not src.startswith("gpu")})
+    if len(servers) == 1:  # one scrape target: name it once, not in every legend entry
+        server.notes.append(f"Scraped from {servers[0]}.")
     for (source, metric), (ts, vs) in sorted(run.monitor.items()):
         group = "gpu" if source.startswith("gpu") else "client" if source == "client" else "server"
-        title, label, scale = _monitor_plot_key(group, source, metric)
+        title, label, scale = _monitor_plot_key(group, "" if servers == [source] else source,
+                                                metric)
         plots.setdefault((group, title), []).append((label, scale, ts, vs))
     target = {"gpu": gpu, "server": server, "client": client}
     for (group, title), lines in plots.items():
