@@ -319,7 +319,15 @@ async def replay_async(trace: Trace | PathLike, url: str | None = None, **option
     proc = await asyncio.create_subprocess_exec(
         sys.executable, "-m", "cpbench", *argv, stdout=asyncio.subprocess.PIPE,
         stderr=asyncio.subprocess.PIPE)
-    stdout, stderr = await proc.communicate()
+    try:
+        stdout, stderr = await proc.communicate()
+    except asyncio.CancelledError:
+        # A cancelled task stops its replay as Ctrl-C would: SIGTERM, the run writes what it
+        # has and exits; the caller's cancellation then goes on.
+        if proc.returncode is None:
+            proc.terminate()
+            await asyncio.shield(proc.wait())
+        raise
     _check_cli("replay", proc.returncode, stdout, stderr)
     return Run(out)
 
@@ -370,8 +378,11 @@ def _check_cli(command: str, status: int | None, stdout: bytes, stderr: bytes) -
     lines = stderr.decode("utf-8", "replace").strip().splitlines()
     message = (lines[-1] if lines else f"exited with status {status}")
     message = message.removeprefix("cpbench: error: ")
-    cls: type[CpbenchError] = TargetError if status == 1 else ConfigError
-    raise cls(f"cpbench {command}: {message}")
+    # The CLI's exit statuses: 2 bad input, 1 target trouble; anything else is passed on.
+    cls: type[CpbenchError] = {1: TargetError, 2: ConfigError}.get(status or 0, CpbenchError)
+    error = cls(f"cpbench {command} exited with status {status}: {message}")
+    error.exit_status = status or 1
+    raise error
 
 
 # --- comparisons and reports ----------------------------------------------------------------

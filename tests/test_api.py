@@ -224,3 +224,32 @@ def test_compare_and_report(tmp_path, small_trace):
     assert (tmp_path / "both.md").is_file()
     with pytest.raises(ConfigError, match=r"compare\(\): unknown key 'repeats'"):
         api.compare(small_trace, "fifo,priority", repeats=2)
+
+
+@pytest.mark.integration
+def test_replay_async_errors_and_cancellation(tmp_path):
+    import asyncio
+
+    with pytest.raises(ConfigError, match=r"status 2: .*missing\.arrow"):
+        asyncio.run(api.replay_async(tmp_path / "missing.arrow", output=tmp_path / "m"))
+    slow = api.synthesize(rate=2, requests=60, seed=3, input_tokens="fixed:8",
+                          output_tokens="fixed:2", path=tmp_path / "slow.arrow")
+
+    async def cancel_after_start() -> None:
+        task = asyncio.ensure_future(api.replay_async(slow, output=tmp_path / "c", workers=1,
+                                                      no_report=True))
+        out = tmp_path / "c" / "results.arrow"
+        for _ in range(300):  # until the replay is running (bounded: 30 s)
+            if out.exists():
+                break
+            await asyncio.sleep(0.1)
+        await asyncio.sleep(1.0)
+        task.cancel()
+        with pytest.raises(asyncio.CancelledError):
+            await task
+
+    asyncio.run(cancel_after_start())
+    # The cancelled replay stopped like an interrupted one: everything written, marked so.
+    summary = api.Run(tmp_path / "c").summary
+    assert summary["run"]["interrupted"] is True
+    assert summary["requests"]["sent"] < 60  # 60 requests at 2/s take 30 s; cut after ~1 s
