@@ -221,3 +221,25 @@ def test_p99_of_a_small_group_gives_no_interval():
             expect_none = d["rows"] < 100
             assert (d["verdict"] == "insufficient data") == expect_none, d
     assert _diff(res, "c", "all", "all", "e2e_from_intended_p99_ms")["verdict"] == "better"
+
+
+def test_large_groups_rescaled_subsample_matches_full_bootstrap():
+    from cpbench.experiments.stats import bootstrap_percentile_diff_ci
+    rng = np.random.default_rng(11)
+    n = 20_000
+    a = rng.lognormal(np.log(100), 0.5, n)
+    b = a - 5.0 + rng.normal(0, 10, n)
+    d = (rng.random(n) < 0.6).astype(float) - (rng.random(n) < 0.5)
+    kw = {"confidence": 0.95, "n_resamples": 400}
+    full = bootstrap_mean_ci(d, rng=np.random.default_rng(1), max_rows=n, **kw)
+    sub = bootstrap_mean_ci(d, rng=np.random.default_rng(1), max_rows=2_000, **kw)
+    width = full[1] - full[0]
+    assert abs((sub[1] - sub[0]) - width) < 0.25 * width
+    assert sub[0] < d.mean() < sub[1]
+    full = bootstrap_percentile_diff_ci(a, b, (50.0,), rng=np.random.default_rng(2),
+                                        max_rows=n, **kw)[0]
+    sub = bootstrap_percentile_diff_ci(a, b, (50.0,), rng=np.random.default_rng(2),
+                                       max_rows=2_000, **kw)[0]
+    est = np.percentile(b, 50) - np.percentile(a, 50)
+    assert sub[0] < est < sub[1]
+    assert abs((sub[1] - sub[0]) - (full[1] - full[0])) < 0.35 * (full[1] - full[0])

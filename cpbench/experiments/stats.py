@@ -33,8 +33,10 @@ KINDS = ("chat", "completion", "embedding")
 PRIORITIES = ("HIGH", "NORMAL", "LOW")
 LATENCY_METRICS = ("ttft_from_intended", "e2e_from_intended")
 LATENCY_PERCENTS = (50.0, 99.0)
-# Bound on resample elements held at once (batch x rows): keeps a 10^6-row bootstrap in memory.
+# Bound on resample elements held at once (batch x rows x samples).
 _BOOTSTRAP_ELEMENTS = 20_000_000
+# Rows one bootstrap resamples at most; larger groups use the m-out-of-n rescaling below.
+MAX_BOOTSTRAP_ROWS = 2_000
 
 
 @dataclass
@@ -127,48 +129,90 @@ def repeat_spread(values: Sequence[float]) -> dict[str, float]:
             "min": float(v.min()), "max": float(v.max())}
 
 
-def _batch(n_rows: int) -> int:
-    return max(1, _BOOTSTRAP_ELEMENTS // max(n_rows, 1))
+def _batch(n_rows: int, n_samples: int = 1) -> int:
+    return max(1, _BOOTSTRAP_ELEMENTS // max(n_rows * n_samples, 1))
+
+
+def _subsample(n: int, max_rows: int, rng: np.random.Generator) -> tuple[np.ndarray | None, float]:
+    """Rows to bootstrap and the width factor sqrt(m / n) (None, 1.0 when all rows fit).
+
+    Bootstrapping 10^5 paired rows costs seconds per interval; an interval of a sqrt(n)-
+    consistent statistic (a mean, a percentile of a continuous distribution) narrows as
+    1/sqrt(n), so the spread seen on m random rows, scaled by sqrt(m / n) and centred on the
+    full-sample estimate, gives the full-sample interval (the m-out-of-n bootstrap).
+    """
+    if n <= max_rows:
+        return None, 1.0
+    return np.sort(rng.choice(n, size=max_rows, replace=False)), math.sqrt(max_rows / n)
+
+
+def _rescale(low: np.ndarray, high: np.ndarray, est_sub: np.ndarray, est_full: np.ndarray,
+             factor: float) -> tuple[np.ndarray, np.ndarray]:
+    if factor == 1.0:
+        return low, high
+    return est_full + (low - est_sub) * factor, est_full + (high - est_sub) * factor
 
 
 def bootstrap_mean_ci(diff: np.ndarray, *, confidence: float, n_resamples: int,
-                      rng: np.random.Generator) -> tuple[float, float]:
+                      rng: np.random.Generator,
+                      max_rows: int = MAX_BOOTSTRAP_ROWS) -> tuple[float, float]:
     """Percentile-bootstrap interval of ``mean(diff)``; exact when every difference is equal.
 
-    The percentile method, not scipy's default BCa: BCa's jackknife holds an n x (n-1) array,
-    impossible for the 10^5-row runs a comparison sees.
+    The percentile method, not scipy's default BCa: BCa's jackknife holds an n x (n-1) array.
+    Beyond ``max_rows`` rows, see ``_subsample``.
     """
     if diff.size == 0:
         return (math.nan, math.nan)
     if diff.size == 1 or np.ptp(diff) == 0:
         # scipy warns on a degenerate sample; the interval is the single value.
         return (float(diff[0]), float(diff[0]))
-    res = scipy.stats.bootstrap((diff,), np.mean, n_resamples=n_resamples, vectorized=True,
+    idx, factor = _subsample(diff.size, max_rows, rng)
+    sample = diff if idx is None else diff[idx]
+    if np.ptp(sample) == 0:
+        sample = diff  # a subsample that happens to be constant says nothing about spread
+        factor = 1.0
+    res = scipy.stats.bootstrap((sample,), np.mean, n_resamples=n_resamples, vectorized=True,
                                 method="percentile", confidence_level=confidence,
-                                batch=_batch(diff.size), rng=rng)
-    return (float(res.confidence_interval.low), float(res.confidence_interval.high))
+                                batch=_batch(sample.size), rng=rng)
+    low, high = _rescale(np.asarray(res.confidence_interval.low),
+                         np.asarray(res.confidence_interval.high), np.mean(sample),
+                         np.mean(diff), factor)
+    return (float(low), float(high))
 
 
 def bootstrap_percentile_diff_ci(base: np.ndarray, cand: np.ndarray, percents: Sequence[float],
                                  *, confidence: float, n_resamples: int,
-                                 rng: np.random.Generator) -> list[tuple[float, float]]:
-    """Paired bootstrap intervals of ``percentile(cand, p) - percentile(base, p)`` per ``p``.
+                                 rng: np.random.Generator,
+                                 max_rows: int = MAX_BOOTSTRAP_ROWS) -> list[tuple[float, float]]:
+    """Paired bootstrap intervals of ``percentile(cand, p) - percentile(base, p)``.
 
-    Rows are resampled together (``paired=True``) so the request-to-request variation both
-    policies share cancels out of the difference.
+    ``base`` and ``cand`` are ``(rows,)`` or ``(metrics, rows)``; the result lists one interval
+    per metric and percent (metric-major). Rows are resampled together (``paired=True``,
+    every metric with the same rows) so the request-to-request variation both policies share
+    cancels out of the difference. Beyond ``max_rows`` rows, see ``_subsample``.
     """
-    if base.size < 2:
-        return [(math.nan, math.nan) for _ in percents]
+    base2, cand2 = np.atleast_2d(base), np.atleast_2d(cand)
+    n_metrics, n = base2.shape
+    if n < 2:
+        return [(math.nan, math.nan)] * (n_metrics * len(percents))
     q = np.asarray(percents, dtype=float)
 
-    def stat(a: np.ndarray, b: np.ndarray, axis: int = -1) -> np.ndarray:
-        return np.percentile(b, q, axis=axis) - np.percentile(a, q, axis=axis)
+    def diffs(*samples: np.ndarray, axis: int = -1) -> np.ndarray:
+        out = [np.percentile(samples[2 * i + 1], q, axis=axis)
+               - np.percentile(samples[2 * i], q, axis=axis) for i in range(n_metrics)]
+        return np.concatenate(out, axis=0)
 
-    res = scipy.stats.bootstrap((base, cand), stat, paired=True, vectorized=True,
+    idx, factor = _subsample(n, max_rows, rng)
+    sub_b, sub_c = (base2, cand2) if idx is None else (base2[:, idx], cand2[:, idx])
+    data = tuple(x for i in range(n_metrics) for x in (sub_b[i], sub_c[i]))
+    res = scipy.stats.bootstrap(data, diffs, paired=True, vectorized=True,
                                 n_resamples=n_resamples, method="percentile",
-                                confidence_level=confidence, batch=_batch(base.size), rng=rng)
-    low = np.atleast_1d(res.confidence_interval.low)
-    high = np.atleast_1d(res.confidence_interval.high)
+                                confidence_level=confidence,
+                                batch=_batch(sub_b.shape[1], 2 * n_metrics), rng=rng)
+    full = tuple(x for i in range(n_metrics) for x in (base2[i], cand2[i]))
+    low, high = _rescale(np.atleast_1d(res.confidence_interval.low),
+                         np.atleast_1d(res.confidence_interval.high), diffs(*data),
+                         diffs(*full), factor)
     return [(float(lo), float(hi)) for lo, hi in zip(low, high)]
 
 
@@ -233,7 +277,7 @@ def _repeats_overlap(a: Sequence[float], b: Sequence[float]) -> bool | None:
 
 def paired_comparison(runs: dict[str, list[RunArrays]], *, baseline: str,
                       confidence: float = 0.95, n_resamples: int = 1000,
-                      seed: int = 0) -> dict:
+                      seed: int = 0, max_rows: int = MAX_BOOTSTRAP_ROWS) -> dict:
     """Compare every policy with ``baseline`` request by request (joined on the trace ``row``).
 
     Parameters
@@ -245,6 +289,9 @@ def paired_comparison(runs: dict[str, list[RunArrays]], *, baseline: str,
     confidence, n_resamples, seed
         Bootstrap confidence level in (0, 1), resample count, and the seed of the one generator
         every interval draws from (same inputs and seed → same intervals).
+    max_rows
+        Rows one interval resamples at most; larger groups are subsampled and the interval
+        rescaled (m-out-of-n bootstrap, see ``_subsample``).
 
     Returns
     -------
@@ -259,9 +306,9 @@ def paired_comparison(runs: dict[str, list[RunArrays]], *, baseline: str,
     if baseline not in runs:
         raise ConfigError(f"baseline policy {baseline!r} is not among the compared policies "
                           f"{list(runs)}")
-    if not 0.0 < confidence < 1.0 or n_resamples < 10:
-        raise ConfigError(f"confidence must be in (0, 1) and n_resamples >= 10; got "
-                          f"{confidence}, {n_resamples}")
+    if not 0.0 < confidence < 1.0 or n_resamples < 10 or max_rows < 100:
+        raise ConfigError(f"confidence must be in (0, 1), n_resamples >= 10 and max_rows >= "
+                          f"100; got {confidence}, {n_resamples}, {max_rows}")
     all_runs = [r for rs in runs.values() for r in rs]
     if not all_runs or any(not rs for rs in runs.values()):
         raise ConfigError("every compared policy needs at least one run")
@@ -303,20 +350,26 @@ def paired_comparison(runs: dict[str, list[RunArrays]], *, baseline: str,
         for k, p, mask in groups:
             rec = {"policy": name, "kind": k, "priority": p, "rows": int(mask.sum())}
             d = 100.0 * (met[mask] - base_met[mask])
-            ci = bootstrap_mean_ci(d, confidence=confidence, n_resamples=n_resamples, rng=rng)
+            ci = bootstrap_mean_ci(d, confidence=confidence, n_resamples=n_resamples, rng=rng,
+                                   max_rows=max_rows)
             items = [("slo_attainment_pct", 100.0 * base_met[mask].mean(),
                       100.0 * met[mask].mean(), ci)]
-            for m in LATENCY_METRICS:
-                a, b = base_lat[m][mask], lat[m][mask]
-                ok = np.isfinite(a) & np.isfinite(b)
-                cis = bootstrap_percentile_diff_ci(a[ok], b[ok], LATENCY_PERCENTS,
-                                                   confidence=confidence,
-                                                   n_resamples=n_resamples, rng=rng)
-                for q, qci in zip(LATENCY_PERCENTS, cis):
-                    if ok.sum() < min_rows_for_percentile(q):
+            # Latency over the rows both policies completed; ttft and e2e share the resamples.
+            a = np.stack([base_lat[m][mask] for m in LATENCY_METRICS])
+            b = np.stack([lat[m][mask] for m in LATENCY_METRICS])
+            ok = np.isfinite(a).all(axis=0) & np.isfinite(b).all(axis=0)
+            a, b = a[:, ok], b[:, ok]
+            cis = iter(bootstrap_percentile_diff_ci(a, b, LATENCY_PERCENTS,
+                                                    confidence=confidence,
+                                                    n_resamples=n_resamples, rng=rng,
+                                                    max_rows=max_rows))
+            for i, m in enumerate(LATENCY_METRICS):
+                for q in LATENCY_PERCENTS:
+                    qci = next(cis)
+                    if a.shape[1] < min_rows_for_percentile(q):
                         qci = (math.nan, math.nan)  # the percentile lies beyond the data
-                    av = float(np.percentile(a[ok], q)) if ok.any() else math.nan
-                    bv = float(np.percentile(b[ok], q)) if ok.any() else math.nan
+                    av = float(np.percentile(a[i], q)) if a.shape[1] else math.nan
+                    bv = float(np.percentile(b[i], q)) if a.shape[1] else math.nan
                     items.append((f"{m}_p{q:g}_ms", av, bv, qci))
             for metric, av, bv, mci in items:
                 overlap = _repeats_overlap([x[metric] for x in run_level[(baseline, k, p)]],
