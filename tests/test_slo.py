@@ -160,6 +160,9 @@ def test_timeslices_reject_bad_input_and_corrupt_blobs():
         Timeslices().percentile_series("itl", 50)
     with pytest.raises(ValueError, match="digits"):
         Timeslices(digits=4)
+    with pytest.raises(ValueError, match="longer slices"):
+        Timeslices(slice_ns=1).add_arrays([0, 10**9], [0, 10**9], [-1, -1], [-1, -1], [0, 0],
+                                          [False, False], [False, False], [False, False])
     blob = _slices_from([(0, 10, 2_000, 3_000, True, True, 1)]).encode()
     for cut in range(0, len(blob), 7):
         with pytest.raises(ValueError, match="timeslices|cpbench"):

@@ -180,6 +180,11 @@ def test_bad_results_raise_config_error():
     broken = ROWS[:1] + [row("chat", "LOW", 100, 900, 500, 2_000, 1)]   # first token < sent
     with pytest.raises(ConfigError, match="negative"):
         summarize(results_table(broken), run=RUN)
+    with pytest.raises(ConfigError, match="longer slices"):
+        summarize(results_table([row("chat", "HIGH", 0, 0, 5_000, 3 * 10**9, 1)]), run=RUN,
+                  slice_s=1e-9)
+    with pytest.raises(ConfigError, match="slice_s"):
+        summarize(results_table(ROWS), run=RUN, slice_s=0)
     with pytest.raises(ConfigError, match="percentiles"):
         summarize(results_table(ROWS), run=RUN, percentiles=(50, 120))
 

@@ -14,6 +14,7 @@ PRIORITIES: tuple[str, ...]  # ("HIGH", "NORMAL", "LOW")
 FIELDS: tuple[str, ...]  # ("requests", "completed", "errors", "ttft_met", "e2e_met", "slo_met")
 COUNTER_NAMES: tuple[str, ...]
 METRICS: tuple[str, ...]  # ("ttft", "e2e", "lag")
+MAX_SLICES: int  # add_arrays raises ValueError beyond it
 
 Bools = npt.ArrayLike  # 1-D, converted to const uint8_t[::1]
 Ints = npt.ArrayLike  # 1-D integers, converted to const int64_t[::1]

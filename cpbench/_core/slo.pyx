@@ -40,6 +40,8 @@ FIELDS = ("requests", "completed", "errors", "ttft_met", "e2e_met", "slo_met")
 COUNTER_NAMES = ("scheduled", "sent", "completed", "errors", "output_tokens", "slo_met",
                  "ended")
 METRICS = ("ttft", "e2e", "lag")
+# 23 days of 1 s slices; beyond that the dense per-slice counters would dwarf the data.
+MAX_SLICES = 2_000_000
 
 _SLO_MAGIC = b"CPBS"
 _TS_MAGIC = b"CPBT"
@@ -357,6 +359,9 @@ cdef class Timeslices:
             raise ValueError(f"intended_ns must be >= 0 (run clock); got {intended.min()} at "
                              f"row {int(np.argmin(intended))}")
         last = max(int(intended.max()), int(cols[0].max()), int(cols[2].max()))
+        if last // self.slice_ns + 1 > MAX_SLICES:
+            raise ValueError(f"{last // self.slice_ns + 1} slices of {self.slice_ns} ns would "
+                             f"cover these times, more than {MAX_SLICES}; use longer slices")
         self._grow(last // self.slice_ns + 1)
         keys = np.empty((3, n), np.int64)
         cdef int64_t n_keys[3]
