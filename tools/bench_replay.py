@@ -2,7 +2,8 @@
 
 For chat (a 16-chunk SSE body) and embeddings (a 384-float body), at a ladder of Poisson rates,
 with 1 and 2 worker processes: achieved vs target rate, dispatch lag p50/p99 (sent - intended),
-the client-side inter-send coefficient of variation (1.0 for Poisson), client CPU per request
+the inter-send coefficient of variation (1.0 for Poisson) as the client stamped it and, with
+``--wire``, as tcpdump saw the requests on lo; client CPU per request
 (worker + parent CPU during the run / requests) and the worst worker's peak RSS. Each point runs
 a few seconds. Prints a table and writes JSON.
 
@@ -15,6 +16,7 @@ import argparse
 import json
 import os
 import signal
+import struct
 import subprocess
 import sys
 import tempfile
@@ -59,9 +61,42 @@ def start_nginx(prefix: Path) -> tuple[int, str]:
     return int(out[0]), out[1]
 
 
-def measure(trace: Path, out: Path, url: str, workers: int, loop: str) -> dict:
-    run_replay(trace, url=url, out_dir=out, workers=workers, quiet=True, report=False,
-               timeout_s=10.0, loop=loop)
+class WireCapture:
+    """tcpdump on lo of the request packets (payload starting with POST) sent to ``port``."""
+
+    def __init__(self, port: int, path: Path) -> None:
+        self.path = path
+        # Payload offset = TCP data offset; 0x504f5354 is "POST".
+        bpf = f"tcp dst port {port} and tcp[((tcp[12:1] & 0xf0) >> 2):4] = 0x504f5354"
+        self.proc = subprocess.Popen(
+            ["tcpdump", "-i", "lo", "-U", "-n", "-s", "96", "-B", "32768",
+             "--time-stamp-precision", "nano", "-w", str(path), bpf],
+            stdout=subprocess.DEVNULL, stderr=subprocess.PIPE)
+        for line in self.proc.stderr:           # "listening on lo ..." once it captures
+            if b"listening" in line:
+                break
+
+    def stop(self) -> np.ndarray:
+        """Stop tcpdump; the capture times of the request packets, in ns, sorted."""
+        self.proc.send_signal(signal.SIGINT)
+        self.proc.wait(10)
+        data = self.path.read_bytes()
+        times, pos = [], 24                      # pcap global header, then records
+        while pos + 16 <= len(data):
+            sec, nsec, incl, _ = struct.unpack_from("<IIII", data, pos)
+            times.append(sec * 1_000_000_000 + nsec)
+            pos += 16 + incl
+        return np.sort(np.asarray(times, dtype=np.int64))
+
+
+def measure(trace: Path, out: Path, url: str, workers: int, loop: str,
+            wire: bool = False) -> dict:
+    cap = WireCapture(int(url.rsplit(":", 1)[1]), out.with_suffix(".pcap")) if wire else None
+    try:
+        run_replay(trace, url=url, out_dir=out, workers=workers, quiet=True, report=False,
+                   timeout_s=10.0, loop=loop)
+    finally:
+        wire_ns = cap.stop() if cap is not None else None
     res = read_results(out / "results.arrow")
     summary = json.loads((out / "summary.json").read_text())
     client = summary["run"]["client"]
@@ -88,6 +123,9 @@ def measure(trace: Path, out: Path, url: str, workers: int, loop: str) -> dict:
         "parent_peak_rss_mb": client["parent_max_rss_kb"] / 1024,
         "connections": client["connections"],
         "preempted": client.get("worker_preempted", 0),
+        "wire_packets": None if wire_ns is None else int(len(wire_ns)),
+        "wire_gap_cv": None if wire_ns is None or len(wire_ns) < 3 else
+        float(np.diff(wire_ns).std() / np.diff(wire_ns).mean()),
     }
 
 
@@ -99,6 +137,9 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--seconds", type=float, default=3.0)
     ap.add_argument("--loop", default="uvloop", choices=("uvloop", "asyncio"))
     ap.add_argument("--url", default=None, help="use a running server instead of nginx")
+    ap.add_argument("--wire", action="store_true",
+                    help="also capture the requests on lo with tcpdump (root) and report the "
+                         "inter-arrival CV seen on the wire")
     ap.add_argument("-o", "--output", type=Path, default=Path("bench_replay.json"))
     args = ap.parse_args(argv)
     ladders = {"chat": [1000, 2000, 4000, 6000], "embedding": [1000, 2000, 5000, 7000],
@@ -114,7 +155,8 @@ def main(argv: list[str] | None = None) -> int:
                     trace = tmp / f"{kind}-{rate:g}.arrow"
                     make_trace(trace, kind, rate, args.seconds, SEED)
                     for w in (int(x) for x in args.workers.split(",")):
-                        r = measure(trace, tmp / f"out-{kind}-{rate:g}-{w}", url, w, args.loop)
+                        r = measure(trace, tmp / f"out-{kind}-{rate:g}-{w}", url, w, args.loop,
+                                    args.wire)
                         r.update({"kind": kind, "rate_rps": rate, "workers": w})
                         rows.append(r)
                         print(_row(r), flush=True)
@@ -131,7 +173,7 @@ def main(argv: list[str] | None = None) -> int:
 
 HEADER = (f"{'kind':<10}{'workers':>8}{'target':>9}{'achieved':>10}{'short%':>8}"
           f"{'lag p50':>9}{'lag p99':>9}{'lag max':>9}{'gap CV':>8}{'cpu us/req':>11}"
-          f"{'rss MB':>8}{'errors':>7}{'preempt':>8}")
+          f"{'rss MB':>8}{'errors':>7}{'preempt':>8}{'wire CV':>8}")
 
 
 def _row(r: dict) -> str:
@@ -139,7 +181,8 @@ def _row(r: dict) -> str:
     return (f"{r['kind']:<10}{r['workers']:>8}{r['target_rps']:>9.0f}{r['achieved_rps']:>10.0f}"
             f"{short:>8.2f}{r['lag_p50_ms']:>9.3f}{r['lag_p99_ms']:>9.3f}{r['lag_max_ms']:>9.2f}"
             f"{r['send_gap_cv']:>8.3f}{r['cpu_us_per_request']:>11.1f}{r['peak_rss_mb']:>8.0f}"
-            f"{r['errors']:>7}{r['preempted']:>8}")
+            f"{r['errors']:>7}{r['preempted']:>8}"
+            + (f"{r['wire_gap_cv']:>8.3f}" if r.get("wire_gap_cv") is not None else f"{'-':>8}"))
 
 
 if __name__ == "__main__":
