@@ -55,6 +55,20 @@ class _LiveCollector:
                 running.add_metric(labels, len(engine.running))
                 waiting.add_metric(labels, len(engine.pending))
         yield from (running, waiting, kv_pct, kv_tok)
+        steps = CounterMetricFamily("cpbench_sim_engine_steps", "LLM decode steps run",
+                                    labels=["engine", "model"])
+        modelled = CounterMetricFamily("cpbench_sim_engine_modelled_step_seconds", "Sum of the "
+                                       "modelled step times", labels=["engine", "model"])
+        actual = CounterMetricFamily("cpbench_sim_engine_actual_step_seconds", "Sum of the times "
+                                     "between consecutive steps' token writes (pacing as run)",
+                                     labels=["engine", "model"])
+        for engine in sched.all_engines():
+            if engine.engine_kind == "llm":
+                labels = [engine.name, engine.cfg.model]
+                steps.add_metric(labels, engine.steps)
+                modelled.add_metric(labels, engine.modelled_ns_total / 1e9)
+                actual.add_metric(labels, engine.actual_ns_total / 1e9)
+        yield from (steps, modelled, actual)
         faults = CounterMetricFamily("cpbench_sim_faults", "Faults injected, by mode",
                                      labels=["mode"])
         for mode, n in self._faults.counts.items():
