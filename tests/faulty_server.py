@@ -67,11 +67,13 @@ def _response(status: int, body: bytes, ctype: bytes = b"application/json",
 
 
 class FaultyServer:
-    """Start with ``FaultyServer().start()``; ``url``, ``requests`` (count seen), ``stop()``."""
+    """Start with ``FaultyServer().start()``; ``url``, ``requests`` (count seen), ``heads``
+    (the first request heads, raw), ``stop()``."""
 
     def __init__(self, server_mode: str | None = None) -> None:
         self.server_mode = server_mode
         self.requests = 0
+        self.heads: list[bytes] = []              # request heads seen (the first 64)
         self.url = ""
         self._loop = asyncio.new_event_loop()
         self._ready = threading.Event()
@@ -133,6 +135,8 @@ class FaultyServer:
                 length = int(lower[i + 15:lower.find(b"\r\n", i)]) if i >= 0 else 0
                 body = json.loads(await reader.readexactly(length)) if length else {}
                 self.requests += 1
+                if len(self.heads) < 64:
+                    self.heads.append(head)
                 if self.server_mode and self.server_mode.startswith("refuse-after:") and \
                         self.requests > int(self.server_mode.split(":")[1]):
                     await self._close()
@@ -156,11 +160,13 @@ class FaultyServer:
         n = int(body.get("max_tokens") or TOKENS)
         if mode == "delay":                  # a correct answer, after arg seconds
             await asyncio.sleep(float(arg))
-        if mode == "status":
+        if mode == "status":                 # status:CODE[:body[:MESSAGE]|:empty|:close]
             code, _, how = arg.partition(":")
+            how, _, message = how.partition(":")
             if how == "body":
                 w.write(_response(int(code), json.dumps(
-                    {"error": {"message": f"injected {code}", "type": "server_error"}}).encode()))
+                    {"error": {"message": message or f"injected {code}",
+                               "type": "server_error"}}).encode()))
             elif how == "close":            # no Content-Length: the body ends with the close
                 w.write(b"HTTP/1.1 %s Oops\r\nConnection: close\r\n\r\n" % code.encode())
                 await w.drain()
@@ -231,10 +237,11 @@ class FaultyServer:
 
 def write_trace_for(path, models: list[str], n: int, gap_ms: float, *, embed_every: int = 4,
                     output_tokens: int = TOKENS, llm_model: str | None = None,
-                    embed_model: str | None = None):
+                    embed_model: str | None = None, prompt: str | None = None):
     """A trace of ``n`` requests ``gap_ms`` apart; row ``i`` asks for ``models[i % len]``
     (or the fixed ``llm_model``/``embed_model``); every ``embed_every``-th row is an
-    embedding with 2 inputs (0: none), the rest chat."""
+    embedding with 2 inputs (0: none), the rest chat; ``prompt`` is every row's literal prompt
+    (None: built from the corpus)."""
     import numpy as np
     import pyarrow as pa
 
@@ -253,6 +260,7 @@ def write_trace_for(path, models: list[str], n: int, gap_ms: float, *, embed_eve
                                   pa.int32()),
         "batch_size": pa.array([2 if k == "embedding" else 1 for k in kinds], pa.int16()),
         "priority": pa.array([("HIGH", "NORMAL", "LOW")[i % 3] for i in range(n)]),
+        "prompt": pa.array([prompt] * n, pa.string()),
     })
     write_trace(table, path, metadata={"generator": "tests.faulty_server", "seed": 0})
     return path
