@@ -9,8 +9,8 @@ import os
 import signal
 import subprocess
 import sys
-import threading
 import time
+import urllib.request
 
 import aiohttp
 import pytest
@@ -43,16 +43,12 @@ def _sse_body(n_tokens: int) -> bytes:
     return b"".join(chunks) + usage + b"data: [DONE]\n\n"
 
 
-class Upstream:
-    """A loopback OpenAI-ish server in its own thread and event loop."""
+class UpstreamApp:
+    """A loopback OpenAI-ish server. It runs in its own process (``python THIS_FILE --serve
+    READY``) so that it never holds the client's GIL between a send and its timestamp."""
 
     def __init__(self) -> None:
-        self.loop = asyncio.new_event_loop()
         self.seen_auth: list[str] = []
-        ready = threading.Event()
-        self.thread = threading.Thread(target=self._run, args=(ready,), daemon=True)
-        self.thread.start()
-        assert ready.wait(10)
 
     async def _chat(self, request: web.Request) -> web.StreamResponse:
         self.seen_auth.append(request.headers.get("Authorization", ""))
@@ -80,30 +76,62 @@ class Upstream:
     async def _models(self, request: web.Request) -> web.Response:
         return web.json_response({"data": [{"id": "m"}]})
 
-    def _run(self, ready: threading.Event) -> None:
-        asyncio.set_event_loop(self.loop)
+    async def _seen(self, request: web.Request) -> web.Response:
+        seen = list(self.seen_auth)
+        if request.method == "DELETE":
+            self.seen_auth.clear()
+        return web.json_response(seen)
+
+    def serve(self, ready_file: str) -> None:
         app = web.Application()
         app.router.add_post("/v1/chat/completions", self._chat)
         app.router.add_post("/v1/completions", self._json)
         app.router.add_post("/v1/embeddings", self._json)
         app.router.add_get("/v1/models", self._models)
-        self.runner = web.AppRunner(app)
-        self.loop.run_until_complete(self.runner.setup())
-        site = web.TCPSite(self.runner, "127.0.0.1", 0)
-        self.loop.run_until_complete(site.start())
-        self.url = f"http://127.0.0.1:{site._server.sockets[0].getsockname()[1]}"
-        ready.set()
-        self.loop.run_forever()
+        app.router.add_route("*", "/_seen", self._seen)
+
+        async def main() -> None:
+            runner = web.AppRunner(app)
+            await runner.setup()
+            site = web.TCPSite(runner, "127.0.0.1", 0)
+            await site.start()
+            port = site._server.sockets[0].getsockname()[1]
+            with open(ready_file + ".tmp", "w") as fh:
+                fh.write(f"http://127.0.0.1:{port}")
+            os.replace(ready_file + ".tmp", ready_file)
+            await asyncio.Event().wait()
+
+        asyncio.run(main())
+
+
+class Upstream:
+    """Handle on the upstream process: its URL and the Authorization headers it saw."""
+
+    def __init__(self, tmp_path) -> None:
+        ready = str(tmp_path / "upstream.ready")
+        self.proc = subprocess.Popen([sys.executable, os.path.abspath(__file__), "--serve",
+                                      ready])
+        deadline = time.monotonic() + 20
+        while not os.path.exists(ready):
+            assert self.proc.poll() is None and time.monotonic() < deadline, "no upstream"
+            time.sleep(0.05)
+        with open(ready) as fh:
+            self.url = fh.read()
+
+    def seen_auth(self, *, clear: bool = False) -> list[str]:
+        request = urllib.request.Request(self.url + "/_seen",
+                                         method="DELETE" if clear else "GET")
+        with urllib.request.urlopen(request, timeout=10) as resp:
+            return json.loads(resp.read())
 
     def close(self) -> None:
-        asyncio.run_coroutine_threadsafe(self.runner.cleanup(), self.loop).result(10)
-        self.loop.call_soon_threadsafe(self.loop.stop)
-        self.thread.join(10)
+        self.proc.terminate()
+        self.proc.wait(10)
 
 
 @pytest.fixture
-def upstream():
-    server = Upstream()
+def upstream(tmp_path_factory):
+    server = Upstream(tmp_path_factory.mktemp("upstream"))
     yield server
     server.close()
 
@@ -182,9 +210,9 @@ async def _send_schedule(url: str) -> tuple[list[int], list[bytes]]:
 
 def _capture_once(tmp_path, upstream: Upstream, sig: int) -> list[int]:
     """Send SCHEDULE through a fresh proxy stopped by ``sig``; check everything but timing
-    exactly; return each gap's |captured gap - sent gap| in ns, sorted."""
+    exactly; return each arrival's timing error in ns, sorted."""
     tmp_path.mkdir(parents=True, exist_ok=True)
-    upstream.seen_auth.clear()
+    upstream.seen_auth(clear=True)
     proc, url, out = _start_proxy(tmp_path, upstream.url)
     try:
         sent_ns, bodies = asyncio.run(_send_schedule(url))
@@ -199,7 +227,7 @@ def _capture_once(tmp_path, upstream: Upstream, sig: int) -> list[int]:
             assert body == _sse_body(max_tokens)
         else:
             assert json.loads(body)["usage"]["completion_tokens"] == 2
-    assert upstream.seen_auth.count(f"Bearer {KEY}") == len(SCHEDULE)
+    assert upstream.seen_auth().count(f"Bearer {KEY}") == len(SCHEDULE)
     raw = open(out, "rb").read()
     assert KEY.encode() not in raw and b"planted" not in raw
 
@@ -213,25 +241,32 @@ def _capture_once(tmp_path, upstream: Upstream, sig: int) -> list[int]:
         assert table["output_tokens"][i] == (max_tokens if kind != "embedding" else None)
         assert table["priority"][i] == (prio or "NORMAL")
         assert table["model"][i] == ("emb-b" if kind == "embedding" else "llm-a")
-    return sorted(abs((table["arrival_ns"][i] - table["arrival_ns"][i - 1])
-                      - (sent_ns[i] - sent_ns[i - 1])) for i in range(1, len(SCHEDULE)))
+    # Per-arrival error against the sent schedule, aligned on the median offset: one stamp
+    # delayed by the OS shows as one outlier here (as two adjacent gap errors otherwise).
+    offsets = [table["arrival_ns"][i] - sent_ns[i] for i in range(len(SCHEDULE))]
+    median = sorted(offsets)[len(offsets) // 2]
+    return sorted(abs(x - median) for x in offsets)
 
 
 @pytest.mark.parametrize("sig", [signal.SIGTERM, signal.SIGINT])
 def test_capture_matches_schedule_and_hides_key(tmp_path, upstream, sig):
-    # Gaps are stamped in two processes; on a loaded 2-core box (load average 6 while other
-    # suites run) either may be descheduled for a few ms at any moment. Count, order, kinds and
-    # lengths must match on every attempt. Timing: in one of three attempts, every gap but at
-    # most one is within 2 ms and none is off by more than 10 ms. A proxy that stamped rows
-    # after the upstream answered (a chat stream here takes 8-25 ms) fails this.
-    errors = []
+    # Arrivals are stamped in two processes; on this 2-core box under load (load average 5-7
+    # while other suites run) either may be descheduled for a few ms at any moment — idle, the
+    # worst error measured was 1.1 ms. Count, order, kinds and lengths must match on every
+    # attempt. Timing: in one of three attempts, all arrivals but at most two (of 16) are within
+    # 2 ms of the schedule as sent, so all gaps between them are too, and none is off by more
+    # than 50 ms. A proxy that stamped rows after the upstream answered (a chat stream here
+    # takes 8-25 ms, an embedding ~1 ms) fails this on most rows.
+    def ok(errors: list[int]) -> bool:
+        return errors[-3] <= 2_000_000 and errors[-1] <= 50_000_000
+
+    attempts = []
     for attempt in range(3):
-        errors.append(_capture_once(tmp_path / f"try{attempt}", upstream, sig))
-        if errors[-1][-2] <= 2_000_000 and errors[-1][-1] <= 10_000_000:
+        attempts.append(_capture_once(tmp_path / f"try{attempt}", upstream, sig))
+        if ok(attempts[-1]):
             break
-    best = min(errors, key=lambda e: (e[-2], e[-1]))
-    assert best[-2] <= 2_000_000 and best[-1] <= 10_000_000, \
-        f"largest two gap errors per attempt (ns): {[e[-2:] for e in errors]}"
+    assert ok(attempts[-1]), \
+        f"largest three arrival errors per attempt (ns): {[e[-3:] for e in attempts]}"
 
 
 def test_signal_during_request_drains_and_keeps_row(tmp_path, upstream):
@@ -317,3 +352,8 @@ def test_nothing_captured_and_port_in_use(tmp_path, upstream):
             capture_output=True, text=True, timeout=30)
     lines = result.stderr.strip().splitlines()
     assert result.returncode == 2 and len(lines) == 1 and "cannot listen" in lines[0]
+
+
+if __name__ == "__main__":   # the upstream process of these tests
+    if sys.argv[1:2] == ["--serve"]:
+        UpstreamApp().serve(sys.argv[2])
