@@ -14,19 +14,23 @@ Modules: ``config`` (parameters and defaults), ``parse`` (request validation), `
 """
 from __future__ import annotations
 
-from cpbench.sim.config import (
-    POLICY_NAMES,
-    EmbeddingEngineConfig,
-    FaultConfig,
-    LLMEngineConfig,
-    SimConfig,
-    config_from_dict,
-    load_config,
-)
-from cpbench.sim.server import SimServer, SimThread, build_app, running_sim, start_sim, stop_sim
+import importlib
+from typing import Any
 
-__all__ = [
-    "POLICY_NAMES", "EmbeddingEngineConfig", "FaultConfig", "LLMEngineConfig", "SimConfig",
-    "SimServer", "SimThread", "build_app", "config_from_dict", "load_config", "running_sim",
-    "start_sim", "stop_sim",
-]
+# Attributes load their module on first use (PEP 562), so `cpbench --help` and a plain
+# `import cpbench.sim.config` do not pay for aiohttp, numpy and prometheus_client.
+_EXPORTS = {
+    "POLICY_NAMES": "config", "EmbeddingEngineConfig": "config", "FaultConfig": "config",
+    "LLMEngineConfig": "config", "SimConfig": "config", "config_from_dict": "config",
+    "load_config": "config", "resolve_config": "config",
+    "SimServer": "server", "SimThread": "server", "build_app": "server", "running_sim": "server",
+    "start_sim": "server", "stop_sim": "server", "serve": "server",
+}
+__all__ = sorted(_EXPORTS)
+
+
+def __getattr__(name: str) -> Any:
+    module = _EXPORTS.get(name)
+    if module is None:
+        raise AttributeError(f"module 'cpbench.sim' has no attribute {name!r}")
+    return getattr(importlib.import_module(f"cpbench.sim.{module}"), name)
