@@ -209,8 +209,10 @@ def run_replay(trace_path: str | os.PathLike[str], *, url: str | None = None,
 
 def _run(trace_path: Path, trace_sha: str, url: str, embedded: bool, out: Path, o: dict,
          selection: dict, intended_ns: np.ndarray) -> Path:
-    n_workers = max(1, min(int(o["workers"]), max(1, len(intended_ns))))
     cap = int(o["max_concurrency"])
+    n_workers = max(1, min(int(o["workers"]), max(1, len(intended_ns))))
+    if cap:
+        n_workers = min(n_workers, cap)     # every worker holds at least one of the cap
     run = {"trace": str(trace_path), "trace_sha256": trace_sha,
            "target": strip_credentials(url), "embedded_target": embedded,
            "policy": o["policy"] or ("fifo" if embedded else None),
@@ -229,7 +231,7 @@ def _run(trace_path: Path, trace_sha: str, url: str, embedded: bool, out: Path, 
         share = cap // n_workers + (1 if w < cap % n_workers else 0) if cap else 0
         cfgs.append({"trace": str(trace_path), "url": url, "loop": o["loop"],
                      "selection": selection,
-                     "dispatch": dict(dispatch_base, max_concurrency=max(share, 1) if cap else 0)})
+                     "dispatch": dict(dispatch_base, max_concurrency=share)})
     writer = ResultsWriter(out / "results.arrow", run)
     pool = WorkerPool(cfgs, n_workers)
     stop = {"why": None}

@@ -117,9 +117,11 @@ def test_stalled_server_separates_from_intended_and_from_sent(server, tmp_path):
     n = 8
     trace = make_trace(tmp_path / "t.arrow", ["stall:150"] * n, ["chat"] * n, gap_ms=5.0)
     out = tmp_path / "out"
-    proc = cpbench("replay", trace, "--url", server.url, "-o", out, "--workers", 1,
+    # Two workers asked, a cap of one: the cap wins (one worker holds it).
+    proc = cpbench("replay", trace, "--url", server.url, "-o", out, "--workers", 2,
                    "--max-concurrency", 1, "--no-report", "--quiet")
     assert proc.returncode == 0, proc.stderr
+    assert summary_of(out)["run"]["workers"] == 1
     lat = summary_of(out)["latency_ms"]
     # Closed loop: each request waited for every stalled one before it.
     assert lat["ttft_from_intended"]["p50"] > 2 * lat["ttft_from_sent"]["p50"]
