@@ -357,3 +357,31 @@ def test_nothing_captured_and_port_in_use(tmp_path, upstream):
 if __name__ == "__main__":   # the upstream process of these tests
     if sys.argv[1:2] == ["--serve"]:
         UpstreamApp().serve(sys.argv[2])
+
+
+def test_upstream_url_credentials(tmp_path, upstream):
+    import base64
+    creds_url = upstream.url.replace("http://", "http://proxyuser:pw-secret-77@")
+    proc, url, out = _start_proxy(tmp_path, creds_url)
+    upstream.seen_auth(clear=True)
+
+    async def send() -> list[int]:
+        statuses = []
+        async with aiohttp.ClientSession() as session:
+            for headers in ({}, {"Authorization": f"Bearer {KEY}"}):
+                async with session.post(url + "/v1/embeddings", headers=headers,
+                                        json={"model": "e", "input": "a b c"}) as resp:
+                    statuses.append(resp.status)
+        return statuses
+
+    try:
+        statuses = asyncio.run(send())
+    finally:
+        proc.send_signal(signal.SIGTERM)
+        _, stderr = proc.communicate(timeout=30)
+    assert statuses == [200, 200] and proc.returncode == 0, stderr.decode()
+    basic = "Basic " + base64.b64encode(b"proxyuser:pw-secret-77").decode()
+    assert upstream.seen_auth() == [basic, f"Bearer {KEY}"]   # the client's header wins
+    raw = open(out, "rb").read()
+    assert b"pw-secret-77" not in raw and KEY.encode() not in raw
+    assert b"pw-secret-77" not in stderr

@@ -183,7 +183,13 @@ class Proxy:
         u = URL(upstream)
         if u.scheme not in ("http", "https") or not u.host:
             raise ConfigError(f"--upstream must be an http(s) URL; got {public_url(upstream)!r}")
-        self.upstream = upstream.rstrip("/")
+        # Credentials in the URL become a Basic Authorization header sent only when the client
+        # sent none: the client's own header (its API key) is forwarded unchanged, and aiohttp
+        # refuses a request that has both.
+        self.upstream_auth = None
+        if u.user is not None or u.password is not None:
+            self.upstream_auth = aiohttp.BasicAuth(u.user or "", u.password or "").encode()
+        self.upstream = str(u.with_user(None).with_password(None)).rstrip("/")
         self.timeout_s = timeout_s
         self.recorder = Recorder()
         self.session: aiohttp.ClientSession | None = None
@@ -213,6 +219,8 @@ class Proxy:
                 index = self.recorder.add(arrival_ns, describe_request(kind, parsed,
                                                                        request.headers))
         headers = [(k, v) for k, v in request.headers.items() if k.lower() not in _HOP]
+        if self.upstream_auth and "Authorization" not in request.headers:
+            headers.append(("Authorization", self.upstream_auth))
         assert self.session is not None
         try:
             async with self.session.request(
