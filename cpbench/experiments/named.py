@@ -23,9 +23,9 @@ from cpbench import __version__
 from cpbench.errors import ConfigError
 from cpbench.experiments.compare import (analyse, compare, control_plane, replay_one,
                                          run_policies, write_comparison_report, write_json)
-from cpbench.experiments.control import PolicyAdmin, Progress, format_table
+from cpbench.experiments.control import Progress, format_table
 from cpbench.experiments.stats import PRIORITIES, load_run, run_metrics
-from cpbench.experiments.sweep import sweep
+from cpbench.experiments.sweep import active_policy, sweep
 
 EXPERIMENTS = ("throughput", "latency", "slo", "mixed_ratio")
 DEFAULT_RATIOS = (0.0, 0.25, 0.5, 0.75, 1.0)
@@ -51,9 +51,9 @@ def _throughput(trace: Path, out: Path, policies: Sequence[str | None], rates: S
     per_policy = {}
     for policy in policies:
         sub = out / policy if policy else out
-        per_policy[policy or "(as configured)"] = sweep(
-            trace, rates_rps=rates, out_dir=sub, policy=policy, knee=True,
-            experiment="throughput", stdout=stdout, **common, **knee_opts)
+        result = sweep(trace, rates_rps=rates, out_dir=sub, policy=policy, knee=True,
+                       experiment="throughput", stdout=stdout, **common, **knee_opts)
+        per_policy[policy or result["policy"] or "(as configured)"] = result
     knees = {p: r["answer"]["knee_rps"] for p, r in per_policy.items()}
     found = {p: k for p, k in knees.items() if k is not None}
     best = max(found, key=found.get) if found else None
@@ -187,8 +187,7 @@ def run(*, out_dir: str | Path, policy: str | None, requests: int, rate_rps: flo
                         pattern=pattern, mode=mode, llm_ratio=llm_ratio, seed=seed,
                         **(synth_options or {}))
     with control_plane(url, sim_config=sim_config) as target:
-        if policy is not None and switch:
-            PolicyAdmin(target, policy_path).set(policy)
+        policy = active_policy(target, policy, switch=switch, policy_path=policy_path)
         result_dir = replay_one(trace, out / "run", url=target, policy=policy,
                                 options={"quiet": False, **(replay_options or {})})
     m = run_metrics(load_run(result_dir))

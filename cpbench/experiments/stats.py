@@ -315,14 +315,42 @@ def paired_comparison(runs: dict[str, list[RunArrays]], *, baseline: str,
     rows = all_runs[0].row
     for r in all_runs[1:]:
         rows = np.intersect1d(rows, r.row, assume_unique=True)
-    first = all_runs[0]
-    at = np.searchsorted(first.row, rows)
-    kind, priority = first.kind[at], first.priority[at]
-    groups = _groups(kind, priority)
+    at = np.searchsorted(all_runs[0].row, rows)
+    groups = _groups(all_runs[0].kind[at], all_runs[0].priority[at])
     per_row = {name: _per_row(rs, rows) for name, rs in runs.items()}
-    rng = np.random.default_rng(seed)
-    names = metric_names()
+    policies, run_level = _spreads(runs, groups)
+    boot = {"confidence": confidence, "n_resamples": n_resamples,
+            "rng": np.random.default_rng(seed), "max_rows": max_rows}
+    differences = []
+    for name in runs:
+        if name == baseline:
+            continue
+        for k, p, mask in groups:
+            rec = {"policy": name, "kind": k, "priority": p, "rows": int(mask.sum())}
+            for metric, av, bv, ci in _group_items(per_row[baseline], per_row[name], mask,
+                                                   boot):
+                overlap = _repeats_overlap([x[metric] for x in run_level[(baseline, k, p)]],
+                                           [x[metric] for x in run_level[(name, k, p)]])
+                v = verdict(metric, ci)
+                if overlap and v in ("better", "worse"):
+                    # The rows tell them apart, but the runs' own noise is as large: the row
+                    # bootstrap cannot see run-to-run variation, the repeats can.
+                    v = "indistinguishable"
+                differences.append({**rec, "metric": metric, "baseline": float(av),
+                                    "candidate": float(bv), "diff": float(bv - av),
+                                    "ci_low": ci[0], "ci_high": ci[1],
+                                    "repeats_overlap": overlap, "verdict": v})
+    return {
+        "baseline": baseline, "confidence": confidence, "n_resamples": n_resamples,
+        "seed": seed, "max_rows": max_rows, "paired_rows": int(len(rows)),
+        "unpaired_rows": {name: int(sum(len(r.row) - len(rows) for r in rs))
+                          for name, rs in runs.items()},
+        "policies": policies, "differences": differences,
+    }
 
+
+def _spreads(runs: dict[str, list[RunArrays]], groups: list) -> tuple[dict, dict]:
+    """Per policy and group, each metric of each run and its spread across repeats."""
     policies: dict[str, dict] = {}
     run_level: dict[tuple[str, str, str], list[dict]] = {}
     for name, rs in runs.items():
@@ -335,61 +363,36 @@ def paired_comparison(runs: dict[str, list[RunArrays]], *, baseline: str,
                     m &= r.priority == p
                 per_run.append(run_metrics(r, m))
             run_level[(name, k, p)] = per_run
-            entry["groups"].append({"kind": k, "priority": p,
-                                    "requests": int(np.mean([x["requests"] for x in per_run])),
-                                    "metrics": {
-                n: repeat_spread([x[n] for x in per_run]) for n in names}})
+            entry["groups"].append({
+                "kind": k, "priority": p,
+                "requests": int(np.mean([x["requests"] for x in per_run])),
+                "metrics": {n: repeat_spread([x[n] for x in per_run]) for n in metric_names()}})
         policies[name] = entry
+    return policies, run_level
 
-    differences = []
-    base_met, base_lat = per_row[baseline]
-    for name in runs:
-        if name == baseline:
-            continue
-        met, lat = per_row[name]
-        for k, p, mask in groups:
-            rec = {"policy": name, "kind": k, "priority": p, "rows": int(mask.sum())}
-            d = 100.0 * (met[mask] - base_met[mask])
-            ci = bootstrap_mean_ci(d, confidence=confidence, n_resamples=n_resamples, rng=rng,
-                                   max_rows=max_rows)
-            items = [("slo_attainment_pct", 100.0 * base_met[mask].mean(),
-                      100.0 * met[mask].mean(), ci)]
-            # Latency over the rows both policies completed; ttft and e2e share the resamples.
-            a = np.stack([base_lat[m][mask] for m in LATENCY_METRICS])
-            b = np.stack([lat[m][mask] for m in LATENCY_METRICS])
-            ok = np.isfinite(a).all(axis=0) & np.isfinite(b).all(axis=0)
-            a, b = a[:, ok], b[:, ok]
-            cis = iter(bootstrap_percentile_diff_ci(a, b, LATENCY_PERCENTS,
-                                                    confidence=confidence,
-                                                    n_resamples=n_resamples, rng=rng,
-                                                    max_rows=max_rows))
-            for i, m in enumerate(LATENCY_METRICS):
-                for q in LATENCY_PERCENTS:
-                    qci = next(cis)
-                    if a.shape[1] < min_rows_for_percentile(q):
-                        qci = (math.nan, math.nan)  # the percentile lies beyond the data
-                    av = float(np.percentile(a[i], q)) if a.shape[1] else math.nan
-                    bv = float(np.percentile(b[i], q)) if a.shape[1] else math.nan
-                    items.append((f"{m}_p{q:g}_ms", av, bv, qci))
-            for metric, av, bv, mci in items:
-                overlap = _repeats_overlap([x[metric] for x in run_level[(baseline, k, p)]],
-                                           [x[metric] for x in run_level[(name, k, p)]])
-                v = verdict(metric, mci)
-                if overlap and v in ("better", "worse"):
-                    # The rows tell them apart, but the runs' own noise is as large: the row
-                    # bootstrap cannot see run-to-run variation, the repeats can.
-                    v = "indistinguishable"
-                differences.append({**rec, "metric": metric, "baseline": float(av),
-                                    "candidate": float(bv), "diff": float(bv - av),
-                                    "ci_low": mci[0], "ci_high": mci[1],
-                                    "repeats_overlap": overlap, "verdict": v})
-    return {
-        "baseline": baseline, "confidence": confidence, "n_resamples": n_resamples,
-        "seed": seed, "paired_rows": int(len(rows)),
-        "unpaired_rows": {name: int(sum(len(r.row) - len(rows) for r in rs))
-                          for name, rs in runs.items()},
-        "policies": policies, "differences": differences,
-    }
+
+def _group_items(base: tuple, cand: tuple, mask: np.ndarray, boot: dict) -> list[tuple]:
+    """(metric, baseline value, candidate value, CI) of one group, from per-row aggregates."""
+    base_met, base_lat = base
+    met, lat = cand
+    d = 100.0 * (met[mask] - base_met[mask])
+    items = [("slo_attainment_pct", 100.0 * base_met[mask].mean(), 100.0 * met[mask].mean(),
+              bootstrap_mean_ci(d, **boot))]
+    # Latency over the rows both policies completed; ttft and e2e share the resamples.
+    a = np.stack([base_lat[m][mask] for m in LATENCY_METRICS])
+    b = np.stack([lat[m][mask] for m in LATENCY_METRICS])
+    ok = np.isfinite(a).all(axis=0) & np.isfinite(b).all(axis=0)
+    a, b = a[:, ok], b[:, ok]
+    cis = iter(bootstrap_percentile_diff_ci(a, b, LATENCY_PERCENTS, **boot))
+    for i, m in enumerate(LATENCY_METRICS):
+        for q in LATENCY_PERCENTS:
+            ci = next(cis)
+            if a.shape[1] < min_rows_for_percentile(q):
+                ci = (math.nan, math.nan)  # the percentile lies beyond the data
+            av = float(np.percentile(a[i], q)) if a.shape[1] else math.nan
+            bv = float(np.percentile(b[i], q)) if a.shape[1] else math.nan
+            items.append((f"{m}_p{q:g}_ms", av, bv, ci))
+    return items
 
 
 @dataclass

@@ -16,11 +16,11 @@ from pathlib import Path
 from typing import Any, TextIO
 
 from cpbench import __version__
-from cpbench.errors import ConfigError
+from cpbench.errors import ConfigError, TargetError
 from cpbench.experiments.compare import (control_plane, replay_one, write_comparison_report,
                                          write_json)
 from cpbench.experiments.control import PolicyAdmin, Progress, format_table, wait_idle
-from cpbench.experiments.stats import find_knee, load_run, run_metrics
+from cpbench.experiments.stats import KneeResult, find_knee, load_run, run_metrics
 
 
 def trace_rate_rps(trace: str | Path) -> tuple[float, int]:
@@ -67,6 +67,34 @@ class RatePoints:
         return self.points[key]["slo_attainment_pct"]
 
 
+def active_policy(url: str, policy: str | None, *, switch: bool,
+                   policy_path: str) -> str | None:
+    """Set ``policy`` (when given), else read the active one where the control plane says."""
+    if not switch:
+        return policy
+    admin = PolicyAdmin(url, policy_path)
+    if policy is not None:
+        return admin.set(policy)
+    try:
+        return admin.get()
+    except TargetError:
+        return None  # no admin API and nothing asked of it: the runs stay unlabelled
+
+
+def _search_knee(points: RatePoints, *, target_pct: float, rel_tol: float,
+                 max_probes: int) -> KneeResult:
+    """The knee search, starting from the bracket the fixed rates already give."""
+    measured = sorted(points.points.values(), key=lambda p: p["rate_rps"])
+    points.progress.total = len(measured) + max_probes
+    failing = [p["rate_rps"] for p in measured if p["slo_attainment_pct"] < target_pct]
+    passing = [p["rate_rps"] for p in measured if p["slo_attainment_pct"] >= target_pct
+               and (not failing or p["rate_rps"] < failing[0])]
+    start = passing[-1] if passing else (failing[0] if failing else points.base_rps)
+    return find_knee(points.attainment, start_rps=start, target_pct=target_pct,
+                     rel_tol=rel_tol, max_probes=max_probes + len(measured),
+                     upper_rps=failing[0] if failing and passing else None)
+
+
 def sweep(trace: str | Path, *, rates_rps: Sequence[float], out_dir: str | Path,
           policy: str | None = None, url: str | None = None, knee: bool = False,
           target_pct: float = 95.0, rel_tol: float = 0.05, max_probes: int = 8,
@@ -102,6 +130,9 @@ def sweep(trace: str | Path, *, rates_rps: Sequence[float], out_dir: str | Path,
         raise ConfigError("--rates needs at least one rate, like 10,50,100")
     if not 0.0 < target_pct <= 100.0:
         raise ConfigError(f"--target-pct is a percent in (0, 100]; got {target_pct}")
+    if knee and not (0.0 < rel_tol < 1.0 and max_probes >= 1):
+        raise ConfigError(f"--rel-tol must be in (0, 1) and --max-probes >= 1; got {rel_tol}, "
+                          f"{max_probes}")
     trace = Path(trace)
     base_rps, n_rows = trace_rate_rps(trace)
     out = Path(out_dir)
@@ -112,22 +143,14 @@ def sweep(trace: str | Path, *, rates_rps: Sequence[float], out_dir: str | Path,
         raise ConfigError("a sweep sets the rate itself; drop --rate-scale/--speed")
     knee_result = None
     with control_plane(url, sim_config=sim_config) as target:
-        if policy is not None and switch:
-            PolicyAdmin(target, policy_path).set(policy)
+        policy = active_policy(target, policy, switch=switch, policy_path=policy_path)
         points = RatePoints(trace, out, url=target, base_rps=base_rps, policy=policy,
                             drain_s=drain_s, replay_options=options, progress=progress)
         for rate in rates_rps:
             points.attainment(rate)
         if knee:
-            progress.total = len(points.points) + max_probes
-            measured = sorted(points.points.values(), key=lambda p: p["rate_rps"])
-            failing = [p["rate_rps"] for p in measured if p["slo_attainment_pct"] < target_pct]
-            passing = [p["rate_rps"] for p in measured if p["slo_attainment_pct"] >= target_pct
-                       and (not failing or p["rate_rps"] < failing[0])]
-            start = passing[-1] if passing else (failing[0] if failing else base_rps)
-            knee_result = find_knee(points.attainment, start_rps=start, target_pct=target_pct,
-                                    rel_tol=rel_tol, max_probes=max_probes + len(measured),
-                                    upper_rps=failing[0] if failing and passing else None)
+            knee_result = _search_knee(points, target_pct=target_pct, rel_tol=rel_tol,
+                                       max_probes=max_probes)
     ordered = sorted(points.points.values(), key=lambda p: p["rate_rps"])
     result = {
         "cpbench_version": __version__, "experiment": experiment, "trace": str(trace),
