@@ -162,3 +162,27 @@ def test_cli_bad_input_is_one_line_exit_2(argv, needle, tmp_path, capsys):
     err = capsys.readouterr().err
     assert status == 2, err
     assert err.count("\n") == 1 and needle in err
+
+
+@pytest.mark.integration
+def test_compare_switches_one_server_and_no_switch_leaves_it(tmp_path, capsys):
+    from cpbench.experiments.control import embedded_sim
+    trace = tmp_path / "t.arrow"
+    assert main(["record", "synth", "--pattern", "uniform", "--rate", "20", "--requests", "20",
+                 "--mode", "hybrid", "--output-tokens", "fixed:4", "--seed", "3",
+                 "-o", str(trace)]) == 0
+    with embedded_sim() as url:
+        out = tmp_path / "switched"
+        assert main(["compare", "--policies", "fifo,priority", str(trace), "--url", url,
+                     "--drain-s", "0", "--resamples", "100", "-o", str(out)]) == 0
+        assert PolicyAdmin(url).get() == "priority"  # the last run's policy is still active
+        result = json.loads((out / "comparison.json").read_text())
+        assert result["switched"] and result["stats"]["paired_rows"] == 20
+        labelled = tmp_path / "labelled"
+        assert main(["compare", "--policies", "run-a,run-b", str(trace), "--url", url,
+                     "--no-switch", "--drain-s", "0", "--resamples", "100",
+                     "-o", str(labelled)]) == 0
+        assert PolicyAdmin(url).get() == "priority"
+        summary = json.loads((labelled / "run-b" / "summary.json").read_text())
+        assert summary["run"]["policy"] == "run-b"
+    assert "best policy on SLO attainment" in capsys.readouterr().out
