@@ -108,7 +108,8 @@ def _launch(profile: Path) -> tuple[subprocess.Popen, str]:
     pytest.fail("chromium did not open its DevTools port within 30 s")
 
 
-async def _open_report(base_url: str, html: Path, screenshot: Path) -> tuple[dict, list]:
+async def _open_report(base_url: str, html: Path, screenshot: Path,
+                       wait_s: float = 30.0) -> tuple[dict, list]:
     import aiohttp
 
     async with aiohttp.ClientSession() as session:
@@ -122,7 +123,7 @@ async def _open_report(base_url: str, html: Path, screenshot: Path) -> tuple[dic
                           deviceScaleFactor=1, mobile=False)
             await dt.call("Page.navigate", url=html.as_uri())
             probe = {}
-            for _ in range(60):  # up to ~30 s for BokehJS to build every view
+            for _ in range(int(wait_s / 0.5)):  # BokehJS builds the views asynchronously
                 await dt.drain(0.5)
                 result = await dt.call("Runtime.evaluate", expression=PROBE_JS,
                                        returnByValue=True)
@@ -137,7 +138,9 @@ async def _open_report(base_url: str, html: Path, screenshot: Path) -> tuple[dic
                                  clip={"x": 0, "y": 0, "width": size["width"],
                                        "height": size["height"], "scale": 1})
             screenshot.write_bytes(base64.b64decode(shot["data"]))
-            return probe, dt.events
+        async with session.get(f"{base_url}/json/close/{target['id']}"):
+            pass
+    return probe, dt.events
 
 
 def _problems(events: list) -> list[str]:
@@ -158,19 +161,22 @@ def _problems(events: list) -> list[str]:
     return problems
 
 
-def _check_in_browser(html: Path, tmp_path: Path, name: str) -> dict:
-    profile = tmp_path / f"chromium-{name}"
-    profile.mkdir()
+@pytest.fixture(scope="module")
+def chromium(tmp_path_factory):
+    """One headless Chromium for the module (each report opens in its own tab): its URL."""
+    profile = tmp_path_factory.mktemp("chromium-profile")
     proc, base_url = _launch(profile)
+    yield base_url
+    os.killpg(proc.pid, signal.SIGTERM)
     try:
-        probe, events = asyncio.run(_open_report(base_url, html, tmp_path / f"{name}.png"))
-    finally:
-        os.killpg(proc.pid, signal.SIGTERM)
-        try:
-            proc.wait(timeout=10)
-        except subprocess.TimeoutExpired:
-            os.killpg(proc.pid, signal.SIGKILL)
-            proc.wait()
+        proc.wait(timeout=10)
+    except subprocess.TimeoutExpired:
+        os.killpg(proc.pid, signal.SIGKILL)
+        proc.wait()
+
+
+def _check_in_browser(chromium: str, html: Path, tmp_path: Path, name: str) -> dict:
+    probe, events = asyncio.run(_open_report(chromium, html, tmp_path / f"{name}.png"))
     assert _problems(events) == []
     assert (tmp_path / f"{name}.png").stat().st_size > 10_000
     assert probe["bokeh"] and probe["documents"] == 1
@@ -182,29 +188,42 @@ def _check_in_browser(html: Path, tmp_path: Path, name: str) -> dict:
 
 
 @pytest.mark.slow
-def test_single_run_report_renders_every_plot_in_chromium(tmp_path):
+def test_single_run_report_renders_every_plot_in_chromium(chromium, tmp_path):
     run = make_result_dir(tmp_path / "run", n_requests=2000, model_name="<script>x</script>",
                           error_detail='"><img src=x onerror=alert(1)>', gpu=True)
     html = write_report([run], tmp_path / "report.html")
-    probe = _check_in_browser(html, tmp_path, "single")
+    probe = _check_in_browser(chromium, html, tmp_path, "single")
     assert probe["roots"] >= 20  # throughput, latency, SLO, hybrid, GPU, server, client, lag
 
 
 @pytest.mark.slow
-def test_comparison_report_renders_every_plot_in_chromium(tmp_path):
+def test_comparison_report_renders_every_plot_in_chromium(chromium, tmp_path):
     dirs = [make_result_dir(tmp_path / p, n_requests=800, seed=i, policy=p, rate_rps=rate,
                             llm_ratio=ratio, monitor=False)
             for i, (p, rate, ratio) in enumerate([("fifo", 50, 0.5), ("priority", 100, 0.7),
                                                   ("slo_aware", 150, 0.9)])]
     html = write_report(dirs, tmp_path / "compare.html")
-    probe = _check_in_browser(html, tmp_path, "compare")
+    probe = _check_in_browser(chromium, html, tmp_path, "compare")
     assert probe["roots"] >= 8
 
 
 @pytest.mark.integration
 @pytest.mark.slow
-def test_report_of_a_real_replay_renders_in_chromium(tmp_path):
+def test_report_of_a_real_replay_renders_in_chromium(chromium, tmp_path):
     out = replay_for_report(tmp_path / "replay")
     html = write_report([out], out / "report.html")
-    probe = _check_in_browser(html, tmp_path, "replay")
+    probe = _check_in_browser(chromium, html, tmp_path, "replay")
     assert probe["roots"] >= 15
+
+
+def test_the_harness_sees_console_errors_exceptions_and_remote_requests(chromium, tmp_path):
+    page = tmp_path / "broken.html"
+    page.write_text('<html><body data-cpbench-plots="1"><div class="plot"><div></div></div>'
+                    '<script>console.error("boom"); undefined_function();</script>'
+                    '<img src="http://192.0.2.1/x.png"></body></html>')
+    probe, events = asyncio.run(_open_report(chromium, page, tmp_path / "broken.png", 2.0))
+    problems = _problems(events)
+    assert any("boom" in p for p in problems)
+    assert any(p.startswith("exception:") and "undefined_function" in p for p in problems)
+    assert any("network request to http://192.0.2.1/x.png" in p for p in problems)
+    assert probe["drawnPlots"] == 0 and not probe["bokeh"]
