@@ -18,7 +18,8 @@ from bokeh.plotting import figure
 from cpbench.report.load import LADDER_PERCENTS, Distribution, RunData, attainment_pct
 
 PLOT_HEIGHT = 330
-LEGEND_ROW_CHARS = 80  # about what one legend row holds at half the page width
+LEGEND_ROW_CHARS = 95  # about what one legend row holds at half the page width
+LEGEND_LINE_PX = 20
 TOOLS = "pan,wheel_zoom,box_zoom,reset,save"
 SENT_COLOR, INTENDED_COLOR = Category10_10[0], Category10_10[1]
 LATENCY_TITLES = {"ttft": "Time to first token", "e2e": "End-to-end latency",
@@ -55,6 +56,8 @@ def finish_legend(fig: figure) -> figure:
         width_chars = sum(len(str(getattr(item.label, "value", "") or "")) + 6
                           for item in legend.items)
         legend.orientation = "horizontal" if width_chars <= LEGEND_ROW_CHARS else "vertical"
+        if legend.orientation == "vertical":  # the legend's lines come on top of the plot area
+            fig.height = PLOT_HEIGHT + LEGEND_LINE_PX * (len(legend.items) - 1)
         legend.location = "center"
         legend.label_text_font_size = "11px"
         legend.spacing = 12

@@ -88,8 +88,9 @@ def _rate_figures(runs: list[RunData], labels: list[str], colors: list[str]) -> 
             section = "slo" if key == "goodput_rps" else "rates"
             ys = [float((runs[i].summary.get(section) or {}).get(key) or 0.0) for i in idx]
             xs = [offered[i] for i in idx]
+            # One legend entry per line style; the hover names each run's point.
             fig.line(xs, ys, color="#888", line_dash=dash, line_width=1.5,
-                     legend_label=f"{policy}: {key.split('_')[0]}")
+                     legend_label=key.split("_")[0])
             points.append(fig.scatter(x="x", y="y", size=9, color="color", source=ColumnDataSource(
                 {"x": xs, "y": ys, "color": [colors[i] for i in idx],
                  "run": [labels[i] for i in idx]}), marker="circle" if j % 2 == 0 else "square"))

@@ -71,7 +71,8 @@ def run_facts_rows(run: RunData) -> list[tuple[str, str]]:
             ("Dispatch lag (ms)", " · ".join(f"{k} {fmt_ms(lag.get(k))}" for k in
                                              ("p50", "p99", "p99.9", "max") if k in lag) or "–"),
             ("Workers", fmt_num(info.get("workers"))),
-            ("cpbench version", str(s.get("cpbench_version", "–")))]
+            ("cpbench version", str(s.get("cpbench_version", "–"))),
+            ("Result directory", str(run.path))]
     cpu = (s.get("monitor") or {}).get("client_cpu") or {}
     if isinstance(cpu.get("mean_pct"), (int, float)):
         host = (f" · whole host busy {cpu['host_mean_pct']:.0f} % mean"
@@ -159,9 +160,9 @@ def comparison_table(runs: list[RunData], labels: list[str]) -> Table:
                      fmt_ms(ttft.get("p50")), fmt_ms(ttft.get("p99")), fmt_ms(e2e.get("p99")),
                      fmt_pct(attainment_pct(s.get("slo"))),
                      fmt_num((s.get("slo") or {}).get("goodput_rps"), 2),
-                     fmt_ms((s.get("dispatch_lag_ms") or {}).get("p99")), str(run.path)])
+                     fmt_ms((s.get("dispatch_lag_ms") or {}).get("p99"))])
     return Table("Runs", ["run", "policy", "rate", "LLM share", "achieved req/s",
                           "completed req/s", "output tok/s", "errors", "TTFT p50 ms",
                           "TTFT p99 ms", "e2e p99 ms", "SLO attainment", "goodput req/s",
-                          "lag p99 ms", "directory"], rows,
+                          "lag p99 ms"], rows,
                  note="latency from the intended time.")
