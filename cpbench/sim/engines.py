@@ -32,6 +32,8 @@ async def _sleep_until(end_ns: int) -> None:
     delay_ns = end_ns - _monotonic_ns()
     if delay_ns > 0:
         await asyncio.sleep((delay_ns + _TIMER_BIAS_NS) / 1e9)
+    else:
+        await asyncio.sleep(0)   # catching up: still let requests and other engines run
 
 
 class LLMEngine:
