@@ -340,3 +340,15 @@ def test_no_pickle_eval_or_shell_in_the_package():
                             isinstance(kw.value, ast.Constant) and kw.value.value is False):
                         problems.append(f"{where}:{node.lineno}: {name}({kw.arg}=...)")
     assert problems == []
+
+
+@pytest.mark.parametrize("url", [f"http://{USER}:{PASSWORD}@127.0.0.1:1",
+                                 f"ftp://{USER}:{PASSWORD}@127.0.0.1:21/v1"],
+                         ids=["unreachable", "bad-scheme"])
+def test_error_messages_never_echo_url_credentials(tmp_path, url):
+    trace = write_trace_for(tmp_path / "t.arrow", ["ok"], 4, gap_ms=10)
+    proc = run_cli("replay", str(trace), "--url", url, "-o", str(tmp_path / "out"), env=_env())
+    assert proc.returncode in (1, 2), proc.stderr
+    assert proc.stderr.startswith("cpbench: error: ") and "127.0.0.1" in proc.stderr
+    assert _leaks(proc.stdout, proc.stderr) == [] and USER not in proc.stderr
+    assert _files_with_secrets(tmp_path) == {}
