@@ -49,11 +49,14 @@ def _fmt(v: float | None) -> str:
 def _throughput(trace: Path, out: Path, policies: Sequence[str | None], rates: Sequence[float],
                 common: dict, knee_opts: dict, stdout: TextIO | None) -> dict:
     per_policy = {}
-    for policy in policies:
-        sub = out / policy if policy else out
-        result = sweep(trace, rates_rps=rates, out_dir=sub, policy=policy, knee=True,
-                       experiment="throughput", stdout=stdout, **common, **knee_opts)
-        per_policy[policy or result["policy"] or "(as configured)"] = result
+    # One control plane for every policy, as in compare: only the policy differs.
+    with control_plane(common["url"], sim_config=common["sim_config"]) as target:
+        shared = {**common, "url": target, "sim_config": None}
+        for policy in policies:
+            sub = out / policy if policy else out
+            result = sweep(trace, rates_rps=rates, out_dir=sub, policy=policy, knee=True,
+                           experiment="throughput", stdout=stdout, **shared, **knee_opts)
+            per_policy[policy or result["policy"] or "(as configured)"] = result
     knees = {p: r["answer"]["knee_rps"] for p, r in per_policy.items()}
     found = {p: k for p, k in knees.items() if k is not None}
     best = max(found, key=found.get) if found else None
