@@ -18,6 +18,7 @@ from __future__ import annotations
 
 import array
 import asyncio
+import errno
 import json
 import select
 import ssl as ssl_module
@@ -167,6 +168,7 @@ class _Conn(asyncio.Protocol):
         self.chunk_left = 0
         self.close_after = False
         self.streaming = False
+        self.encoding = None
         self.buf.clear()
         self.body.clear()
 
@@ -188,6 +190,12 @@ class _Conn(asyncio.Protocol):
         else:
             self.mode = 2
             self.close_after = True
+        i = head.find(b"\r\ncontent-encoding:")
+        if i >= 0:
+            j = head.find(b"\r\n", i + 2)
+            coding = head[i + 19: j if j >= 0 else len(head)].strip()
+            # We send Accept-Encoding: identity; anything else cannot be scanned as text.
+            self.encoding = None if coding in (b"identity", b"") else coding.decode("latin-1")
         kind = self.req[1]
         self.streaming = self.status == 200 and kind != _EMBEDDING
         if self.streaming:
@@ -202,7 +210,7 @@ class _Conn(asyncio.Protocol):
         pos, n = 0, len(buf)
         last = False
         while pos < n:
-            if self.chunk_left:
+            if self.chunk_left > 0:
                 take = min(self.chunk_left, n - pos)
                 out.append(bytes(buf[pos:pos + take]))
                 self.chunk_left -= take
@@ -254,6 +262,10 @@ class _Conn(asyncio.Protocol):
         if status >= 400 or status < 200:
             detail = f"HTTP {status}: " + bytes(self.body[:120]).decode("utf-8", "replace")
             self._fail(_E_5XX if status >= 500 else _E_4XX, detail.strip(), status=status)
+            return
+        if self.encoding is not None:
+            self._fail(_E_PAYLOAD, f"response has Content-Encoding {self.encoding}, which "
+                       "was not asked for", status=status)
             return
         if not self.streaming:
             problem, prompt_tokens = check_embedding(bytes(self.body), req[6])
@@ -336,6 +348,7 @@ class Dispatcher:
         self.stopping = False
         self.sent = self.done = self.errors = self.opened = self._opening = 0
         self._next_due_ns = 1 << 62
+        self.emfile = 0             # connects refused by the open-file limit
         self._tasks: set[asyncio.Task] = set()
         self._itl = array.array("q")
         self.itl_append = self._itl.append
@@ -426,6 +439,8 @@ class Dispatcher:
             conn = await self._connect()
         except OSError as exc:
             self._opening -= 1
+            if exc.errno == errno.EMFILE:
+                self.emfile += 1
             now = time.monotonic_ns() - self.start_ns
             self.sent += 1
             self.record((blk.rows[j], blk.kind[j], blk.prio[j], blk.model[j], blk.intended[j],
@@ -501,7 +516,7 @@ class Dispatcher:
         return {"sent": self.sent, "done": self.done, "errors": self.errors,
                 "in_flight": len(self.busy) + self._opening, "waiting": len(self.waiting),
                 "lag_p99_ns": lag_p99_ns, "lag_max_ns": lag_max_ns,
-                "connections": self.opened}
+                "connections": self.opened, "emfile": self.emfile}
 
     # -- the run -----------------------------------------------------------------------
     async def run(self, start_ns: int) -> dict:

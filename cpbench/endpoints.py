@@ -112,7 +112,7 @@ def header_block(
 ) -> bytes:
     """HTTP/1.1 request line and headers up to (not including) ``Content-Length``."""
     lines = [f"POST {path_prefix}{PATHS[kind]} HTTP/1.1", f"Host: {host}",
-             "Content-Type: application/json", "Accept: */*"]
+             "Content-Type: application/json", "Accept: */*", "Accept-Encoding: identity"]
     if bearer:
         lines.append(f"Authorization: Bearer {bearer}")
     if hints == "sagellm":

@@ -166,8 +166,12 @@ def run_replay(trace_path: str | os.PathLike[str], *, url: str | None = None,
     Raises
     ------
     TargetError
-        The target is unreachable at the start, or the error ratio exceeded
-        ``max_error_ratio`` (everything is still written).
+        The target is unreachable at the start (exit status 1).
+    ErrorRatioExceeded
+        More requests failed than ``max_error_ratio`` allows (exit status 3); everything is
+        still written.
+    OutputError
+        The results cannot be written (full disk); the batches written so far are kept.
     """
     from cpbench.trace import read_trace, sha256_file
 
@@ -234,6 +238,18 @@ def _run(trace_path: Path, trace_sha: str, url: str, embedded: bool, out: Path, 
                      "dispatch": dict(dispatch_base, max_concurrency=share)})
     writer = ResultsWriter(out / "results.arrow", run)
     pool = WorkerPool(cfgs, n_workers)
+    failed_write: list[OutputError] = []
+
+    def write(batch) -> None:
+        # After a failed write (full disk) the workers are stopped and drained; later
+        # batches are dropped and the run ends with that one error.
+        if failed_write:
+            return
+        try:
+            writer.write(batch)
+        except OutputError as exc:
+            failed_write.append(exc)
+            pool.stop()
     stop = {"why": None}
 
     def on_signal(signum, frame) -> None:
@@ -252,7 +268,7 @@ def _run(trace_path: Path, trace_sha: str, url: str, embedded: bool, out: Path, 
         cpu0 = time.process_time()
         next_show = 0.0
         while pool.live:
-            pool.pump(0.1, writer.write)
+            pool.pump(0.1, write)
             tot = pool.totals()
             if o["max_error_ratio"] is not None and stop["why"] is None and tot["done"] >= 100 \
                     and tot["errors"] > o["max_error_ratio"] * tot["done"]:
@@ -272,7 +288,12 @@ def _run(trace_path: Path, trace_sha: str, url: str, embedded: bool, out: Path, 
             sys.stderr.write("\n")
         pool.stop()
         pool.close()
-        writer.close()
+        if failed_write:
+            writer.abandon()
+        else:
+            writer.close()
+    if failed_write:
+        raise failed_write[0]
     finals = [f for f in pool.finals if f is not None]
     lost = [w for w, f in enumerate(pool.finals) if f is None]
     if lost and stop["why"] is None:
@@ -293,9 +314,29 @@ def _run(trace_path: Path, trace_sha: str, url: str, embedded: bool, out: Path, 
     _write_outputs(out, run, pool, o, monitors)
     tot = pool.totals()
     if stop["why"] == "max-error-ratio":
-        raise TargetError(f"{tot['errors']} of {tot['done']} requests failed, more than "
-                          f"--max-error-ratio {o['max_error_ratio']}; results are in {out}")
+        raise ErrorRatioExceeded(f"{tot['errors']} of {tot['done']} requests failed, more "
+                                 f"than --max-error-ratio {o['max_error_ratio']}; results "
+                                 f"are in {out}")
+    _warn_failures(tot, out)
     return out
+
+
+class ErrorRatioExceeded(TargetError):
+    """More requests failed than ``--max-error-ratio`` allows (everything is still written)."""
+
+    exit_status = 3
+
+
+def _warn_failures(tot: dict, out: Path) -> None:
+    # Failures never pass silently, --quiet included: one line on stderr.
+    if tot["errors"]:
+        print(f"cpbench: {tot['errors']} of {tot['done']} requests failed; see "
+              f"{out / 'summary.json'}", file=sys.stderr)
+    if tot.get("emfile"):
+        limit = resource.getrlimit(resource.RLIMIT_NOFILE)[0]
+        print(f"cpbench: {tot['emfile']} requests could not open a connection: too many open "
+              f"files (limit {limit}); raise it with `ulimit -n` or lower --max-concurrency",
+              file=sys.stderr)
 
 
 def _progress_line(tot: dict, start_ns: int, intended_ns: np.ndarray) -> None:

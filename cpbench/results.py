@@ -13,6 +13,7 @@ from __future__ import annotations
 
 import array
 import json
+import os
 from pathlib import Path
 
 import numpy as np
@@ -200,15 +201,40 @@ class ResultsWriter:
                               "choose another -o directory") from exc
 
     def write(self, batch: pa.RecordBatch) -> None:
-        """Append one batch (its schema metadata is replaced by the run's)."""
+        """Append one batch (its schema metadata is replaced by the run's).
+
+        Raises
+        ------
+        OutputError
+            The batch cannot be written (full disk); the batches before it stay readable.
+        """
         batch = pa.RecordBatch.from_arrays(batch.columns, schema=self.schema)
-        self._writer.write_batch(batch)
+        try:
+            self._writer.write_batch(batch)
+        except OSError as exc:
+            raise self._error(exc) from None
         self.rows += batch.num_rows
 
     def close(self) -> None:
-        """Write the file footer; the file is complete after this."""
-        self._writer.close()
-        self._sink.close()
+        """Write the file footer; the file is complete after this. Raises OutputError."""
+        try:
+            self._writer.close()
+            self._sink.close()
+        except OSError as exc:
+            raise self._error(exc) from None
+
+    def abandon(self) -> None:
+        """Close after a failed write, keeping the batches written so far (no footer)."""
+        for closer in (self._writer.close, self._sink.close):
+            try:
+                closer()
+            except OSError:
+                pass
+
+    def _error(self, exc: OSError) -> OutputError:
+        reason = os.strerror(exc.errno) if exc.errno else str(exc)
+        return OutputError(f"cannot write {self.path}: {reason}; the batches written so far "
+                           "are kept; free space or choose another -o directory")
 
 
 def read_results(path: Path) -> pa.Table:

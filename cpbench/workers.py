@@ -265,7 +265,7 @@ class WorkerPool:
 
     def totals(self) -> dict:
         """Progress counters summed over workers (lag: the worst worker's)."""
-        keys = ("sent", "done", "errors", "in_flight", "waiting", "connections")
+        keys = ("sent", "done", "errors", "in_flight", "waiting", "connections", "emfile")
         tot = {k: sum(p.get(k, 0) for p in self.progress) for k in keys}
         tot["lag_p99_ns"] = max((p.get("lag_p99_ns", 0) for p in self.progress), default=0)
         return tot

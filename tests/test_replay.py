@@ -208,13 +208,13 @@ def test_bad_input_exits_2_without_traceback(server, tmp_path):
         assert "Traceback" not in proc.stderr and proc.stderr.startswith("cpbench: error:")
 
 
-def test_max_error_ratio_stops_with_exit_1_and_writes_everything(server, tmp_path):
+def test_max_error_ratio_stops_with_exit_3_and_writes_everything(server, tmp_path):
     n = 400
     trace = make_trace(tmp_path / "t.arrow", ["http:500"] * n, ["chat"] * n, gap_ms=5.0)
     out = tmp_path / "out"
     proc = cpbench("replay", trace, "--url", server.url, "-o", out, "--max-error-ratio", 0.5,
                    "--workers", 1, "--no-report", "--quiet")
-    assert proc.returncode == 1 and "--max-error-ratio" in proc.stderr
+    assert proc.returncode == 3 and "--max-error-ratio" in proc.stderr
     assert 0 < read_results(out / "results.arrow").num_rows < n
     assert summary_of(out)["run"]["stop_reason"] == "max-error-ratio"
 
