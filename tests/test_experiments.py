@@ -186,3 +186,29 @@ def test_compare_switches_one_server_and_no_switch_leaves_it(tmp_path, capsys):
         summary = json.loads((labelled / "run-b" / "summary.json").read_text())
         assert summary["run"]["policy"] == "run-b"
     assert "best policy on SLO attainment" in capsys.readouterr().out
+
+
+@pytest.mark.integration
+def test_sigint_stops_the_whole_comparison(tmp_path):
+    import signal
+    import subprocess
+    import sys
+    import time
+    out = tmp_path / "out"
+    proc = subprocess.Popen([sys.executable, "-m", "cpbench", "compare", "--policies",
+                             "fifo,slo_aware", str(BURST), "--duration", "20", "-o", str(out)],
+                            stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+    try:
+        deadline = time.monotonic() + 30
+        while not (out / "fifo").exists() and time.monotonic() < deadline:
+            time.sleep(0.1)
+        time.sleep(1.0)  # inside the first replay
+        proc.send_signal(signal.SIGINT)
+        _, err = proc.communicate(timeout=60)
+    finally:
+        if proc.poll() is None:
+            proc.kill()
+            proc.wait()
+    assert proc.returncode == 130, err
+    assert "interrupted" in err and "Traceback" not in err
+    assert (out / "fifo" / "results.arrow").is_file() and not (out / "slo_aware").exists()

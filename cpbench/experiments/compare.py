@@ -78,7 +78,17 @@ def replay_one(trace: Path, out_dir: Path, *, url: str, policy: str | None,
     # One comparison report covers every run; a Bokeh report per run would only cost time.
     opts.setdefault("report", False)
     # Against a URL, replay records ``policy`` as the run's label; the switch happened here.
-    return Path(run_replay(str(trace), url=url, out_dir=str(out_dir), policy=policy, **opts))
+    result_dir = Path(run_replay(str(trace), url=url, out_dir=str(out_dir), policy=policy,
+                                 **opts))
+    # replay catches SIGINT/SIGTERM to finish its files and returns; a multi-run experiment
+    # must stop there too instead of starting the next run.
+    try:
+        run = json.loads((result_dir / "summary.json").read_text(encoding="utf-8"))["run"]
+    except (OSError, ValueError, KeyError):
+        run = {}
+    if run.get("interrupted") and run.get("stop_reason") in ("SIGINT", "SIGTERM"):
+        raise KeyboardInterrupt
+    return result_dir
 
 
 def run_dir(out_dir: Path, policy: str, repeat_index: int, repeats: int) -> Path:
