@@ -144,3 +144,48 @@ def test_target_parsing_and_credential_stripping():
     assert strip_credentials("http://u:secret@h:1/x") == "http://h:1/x"
     with pytest.raises(ConfigError):
         Target.from_url("ftp://h")
+
+
+class _FakeDispatcher:
+    start_ns = 0
+
+    def __init__(self):
+        self.rows, self.itl = [], []
+        self.itl_append = self.itl.append
+
+    def record(self, values, detail):
+        self.rows.append((values, detail))
+
+    def release(self, conn, reusable):
+        self.reusable = reusable
+
+    def watch(self, fd):
+        pass
+
+    def unwatch(self, fd):
+        pass
+
+
+def _chunked(*parts: bytes) -> bytes:
+    return b"".join(b"%x\r\n%s\r\n" % (len(p), p) for p in parts) + b"0\r\n\r\n"
+
+
+@pytest.mark.parametrize("step", [1, 2, 3, 7, 1000])
+def test_response_parsed_whatever_the_read_boundaries(step):
+    from cpbench.dispatch import _Conn
+    events = [b'data: {"choices":[{"delta":{"content":"t%d"}}]}\n\n' % i for i in range(3)]
+    usage = b'data: {"choices":[],"usage":{"prompt_tokens":4,"completion_tokens":3}}\n\n'
+    wire = (b"HTTP/1.1 200 OK\r\nContent-Type: text/event-stream\r\n"
+            b"Transfer-Encoding: chunked\r\n\r\n"
+            + _chunked(events[0] + events[1][:9], events[1][9:], events[2], usage,
+                       b"data: [DONE]\n\n"))
+    d = _FakeDispatcher()
+    conn = _Conn(d)
+    conn.transport = object()                   # only tested for presence here
+    conn.begin((0, 0, 1, 0, 0, 6, 1, 1000.0, 2000.0, 0), 10)
+    for i in range(0, len(wire), step):
+        conn.data_received(wire[i:i + step])
+    (values, detail), = d.rows
+    assert detail is None and values[13] == -1                  # no error class
+    assert values[10] == 3 and values[9] == 4 and values[12] == 200
+    assert d.reusable
