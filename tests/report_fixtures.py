@@ -126,7 +126,8 @@ def make_summary(table: pa.Table, *, policy: str | None, options: dict,
     return summary
 
 
-def make_monitor_table(duration_s: float, *, gpu: bool, seed: int) -> pa.Table:
+def make_monitor_table(duration_s: float, *, gpu: bool, seed: int,
+                       server_label: str = "fifo") -> pa.Table:
     """A long-format ``monitor.arrow`` table: GPU, server and client series every 0.5 s."""
     rng = np.random.default_rng(seed)
     t = np.arange(0, duration_s, 0.5)
@@ -139,7 +140,7 @@ def make_monitor_table(duration_s: float, *, gpu: bool, seed: int) -> pa.Table:
             rows.append((g, "power_w", rng.normal(450, 30, t.size)))
     # Series names as cpbench.monitor stores them: Prometheus labels kept in the metric.
     url = "http://127.0.0.1:8000/metrics"
-    rows.append((url, 'cpbench_sim_queue_depth{policy="fifo",queue="global"}',
+    rows.append((url, f'cpbench_sim_queue_depth{{policy="{server_label}",queue="global"}}',
                  rng.poisson(5, t.size).astype(float)))
     for engine in ("llm", "embed"):
         rows.append((url, f'cpbench_sim_running_sequences{{engine="{engine}/0"}}',
@@ -167,7 +168,8 @@ def make_result_dir(path: Path, *, n_requests: int = 3000, rate_rps: float = 100
                     llm_ratio: float = 0.7, seed: int = 1, policy: str | None = "fifo",
                     model_name: str = "llama-3-8b", error_detail: str = "HTTP 500: overloaded",
                     error_ratio: float = 0.01, monitor: bool = True, gpu: bool = False,
-                    with_histograms: bool = True, options: dict | None = None) -> Path:
+                    with_histograms: bool = True, options: dict | None = None,
+                    server_label: str = "fifo") -> Path:
     """Write a results directory (results.arrow, summary.json, monitor.arrow) and return it."""
     path = Path(path)
     path.mkdir(parents=True, exist_ok=True)
@@ -181,6 +183,6 @@ def make_result_dir(path: Path, *, n_requests: int = 3000, rate_rps: float = 100
     write_arrow(table, path / "results.arrow", {b"cpbench.run": json.dumps(run_meta).encode()})
     (path / "summary.json").write_text(json.dumps(summary, indent=1))
     if monitor:
-        write_arrow(make_monitor_table(summary["run"]["duration_s"], gpu=gpu, seed=seed),
-                    path / "monitor.arrow")
+        write_arrow(make_monitor_table(summary["run"]["duration_s"], gpu=gpu, seed=seed,
+                                       server_label=server_label), path / "monitor.arrow")
     return path

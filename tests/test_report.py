@@ -27,12 +27,14 @@ from report_fixtures import make_result_dir, write_arrow
 
 XSS_MODEL = "<script>alert('model')</script>"
 XSS_DETAIL = '"><img src=x onerror=alert(1)>'
+XSS_LABEL = "</script><script>alert('label')</script>"
 
 
 @pytest.fixture(scope="module")
 def run_dir(tmp_path_factory) -> Path:
     return make_result_dir(tmp_path_factory.mktemp("run") / "r", n_requests=3000,
-                           model_name=XSS_MODEL, error_detail=XSS_DETAIL, error_ratio=0.02)
+                           model_name=XSS_MODEL, error_detail=XSS_DETAIL, error_ratio=0.02,
+                           server_label=XSS_LABEL)
 
 
 @pytest.fixture(scope="module")
@@ -80,6 +82,9 @@ def test_single_report_is_standalone_and_escapes_every_foreign_string(rendered):
     assert "Bokeh.embed" in html  # BokehJS inlined, its embedding code present
     # The hostile strings appear only escaped: as text in the page, never as markup.
     assert XSS_MODEL not in html and XSS_DETAIL not in html and "<img" not in html
+    # A Prometheus label reaches Bokeh only as data: HTML-escaped JSON, drawn on a canvas.
+    assert XSS_LABEL not in html and "<script>alert('label')" not in html
+    assert "&lt;/script&gt;&lt;script&gt;alert(&#x27;label&#x27;)" in html
     visible = "".join(tags.text)
     assert XSS_MODEL in visible and XSS_DETAIL in visible
     assert sum(1 for t, _ in tags.tags if t == "script") == 3  # resources, bokeh, embed

@@ -79,13 +79,21 @@ class DevTools:
                 if "error" in msg:
                     raise RuntimeError(f"{method}: {msg['error']}")
                 return msg.get("result", {})
-            self.events.append(msg)
+            await self._event(msg)
+
+    async def _event(self, msg: dict) -> None:
+        self.events.append(msg)
+        if msg.get("method") == "Page.javascriptDialogOpening":
+            # A dialog blocks the page's JavaScript: dismiss it (the event is kept as a problem).
+            self.next_id += 1
+            await self.ws.send_json({"id": self.next_id, "method": "Page.handleJavaScriptDialog",
+                                     "params": {"accept": True}})
 
     async def drain(self, seconds: float) -> None:
         end = time.monotonic() + seconds
         while (left := end - time.monotonic()) > 0:
             try:
-                self.events.append(await self.ws.receive_json(timeout=left))
+                await self._event(await self.ws.receive_json(timeout=left))
             except asyncio.TimeoutError:
                 return
 
@@ -154,6 +162,8 @@ def _problems(events: list) -> list[str]:
             problems.append(f"exception: {params['exceptionDetails']}")
         elif method == "Log.entryAdded" and params["entry"].get("level") == "error":
             problems.append(f"log error: {params['entry'].get('text')}")
+        elif method == "Page.javascriptDialogOpening":  # an injected alert() ran
+            problems.append(f"dialog: {params.get('message')}")
         elif method == "Network.requestWillBeSent":
             url = params["request"]["url"]
             if not url.startswith(("file:", "data:", "blob:", "about:")):
@@ -190,7 +200,8 @@ def _check_in_browser(chromium: str, html: Path, tmp_path: Path, name: str) -> d
 @pytest.mark.slow
 def test_single_run_report_renders_every_plot_in_chromium(chromium, tmp_path):
     run = make_result_dir(tmp_path / "run", n_requests=2000, model_name="<script>x</script>",
-                          error_detail='"><img src=x onerror=alert(1)>', gpu=True)
+                          error_detail='"><img src=x onerror=alert(1)>', gpu=True,
+                          server_label="</script><script>alert(2)</script>")
     html = write_report([run], tmp_path / "report.html")
     probe = _check_in_browser(chromium, html, tmp_path, "single")
     assert probe["roots"] >= 20  # throughput, latency, SLO, hybrid, GPU, server, client, lag
@@ -219,11 +230,13 @@ def test_report_of_a_real_replay_renders_in_chromium(chromium, tmp_path):
 def test_the_harness_sees_console_errors_exceptions_and_remote_requests(chromium, tmp_path):
     page = tmp_path / "broken.html"
     page.write_text('<html><body data-cpbench-plots="1"><div class="plot"><div></div></div>'
-                    '<script>console.error("boom"); undefined_function();</script>'
+                    '<script>console.error("boom"); setTimeout(() => alert("x"), 0);'
+                    'undefined_function();</script>'
                     '<img src="http://192.0.2.1/x.png"></body></html>')
     probe, events = asyncio.run(_open_report(chromium, page, tmp_path / "broken.png", 2.0))
     problems = _problems(events)
     assert any("boom" in p for p in problems)
     assert any(p.startswith("exception:") and "undefined_function" in p for p in problems)
     assert any("network request to http://192.0.2.1/x.png" in p for p in problems)
+    assert "dialog: x" in problems
     assert probe["drawnPlots"] == 0 and not probe["bokeh"]
