@@ -156,6 +156,9 @@ def test_option_parsing_and_table():
     (["sweep", str(BURST), "--rates", "10,abc"], "--rates"),
     (["experiment", "--name", "mixed_ratio", "--ratios", "0,2"], "--ratios"),
     (["experiment", "--name", "throughput", "--speed", "2"], "--speed"),
+    (["experiment", "--name", "slo", "--policies", "fifo,edf"], "knows no policy ['edf']"),
+    (["compare", "--policies", "fifo,lifo", str(BURST)], "knows no policy ['lifo']"),
+    (["run", "--policy", "lifo", "--requests", "5", "--rate", "5"], "knows no policy"),
 ])
 def test_cli_bad_input_is_one_line_exit_2(argv, needle, tmp_path, capsys):
     status = main([*argv, "-o", str(tmp_path / "o")])

@@ -68,7 +68,7 @@ def run(args: argparse.Namespace) -> int:
     from cpbench.experiments.compare import parse_floats, parse_list
     from cpbench.experiments.named import experiment
 
-    ratios = parse_floats(args.ratios, what="--ratios", low=-1e-12)
+    ratios = parse_floats(args.ratios, what="--ratios", allow_zero=True)
     if any(r > 1.0 for r in ratios):
         raise ConfigError(f"--ratios are LLM shares in [0, 1]; got {args.ratios!r}")
     if args.name == "throughput" and getattr(args, "speed", None) is not None:

@@ -44,16 +44,29 @@ def parse_list(text: str, *, what: str) -> list[str]:
     return items
 
 
-def parse_floats(text: str, *, what: str, low: float = 0.0) -> list[float]:
-    """A comma-separated list of numbers > ``low``, e.g. ``--rates 10,50,100``."""
+def parse_floats(text: str, *, what: str, allow_zero: bool = False) -> list[float]:
+    """A comma-separated list of positive numbers (or >= 0), e.g. ``--rates 10,50,100``."""
     try:
         values = [float(x) for x in str(text).split(",") if x.strip()]
     except ValueError:
         raise ConfigError(f"{what} must be comma-separated numbers like 10,50,100; "
                           f"got {text!r}") from None
-    if not values or any(not math.isfinite(v) or v <= low for v in values):
-        raise ConfigError(f"{what} must be numbers > {low:g}; got {text!r}")
+    bad = [v for v in values if not math.isfinite(v) or v < 0 or (v == 0 and not allow_zero)]
+    if not values or bad:
+        raise ConfigError(f"{what} must be numbers {'>=' if allow_zero else '>'} 0; "
+                          f"got {text!r}")
     return values
+
+
+def check_policies(policies: Sequence[str | None], *, url: str | None, switch: bool) -> None:
+    """Before any run: the embedded control plane knows only its own policy names."""
+    if url is not None or not switch:
+        return
+    from cpbench.sim.config import POLICY_NAMES
+    bad = [p for p in policies if p is not None and p not in POLICY_NAMES]
+    if bad:
+        raise ConfigError(f"the embedded control plane knows no policy {bad}; choose from "
+                          f"{', '.join(POLICY_NAMES)}")
 
 
 @contextlib.contextmanager
@@ -264,6 +277,7 @@ def compare(trace: str | Path, *, policies: Sequence[str], out_dir: str | Path,
         raise ConfigError(f"metric must be one of {', '.join(metric_names())}; got {metric!r}")
     if baseline not in policies:
         raise ConfigError(f"--baseline {baseline!r} is not in --policies {policies}")
+    check_policies(policies, url=url, switch=switch)
     trace = Path(trace)
     if not trace.is_file():
         raise ConfigError(f"trace {str(trace)!r} does not exist; pass a trace file such as "

@@ -21,8 +21,9 @@ from typing import Any, TextIO
 
 from cpbench import __version__
 from cpbench.errors import ConfigError
-from cpbench.experiments.compare import (analyse, compare, control_plane, replay_one,
-                                         run_policies, write_comparison_report, write_json)
+from cpbench.experiments.compare import (analyse, check_policies, compare, control_plane,
+                                         replay_one, run_policies, write_comparison_report,
+                                         write_json)
 from cpbench.experiments.control import Progress, format_table
 from cpbench.experiments.stats import PRIORITIES, load_run, run_metrics
 from cpbench.experiments.sweep import active_policy, sweep
@@ -135,6 +136,7 @@ def experiment(name: str, *, out_dir: str | Path, trace: str | Path | None = Non
     from cpbench.sim.config import POLICY_NAMES
     if name not in EXPERIMENTS:
         raise ConfigError(f"--name must be one of {', '.join(EXPERIMENTS)}; got {name!r}")
+    check_policies(list(policies or []), url=url, switch=switch)
     out = Path(out_dir)
     out.mkdir(parents=True, exist_ok=True)
     synth = {"rate_rps": rate_rps, "requests": requests, "pattern": pattern, "seed": seed}
@@ -185,6 +187,7 @@ def run(*, out_dir: str | Path, policy: str | None, requests: int, rate_rps: flo
 
     Returns the result directory; prints one line of attainment and p99 latencies.
     """
+    check_policies([policy], url=url, switch=switch)
     out = Path(out_dir)
     trace = synth_trace(out / "trace.arrow", rate_rps=rate_rps, requests=requests,
                         pattern=pattern, mode=mode, llm_ratio=llm_ratio, seed=seed,

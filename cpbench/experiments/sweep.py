@@ -17,8 +17,8 @@ from typing import Any, TextIO
 
 from cpbench import __version__
 from cpbench.errors import ConfigError, TargetError
-from cpbench.experiments.compare import (control_plane, replay_one, write_comparison_report,
-                                         write_json)
+from cpbench.experiments.compare import (check_policies, control_plane, replay_one,
+                                         write_comparison_report, write_json)
 from cpbench.experiments.control import PolicyAdmin, Progress, format_table, wait_idle
 from cpbench.experiments.stats import KneeResult, find_knee, load_run, run_metrics
 
@@ -133,6 +133,7 @@ def sweep(trace: str | Path, *, rates_rps: Sequence[float], out_dir: str | Path,
     if knee and not (0.0 < rel_tol < 1.0 and max_probes >= 1):
         raise ConfigError(f"--rel-tol must be in (0, 1) and --max-probes >= 1; got {rel_tol}, "
                           f"{max_probes}")
+    check_policies([policy], url=url, switch=switch)
     trace = Path(trace)
     base_rps, n_rows = trace_rate_rps(trace)
     out = Path(out_dir)
