@@ -20,6 +20,7 @@ import signal
 import subprocess
 import sys
 import time
+import warnings
 from dataclasses import dataclass
 from multiprocessing.connection import Connection, wait
 
@@ -127,7 +128,9 @@ def worker_main(cfg: dict, worker: int, n_workers: int, ctl: Connection, out: Co
 
     try:
         from cpbench.trace import read_trace
-        table = read_trace(cfg["trace"])
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore")     # the parent read it first and warned once
+            table = read_trace(cfg["trace"])
         sel = select_rows(table, **cfg["selection"])
         plan = build_plan(table, sel, worker, n_workers)
         del table, sel
