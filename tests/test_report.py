@@ -23,6 +23,7 @@ from cpbench.report.charts import single_run_sections
 from cpbench.report.compare import comparison_sections
 from cpbench.report.load import load_run, run_labels
 from cpbench.report.markdown import md_escape
+from cpbench.report.tables import run_facts_rows
 from report_fixtures import make_result_dir, write_arrow
 
 XSS_MODEL = "<script>alert('model')</script>"
@@ -348,3 +349,21 @@ def test_report_of_a_real_replay(tmp_path):
         assert "GPU monitoring was unavailable" in text
     md = (out / "report.md").read_text()
     assert "### Per kind and priority" in md and "| Policy | fifo |" in md
+
+
+def test_trace_seed_is_shown_only_while_the_trace_is_the_one_replayed(tmp_path):
+    import hashlib
+
+    trace = tmp_path / "t.arrow"
+    write_arrow(pa.table({"arrival_ns": pa.array([0, 1], pa.int64())}), trace,
+                {b"cpbench.generator": b"cpbench record synth", b"cpbench.seed": b"42"})
+    d = make_result_dir(tmp_path / "run", n_requests=300, monitor=False)
+    summary = json.loads((d / "summary.json").read_text())
+    summary["run"].update(trace=str(trace),
+                          trace_sha256=hashlib.sha256(trace.read_bytes()).hexdigest())
+    (d / "summary.json").write_text(json.dumps(summary))
+    facts = dict(run_facts_rows(load_run(d)))
+    assert facts["Trace"] == f"{trace} (generator cpbench record synth, seed 42)"
+    summary["run"]["trace_sha256"] = "0" * 64  # the file changed since the run
+    (d / "summary.json").write_text(json.dumps(summary))
+    assert dict(run_facts_rows(load_run(d)))["Trace"] == str(trace)

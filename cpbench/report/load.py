@@ -9,6 +9,7 @@ wrote them and from the result columns otherwise; each says which.
 from __future__ import annotations
 
 import base64
+import hashlib
 import json
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -63,6 +64,7 @@ class RunData:
     monitor: dict[tuple[str, str], tuple[np.ndarray, np.ndarray]] = field(default_factory=dict)
     models: list[tuple[str, int]] = field(default_factory=list)
     error_details: list[tuple[str, int]] = field(default_factory=list)
+    trace_info: dict[str, str] = field(default_factory=dict)
     notes: list[str] = field(default_factory=list)
 
     @property
@@ -244,6 +246,36 @@ def _read_monitor(path: Path) -> dict[tuple[str, str], tuple[np.ndarray, np.ndar
     return out
 
 
+def _trace_info(run: dict, result_dir: Path) -> dict[str, str]:
+    """Generator and seed of the replayed trace, so the report names how to reproduce it.
+
+    From the run block when it has them, else from the trace file's metadata — only when the
+    file is still the one replayed (same SHA-256), never from a trace regenerated since.
+    """
+    info = {k: str(run[k]) for k in ("generator", "seed") if run.get(k) is not None}
+    trace = run.get("trace")
+    if info or not isinstance(trace, str):
+        return info
+    for path in (Path(trace), result_dir.parent / trace, result_dir / trace):
+        if not path.is_file():
+            continue
+        if run.get("trace_sha256"):
+            digest = hashlib.sha256()
+            with open(path, "rb") as f:
+                for block in iter(lambda: f.read(1 << 20), b""):
+                    digest.update(block)
+            if digest.hexdigest() != run["trace_sha256"]:
+                return {}
+        try:
+            with pa.memory_map(str(path)) as source:
+                meta = pa.ipc.open_file(source).schema.metadata or {}
+        except (OSError, pa.ArrowInvalid):
+            return {}
+        return {k: meta[f"cpbench.{k}".encode()].decode("utf-8", "replace")
+                for k in ("generator", "seed") if f"cpbench.{k}".encode() in meta}
+    return {}
+
+
 def load_run(path: Path) -> RunData:
     """Read one result directory; raises ``ConfigError`` naming what is missing."""
     path = Path(path)
@@ -258,6 +290,7 @@ def load_run(path: Path) -> RunData:
     if not isinstance(summary, dict):
         raise ConfigError(f"{summary_path} is not a JSON object; rerun the replay to rewrite it")
     data = RunData(path=path, summary=summary)
+    data.trace_info = _trace_info(data.run, path)
     timeslices = summary.get("timeslices") or {}
     slice_s = float(timeslices.get("slice_s") or 1.0)
     if timeslices.get("t_s"):

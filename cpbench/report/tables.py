@@ -52,7 +52,10 @@ def run_facts_rows(run: RunData) -> list[tuple[str, str]]:
     errors = req.get("by_error_class") or {}
     target = str(info.get("target", "–")) + (" (embedded sim)" if info.get("embedded_target")
                                              else "")
-    rows = [("Trace", str(info.get("trace", "–"))), ("Target", target),
+    trace = str(info.get("trace", "–"))
+    if run.trace_info:
+        trace += " (" + ", ".join(f"{k} {v}" for k, v in run.trace_info.items()) + ")"
+    rows = [("Trace", trace), ("Target", target),
             ("Policy", str(info.get("policy") or "–")),
             ("Started (UTC)", str(info.get("started_utc", "–"))),
             ("Duration", f"{fmt_num(info.get('duration_s'), 1)} s"
