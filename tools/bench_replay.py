@@ -9,6 +9,12 @@ a few seconds. Prints a table and writes JSON.
 
     python tools/bench_replay.py                       # full ladder, ~2 minutes
     python tools/bench_replay.py --kinds chat --rates 2000,4000 --workers 2 --seconds 3
+    chrt -f 5 python tools/bench_replay.py --rates 2000,4000 --wire   # on a busy host
+
+On a host shared with other work the lag tail is the scheduler's, not the dispatcher's: the
+``preempt`` column counts the workers' involuntary context switches. Running the client at a
+real-time priority (``chrt -f``; the dispatcher blocks in ``select``, it never spins) shows
+what the dispatcher itself does.
 """
 from __future__ import annotations
 
