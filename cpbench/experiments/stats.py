@@ -86,8 +86,8 @@ def load_run(result_dir: str | Path) -> RunArrays:
     return RunArrays(
         path=path,
         row=table.column("row").to_numpy().astype(np.int64),
-        kind=np.asarray(table.column("kind").cast(pa.string()).to_pylist(), dtype=object),
-        priority=np.asarray(table.column("priority").cast(pa.string()).to_pylist(), dtype=object),
+        kind=table.column("kind").cast(pa.string()).to_numpy().astype(object),
+        priority=table.column("priority").cast(pa.string()).to_numpy().astype(object),
         slo_met=table.column("slo_met").to_numpy(zero_copy_only=False).astype(bool),
         latency_ms={"ttft_from_intended": ttft, "e2e_from_intended": e2e},
     )
