@@ -250,6 +250,9 @@ def main(argv: list[str] | None = None) -> int:
     if s.get("rates"):
         print(f"rates       achieved {s['rates']['achieved_rps']:.1f} req/s, dispatch lag p99 "
               f"{(s.get('dispatch_lag_ms') or {}).get('p99')} ms")
+    if replay.returncode != 0:
+        tail = (stderr.strip().splitlines() or ["no message"])[-1]
+        print(f"replay      exited with status {replay.returncode}: {tail}")
     print(f"json        {path}")
     ok = (replay.returncode == 0 and r.get("complete") and v.get("memory_flat") is not False
           and not v.get("fd_growth"))
