@@ -215,3 +215,17 @@ def test_sigint_stops_the_whole_comparison(tmp_path):
     assert proc.returncode == 130, err
     assert "interrupted" in err and "Traceback" not in err
     assert (out / "fifo" / "results.arrow").is_file() and not (out / "slo_aware").exists()
+
+
+@pytest.mark.integration
+def test_sweep_without_trace_synthesizes_one(tmp_path, capsys):
+    out = tmp_path / "sweep"
+    assert main(["sweep", "--rates", "20", "--requests", "20", "--mode", "llm", "--policy",
+                 "priority", "--drain-s", "0", "-o", str(out)]) == 0
+    result = json.loads((out / "experiment.json").read_text())
+    assert (out / "trace.arrow").is_file() and result["trace"] == str(out / "trace.arrow")
+    assert result["policy"] == "priority" and len(result["points"]) == 1
+    point = result["points"][0]
+    assert point["rate_rps"] == 20.0 and point["requests"] == 20
+    assert point["rate_scale"] == pytest.approx(20.0 / result["trace_rate_rps"])
+    assert "20.00" in capsys.readouterr().out

@@ -7,6 +7,7 @@ from pathlib import Path
 from cpbench.cli.compare import add_target_args, default_output, target_kwargs
 
 EPILOG = """examples:
+  cpbench sweep --rates 10,50,100,200 --policy hybrid_slo     # synthesized hybrid workload
   cpbench sweep traces/medium.arrow --rates 10,50,100,200 --policy slo_aware -o results/sweep
   cpbench sweep traces/medium.arrow --rates 20,40 --knee --target-pct 99
   cpbench sweep traces/light.arrow --rates 5,10 --knee --url http://127.0.0.1:8000 --no-switch
@@ -21,7 +22,9 @@ def register(subparsers) -> None:
                     "rate whose SLO attainment stays >= --target-pct. Writes DIR/rate-<rps>/, "
                     "DIR/experiment.json and DIR/report.html.",
         epilog=EPILOG, formatter_class=argparse.RawDescriptionHelpFormatter)
-    p.add_argument("trace", type=Path, metavar="TRACE", help="cpbench trace (.arrow)")
+    p.add_argument("trace", type=Path, metavar="TRACE", nargs="?", default=None,
+                   help="cpbench trace (.arrow); without it a Poisson workload is synthesized "
+                        "at the first rate (see the options below) and kept in DIR")
     p.add_argument("--rates", default="", metavar="R1,R2,...",
                    help="rates to measure, requests/s (e.g. 10,50,100,200)")
     p.add_argument("--policy", default=None,
@@ -36,6 +39,16 @@ def register(subparsers) -> None:
                    help="runs the knee search may add (default 8)")
     p.add_argument("-o", "--output", type=Path, default=None, metavar="DIR",
                    help="output directory (default: cpbench-results/sweep-<UTC time>/)")
+    g = p.add_argument_group("synthesized workload (without TRACE)")
+    g.add_argument("--requests", type=int, default=600, metavar="N",
+                   help="requests per run (default 600)")
+    g.add_argument("--pattern", choices=("uniform", "poisson", "gamma"), default="poisson",
+                   help="arrival pattern (default poisson)")
+    g.add_argument("--mode", choices=("llm", "hybrid"), default="hybrid",
+                   help="llm only, or LLM and embeddings (default hybrid)")
+    g.add_argument("--llm-ratio", type=float, default=0.5, metavar="F",
+                   help="LLM share of a hybrid workload (default 0.5)")
+    g.add_argument("--seed", type=int, default=0, help="trace seed (default 0)")
     add_target_args(p, speed=False)
     p.set_defaults(func=run)
 
@@ -47,5 +60,7 @@ def run(args: argparse.Namespace) -> int:
     rates = parse_floats(args.rates, what="--rates") if args.rates or not args.knee else []
     sweep(args.trace, rates_rps=rates, out_dir=args.output or default_output("sweep"),
           policy=args.policy, knee=args.knee, target_pct=args.target_pct, rel_tol=args.rel_tol,
-          max_probes=args.max_probes, **target_kwargs(args))
+          max_probes=args.max_probes,
+          synth={"requests": args.requests, "pattern": args.pattern, "mode": args.mode,
+                 "llm_ratio": args.llm_ratio, "seed": args.seed}, **target_kwargs(args))
     return 0

@@ -17,7 +17,7 @@ from __future__ import annotations
 import sys
 from collections.abc import Sequence
 from pathlib import Path
-from typing import Any, TextIO
+from typing import TextIO
 
 from cpbench import __version__
 from cpbench.errors import ConfigError
@@ -26,21 +26,10 @@ from cpbench.experiments.compare import (analyse, check_policies, compare, contr
                                          write_json)
 from cpbench.experiments.control import Progress, format_table
 from cpbench.experiments.stats import PRIORITIES, load_run, run_metrics
-from cpbench.experiments.sweep import active_policy, sweep
+from cpbench.experiments.sweep import active_policy, sweep, synth_trace
 
 EXPERIMENTS = ("throughput", "latency", "slo", "mixed_ratio")
 DEFAULT_RATIOS = (0.0, 0.25, 0.5, 0.75, 1.0)
-
-
-def synth_trace(path: Path, *, rate_rps: float, requests: int, pattern: str = "poisson",
-                mode: str = "hybrid", llm_ratio: float = 0.5, seed: int = 0,
-                **synth_options: Any) -> Path:
-    """Synthesize a trace into ``path`` (with its parameters as metadata); returns ``path``."""
-    from cpbench.record.synth import synth_to_file
-    path.parent.mkdir(parents=True, exist_ok=True)
-    synth_to_file(str(path), pattern=pattern, rate_rps=rate_rps, requests=requests, mode=mode,
-                  llm_ratio=llm_ratio, seed=seed, **synth_options)
-    return path
 
 
 def _fmt(v: float | None) -> str:

@@ -23,6 +23,17 @@ from cpbench.experiments.control import PolicyAdmin, Progress, format_table, wai
 from cpbench.experiments.stats import KneeResult, find_knee, load_run, run_metrics
 
 
+def synth_trace(path: Path, *, rate_rps: float, requests: int, pattern: str = "poisson",
+                mode: str = "hybrid", llm_ratio: float = 0.5, seed: int = 0,
+                **synth_options: Any) -> Path:
+    """Synthesize a trace into ``path`` (with its parameters as metadata); returns ``path``."""
+    from cpbench.record.synth import synth_to_file
+    path.parent.mkdir(parents=True, exist_ok=True)
+    synth_to_file(str(path), pattern=pattern, rate_rps=rate_rps, requests=requests, mode=mode,
+                  llm_ratio=llm_ratio, seed=seed, **synth_options)
+    return path
+
+
 def trace_rate_rps(trace: str | Path) -> tuple[float, int]:
     """The trace's mean arrival rate (requests over the span of arrivals) and its row count."""
     from cpbench.trace import read_trace
@@ -95,19 +106,20 @@ def _search_knee(points: RatePoints, *, target_pct: float, rel_tol: float,
                      upper_rps=failing[0] if failing and passing else None)
 
 
-def sweep(trace: str | Path, *, rates_rps: Sequence[float], out_dir: str | Path,
+def sweep(trace: str | Path | None, *, rates_rps: Sequence[float], out_dir: str | Path,
           policy: str | None = None, url: str | None = None, knee: bool = False,
           target_pct: float = 95.0, rel_tol: float = 0.05, max_probes: int = 8,
           switch: bool = True, policy_path: str = "/admin/policy", drain_s: float = 1.0,
           sim_config: str | Path | None = None, replay_options: dict[str, Any] | None = None,
-          experiment: str = "sweep", quiet: bool = False,
-          stdout: TextIO | None = None) -> dict:
+          experiment: str = "sweep", quiet: bool = False, stdout: TextIO | None = None,
+          synth: dict[str, Any] | None = None) -> dict:
     """Replay ``trace`` at each of ``rates_rps`` (and, with ``knee``, search the knee).
 
     Parameters
     ----------
     trace
-        The trace; its own mean rate is rate scale 1.
+        The trace; its own mean rate is rate scale 1. ``None`` synthesizes one into
+        ``DIR/trace.arrow`` at the first rate from ``synth`` (``synth_trace`` arguments).
     rates_rps
         Rates to measure, requests per second.
     out_dir
@@ -134,10 +146,13 @@ def sweep(trace: str | Path, *, rates_rps: Sequence[float], out_dir: str | Path,
         raise ConfigError(f"--rel-tol must be in (0, 1) and --max-probes >= 1; got {rel_tol}, "
                           f"{max_probes}")
     check_policies([policy], url=url, switch=switch)
-    trace = Path(trace)
-    base_rps, n_rows = trace_rate_rps(trace)
     out = Path(out_dir)
     out.mkdir(parents=True, exist_ok=True)
+    if trace is None:
+        spec = {"rate_rps": rates_rps[0] if rates_rps else 20.0, "requests": 600, **(synth or {})}
+        trace = synth_trace(out / "trace.arrow", **spec)
+    trace = Path(trace)
+    base_rps, n_rows = trace_rate_rps(trace)
     progress = Progress(len(rates_rps) + (max_probes if knee else 0), quiet=quiet)
     options = dict(replay_options or {})
     if "rate_scale" in options or "speed" in options:
