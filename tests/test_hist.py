@@ -206,3 +206,17 @@ def test_wrong_version_is_named():
     import zlib
     with pytest.raises(ValueError, match="version 9"):
         Histogram.decode(body + zlib.crc32(body).to_bytes(4, "little"))
+
+
+def test_record_array_equals_per_value_records_across_blocks():
+    # record_array works in blocks of 1024; blocks with and without out-of-range values.
+    rng = np.random.default_rng(9)
+    values = rng.lognormal(15, 3, 5_000).astype(np.int64)
+    values[[10, 2_500, 4_999]] = [3, 2**60, 0]
+    bulk, one_by_one = Histogram(), Histogram()
+    bulk.record_array(values)
+    for v in values.tolist():
+        one_by_one.record(v)
+    assert bulk == one_by_one
+    assert bulk.underflow_count >= 2 and bulk.overflow_count >= 1
+    assert bulk.mean == float(np.sum(values.astype(object))) / values.size

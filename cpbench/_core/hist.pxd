@@ -30,6 +30,7 @@ cdef class Histogram:
     cdef int half_magnitude
     cdef int64_t half_count
     cdef int64_t sub_mask
+    cdef int64_t index_offset    # unit_magnitude << half_magnitude, see _index
     cdef readonly int64_t counts_len
     cdef int64_t *counts
     cdef int64_t _total

@@ -56,11 +56,13 @@ _HEADER = struct.Struct("<4sBBB1x7qQqQQqq")
 _CRC = struct.Struct("<I")
 
 
-cdef inline int64_t _index(int64_t v, int64_t mask, int unit_mag, int half_mag,
-                           int64_t half_count) noexcept nogil:
-    cdef int bucket = 63 - __builtin_clzll(<unsigned long long>(v | mask)) - unit_mag - half_mag
-    cdef int64_t sub = v >> (bucket + unit_mag)
-    return ((<int64_t>(bucket + 1)) << half_mag) + sub - half_count
+cdef inline int64_t _index(int64_t v, int64_t mask, int half_mag, int64_t offset) noexcept nogil:
+    # HdrHistogram's counts index, folded: with s = bucket + unit_magnitude (the shift that
+    # leaves v's top half_mag + 1 bits), index = ((bucket + 1) << half_mag) + (v >> s)
+    # - half_count = (s << half_mag) + (v >> s) - (unit_magnitude << half_mag).
+    # 63 ^ clz is the index of the top bit (x86 bsr), for any non-zero argument.
+    cdef int s = (63 ^ __builtin_clzll(<unsigned long long>(v | mask))) - half_mag
+    return ((<int64_t>s) << half_mag) + (v >> s) - offset
 
 
 cdef class Histogram:
@@ -94,6 +96,7 @@ cdef class Histogram:
         # Unit small enough that a bucket at lowest_ns is at most lowest_ns / half_count wide.
         self.unit_magnitude = max(0, int(lowest_ns).bit_length() - 1 - self.half_magnitude)
         self.sub_mask = ((1 << sub_count_magnitude) - 1) << self.unit_magnitude
+        self.index_offset = self.unit_magnitude << self.half_magnitude
         buckets = 1
         smallest_untrackable = (1 << sub_count_magnitude) << self.unit_magnitude
         while smallest_untrackable <= highest_ns:
@@ -121,8 +124,7 @@ cdef class Histogram:
     # --- C level: the hot path --------------------------------------------------------------
 
     cdef int64_t index_of(self, int64_t v) noexcept nogil:
-        return _index(v, self.sub_mask, self.unit_magnitude, self.half_magnitude,
-                      self.half_count)
+        return _index(v, self.sub_mask, self.half_magnitude, self.index_offset)
 
     cdef int64_t lowest_at(self, int64_t index) noexcept nogil:
         cdef int64_t bucket = (index >> self.half_magnitude) - 1
@@ -171,8 +173,7 @@ cdef class Histogram:
         if <uint64_t>(v - self.lowest_ns) > <uint64_t>(self.highest_ns - self.lowest_ns):
             self._record_out_of_range(v, 1)
         else:
-            self.counts[_index(v, self.sub_mask, self.unit_magnitude, self.half_magnitude,
-                               self.half_count)] += 1
+            self.counts[_index(v, self.sub_mask, self.half_magnitude, self.index_offset)] += 1
             self._sumsq += <u128>v * <u128>v
         self._total += 1
         self._sum += v
@@ -182,40 +183,44 @@ cdef class Histogram:
             self._max = v
 
     cdef void _record_view(self, const int64_t[::1] values) noexcept nogil:
-        # Layout and accumulators in locals so the compiler keeps them in registers; one
-        # unsigned compare tests both ends of the range; int64 partial sums per block of 1024
-        # in-range values (<= 2**53 each) cannot overflow.
+        # Blocks of 1024 values, two passes each while the block sits in L1: the first finds
+        # the block's extremes and sum, the second -- when the whole block is in range, the
+        # usual case -- only buckets and squares, with no branch and few enough live values
+        # for the registers. A block holding an out-of-range value takes the general path.
         cdef Py_ssize_t i, start, stop, n = values.shape[0]
-        cdef int64_t v, lo = self.lowest_ns, mask = self.sub_mask
-        cdef uint64_t span = <uint64_t>(self.highest_ns - self.lowest_ns)
-        cdef int unit_mag = self.unit_magnitude, half_mag = self.half_magnitude
-        cdef int64_t half_count = self.half_count
+        cdef int64_t v, bmin, bmax, lo = self.lowest_ns, hi = self.highest_ns
+        cdef int64_t mask = self.sub_mask, offset = self.index_offset
+        cdef int half_mag = self.half_magnitude
         cdef int64_t *counts = self.counts
-        cdef int64_t vmin = self._min, vmax = self._max, partial
-        cdef i128 total_sum = self._sum
-        cdef u128 sumsq = self._sumsq
+        cdef uint64_t partial      # unsigned: wraps harmlessly in a block that is discarded
+        cdef u128 sumsq
         for start in range(0, n, 1024):
             stop = min(start + 1024, n)
             partial = 0
+            bmin = values[start]
+            bmax = bmin
             for i in range(start, stop):
                 v = values[i]
-                if <uint64_t>(v - lo) > span:
-                    self._sumsq = sumsq
-                    self._record_out_of_range(v, 1)
-                    sumsq = self._sumsq
-                    total_sum += v
-                else:
-                    counts[_index(v, mask, unit_mag, half_mag, half_count)] += 1
-                    sumsq += <u128>v * <u128>v
-                    partial += v
-                vmin = v if v < vmin else vmin
-                vmax = v if v > vmax else vmax
-            total_sum += partial
-        self._sum = total_sum
-        self._sumsq = sumsq
-        self._min = vmin
-        self._max = vmax
-        self._total += n
+                partial += <uint64_t>v
+                bmin = v if v < bmin else bmin
+                bmax = v if v > bmax else bmax
+            if bmin < lo or bmax > hi:
+                for i in range(start, stop):
+                    self.record_ns(values[i])
+                continue
+            sumsq = 0
+            for i in range(start, stop):
+                v = values[i]
+                counts[_index(v, mask, half_mag, offset)] += 1
+                sumsq += <u128>v * <u128>v
+            # 1024 values <= 2**53 each: the partial sum fits an int64.
+            self._sum += <int64_t>partial
+            self._sumsq += sumsq
+            self._total += stop - start
+            if bmin < self._min:
+                self._min = bmin
+            if bmax > self._max:
+                self._max = bmax
 
     # --- Python level: validated entry points ------------------------------------------------
 
