@@ -192,18 +192,37 @@ cdef class Histogram:
         cdef int64_t mask = self.sub_mask, offset = self.index_offset
         cdef int half_mag = self.half_magnitude
         cdef int64_t *counts = self.counts
-        cdef uint64_t partial      # unsigned: wraps harmlessly in a block that is discarded
+        cdef int64_t v1, bmin1, bmax1
+        cdef uint64_t partial, partial1   # unsigned: wrap harmlessly in a discarded block
         cdef u128 sumsq
         for start in range(0, n, 1024):
             stop = min(start + 1024, n)
             partial = 0
+            partial1 = 0
             bmin = values[start]
             bmax = bmin
-            for i in range(start, stop):
+            bmin1 = bmin
+            bmax1 = bmin
+            # Two interleaved chains of extremes: each compare waits on half as many others.
+            i = start
+            while i + 1 < stop:
+                v = values[i]
+                v1 = values[i + 1]
+                partial += <uint64_t>v
+                partial1 += <uint64_t>v1
+                bmin = v if v < bmin else bmin
+                bmax = v if v > bmax else bmax
+                bmin1 = v1 if v1 < bmin1 else bmin1
+                bmax1 = v1 if v1 > bmax1 else bmax1
+                i += 2
+            if i < stop:
                 v = values[i]
                 partial += <uint64_t>v
                 bmin = v if v < bmin else bmin
                 bmax = v if v > bmax else bmax
+            partial += partial1
+            bmin = bmin1 if bmin1 < bmin else bmin
+            bmax = bmax1 if bmax1 > bmax else bmax
             if bmin < lo or bmax > hi:
                 for i in range(start, stop):
                     self.record_ns(values[i])
