@@ -55,7 +55,8 @@ def add_target_args(p: argparse.ArgumentParser, *, speed: bool = True) -> None:
                    help="client processes per run (default: all cores)")
     g.add_argument("--hints", choices=("sagellm", "vllm", "none"), default=None,
                    help="priority/deadline hints sent with each request (default sagellm)")
-    g.add_argument("--quiet", action="store_true", help="no progress lines on stderr")
+    g.add_argument("--quiet", action="store_true",
+                   help="no progress lines, no answer table (the JSON summary has it)")
 
 
 def add_stats_args(p: argparse.ArgumentParser) -> None:

@@ -11,6 +11,7 @@ priority as a table), one comparison report (``DIR/report.html`` + ``report.md``
 """
 from __future__ import annotations
 
+import io
 import contextlib
 import json
 import math
@@ -267,6 +268,8 @@ def compare(trace: str | Path, *, policies: Sequence[str], out_dir: str | Path,
     dict
         What ``comparison.json`` holds.
     """
+    if quiet:
+        stdout = io.StringIO()  # --quiet: no progress, no answer table (see the JSON)
     policies = list(policies)
     if not policies:
         raise ConfigError("--policies needs at least one policy, like fifo,slo_aware")

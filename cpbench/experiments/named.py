@@ -14,6 +14,7 @@ output directory. Each hands on ``DIR/experiment.json``, a comparison report and
 """
 from __future__ import annotations
 
+import io
 import sys
 from collections.abc import Sequence
 from pathlib import Path
@@ -122,6 +123,8 @@ def experiment(name: str, *, out_dir: str | Path, trace: str | Path | None = Non
     ``policies`` defaults to the four policies of the embedded control plane (throughput: the
     configured one, no switching). Other parameters as in ``compare`` and ``sweep``.
     """
+    if quiet:
+        stdout = io.StringIO()  # --quiet: no progress, no answer table (see the JSON)
     from cpbench.sim.config import POLICY_NAMES
     if name not in EXPERIMENTS:
         raise ConfigError(f"--name must be one of {', '.join(EXPERIMENTS)}; got {name!r}")

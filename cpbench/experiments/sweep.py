@@ -9,6 +9,7 @@ answer table.
 """
 from __future__ import annotations
 
+import io
 import math
 import sys
 from collections.abc import Sequence
@@ -138,6 +139,8 @@ def sweep(trace: str | Path | None, *, rates_rps: Sequence[float], out_dir: str 
         What ``experiment.json`` holds: ``points`` (per rate: attainment, latency percentiles,
         result dir) and, with ``knee``, ``knee`` (``stats.KneeResult.to_dict``).
     """
+    if quiet:
+        stdout = io.StringIO()  # --quiet: no progress, no answer table (see the JSON)
     if not rates_rps and not knee:
         raise ConfigError("--rates needs at least one rate, like 10,50,100")
     if not 0.0 < target_pct <= 100.0:
