@@ -10,9 +10,9 @@ Accuracy promise. A value ``x >= lowest_ns`` lands in a bucket of width at most
 report the bucket's midpoint, so ``value_at_percentile(p)`` is within
 ``relative_error = 1 / (2 * half_count)`` (4.9e-4 at 3 digits) of the exact nearest-rank
 percentile -- ``numpy.percentile(values, p, method="inverted_cdf")``, with ``p`` read to 12
-significant digits -- of everything recorded in range. ``total_count``, ``min``, ``max`` and the sums behind ``mean`` and ``stdev`` are exact
-(128-bit integers), so merging is exact too: ``merge`` of two histograms equals (``==``) one
-histogram that recorded both streams.
+significant digits -- of everything recorded in range. ``total_count``, ``min``, ``max`` and
+the sums behind ``mean`` and ``stdev`` are exact (128-bit integers), so merging is exact too:
+``merge`` of two histograms equals (``==``) one histogram that recorded both streams.
 
 Out of range. Values below ``lowest_ns`` count in ``underflow_count``, above ``highest_ns`` in
 ``overflow_count``; never clipped into a bucket. They count in ``total_count``, ``min``,
@@ -322,7 +322,8 @@ cdef class Histogram:
                 self.lowest_ns, self.highest_ns, self.digits):
             raise ValueError(
                 "cannot merge histograms with different layouts: "
-                f"(lowest_ns, highest_ns, digits) = {(self.lowest_ns, self.highest_ns, self.digits)}"
+                "(lowest_ns, highest_ns, digits) = "
+                f"{(self.lowest_ns, self.highest_ns, self.digits)}"
                 f" vs {(other.lowest_ns, other.highest_ns, other.digits)}; "
                 "record both with the same layout")
 

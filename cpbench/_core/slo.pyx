@@ -503,7 +503,8 @@ cdef class Timeslices:
                 pos += 2 * k
                 count = np.frombuffer(view[pos:pos + 4 * k], "<u4").astype(np.uint32)
                 pos += 4 * k
-                if indptr.size != n + 1 or indptr[n] != k or count.size != k or np.any(np.diff(indptr) < 0):
+                if (indptr.size != n + 1 or indptr[n] != k or count.size != k
+                        or np.any(np.diff(indptr) < 0)):
                     raise ValueError(f"{m} histograms do not match their sizes")
                 out._hists[m] = (indptr, bucket, count)
             if pos != len(payload):
