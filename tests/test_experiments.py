@@ -231,3 +231,13 @@ def test_sweep_without_trace_synthesizes_one(tmp_path, capsys):
     assert point["rate_rps"] == 20.0 and point["requests"] == 20
     assert point["rate_scale"] == pytest.approx(20.0 / result["trace_rate_rps"])
     assert "20.00" in capsys.readouterr().out
+
+
+def test_config_file_supplies_options_and_the_command_line_wins(tmp_path, capsys):
+    cfg = tmp_path / "compare.toml"
+    cfg.write_text('policies = "fifo,lifo"\nrepeat = 2\n')
+    assert main(["compare", str(BURST), "--config", str(cfg), "-o", str(tmp_path / "o")]) == 2
+    assert "knows no policy ['lifo']" in capsys.readouterr().err
+    assert main(["compare", str(BURST), "--config", str(cfg), "--policies", "fifo,edf",
+                 "-o", str(tmp_path / "o")]) == 2
+    assert "knows no policy ['edf']" in capsys.readouterr().err

@@ -9,6 +9,8 @@ import argparse
 from datetime import datetime, timezone
 from pathlib import Path
 
+from cpbench.config import add_config_option
+
 EPILOG = """examples:
   cpbench compare --policies fifo,priority,slo_aware,hybrid_slo traces/burst.arrow -o results/cmp
   cpbench compare --policies fifo,slo_aware traces/burst.arrow --speed 2 --duration 10 --repeat 3
@@ -101,6 +103,7 @@ def register(subparsers) -> None:
                    help="output directory (default: cpbench-results/compare-<UTC time>/)")
     add_target_args(p)
     add_stats_args(p)
+    add_config_option(p)
     p.set_defaults(func=run)
 
 

@@ -5,6 +5,7 @@ import argparse
 from pathlib import Path
 
 from cpbench.cli.compare import add_stats_args, add_target_args, default_output, target_kwargs
+from cpbench.config import add_config_option
 
 EPILOG = """examples:
   cpbench experiment --name slo -o results/slo                 # 4 policies, synthesized load
@@ -60,6 +61,7 @@ def register(subparsers) -> None:
                    help="runs the knee search may add per policy (default 8)")
     add_target_args(p)
     add_stats_args(p)
+    add_config_option(p)
     p.set_defaults(func=run)
 
 

@@ -5,6 +5,7 @@ import argparse
 from pathlib import Path
 
 from cpbench.cli.compare import default_output
+from cpbench.config import add_config_option
 
 EPILOG = """examples:
   cpbench run --mode llm --policy fifo --requests 200 --rate 10
@@ -50,6 +51,7 @@ def register(subparsers) -> None:
     p.add_argument("--workers", type=int, default=None, metavar="N",
                    help="client processes (default: all cores)")
     p.add_argument("--no-report", action="store_true", help="skip report.html / report.md")
+    add_config_option(p)
     p.set_defaults(func=run)
 
 

@@ -5,6 +5,7 @@ import argparse
 from pathlib import Path
 
 from cpbench.cli.compare import add_target_args, default_output, target_kwargs
+from cpbench.config import add_config_option
 
 EPILOG = """examples:
   cpbench sweep --rates 10,50,100,200 --policy hybrid_slo     # synthesized hybrid workload
@@ -50,6 +51,7 @@ def register(subparsers) -> None:
                    help="LLM share of a hybrid workload (default 0.5)")
     g.add_argument("--seed", type=int, default=0, help="trace seed (default 0)")
     add_target_args(p, speed=False)
+    add_config_option(p)
     p.set_defaults(func=run)
 
 
