@@ -78,6 +78,7 @@ class FaultyServer:
         self._loop = asyncio.new_event_loop()
         self._ready = threading.Event()
         self._writers: set[asyncio.StreamWriter] = set()
+        self._tasks: set[asyncio.Task] = set()
         self._server: asyncio.base_events.Server | None = None
         self._thread = threading.Thread(target=self._run, daemon=True)
 
@@ -116,9 +117,16 @@ class FaultyServer:
         for w in list(self._writers):
             w.transport.abort()
         self._writers.clear()
+        # Handlers still sleeping (stalls, accept-never-read) end here, not at loop teardown.
+        me = asyncio.current_task()
+        others = [t for t in self._tasks if t is not me and not t.done()]
+        for t in others:
+            t.cancel()
+        await asyncio.gather(*others, return_exceptions=True)
 
     async def _serve(self, reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
         self._writers.add(writer)
+        self._tasks.add(asyncio.current_task())
         sock = writer.get_extra_info("socket")
         if sock is not None:
             sock.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
@@ -148,6 +156,7 @@ class FaultyServer:
             return
         finally:
             self._writers.discard(writer)
+            self._tasks.discard(asyncio.current_task())
             writer.transport.abort()
 
     # -- behaviours ----------------------------------------------------------------------

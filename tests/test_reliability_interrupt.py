@@ -129,9 +129,6 @@ def _readable_batches(path: Path) -> pa.Table:
     return pa.Table.from_batches(batches, schema=reader.schema)
 
 
-@pytest.mark.xfail(strict=True, reason="bug in cpbench/results.py: ResultsWriter.write/close let "
-                   "pyarrow's OSError (ENOSPC) escape: the replay dies with two chained "
-                   "tracebacks instead of one OutputError line")
 def test_full_output_filesystem_is_a_clear_error_and_keeps_what_was_written(tmp_path):
     mnt = tmp_path / "small"
     _mount_tmpfs(mnt, "96k")
@@ -150,10 +147,6 @@ def test_full_output_filesystem_is_a_clear_error_and_keeps_what_was_written(tmp_
         subprocess.run(["umount", "-l", str(mnt)], check=False)
 
 
-@pytest.mark.xfail(strict=True, reason="bug in cpbench/dispatch.py + replay.py: at the open-file "
-                   "limit every further request is recorded as `connect failed: Too many open "
-                   "files` and the run ends with exit 0 without telling the user to raise "
-                   "`ulimit -n`")
 def test_fd_exhaustion_says_what_to_raise(tmp_path):
     n = 2000
     trace = write_trace_for(tmp_path / "t.arrow", ["delay:1.5"], n, gap_ms=0.01, embed_every=0)

@@ -85,16 +85,8 @@ def test_raw_server_faults_each_request_once_under_its_class(tmp_path):
 
 
 @pytest.mark.parametrize("fault,want", [
-    pytest.param("split", (None, None), marks=pytest.mark.xfail(strict=True, reason=(
-        "bug in cpbench/dispatch.py _Conn._dechunk: a chunk's trailing CRLF arriving in a "
-        "later read (chunk_left == -2) is taken by the `if self.chunk_left:` data branch, "
-        "pos goes backwards, int(b'', 16) raises in data_received: uvloop prints a "
-        "traceback and the request is recorded as stream_broken"))),
-    pytest.param("gzip", ("bad_payload", "bad_payload"), marks=pytest.mark.xfail(
-        strict=True, reason=(
-            "bug in cpbench/dispatch.py: a chat response with a Content-Encoding the client "
-            "never asked for (gzip garbage) completes as stream_broken ('stream ended without "
-            "[DONE]') instead of bad_payload"))),
+    ("split", (None, None)),
+    ("gzip", ("bad_payload", "bad_payload")),
 ])
 def test_raw_server_framing_faults(tmp_path, fault, want):
     """An SSE stream whose chunks and events cross TCP reads (7-byte writes) is read correctly;
@@ -136,8 +128,6 @@ def test_server_that_accepts_and_never_reads(tmp_path):
 
 # -- --max-error-ratio -----------------------------------------------------------------------
 
-@pytest.mark.xfail(strict=True, reason="bug in cpbench/replay.py: --max-error-ratio raises "
-                   "TargetError, whose exit status is 1; the issue asks for exit status 3")
 def test_max_error_ratio_stops_early_with_exit_3(tmp_path):
     n = 600
     trace = write_trace_for(tmp_path / "t.arrow", ["ok", "status:503:body"], n, gap_ms=5)
@@ -166,8 +156,6 @@ def test_errors_under_the_ratio_exit_0_and_are_counted_on_the_console(tmp_path):
     assert "errors 12 (http_5xx 12)" in proc.stdout
 
 
-@pytest.mark.xfail(strict=True, reason="bug in cpbench/replay.py: with --quiet a run whose "
-                   "requests failed prints nothing at all (errors must never pass silently)")
 def test_quiet_run_with_errors_still_says_how_many_failed(tmp_path):
     trace = write_trace_for(tmp_path / "t.arrow", ["ok"] * 9 + ["status:500:empty"], 60,
                             gap_ms=5, embed_every=0)

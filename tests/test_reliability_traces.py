@@ -430,9 +430,6 @@ def test_good_trace_written_by_cpbench_passes_both(tmp_path, harness):
 
 
 @pytest.mark.integration
-@pytest.mark.xfail(strict=True, reason="bug in cpbench/workers.py: every worker process calls "
-                   "read_trace again and repeats the extra-columns UserWarning, so a replay "
-                   "with 2 workers warns 3 times instead of once")
 def test_extra_columns_warned_once_by_a_real_replay(tmp_path):
     from faulty_server import FaultyServer, load_run, run_cli
 

@@ -103,11 +103,7 @@ def test_manifest_scrubs_key_and_url_credentials(tmp_path, monkeypatch):
 @pytest.mark.integration
 @pytest.mark.parametrize("url_creds,client_key", [
     (True, False), (False, True),
-    pytest.param(True, True, marks=pytest.mark.xfail(strict=True, reason=(
-        "bug in cpbench/record/capture.py: with credentials in --upstream, a client request "
-        "that carries its own Authorization header makes aiohttp raise ValueError (cannot "
-        "combine an Authorization header with URL credentials); the proxy answers 500 and "
-        "aiohttp logs a traceback"))),
+    (True, True),
 ], ids=["url-credentials", "client-key", "both"])
 def test_capture_proxy_never_stores_the_key(tmp_path, url_creds, client_key):
     ready = tmp_path / "ready.json"
