@@ -25,6 +25,7 @@ from pathlib import Path
 import numpy as np
 
 from cpbench import __version__
+from cpbench.calibrate import load_calibration
 from cpbench.dispatch import Target, strip_credentials
 from cpbench.endpoints import HINTS
 from cpbench.errors import ConfigError, OutputError, TargetError
@@ -223,6 +224,9 @@ def _run(trace_path: Path, trace_sha: str, url: str, embedded: bool, out: Path, 
            "started_utc": datetime.now(timezone.utc).isoformat(timespec="seconds"),
            "workers": n_workers, "cpbench_version": __version__, "host": platform.node(),
            "clock": "CLOCK_MONOTONIC",
+           # This host's stored `cpbench calibrate` figures (or None): the report warns
+           # when the run came near them.
+           "calibration": load_calibration(),
            "options": {k: v for k, v in o.items() if k not in ("quiet", "report")}}
     run["options"]["warmup"] = None if o["warmup"] is None else str(o["warmup"])
     run["options"]["metrics_urls"] = [strip_credentials(u) for u in o["metrics_urls"] or []]
