@@ -14,7 +14,7 @@ from cpbench import __version__
 from cpbench.errors import CpbenchError
 
 # Module names under cpbench.cli, in the order `cpbench --help` lists them.
-COMMANDS: tuple[str, ...] = ("report", "record", "validate", "info", "config", "verify", "sim", "replay", "run", "compare", "sweep", "experiment")
+COMMANDS: tuple[str, ...] = ("report", "record", "validate", "info", "config", "verify", "sim", "replay", "run", "compare", "sweep", "experiment", "calibrate")
 
 EPILOG = """examples:
   cpbench record synth --pattern poisson --rate 50 --requests 2000 -o my.arrow
