@@ -7,6 +7,7 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 
+from cpbench.calibrate import calibration_fact, calibration_warnings
 from cpbench.report.load import RunData, attainment_pct, llm_share, run_facts
 
 SUMMARY_PERCENTS = ("p50", "p90", "p95", "p99", "p99.9")
@@ -74,6 +75,8 @@ def run_facts_rows(run: RunData) -> list[tuple[str, str]]:
             ("Dispatch lag (ms)", " · ".join(f"{k} {fmt_ms(lag.get(k))}" for k in
                                              ("p50", "p99", "p99.9", "max") if k in lag) or "–"),
             ("Workers", fmt_num(info.get("workers"))),
+            ("Client calibration", calibration_fact(s)
+             + "".join(f" — WARNING: {w}" for w in calibration_warnings(s))),
             ("cpbench version", str(s.get("cpbench_version", "–"))),
             ("Result directory", str(run.path))]
     cpu = (s.get("monitor") or {}).get("client_cpu") or {}
