@@ -8,6 +8,7 @@ from __future__ import annotations
 
 from pathlib import Path
 
+from cpbench.calibrate import calibration_warnings
 from cpbench.report.load import RunData, run_labels
 from cpbench.report.tables import Table, comparison_table, run_facts_rows, run_tables
 
@@ -42,6 +43,8 @@ def render_markdown(runs: list[RunData], title: str | None = None) -> str:
     for run, label in zip(runs, labels):
         lines += [f"## Run: {md_escape(label)}" if len(runs) > 1 else "## Run", ""]
         lines += [f"> {md_escape(note)}" for note in run.notes] + ([""] if run.notes else [])
+        warnings = calibration_warnings(run.summary)   # client near its calibrated limit
+        lines += [f"> **Warning:** {md_escape(w)}" for w in warnings] + ([""] if warnings else [])
         lines += ["| fact | value |", "|---|---|"]
         lines += [f"| {md_escape(k)} | {md_escape(v)} |" for k, v in run_facts_rows(run)]
         lines.append("")
