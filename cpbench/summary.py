@@ -247,6 +247,11 @@ def summarize(results: pa.Table, *, itl_hist: Histogram | None = None, run: dict
     window_s = _window_s(c)
     n = int(c["intended_ns"].size)
     n_sent = int((c["sent_ns"] >= 0).sum())
+    # Results hold only requests that were sent; an interrupted run knows from its plan how
+    # many the trace scheduled (run["scheduled"], warm-up included), so none vanish unseen.
+    n_scheduled = n
+    if run.get("scheduled") is not None:
+        n_scheduled = max(int(run["scheduled"]) - c["n_warmup"], n)
     n_completed = int(c["completed"].sum())
     n_errors = int(c["errored"].sum())
     by_error = pc.value_counts(c["table"].column("error_class").drop_null().cast(pa.string()))
@@ -266,7 +271,7 @@ def summarize(results: pa.Table, *, itl_hist: Histogram | None = None, run: dict
     return {
         "cpbench_version": __version__,
         "run": dict(run),
-        "requests": {"scheduled": n, "sent": n_sent, "completed": n_completed,
+        "requests": {"scheduled": n_scheduled, "sent": n_sent, "not_sent": n_scheduled - n_sent, "completed": n_completed,
                      "errors": n_errors, "warmup": c["n_warmup"],
                      "by_error_class": {str(d["values"]): int(d["counts"])
                                         for d in by_error.to_pylist()}},

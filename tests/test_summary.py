@@ -83,14 +83,22 @@ def summary():
 
 def test_counts_and_rates(summary):
     assert summary["run"] == RUN and summary["cpbench_version"]
-    assert summary["requests"] == {"scheduled": 4, "sent": 4, "completed": 3, "errors": 1,
-                                   "warmup": 1, "by_error_class": {"http_5xx": 1}}
+    assert summary["requests"] == {"scheduled": 4, "sent": 4, "not_sent": 0, "completed": 3,
+                                   "errors": 1, "warmup": 1, "by_error_class": {"http_5xx": 1}}
     rates = summary["rates"]
     assert rates["scheduled_rps"] == pytest.approx(4 / WINDOW_S)
     assert rates["achieved_rps"] == pytest.approx(4 / WINDOW_S)
     assert rates["completed_rps"] == pytest.approx(3 / WINDOW_S)
     assert rates["output_tps"] == pytest.approx(30 / WINDOW_S)
     assert summary["slo"] == {"attainment": 0.5, "goodput_rps": pytest.approx(2 / WINDOW_S)}
+
+
+def test_interrupted_run_counts_the_requests_it_never_sent():
+    """run["scheduled"] is the plan's size (warm-up included); unsent rows are not in results."""
+    out = summarize(results_table(ROWS), run={**RUN, "scheduled": 9}, slice_s=1e-6)
+    assert out["requests"]["scheduled"] == 8      # 9 planned - 1 warm-up
+    assert out["requests"]["sent"] == 4
+    assert out["requests"]["not_sent"] == 4
 
 
 def test_latencies_from_intended_and_from_sent(summary):
