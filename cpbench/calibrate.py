@@ -158,14 +158,19 @@ def machine_description() -> dict:
             "python": platform.python_version(), "host": platform.node(), "loadavg": load}
 
 
-def poisson_trace(path: Path, kind: str, rate_rps: float, duration_s: float, seed: int) -> int:
-    """Write a seeded Poisson trace of one kind (16 tokens in, 16 out); returns its length."""
+def poisson_trace(path: Path, kind: str, rate_rps: float, duration_s: float | None, seed: int,
+                  count: int | None = None) -> int:
+    """Write a seeded Poisson trace of one kind (16 tokens in, 16 out); returns its length.
+
+    ``count`` (a fixed number of requests) replaces ``duration_s`` when given.
+    """
     import numpy as np
     import pyarrow as pa
 
     from cpbench._core import schedule
     from cpbench.trace import write_trace
-    arrivals = np.asarray(schedule.poisson(rate_rps, duration_s=duration_s, seed=seed))
+    arrivals = np.asarray(schedule.poisson(rate_rps, count=count, seed=seed) if count else
+                          schedule.poisson(rate_rps, duration_s=duration_s, seed=seed))
     n = len(arrivals)
     llm = kind != "embedding"
     table = pa.table({
@@ -179,7 +184,7 @@ def poisson_trace(path: Path, kind: str, rate_rps: float, duration_s: float, see
     })
     write_trace(table, path, metadata={"generator": "cpbench.calibrate",
                                        "params": {"kind": kind, "rate_rps": rate_rps,
-                                                  "duration_s": duration_s},
+                                                  "duration_s": duration_s, "count": count},
                                        "seed": seed, "source": "synthetic"})
     return n
 
@@ -308,9 +313,10 @@ def calibrate(*, url: str | None = None, duration_s: float = 3.0, kinds=KINDS,
                     points.append(stats)
                     if log:
                         log(f"{kind:<10} {rate:>10,.0f} req/s  achieved "
-                            f"{stats['achieved_rps']:>10,.0f}  short {stats['shortfall_pct']:5.2f} %"
-                            f"  lag p99 {stats['lag_p99_ms'] or 0:7.3f} ms  errors {stats['errors']}"
-                            f"  {'held' if stats['held'] else 'not held'}")
+                            f"{stats['achieved_rps']:>10,.0f}  short "
+                            f"{stats['shortfall_pct']:5.2f} %  lag p99 "
+                            f"{stats['lag_p99_ms'] or 0:7.3f} ms  errors {stats['errors']}  "
+                            f"{'held' if stats['held'] else 'not held'}")
                     return stats["held"]
 
                 best = find_max_rate(probe, start_rps=start_rps, max_rps=max_rps,
