@@ -93,16 +93,20 @@ def _goals(points: list[dict], kind: str) -> list[str]:
     held = best_held(points, kind)
     wrk = [p for p in points if p["kind"] == kind and p["tool"] == "wrk"]
     ceiling = wrk[0].get("achieved_rps") if wrk else None
-    ours = max((r for (t, _), r in held.items() if t == "cpbench"), default=0.0)
+    # cpbench claims a rate only with its dispatch lag bounded too (the issue's goal); the
+    # peers' lag is not observable, their wire CV and KS show how they keep the process.
+    claims = [p for p in points if p["kind"] == kind and p["tool"] == "cpbench" and p.get("held")
+              and (p.get("client_lag_p99_ms") or 9) <= 1.0]
+    ours = max((p["rate_rps"] for p in claims), default=0.0)
     peer = max((r for (t, _), r in held.items() if t != "cpbench"), default=None)
     out = ["Highest rate held (≤ 1 % shortfall, no errors; the ladder stops at the first miss): "
            + ", ".join(f"{t} ({c}) {r:,.0f} req/s" for (t, c), r in held.items())
            + (f"; wrk ceiling {ceiling:,.0f} req/s." if ceiling else ".")]
+    out.append(f"cpbench with dispatch-lag p99 ≤ 1 ms as well: {ours:,.0f} req/s.")
     if peer is not None:
         ratio = ours / peer if peer else float("inf")
-        out.append(f"cpbench / best peer: {ratio:.1f}x (goal ≥ {GOAL_RATIO:g}x): "
+        out.append(f"cpbench (lag-bounded) / best peer: {ratio:.1f}x (goal ≥ {GOAL_RATIO:g}x): "
                    + ("met." if ratio >= GOAL_RATIO else "**not met** on this run."))
-    claims = [p for p in points if p["kind"] == kind and p["tool"] == "cpbench" and p.get("held")]
     if claims:
         cv_ok = all(abs((p["wire"]["cv"] or 0) - 1) <= 0.02 for p in claims)
         # A seeded sample of a few thousand gaps is itself off 1.0 by more than 0.02: judge
@@ -110,13 +114,11 @@ def _goals(points: list[dict], kind: str) -> list[str]:
         cv_trace_ok = all(abs((p["wire"]["cv"] or 0) - (p.get("trace") or {}).get("cv", 1))
                           <= 0.02 for p in claims)
         ks_ok = all((p["wire"]["ks"] or 9) <= 2 * (p["wire"]["ks_ideal"] or 0) for p in claims)
-        lag_ok = all((p.get("client_lag_p99_ms") or 9) <= 1.0 for p in claims)
         lat_ok = all((p.get("reported_latency_p50_ms") or 9) < 1.0 for p in claims)
-        out.append(f"At every rate cpbench held: wire CV within 0.02 of 1: "
+        out.append(f"At every rate cpbench claims: wire CV within 0.02 of 1: "
                    f"{'yes' if cv_ok else '**no**'} (of the replayed trace's own CV: "
                    f"{'yes' if cv_trace_ok else '**no**'}); KS ≤ 2x ideal: "
-                   f"{'yes' if ks_ok else '**no**'}"
-                   f"; dispatch-lag p99 ≤ 1 ms: {'yes' if lag_ok else '**no**'}; reported "
+                   f"{'yes' if ks_ok else '**no**'}; reported "
                    f"latency p50 < 1 ms: {'yes' if lat_ok else '**no**'}.")
     return out
 

@@ -225,7 +225,14 @@ def main(argv: list[str] | None = None) -> int:
                     help="run every client (not nginx) at SCHED_FIFO PRIO")
     ap.add_argument("-o", "--output", type=Path, default=HERE / "results.json")
     ap.add_argument("--markdown", type=Path, default=HERE / "RESULTS.md")
+    ap.add_argument("--render", type=Path, default=None, metavar="RESULTS_JSON",
+                    help="only regenerate --markdown from a results.json")
     args = ap.parse_args(argv)
+    if args.render:
+        data = json.loads(args.render.read_text())
+        args.markdown.write_text(render(data["meta"], data["points"]))
+        print(f"wrote {args.markdown}")
+        return 0
     mode = QUICK if args.quick else FULL
     rates = [float(r) for r in args.rates.split(",")] if args.rates else mode["rates"]
     seconds = args.seconds or mode["seconds"]
