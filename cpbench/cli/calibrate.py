@@ -41,7 +41,7 @@ def register(subparsers: argparse._SubParsersAction) -> None:
     p = subparsers.add_parser(
         "calibrate", help="measure the highest rate this client host holds, for reports",
         description="Find, for chat and embeddings, the highest Poisson rate cpbench replay "
-                    "holds on this host with dispatch-lag p99 <= 1 ms and <= 1 %% shortfall "
+                    "holds on this host with dispatch-lag p99 <= 1 ms and <= 1 % shortfall "
                     "against a zero-cost target, by doubling then bisecting with short runs.",
         epilog=EPILOG, formatter_class=argparse.RawDescriptionHelpFormatter)
     p.add_argument("--url", default=None,
