@@ -94,9 +94,22 @@ def _finish(point: dict, wire_ns: np.ndarray, target_rps: float, n: int, exact: 
     # A peer's intended times are unknown: its rate is judged against the nominal one, and a
     # Poisson sample of n requests spans n/rate only to +-1/sqrt(n); allow two of those.
     point["shortfall_tolerance_pct"] = SHORTFALL_PCT + (0.0 if exact else 200.0 / np.sqrt(n))
+    return judge(point)
+
+
+def judge(point: dict) -> dict:
+    """``held``: clean exit, no errors, rate within tolerance, and still a Poisson process.
+
+    A tool that keeps the count but bunches its sends (wire CV far from 1) is not holding a
+    Poisson rate; a sample of n gaps has a CV within about 1/sqrt(n) of 1, so allow
+    0.1 + 3/sqrt(n).
+    """
+    cv, n = (point.get("wire") or {}).get("cv"), point.get("requests") or 0
+    point["cv_tolerance"] = 0.1 + 3.0 / np.sqrt(max(n, 1))
     point["held"] = bool(point.get("status") == 0 and not point.get("errors")
-                         and point["shortfall_pct"] is not None
-                         and point["shortfall_pct"] <= point["shortfall_tolerance_pct"])
+                         and point.get("shortfall_pct") is not None
+                         and point["shortfall_pct"] <= point["shortfall_tolerance_pct"]
+                         and cv is not None and abs(cv - 1.0) <= point["cv_tolerance"])
     return point
 
 
@@ -226,12 +239,17 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("-o", "--output", type=Path, default=HERE / "results.json")
     ap.add_argument("--markdown", type=Path, default=HERE / "RESULTS.md")
     ap.add_argument("--render", type=Path, default=None, metavar="RESULTS_JSON",
-                    help="only regenerate --markdown from a results.json")
+                    help="only re-judge the points of a results.json (in place) and "
+                         "regenerate --markdown from it")
     args = ap.parse_args(argv)
     if args.render:
         data = json.loads(args.render.read_text())
+        for p in data["points"]:
+            if p["tool"] not in ("wrk",) and not p.get("unsupported"):
+                judge(p)
+        args.render.write_text(json.dumps(data, indent=2, default=str))
         args.markdown.write_text(render(data["meta"], data["points"]))
-        print(f"wrote {args.markdown}")
+        print(f"re-judged {args.render}, wrote {args.markdown}")
         return 0
     mode = QUICK if args.quick else FULL
     rates = [float(r) for r in args.rates.split(",")] if args.rates else mode["rates"]
