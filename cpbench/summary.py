@@ -27,7 +27,6 @@ import base64
 import json
 import math
 import os
-import tempfile
 from collections.abc import Sequence
 from typing import Any
 
@@ -38,6 +37,7 @@ import pyarrow.compute as pc
 from cpbench import __version__
 from cpbench._core.hist import Histogram
 from cpbench._core.slo import KINDS, PRIORITIES, SloCounters, Timeslices
+from cpbench.atomic import atomic_write
 from cpbench.errors import ConfigError, OutputError
 
 PERCENTILES = (50, 90, 95, 99, 99.9)
@@ -302,18 +302,8 @@ def write_summary(summary: dict[str, Any], path: str | os.PathLike) -> None:
     """Write ``summary`` as JSON atomically (temporary file in the same folder, then rename)."""
     path = os.fspath(path)
     text = json.dumps(summary, indent=2, allow_nan=False) + "\n"
-    folder = os.path.dirname(os.path.abspath(path))
     try:
-        fd, tmp = tempfile.mkstemp(prefix=".summary-", suffix=".tmp", dir=folder)
-        try:
-            with os.fdopen(fd, "w", encoding="utf-8") as f:
-                f.write(text)
-                f.flush()
-                os.fsync(f.fileno())
-            os.replace(tmp, path)
-        except BaseException:
-            os.unlink(tmp)
-            raise
+        atomic_write(path, text)
     except OSError as exc:
         raise OutputError(f"cannot write summary {path}: {exc.strerror or exc}; check that "
                           "the folder exists, is writable and has space") from None

@@ -7,8 +7,6 @@ every string; only Bokeh's own script, divs and resources are marked safe.
 """
 from __future__ import annotations
 
-import os
-import tempfile
 from pathlib import Path
 
 import jinja2
@@ -16,6 +14,7 @@ from bokeh.embed import components
 from bokeh.resources import Resources
 
 from cpbench import __version__
+from cpbench.atomic import atomic_write
 from cpbench.errors import ConfigError, OutputError
 from cpbench.report.charts import single_run_sections
 from cpbench.report.compare import comparison_sections
@@ -66,14 +65,7 @@ def render_html(runs: list[RunData], title: str | None = None) -> str:
 def _write_atomic(path: Path, text: str) -> None:
     """Write via a temporary file and rename, so a reader never sees half a report."""
     path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", dir=path.parent)
-    try:
-        with os.fdopen(fd, "w", encoding="utf-8") as f:
-            f.write(text)
-        os.replace(tmp, path)
-    except BaseException:
-        Path(tmp).unlink(missing_ok=True)
-        raise
+    atomic_write(path, text, fsync=False)
 
 
 def write_report(result_dirs: list[Path], html_path: Path, *, markdown_path: Path | None = None,
