@@ -67,14 +67,11 @@ def load_calibration(path: str | os.PathLike[str] | None = None) -> dict | None:
 
 def save_calibration(result: dict, path: str | os.PathLike[str] | None = None) -> Path:
     """Write ``result`` as JSON at ``path`` (default :func:`calibration_path`) by rename."""
+    from cpbench.atomic import atomic_write
     p = Path(path) if path is not None else calibration_path()
     try:
         p.parent.mkdir(parents=True, exist_ok=True)
-        fd, tmp = tempfile.mkstemp(prefix=".calibration-", suffix=".json", dir=p.parent)
-        with os.fdopen(fd, "w", encoding="utf-8") as f:
-            json.dump(result, f, indent=2)
-            f.write("\n")
-        os.replace(tmp, p)
+        atomic_write(p, json.dumps(result, indent=2) + "\n")
     except OSError as exc:
         raise OutputError(f"cannot write {p}: {exc.strerror or exc}; choose another -o") \
             from None

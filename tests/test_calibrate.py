@@ -77,7 +77,7 @@ def test_calibrate_cli_end_to_end_stores_the_file(tmp_path, monkeypatch, capsys)
             assert p["held"] == (p["shortfall_pct"] <= 1.0 and p["lag_p99_ms"] <= 1.0)
         held_rates = [p["rate_rps"] for p in points if p["held"]]
         assert entry["max_rate_rps"] == (max(held_rates) if held_rates else 0.0)
-    assert not list(path.parent.glob(".calibration-*"))      # the atomic write left no temp
+    assert [f.name for f in path.parent.iterdir()] == ["calibration.json"]   # no temp left
     loaded = load_calibration()
     assert loaded["path"] == str(path) and "points" not in loaded["kinds"]["chat"]
 
