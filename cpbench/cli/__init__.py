@@ -14,7 +14,12 @@ from cpbench import __version__
 from cpbench.errors import CpbenchError
 
 # Module names under cpbench.cli, in the order `cpbench --help` lists them.
-COMMANDS: tuple[str, ...] = ("report", "record", "validate", "info", "config", "verify", "sim", "replay", "run", "compare", "sweep", "experiment", "calibrate")
+COMMANDS: tuple[str, ...] = (
+    "record", "validate", "info",            # traces
+    "sim", "replay", "report",               # the main job
+    "run", "compare", "sweep", "experiment", # experiments over policies and load
+    "calibrate", "config", "verify",         # the client host, config files, reproducibility
+)
 
 EPILOG = """examples:
   cpbench record synth --pattern poisson --rate 50 --requests 2000 -o my.arrow
