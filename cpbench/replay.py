@@ -205,6 +205,9 @@ def run_replay(trace_path: str | os.PathLike[str], *, url: str | None = None,
         try:
             target_url = sim.url if sim else url
             check_reachable(target_url)
+            from cpbench.manifest import record_run  # manifest.json: how to rerun this run
+            record_run(out, options={**o, "url": url}, trace_path=trace_path,
+                       target_url=target_url)
             return _run(trace_path, sha256_file(trace_path), target_url, sim is not None,
                         out, o, selection, sel.intended_ns)
         finally:

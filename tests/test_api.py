@@ -132,7 +132,6 @@ def test_replay_rejects_unknown_options_before_anything_runs(tmp_path):
 _ROW_COLUMNS = ("row", "kind", "priority", "model", "input_tokens", "output_tokens",
                 "batch_size", "status", "error_class", "slo_ttft_ms", "slo_e2e_ms", "warmup")
 _REPLAY_ARGS = {"workers": 1, "no_report": True, "timeout": 30.0, "warmup": "3"}
-_CLI_ARGS = ("--workers", "1", "--no-report", "--timeout", "30", "--warmup", "3", "--quiet")
 
 
 @pytest.fixture(scope="module")
@@ -162,7 +161,11 @@ def _deterministic(run_dir: Path) -> dict:
 
 @pytest.mark.integration
 def test_api_and_cli_give_the_same_summary(tmp_path, small_trace):
-    cli = _cli("replay", str(small_trace), "-o", str(tmp_path / "cli"), *_CLI_ARGS)
+    # The CLI run takes half its options from a config file, one of them overridden.
+    cfg = tmp_path / "replay.toml"
+    cfg.write_text('no-report = true\ntimeout = 30.0\nwarmup = "3"\nworkers = 2\n')
+    cli = _cli("replay", str(small_trace), "-o", str(tmp_path / "cli"), "--config", str(cfg),
+               "--workers", "1", "--quiet")
     assert cli.returncode == 0, cli.stderr
     run = api.replay(api.load_trace(small_trace), output=tmp_path / "api", **_REPLAY_ARGS)
     assert isinstance(run, api.Run) and run.path == tmp_path / "api"
@@ -174,9 +177,11 @@ def test_api_and_cli_give_the_same_summary(tmp_path, small_trace):
     assert a == b
     assert run.summary == json.loads((run.path / "summary.json").read_text())
     assert run.results.num_rows == 40
-    if (run.path / "manifest.json").exists() and (tmp_path / "cli" / "manifest.json").exists():
-        from cpbench.manifest import verify
-        assert verify(tmp_path / "cli", run.path) == []
+    from cpbench.manifest import read_manifest, verify
+    assert verify(tmp_path / "cli", run.path) == []
+    workload = read_manifest(run.path)["workload"]
+    assert workload["seed"] == 11 and workload["trace_sha256"] == a["run"]["trace_sha256"]
+    assert workload["options"]["timeout_s"] == 30.0 and workload["options"]["workers"] == 1
 
 
 @pytest.mark.integration
@@ -222,6 +227,9 @@ def test_compare_and_report(tmp_path, small_trace):
     html = api.report([fifo, prio.path], tmp_path / "both.html", title="two policies")
     assert html == tmp_path / "both.html" and "two policies" in html.read_text()
     assert (tmp_path / "both.md").is_file()
+    differs = _cli("verify", str(fifo.path), str(prio.path))
+    assert differs.returncode == 1
+    assert differs.stdout.splitlines()[1:] == ['  options.policy: "fifo" != "priority"']
     with pytest.raises(ConfigError, match=r"compare\(\): unknown key 'repeats'"):
         api.compare(small_trace, "fifo,priority", repeats=2)
 

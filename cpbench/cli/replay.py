@@ -52,6 +52,8 @@ def register(subparsers) -> None:
     p.add_argument("--no-report", action="store_true", help="skip report.html / report.md")
     p.add_argument("--loop", choices=("uvloop", "asyncio"), default="uvloop",
                    help=argparse.SUPPRESS)
+    from cpbench.config import add_config_option
+    add_config_option(p)
     p.set_defaults(func=run)
 
 
