@@ -158,7 +158,8 @@ def convert(parser: argparse.ArgumentParser, values: Mapping[str, Any], *,
         where = _where(source, key, lines)
         action = actions.get(key)
         if action is None:
-            known = ", ".join(sorted({a.dest.replace("_", "-") for a in actions.values()}))
+            known = ", ".join(sorted({_key_name(a) for a in actions.values()
+                                      if a.help != argparse.SUPPRESS}))
             raise ConfigError(f"{where}: unknown key '{key}' for 'cpbench {_prog(parser)}'; "
                               f"known keys: {known}")
         if action.dest in out:
