@@ -365,18 +365,46 @@ def read_manifest(path: str | os.PathLike[str]) -> dict[str, Any]:
     return data
 
 
+def _manifests(root: str | os.PathLike[str]) -> dict[str, Path]:
+    """Manifests under ``root`` by run: ``{"": m}`` for one run, ``{"fifo": ...}`` for a tree."""
+    path = Path(root)
+    if path.is_file() or (path / MANIFEST_NAME).is_file() or not path.is_dir():
+        return {"": path}
+    # `cpbench run` keeps its replay in DIR/run/, compare in DIR/<policy>[/repeat-K]/.
+    found = {p.parent.relative_to(path).as_posix(): p
+             for depth in ("*", "*/*", "*/*/*") for p in path.glob(f"{depth}/{MANIFEST_NAME}")}
+    if not found:
+        read_manifest(path)  # raises: neither a run nor a directory of runs
+    return found
+
+
 def verify(dir_a: str | os.PathLike[str], dir_b: str | os.PathLike[str]) -> list[str]:
     """What differs in the workload of two runs: trace hash, seed and options.
 
-    Options that only say where output goes or which target was measured
-    (``NON_WORKLOAD_OPTIONS``) are not compared. An empty list means the same workload.
+    Either side may be a result directory, its ``manifest.json``, or a directory of runs
+    (``cpbench run``, ``compare``, ``experiment``): runs are then matched by relative path
+    and each difference is prefixed with it. Options that only say where output goes, which
+    target was measured or how the client spreads its work (``NON_WORKLOAD_OPTIONS``) are not
+    compared. An empty list means the same workload.
 
     Raises
     ------
     ConfigError
         A directory without a readable manifest.
     """
-    a, b = read_manifest(dir_a)["workload"], read_manifest(dir_b)["workload"]
+    runs_a, runs_b = _manifests(dir_a), _manifests(dir_b)
+    out: list[str] = []
+    for name in sorted(set(runs_a) ^ set(runs_b)):
+        side = "A" if name in runs_a else "B"
+        out.append(f"run {name or '.'}: only in {side}")
+    for name in sorted(set(runs_a) & set(runs_b)):
+        prefix = f"{name}: " if name else ""
+        out += [prefix + line for line in _verify_one(runs_a[name], runs_b[name])]
+    return out
+
+
+def _verify_one(path_a: Path, path_b: Path) -> list[str]:
+    a, b = read_manifest(path_a)["workload"], read_manifest(path_b)["workload"]
     out: list[str] = []
     if a.get("trace_sha256") != b.get("trace_sha256"):
         out.append(f"trace_sha256: {a.get('trace_sha256')} ({a.get('trace')}) != "

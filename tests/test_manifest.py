@@ -199,3 +199,20 @@ def test_record_run_takes_the_seed_from_the_trace_and_probes_the_target(tmp_path
     assert data["workload"]["trace_sha256"] == hashlib.sha256(trace.read_bytes()).hexdigest()
     assert data["target"]["server"]["server"] == "TestPlane/1.2"
     assert manifest.trace_seed(tmp_path / "out" / "manifest.json") is None
+
+
+def test_verify_matches_the_runs_of_two_run_trees(tmp_path):
+    for tree, seed in (("a", 7), ("b", 7), ("c", 8)):
+        for policy in ("fifo", "slo_aware"):
+            manifest.write_manifest(tmp_path / tree / policy / "repeat-1", _manifest(
+                tmp_path, seed=seed, options={"policy": policy, "output": tree}))
+    assert manifest.verify(tmp_path / "a", tmp_path / "b") == []
+    assert manifest.verify(tmp_path / "a", tmp_path / "c") == [
+        "fifo/repeat-1: seed: 7 != 8", "slo_aware/repeat-1: seed: 7 != 8"]
+    manifest.write_manifest(tmp_path / "b" / "edf" / "repeat-1", _manifest(tmp_path))
+    assert manifest.verify(tmp_path / "a", tmp_path / "b") == ["run edf/repeat-1: only in B"]
+    out = _cli("verify", str(tmp_path / "a"), str(tmp_path / "c"))
+    assert out.returncode == 1 and "slo_aware/repeat-1: seed: 7 != 8" in out.stdout
+    (tmp_path / "empty").mkdir()
+    with pytest.raises(ConfigError, match="does not exist"):
+        manifest.verify(tmp_path / "a", tmp_path / "empty")
