@@ -6,6 +6,7 @@ import argparse
 EPILOG = """examples:
   cpbench verify results/burst-2026-10 results/burst-2026-11
   cpbench verify results/run-a/manifest.json results/run-b
+  cpbench verify results/cmp-october results/cmp-november     # compare dirs, run by run
 
 exit status: 0 same workload, 1 the workload differs (each difference printed), 2 bad input.
 """
@@ -15,10 +16,13 @@ def register(subparsers: argparse._SubParsersAction) -> None:
     parser = subparsers.add_parser(
         "verify", help="check that two result directories used the same workload",
         description="Compare the manifests of two runs: trace SHA-256, seed and the resolved "
-                    "options (output locations and the target URL are not compared).",
+                    "options (output locations, the target URL and client worker settings are "
+                    "not compared). Directories of runs (run, compare, experiment) are matched "
+                    "run by run by relative path.",
         epilog=EPILOG, formatter_class=argparse.RawDescriptionHelpFormatter)
-    parser.add_argument("a", metavar="A", help="result directory (or its manifest.json)")
-    parser.add_argument("b", metavar="B", help="result directory (or its manifest.json)")
+    parser.add_argument("a", metavar="A", help="result directory, its manifest.json, or a "
+                                               "directory of runs")
+    parser.add_argument("b", metavar="B", help="the same for the other run(s)")
     parser.set_defaults(func=_verify)
 
 
