@@ -466,7 +466,7 @@ def report(runs: Run | PathLike | Sequence[Run | PathLike], path: PathLike, *,
     pathlib.Path
         ``path``.
     """
-    from cpbench.report import write_report
+    from cpbench.reporting import write_report
 
     items = [runs] if isinstance(runs, (Run, str, os.PathLike)) else list(runs)
     dirs = [r.path if isinstance(r, Run) else Path(r) for r in items]

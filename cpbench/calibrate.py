@@ -5,7 +5,7 @@ replay`` holds on this host with bounded lag (dispatch-lag p99 <= 1 ms and <= 1 
 the achieved send rate against the target rate, no errors) against a zero-cost target: a fixed
 responder in its own process (:func:`serve_fixed`, the same bodies as ``tools/bench/nginx.conf``)
 or a given URL. It brackets by doubling, then bisects, with short runs of
-:func:`cpbench.replay.run_replay` on synthesized seeded traces, and stores the figures as JSON
+:func:`cpbench.runner.run_replay` on synthesized seeded traces, and stores the figures as JSON
 (atomically) at :func:`calibration_path`.
 
 Every later replay loads that file into ``summary.run.calibration`` (:func:`load_calibration`);
@@ -273,7 +273,7 @@ def calibrate(*, url: str | None = None, duration_s: float = 3.0, kinds=KINDS,
     log
         Called with one line per probe (None: silent).
     """
-    from cpbench.replay import run_replay
+    from cpbench.runner import run_replay
     from cpbench.results import read_results
     bad = [k for k in kinds if k not in KINDS]
     if bad or not kinds:

@@ -142,10 +142,14 @@ class FaultyServer:
                 i = lower.find(b"content-length:")
                 length = int(lower[i + 15:lower.find(b"\r\n", i)]) if i >= 0 else 0
                 body = json.loads(await reader.readexactly(length)) if length else {}
-                self.requests += 1
-                if len(self.heads) < 64:
+                # Only the replayed requests count: the GETs a run makes around them (the
+                # manifest's /v1/models probe) are answered but are not trace rows.
+                replayed = head.startswith(b"POST ")
+                self.requests += replayed
+                if len(self.heads) < 64 and replayed:
                     self.heads.append(head)
-                if self.server_mode and self.server_mode.startswith("refuse-after:") and \
+                if replayed and self.server_mode and \
+                        self.server_mode.startswith("refuse-after:") and \
                         self.requests > int(self.server_mode.split(":")[1]):
                     await self._close()
                     return
@@ -329,8 +333,8 @@ def check_report_shows(out, classes: dict) -> None:
     if (out / "report.html").exists():
         texts = [(out / "report.html").read_text(), (out / "report.md").read_text()]
     else:
-        from cpbench.report.load import load_run as load_report_run
-        from cpbench.report.markdown import render_markdown
+        from cpbench.reporting.load import load_run as load_report_run
+        from cpbench.reporting.markdown import render_markdown
         texts = [render_markdown([load_report_run(out)])]
     for text in texts:
         for cls, n in classes.items():

@@ -1,4 +1,4 @@
-"""Tests of cpbench.report: loading result dirs, the HTML and Markdown reports, the CLI.
+"""Tests of cpbench.reporting: loading result dirs, the HTML and Markdown reports, the CLI.
 
 Result directories come from tests/report_fixtures.py, which writes the files of
 docs/formats.md from a seeded synthetic run.
@@ -18,12 +18,12 @@ from bokeh.models import HoverTool
 
 from cpbench.cli import main as cli_main
 from cpbench.errors import ConfigError
-from cpbench.report import write_report
-from cpbench.report.charts import single_run_sections
-from cpbench.report.compare import comparison_sections
-from cpbench.report.load import load_run, run_labels
-from cpbench.report.markdown import md_escape
-from cpbench.report.tables import run_facts_rows
+from cpbench.reporting import write_report
+from cpbench.reporting.charts import single_run_sections
+from cpbench.reporting.compare import comparison_sections
+from cpbench.reporting.load import load_run, run_labels
+from cpbench.reporting.markdown import md_escape
+from cpbench.reporting.tables import run_facts_rows
 from report_fixtures import make_result_dir, write_arrow
 
 XSS_MODEL = "<script>alert('model')</script>"

@@ -19,7 +19,7 @@ from pathlib import Path
 
 import pytest
 
-from cpbench.report import write_report
+from cpbench.reporting import write_report
 from report_fixtures import make_result_dir
 from test_report import replay_for_report
 

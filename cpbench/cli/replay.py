@@ -1,4 +1,4 @@
-"""`cpbench replay`: parse arguments and call ``cpbench.replay.run_replay``."""
+"""`cpbench replay`: parse arguments and call ``cpbench.runner.run_replay``."""
 from __future__ import annotations
 
 import argparse
@@ -59,7 +59,7 @@ def register(subparsers) -> None:
 
 def run(args: argparse.Namespace) -> int:
     from cpbench.errors import ConfigError
-    from cpbench.replay import run_replay
+    from cpbench.runner import run_replay
 
     if args.policy and args.url:
         raise ConfigError("--policy only sets the embedded sim's policy; with --url switch "

@@ -1,4 +1,4 @@
-"""`cpbench report`: parse arguments and call ``cpbench.report.write_report``."""
+"""`cpbench report`: parse arguments and call ``cpbench.reporting.write_report``."""
 from __future__ import annotations
 
 import argparse
@@ -30,7 +30,7 @@ def register(subparsers) -> None:
 
 
 def run(args: argparse.Namespace) -> int:
-    from cpbench.report import write_report  # Bokeh loads only when a report is made
+    from cpbench.reporting import write_report  # Bokeh loads only when a report is made
 
     output = args.output
     if output is None:

@@ -7,7 +7,7 @@ Repeats are interleaved (a b c a b c, not a a b b c c) so a slow drift of the ho
 policy alike. Hands on ``DIR/comparison.json`` (the paired statistics of
 ``stats.paired_comparison``), ``DIR/comparison.md`` (the paired differences per kind and
 priority as a table), one comparison report (``DIR/report.html`` + ``report.md`` via
-``cpbench.report``) and the answer table.
+``cpbench.reporting``) and the answer table.
 """
 from __future__ import annotations
 
@@ -86,7 +86,7 @@ def control_plane(url: str | None, *, sim_config: str | Path | None = None) -> I
 def replay_one(trace: Path, out_dir: Path, *, url: str, policy: str | None,
                options: dict[str, Any]) -> Path:
     """One replay into ``out_dir`` against an already running control plane."""
-    from cpbench.replay import run_replay  # the layer below; imported late to keep startup light
+    from cpbench.runner import run_replay  # the layer below; imported late to keep startup light
     opts = dict(options)
     opts.setdefault("quiet", True)
     # One comparison report covers every run; a Bokeh report per run would only cost time.
@@ -219,7 +219,7 @@ def analyse(dirs: dict[str, list[Path]], *, baseline: str, confidence: float,
 
 def write_comparison_report(dirs: Sequence[Path], out_dir: Path, title: str) -> Path:
     """``DIR/report.html`` and ``DIR/report.md`` over every run directory."""
-    from cpbench.report.html import write_report
+    from cpbench.reporting.html import write_report
     return write_report(list(dirs), out_dir / "report.html",
                         markdown_path=out_dir / "report.md", title=title)
 
@@ -257,7 +257,7 @@ def compare(trace: str | Path, *, policies: Sequence[str], out_dir: str | Path,
     sim_config
         JSON config of the embedded control plane (``cpbench sim --config``).
     replay_options
-        Passed to ``cpbench.replay.run_replay`` (``speed``, ``workers``, ``timeout_s`` ...).
+        Passed to ``cpbench.runner.run_replay`` (``speed``, ``workers``, ``timeout_s`` ...).
     experiment, metric, json_name
         The name recorded in the JSON, the overall metric that picks the best policy
         (``stats.metric_names``; attainment higher is better, latencies lower), and the JSON

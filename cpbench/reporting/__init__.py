@@ -5,6 +5,6 @@
 """
 from __future__ import annotations
 
-from cpbench.report.html import write_report
+from cpbench.reporting.html import write_report
 
 __all__ = ["write_report"]

@@ -9,8 +9,8 @@ from __future__ import annotations
 from pathlib import Path
 
 from cpbench.calibrate import calibration_warnings
-from cpbench.report.load import RunData, run_labels
-from cpbench.report.tables import Table, comparison_table, run_facts_rows, run_tables
+from cpbench.reporting.load import RunData, run_labels
+from cpbench.reporting.tables import Table, comparison_table, run_facts_rows, run_tables
 
 _ESCAPES = {"&": "&amp;", "<": "&lt;", ">": "&gt;", "|": "\\|", "`": "\\`", "*": "\\*",
             "_": "\\_", "[": "\\[", "]": "\\]", "\r": " ", "\n": " "}

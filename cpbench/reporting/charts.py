@@ -15,7 +15,7 @@ from bokeh.models import ColumnDataSource, DataRange1d, FactorRange, HoverTool, 
 from bokeh.palettes import Category10_10
 from bokeh.plotting import figure
 
-from cpbench.report.load import LADDER_PERCENTS, Distribution, RunData, attainment_pct
+from cpbench.reporting.load import LADDER_PERCENTS, Distribution, RunData, attainment_pct
 
 PLOT_HEIGHT = 330
 LEGEND_ROW_CHARS = 95  # about what one legend row holds at half the page width

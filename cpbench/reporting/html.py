@@ -16,11 +16,11 @@ from bokeh.resources import Resources
 from cpbench import __version__
 from cpbench.atomic import atomic_write
 from cpbench.errors import ConfigError, OutputError
-from cpbench.report.charts import single_run_sections
-from cpbench.report.compare import comparison_sections
-from cpbench.report.load import RunData, load_run, run_labels
-from cpbench.report.markdown import write_markdown
-from cpbench.report.tables import comparison_table, run_facts_rows, run_tables
+from cpbench.reporting.charts import single_run_sections
+from cpbench.reporting.compare import comparison_sections
+from cpbench.reporting.load import RunData, load_run, run_labels
+from cpbench.reporting.markdown import write_markdown
+from cpbench.reporting.tables import comparison_table, run_facts_rows, run_tables
 
 # Only the core BokehJS bundle: the report uses no widgets, tables, WebGL or MathJax, and the
 # full INLINE set would add 2.6 MB to every report for nothing.
@@ -29,7 +29,7 @@ RESOURCES = Resources(mode="inline", components=["bokeh"])
 
 def _environment() -> jinja2.Environment:
     return jinja2.Environment(
-        loader=jinja2.PackageLoader("cpbench.report", "templates"),
+        loader=jinja2.PackageLoader("cpbench.reporting", "templates"),
         autoescape=True, undefined=jinja2.StrictUndefined, trim_blocks=True,
         lstrip_blocks=True)
 

@@ -10,9 +10,9 @@ import numpy as np
 from bokeh.models import ColumnDataSource, DataRange1d, FactorRange, HoverTool
 from bokeh.palettes import Category10_10, Category20_20, Turbo256
 
-from cpbench.report.charts import (Section, attainment_figure, finish_legend,
+from cpbench.reporting.charts import (Section, attainment_figure, finish_legend,
                                    new_figure, time_figure)
-from cpbench.report.load import LADDER_PERCENTS, RunData, attainment_pct, llm_share
+from cpbench.reporting.load import LADDER_PERCENTS, RunData, attainment_pct, llm_share
 
 PRIORITIES = ("HIGH", "NORMAL", "LOW")
 

@@ -8,7 +8,7 @@ from __future__ import annotations
 from dataclasses import dataclass
 
 from cpbench.calibrate import calibration_fact, calibration_warnings
-from cpbench.report.load import RunData, attainment_pct, llm_share, run_facts
+from cpbench.reporting.load import RunData, attainment_pct, llm_share, run_facts
 
 SUMMARY_PERCENTS = ("p50", "p90", "p95", "p99", "p99.9")
 LATENCY_ROWS = (("TTFT", "ttft"), ("End-to-end", "e2e"))

@@ -380,7 +380,7 @@ def _write_outputs(out: Path, run: dict, pool: WorkerPool, o: dict, monitors) ->
     if not o["quiet"]:
         print(format_summary(summary, out))
     if o["report"]:
-        from cpbench.report import write_report  # Bokeh loads only when a report is made
+        from cpbench.reporting import write_report  # Bokeh loads only when a report is made
         write_report([out], out / "report.html", markdown_path=out / "report.md")
 
 
