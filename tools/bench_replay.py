@@ -33,7 +33,7 @@ import numpy as np
 import pyarrow as pa
 
 from cpbench._core import schedule
-from cpbench.replay import run_replay
+from cpbench.runner import run_replay
 from cpbench.results import read_results
 from cpbench.trace import write_trace
 
