@@ -30,35 +30,18 @@ import time
 from pathlib import Path
 
 import numpy as np
-import pyarrow as pa
 
-from cpbench._core import schedule
+from cpbench.calibrate import poisson_trace
 from cpbench.runner import run_replay
 from cpbench.results import read_results
-from cpbench.trace import write_trace
 
 HERE = Path(__file__).resolve().parent
 SEED = 20_260_601
 
 
 def make_trace(path: Path, kind: str, rate_rps: float, seconds: float, seed: int) -> int:
-    arrivals = np.asarray(schedule.poisson(rate_rps, duration_s=seconds, seed=seed))
-    n = len(arrivals)
-    llm = kind != "embedding"
-    table = pa.table({
-        "arrival_ns": pa.array(arrivals, pa.int64()),
-        "kind": pa.array([kind] * n).dictionary_encode(),
-        "model": pa.array(["bench"] * n).dictionary_encode(),
-        "input_tokens": pa.array(np.full(n, 16, np.int32)),
-        "output_tokens": pa.array(np.full(n, 16, np.int32)) if llm else pa.nulls(n, pa.int32()),
-        "batch_size": pa.array(np.ones(n, np.int16)),
-        "priority": pa.array(["NORMAL"] * n).dictionary_encode(),
-    })
-    write_trace(table, path, metadata={"generator": "tools/bench_replay.py",
-                                       "params": {"kind": kind, "rate_rps": rate_rps,
-                                                  "seconds": seconds},
-                                       "seed": seed, "source": "synthetic"})
-    return n
+    """The same seeded one-kind Poisson trace `cpbench calibrate` probes with."""
+    return poisson_trace(path, kind, rate_rps, seconds, seed)
 
 
 def start_nginx(prefix: Path) -> tuple[int, str]:
