@@ -80,8 +80,10 @@ class EmbeddedSim:
     def __init__(self, policy: str | None, workdir: Path) -> None:
         self.ready_file = workdir / "sim-ready.json"
         self.log = open(workdir / "sim.log", "w+b")
+        # Any model name is served by the engine of its kind: imported traces (BurstGPT, your
+        # own captures) carry their own model names, which the embedded plane cannot know.
         cmd = [sys.executable, "-m", "cpbench", "sim", "--host", "127.0.0.1", "--port", "0",
-               "--ready-file", str(self.ready_file)]
+               "--ready-file", str(self.ready_file), "--accept-any-model"]
         if policy:
             cmd += ["--policy", policy]
         self.proc = subprocess.Popen(cmd, stdout=subprocess.DEVNULL, stderr=self.log)

@@ -233,3 +233,20 @@ def test_embedded_sim_with_policy(tmp_path):
     assert summary["run"]["embedded_target"] is True and summary["run"]["policy"] == "priority"
     assert summary["requests"]["completed"] == n
     assert (out / "monitor.arrow").exists()
+
+
+@pytest.mark.slow
+def test_embedded_sim_serves_foreign_model_names(tmp_path):
+    """Imported traces keep their own model names (BurstGPT's 'ChatGPT', 'GPT-4'); the embedded
+    control plane serves them with the engine of their kind instead of answering 404."""
+    n = 12
+    kinds = ["chat", "embedding", "chat"] * (n // 3)
+    models = ["ChatGPT", "text-embedding-3-small", "GPT-4"] * (n // 3)
+    trace = make_trace(tmp_path / "t.arrow", models, kinds, gap_ms=10.0)
+    out = tmp_path / "out"
+    proc = cpbench("replay", trace, "-o", out, "--workers", 1, "--no-report", timeout=120)
+    assert proc.returncode == 0, proc.stderr
+    summary = summary_of(out)
+    assert summary["requests"]["completed"] == n and summary["requests"]["errors"] == 0
+    table = read_results(out / "results.arrow")
+    assert sorted(set(table.column("model").to_pylist())) == sorted(set(models))
