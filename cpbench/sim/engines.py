@@ -36,7 +36,34 @@ async def _sleep_until(end_ns: int) -> None:
         await asyncio.sleep(0)   # catching up: still let requests and other engines run
 
 
-class LLMEngine:
+class _EngineTask:
+    """The one asyncio task every engine runs, started and stopped the same way.
+
+    Each engine kind supplies ``_run()`` (its step or batch loop) and ``_take_all()`` (removes
+    and returns every request it still holds, so ``stop`` can abort them).
+    """
+
+    name: str
+    _task: asyncio.Task[None] | None
+
+    def start(self) -> None:
+        """Start the engine's task on the running loop."""
+        self._task = asyncio.get_running_loop().create_task(self._run(), name=self.name)
+
+    async def stop(self) -> None:
+        """Cancel the task and abort every request still on the engine (running or waiting)."""
+        if self._task is not None:
+            self._task.cancel()
+            try:
+                await self._task
+            except asyncio.CancelledError:
+                pass
+        now_ns = _monotonic_ns()
+        for req in self._take_all():
+            req.finish(now_ns, aborted=True)
+
+
+class LLMEngine(_EngineTask):
     """One LLM engine instance: continuous batching over a KV cache of fixed size.
 
     A request is admitted when a sequence slot is free and its whole KV footprint (prompt plus
@@ -94,22 +121,10 @@ class LLMEngine:
                 + max_tokens * (cfg.decode_base_ns + cfg.decode_ns_per_seq))
 
     # -- the step loop -----------------------------------------------------------------------
-    def start(self) -> None:
-        """Start the step task on the running loop."""
-        self._task = asyncio.get_running_loop().create_task(self._run(), name=self.name)
-
-    async def stop(self) -> None:
-        """Cancel the step task and abort whatever still runs."""
-        if self._task is not None:
-            self._task.cancel()
-            try:
-                await self._task
-            except asyncio.CancelledError:
-                pass
-        now_ns = _monotonic_ns()
-        for req in [*self.running, *self.prefilling]:
-            req.finish(now_ns, aborted=True)
+    def _take_all(self) -> list[Any]:
+        taken = [*self.running, *self.prefilling]
         self.running, self.prefilling = [], deque()
+        return taken
 
     async def _run(self) -> None:
         cfg = self.cfg
@@ -197,7 +212,7 @@ class LLMEngine:
         self.context_tokens -= req.prompt_tokens + req.generated - 1
 
 
-class EmbeddingEngine:
+class EmbeddingEngine(_EngineTask):
     """One embedding engine instance: runs one batch at a time, collecting the next meanwhile.
 
     Requests admitted while a batch runs wait for the next batch, which starts as soon as the
@@ -247,22 +262,10 @@ class EmbeddingEngine:
         """Time of a batch holding only this request."""
         return self.cfg.batch_base_ns + prompt_tokens * self.cfg.ns_per_token
 
-    def start(self) -> None:
-        """Start the batch task on the running loop."""
-        self._task = asyncio.get_running_loop().create_task(self._run(), name=self.name)
-
-    async def stop(self) -> None:
-        """Cancel the batch task and abort whatever still waits."""
-        if self._task is not None:
-            self._task.cancel()
-            try:
-                await self._task
-            except asyncio.CancelledError:
-                pass
-        now_ns = _monotonic_ns()
-        for req in [*self.running, *self.pending]:
-            req.finish(now_ns, aborted=True)
+    def _take_all(self) -> list[Any]:
+        taken = [*self.running, *self.pending]
         self.running, self.pending = [], []
+        return taken
 
     async def _run(self) -> None:
         while True:
