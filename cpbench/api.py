@@ -16,7 +16,6 @@ import argparse
 import asyncio
 import json
 import os
-import sys
 import tempfile
 import threading
 from collections.abc import Mapping, Sequence
@@ -27,6 +26,7 @@ from typing import Any
 import pyarrow as pa
 
 from cpbench.errors import ConfigError
+from cpbench.spawn import python_module_cmd
 
 __all__ = ["Comparison", "Run", "Trace", "compare", "load_trace", "replay", "replay_async",
            "report", "synthesize"]
@@ -317,7 +317,7 @@ async def replay_async(trace: Trace | PathLike, url: str | None = None, **option
     ns, out = _prepare("replay", trace, {**options, "url": url}, "replay_async")
     argv = _argv("replay", ns)
     proc = await asyncio.create_subprocess_exec(
-        sys.executable, "-m", "cpbench", *argv, stdout=asyncio.subprocess.PIPE,
+        *python_module_cmd("cpbench", *argv), stdout=asyncio.subprocess.PIPE,
         stderr=asyncio.subprocess.PIPE)
     try:
         stdout, stderr = await proc.communicate()
@@ -365,7 +365,7 @@ def _argv(command: str, ns: argparse.Namespace) -> list[str]:
 def _run_cli_blocking(command: str, ns: argparse.Namespace) -> None:
     import subprocess
 
-    proc = subprocess.run([sys.executable, "-m", "cpbench", *_argv(command, ns)],
+    proc = subprocess.run(python_module_cmd("cpbench", *_argv(command, ns)),
                           capture_output=True)
     _check_cli(command, proc.returncode, proc.stdout, proc.stderr)
 

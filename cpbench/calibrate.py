@@ -27,6 +27,7 @@ from datetime import datetime, timezone
 from pathlib import Path
 
 from cpbench.errors import ConfigError, OutputError
+from cpbench.spawn import python_module_cmd
 
 KINDS = ("chat", "embedding")
 LAG_P99_LIMIT_MS = 1.0
@@ -404,7 +405,7 @@ class FixedResponder:
 
     def __init__(self, ready_s: float = 20.0) -> None:
         import subprocess
-        self.proc = subprocess.Popen([sys.executable, "-m", "cpbench.calibrate", "serve"],
+        self.proc = subprocess.Popen(python_module_cmd("cpbench.calibrate", "serve"),
                                      stdout=subprocess.PIPE, stderr=subprocess.PIPE)
         deadline = time.monotonic() + ready_s
         line = self.proc.stdout.readline().strip()      # the port, once it listens

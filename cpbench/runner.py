@@ -31,6 +31,7 @@ from cpbench.endpoints import HINTS
 from cpbench.errors import ConfigError, OutputError, TargetError
 from cpbench.results import ResultsWriter, read_results
 from cpbench.workers import WorkerPool, select_rows
+from cpbench.spawn import python_module_cmd
 
 SIM_READY_S = 30.0
 SIM_STOP_GRACE_S = 5.0
@@ -82,8 +83,8 @@ class EmbeddedSim:
         self.log = open(workdir / "sim.log", "w+b")
         # Any model name is served by the engine of its kind: imported traces (BurstGPT, your
         # own captures) carry their own model names, which the embedded plane cannot know.
-        cmd = [sys.executable, "-m", "cpbench", "sim", "--host", "127.0.0.1", "--port", "0",
-               "--ready-file", str(self.ready_file), "--accept-any-model"]
+        cmd = python_module_cmd("cpbench", "sim", "--host", "127.0.0.1", "--port", "0",
+                                "--ready-file", str(self.ready_file), "--accept-any-model")
         if policy:
             cmd += ["--policy", policy]
         self.proc = subprocess.Popen(cmd, stdout=subprocess.DEVNULL, stderr=self.log)

@@ -32,6 +32,7 @@ from cpbench._core.hist import Histogram
 from cpbench.dispatch import Dispatcher, DispatchOptions, Plan, Target
 from cpbench.errors import CpbenchError, TargetError
 from cpbench.results import DEFAULT_SLO_MS, KIND_VALUES, PRIORITY_VALUES
+from cpbench.spawn import python_module_cmd
 
 _F_SETPIPE_SZ = 1031            # Linux: let a record batch fit in the pipe without blocking
 
@@ -194,8 +195,8 @@ class WorkerPool:
                 fcntl.fcntl(out_w, _F_SETPIPE_SZ, 1 << 20)
             except OSError:
                 pass
-            cmd = [sys.executable, "-m", "cpbench.workers", str(w), str(n_workers),
-                   str(ctl_r), str(out_w)]
+            cmd = python_module_cmd("cpbench.workers", str(w), str(n_workers), str(ctl_r),
+                                    str(out_w))
             # Own session: a terminal's Ctrl-C reaches the parent only, which stops the workers
             # by message after a clean hand-over. The key travels on stdin, never on argv.
             proc = subprocess.Popen(cmd, stdin=subprocess.PIPE, pass_fds=(ctl_r, out_w),

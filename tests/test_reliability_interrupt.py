@@ -58,8 +58,10 @@ def _worker_pids(parent: int) -> dict[int, int]:
             argv = Path(f"/proc/{pid}/cmdline").read_bytes().split(b"\0")
         except OSError:
             continue
-        if b"cpbench.workers" in argv:
-            pids[int(argv[argv.index(b"cpbench.workers") + 1])] = pid
+        # argv: python -c <boot code naming cpbench.workers> W N CTL OUT (cpbench.spawn)
+        at = [i for i, a in enumerate(argv) if b"cpbench.workers" in a]
+        if at:
+            pids[int(argv[at[0] + 1])] = pid
     return pids
 
 

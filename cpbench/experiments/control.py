@@ -24,6 +24,7 @@ from pathlib import Path
 from typing import TextIO
 
 from cpbench.errors import ConfigError, TargetError
+from cpbench.spawn import python_module_cmd
 
 _CONTROL_TIMEOUT_S = 10.0
 _IDLE_GAUGES = ("cpbench_sim_queue_depth", "cpbench_sim_running_sequences",
@@ -41,8 +42,8 @@ def embedded_sim(*, config_path: str | Path | None = None, policy: str | None = 
     with tempfile.TemporaryDirectory(prefix="cpbench-sim-") as tmp:
         ready = Path(tmp) / "ready.json"
         log = Path(tmp) / "sim.log"
-        cmd = [sys.executable, "-m", "cpbench", "sim", "--host", "127.0.0.1", "--port", "0",
-               "--ready-file", str(ready)]
+        cmd = python_module_cmd("cpbench", "sim", "--host", "127.0.0.1", "--port", "0",
+                                "--ready-file", str(ready))
         if config_path is not None:
             cmd += ["--config", str(config_path)]
         if policy is not None:
