@@ -1,10 +1,11 @@
 """The result schema (docs/formats.md, ``results.arrow``) and the recorder that writes it.
 
-A worker appends each finished request's values to the typed columns of a :class:`RowBuffer`;
-a few times a second the buffer becomes an Arrow record batch (SLO flags computed there,
-vectorised), so no per-request Python object outlives the request. The parent
-process owns one :class:`ResultsWriter` that appends each batch to ``results.arrow`` as it
-arrives, so the file is valid up to the last batch after an interruption.
+A worker packs each finished request's values into the flat typed arrays of a
+:class:`RowBuffer`, so no per-request Python object outlives the request; a few times a second
+it hands the raw buffers to the parent, which turns them into an Arrow record batch
+(:func:`rows_to_batch`, SLO flags computed there, vectorised) and appends it to
+``results.arrow`` through its one :class:`ResultsWriter` as it arrives, so the file is valid up
+to the last batch after an interruption.
 
 Dictionary columns use fixed dictionaries (every worker builds the same ones from the trace):
 the Arrow IPC *file* format cannot replace a dictionary between batches.
@@ -35,13 +36,17 @@ DEFAULT_SLO_MS = {
     "embedding": (500.0, 500.0),
 }
 
-# Field order of the tuple the dispatcher appends per request (see RowBuffer.append).
-ROW_FIELDS = (
+# The per-request tuple the dispatcher appends (RowBuffer.append): these integer fields,
+# then the two float deadlines; error_detail travels apart.
+ROW_INT_FIELDS = (
     "row", "kind", "priority", "model", "intended_ns", "sent_ns", "first_byte_ns",
     "first_token_ns", "done_ns", "input_tokens", "output_tokens", "batch_size", "status",
-    "error_class", "error_detail", "itl_mean_ns", "itl_max_ns", "slo_ttft_ms", "slo_e2e_ms",
-    "warmup",
+    "error_class", "itl_mean_ns", "itl_max_ns", "warmup",
 )
+ROW_FLOAT_FIELDS = ("slo_ttft_ms", "slo_e2e_ms")
+ROW_FIELDS = ROW_INT_FIELDS + ROW_FLOAT_FIELDS
+_N_INT = len(ROW_INT_FIELDS)
+_COL = {name: i for i, name in enumerate(ROW_INT_FIELDS)}
 
 
 def _dict_type() -> pa.DataType:
@@ -86,106 +91,99 @@ def _nullable(values: np.ndarray) -> pa.Array:
 
 
 class RowBuffer:
-    """Per-request values of one worker, kept column by column, turned into record batches.
+    """Per-request values of one worker, packed row by row into two flat typed arrays.
 
-    Appending one request costs a score of ``array.append`` calls and no new object that
-    outlives the batch; a batch converts the columns with NumPy without a per-row loop, so a
-    flush costs well under a millisecond and never stalls the dispatcher for long.
-
-    Parameters
-    ----------
-    models : sequence of str
-        Every model of the trace, in the order the dictionary codes refer to.
-    worker : int
-        Index of the worker process, stored in every row.
+    The dispatcher process only packs: appending a request is one ``array.extend`` of its
+    integers and one of its two deadlines, and :meth:`take_rows` hands the raw buffers over
+    (tens of microseconds), so the sending loop never stalls on Arrow work. The parent turns
+    them into a record batch with :func:`rows_to_batch`.
     """
 
-    _INT64 = ("row", "intended_ns", "sent_ns", "first_byte_ns", "first_token_ns", "done_ns",
-              "itl_mean_ns", "itl_max_ns")
-    _INT32 = ("kind", "priority", "model", "input_tokens", "output_tokens", "batch_size",
-              "status", "error_class", "warmup")
-    _FLOAT = ("slo_ttft_ms", "slo_e2e_ms")
-
-    def __init__(self, models: list[str], worker: int) -> None:
-        self.worker = worker
-        self._kinds = pa.array(KIND_VALUES, pa.string())
-        self._priorities = pa.array(PRIORITY_VALUES, pa.string())
-        self._models = pa.array(list(models), pa.string())
-        self._errors = pa.array(ERROR_CLASSES, pa.string())
-        self.schema = result_schema()
+    def __init__(self) -> None:
         self._clear()
 
     def _clear(self) -> None:
-        self.cols = {name: array.array("q") for name in self._INT64}
-        self.cols.update({name: array.array("i") for name in self._INT32})
-        self.cols.update({name: array.array("d") for name in self._FLOAT})
+        self.ints = array.array("q")
+        self.floats = array.array("d")
         self.details: dict[int, str] = {}
-        # Bound appends in ROW_FIELDS order (error_detail handled apart): the hot path.
-        self.appends = tuple(self.cols[f].append for f in ROW_FIELDS if f != "error_detail")
+        self.n = 0
 
     def __len__(self) -> int:
-        return len(self.cols["row"])
+        return self.n
 
     def append(self, values: tuple, detail: str | None = None) -> None:
-        """Record one request: ``values`` in ROW_FIELDS order without ``error_detail``.
+        """Record one request: ``values`` in ROW_FIELDS order (integers, then deadlines).
 
         Absent times and ITLs are -1; a success has ``error_class`` -1, a failure its index
         in ERROR_CLASSES. ``warmup`` is 0 or 1.
         """
         if detail is not None:
-            self.details[len(self.cols["row"])] = detail
-        for add, v in zip(self.appends, values):
-            add(v)
+            self.details[self.n] = detail
+        self.ints.extend(values[:_N_INT])
+        self.floats.extend(values[_N_INT:])
+        self.n += 1
 
-    def take_batch(self) -> pa.RecordBatch | None:
-        """The buffered rows as one record batch (None when empty); the buffer is cleared."""
-        n = len(self)
-        if n == 0:
+    def take_rows(self) -> tuple[int, bytes, bytes, dict[int, str]] | None:
+        """The buffered rows as ``(n, ints, floats, details)`` (None when empty), cleared."""
+        if self.n == 0:
             return None
-        c = {k: np.frombuffer(v, dtype=v.typecode == "d" and np.float64
-                              or (np.int64 if v.typecode == "q" else np.int32))
-             for k, v in self.cols.items()}
-        details = [self.details.get(i) for i in range(n)] if self.details else [None] * n
-        intended = c["intended_ns"]
-        failed = c["error_class"] >= 0
-        first, done = c["first_token_ns"], c["done_ns"]
-        ttft_slo, e2e_slo = c["slo_ttft_ms"], c["slo_e2e_ms"]
-        # Deadlines count from the intended time: client lag is the user's wait too.
-        ttft_met = ~failed & (first >= 0) & ((first - intended) <= ttft_slo * 1e6)
-        e2e_met = ~failed & (done >= 0) & ((done - intended) <= e2e_slo * 1e6)
-
-        def dict_col(codes: np.ndarray, values: pa.Array) -> pa.DictionaryArray:
-            return pa.DictionaryArray.from_arrays(pa.array(codes, mask=codes < 0), values)
-
-        arrays = [
-            pa.array(c["row"]),
-            dict_col(c["kind"], self._kinds),
-            dict_col(c["priority"], self._priorities),
-            dict_col(c["model"], self._models),
-            pa.array(np.full(n, self.worker, np.int16)),
-            pa.array(intended),
-            pa.array(c["sent_ns"]),
-            _nullable(c["first_byte_ns"]),
-            _nullable(first),
-            _nullable(done),
-            pa.array(c["input_tokens"]),
-            pa.array(c["output_tokens"]),
-            pa.array(c["batch_size"].astype(np.int16)),
-            pa.array(c["status"].astype(np.int16)),
-            dict_col(c["error_class"], self._errors),
-            pa.array(details, pa.string()),
-            _nullable(c["itl_mean_ns"]),
-            _nullable(c["itl_max_ns"]),
-            pa.array(ttft_slo.astype(np.float32)),
-            pa.array(e2e_slo.astype(np.float32)),
-            pa.array(ttft_met),
-            pa.array(e2e_met),
-            pa.array(ttft_met & e2e_met),
-            pa.array(c["warmup"] != 0),
-        ]
-        batch = pa.RecordBatch.from_arrays(arrays, schema=self.schema)
+        packed = (self.n, self.ints.tobytes(), self.floats.tobytes(), self.details)
         self._clear()
-        return batch
+        return packed
+
+
+def rows_to_batch(packed: tuple[int, bytes, bytes, dict[int, str]], models: list[str],
+                  worker: int) -> pa.RecordBatch:
+    """One worker's packed rows (:meth:`RowBuffer.take_rows`) as a ``results.arrow`` batch.
+
+    ``models`` is every model of the trace in dictionary-code order; SLO flags are computed
+    here, vectorised.
+    """
+    n, ints, floats, details = packed
+    iv = np.frombuffer(ints, dtype=np.int64).reshape(n, _N_INT)
+    fv = np.frombuffer(floats, dtype=np.float64).reshape(n, 2)
+
+    def col(name: str) -> np.ndarray:
+        return np.ascontiguousarray(iv[:, _COL[name]])
+
+    def dict_col(name: str, values: tuple[str, ...] | list[str]) -> pa.DictionaryArray:
+        codes = col(name).astype(np.int32)
+        return pa.DictionaryArray.from_arrays(pa.array(codes, mask=codes < 0),
+                                              pa.array(list(values), pa.string()))
+
+    intended, first, done = col("intended_ns"), col("first_token_ns"), col("done_ns")
+    failed = col("error_class") >= 0
+    ttft_slo, e2e_slo = fv[:, 0], fv[:, 1]
+    # Deadlines count from the intended time: client lag is the user's wait too.
+    ttft_met = ~failed & (first >= 0) & ((first - intended) <= ttft_slo * 1e6)
+    e2e_met = ~failed & (done >= 0) & ((done - intended) <= e2e_slo * 1e6)
+    arrays = [
+        pa.array(col("row")),
+        dict_col("kind", KIND_VALUES),
+        dict_col("priority", PRIORITY_VALUES),
+        dict_col("model", models),
+        pa.array(np.full(n, worker, np.int16)),
+        pa.array(intended),
+        pa.array(col("sent_ns")),
+        _nullable(col("first_byte_ns")),
+        _nullable(first),
+        _nullable(done),
+        pa.array(col("input_tokens").astype(np.int32)),
+        pa.array(col("output_tokens").astype(np.int32)),
+        pa.array(col("batch_size").astype(np.int16)),
+        pa.array(col("status").astype(np.int16)),
+        dict_col("error_class", ERROR_CLASSES),
+        pa.array([details.get(i) for i in range(n)] if details else [None] * n, pa.string()),
+        _nullable(col("itl_mean_ns")),
+        _nullable(col("itl_max_ns")),
+        pa.array(ttft_slo.astype(np.float32)),
+        pa.array(e2e_slo.astype(np.float32)),
+        pa.array(ttft_met),
+        pa.array(e2e_met),
+        pa.array(ttft_met & e2e_met),
+        pa.array(col("warmup") != 0),
+    ]
+    return pa.RecordBatch.from_arrays(arrays, schema=result_schema())
 
 
 class ResultsWriter:

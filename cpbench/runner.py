@@ -30,7 +30,7 @@ from cpbench.dispatch import Target, strip_credentials
 from cpbench.endpoints import HINTS
 from cpbench.errors import ConfigError, OutputError, TargetError
 from cpbench.results import ResultsWriter, read_results
-from cpbench.workers import WorkerPool, select_rows
+from cpbench.workers import WorkerPool, select_rows, trace_models
 from cpbench.spawn import python_module_cmd
 
 SIM_READY_S = 30.0
@@ -196,6 +196,7 @@ def run_replay(trace_path: str | os.PathLike[str], *, url: str | None = None,
                  "duration_s": o["duration_s"], "warmup_s": warmup_s,
                  "warmup_requests": warmup_requests}
     sel = select_rows(table, **selection)
+    models = trace_models(table)
     del table
     out = Path(out_dir) if out_dir is not None else default_out_dir(trace_path)
     try:
@@ -212,14 +213,14 @@ def run_replay(trace_path: str | os.PathLike[str], *, url: str | None = None,
             record_run(out, options={**o, "url": url}, trace_path=trace_path,
                        target_url=target_url)
             return _run(trace_path, sha256_file(trace_path), target_url, sim is not None,
-                        out, o, selection, sel.intended_ns)
+                        out, o, selection, sel.intended_ns, models)
         finally:
             if sim is not None:
                 sim.stop()
 
 
 def _run(trace_path: Path, trace_sha: str, url: str, embedded: bool, out: Path, o: dict,
-         selection: dict, intended_ns: np.ndarray) -> Path:
+         selection: dict, intended_ns: np.ndarray, models: list[str]) -> Path:
     cap = int(o["max_concurrency"])
     n_workers = max(1, min(int(o["workers"]), max(1, len(intended_ns))))
     if cap:
@@ -247,7 +248,7 @@ def _run(trace_path: Path, trace_sha: str, url: str, embedded: bool, out: Path, 
                      "selection": selection,
                      "dispatch": dict(dispatch_base, max_concurrency=share)})
     writer = ResultsWriter(out / "results.arrow", run)
-    pool = WorkerPool(cfgs, n_workers)
+    pool = WorkerPool(cfgs, n_workers, models)
     failed_write: list[OutputError] = []
 
     def write(batch) -> None:

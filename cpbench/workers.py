@@ -31,10 +31,11 @@ import pyarrow.compute as pc
 from cpbench._core.hist import Histogram
 from cpbench.dispatch import Dispatcher, DispatchOptions, Plan, Target
 from cpbench.errors import CpbenchError, TargetError
-from cpbench.results import DEFAULT_SLO_MS, KIND_VALUES, PRIORITY_VALUES
+from cpbench.results import DEFAULT_SLO_MS, KIND_VALUES, PRIORITY_VALUES, rows_to_batch
 from cpbench.spawn import python_module_cmd
 
 _F_SETPIPE_SZ = 1031            # Linux: let a record batch fit in the pipe without blocking
+_PR_SET_TIMERSLACK = 29         # Linux prctl option
 
 
 @dataclass(frozen=True)
@@ -116,6 +117,20 @@ def _new_loop(name: str) -> asyncio.AbstractEventLoop:
     return asyncio.new_event_loop()
 
 
+def tighten_timer_slack() -> bool:
+    """Ask Linux for 1 ns timer slack in this process instead of the default 50 µs.
+
+    The dispatcher's sub-millisecond waits are ``select`` timeouts, and the kernel may defer a
+    normal process's timer wake-up by its slack: at the default that is most of the median
+    dispatch lag. Returns whether the setting took (not on other systems).
+    """
+    try:
+        import ctypes
+        return ctypes.CDLL(None, use_errno=True).prctl(_PR_SET_TIMERSLACK, 1, 0, 0, 0) == 0
+    except (OSError, AttributeError):
+        return False
+
+
 def worker_main(cfg: dict, worker: int, n_workers: int, ctl: Connection, out: Connection) -> None:
     """Body of worker process ``worker``: plan, connect, wait for the start, run, report."""
     # The parent coordinates stopping (it forwards SIGINT/SIGTERM as a "stop" message).
@@ -123,6 +138,7 @@ def worker_main(cfg: dict, worker: int, n_workers: int, ctl: Connection, out: Co
     signal.signal(signal.SIGTERM, signal.SIG_IGN)
     loop = _new_loop(cfg["loop"])
     asyncio.set_event_loop(loop)
+    tighten_timer_slack()
 
     def emit(kind: str, payload: object) -> None:
         out.send((kind, payload))
@@ -183,10 +199,11 @@ def worker_main(cfg: dict, worker: int, n_workers: int, ctl: Connection, out: Co
 class WorkerPool:
     """The parent's side: start workers, release them together, pump their messages."""
 
-    def __init__(self, cfgs: list[dict], n_workers: int) -> None:
+    def __init__(self, cfgs: list[dict], n_workers: int, models: list[str]) -> None:
         # Plain subprocesses running this module, not multiprocessing's spawn: spawn re-runs
         # the caller's __main__, which breaks any script that calls run_replay unguarded.
         self.n = n_workers
+        self.models = models            # the results' model dictionary (trace_models)
         self.procs, self.ctl, self.out = [], [], []
         for w in range(n_workers):
             ctl_r, ctl_w = os.pipe()
@@ -258,8 +275,8 @@ class WorkerPool:
             except (EOFError, OSError):
                 self.live.discard(w)
                 continue
-            if kind == "batch":
-                on_batch(pa.ipc.open_stream(payload).read_next_batch())
+            if kind == "rows":
+                on_batch(rows_to_batch(payload, self.models, w))
             elif kind == "progress":
                 self.progress[w] = payload
             elif kind == "done":

@@ -13,6 +13,7 @@ import uvloop
 from cpbench._core.hist import Histogram
 from cpbench.dispatch import Dispatcher, DispatchOptions, Target, strip_credentials
 from cpbench.errors import ConfigError, TargetError
+from cpbench.results import rows_to_batch
 from cpbench.workers import build_plan, select_rows
 from test_replay_server import TOKENS, ServerThread
 
@@ -49,8 +50,8 @@ def dispatch(url: str, table: pa.Table, loop_name: str, **opts) -> tuple[pa.Tabl
     batches: list[pa.RecordBatch] = []
 
     def emit(kind, payload):
-        if kind == "batch":
-            batches.append(pa.ipc.open_stream(payload).read_next_batch())
+        if kind == "rows":
+            batches.append(rows_to_batch(payload, plan.models, 0))
 
     loop = uvloop.new_event_loop() if loop_name == "uvloop" else asyncio.new_event_loop()
     hist = Histogram()
@@ -146,17 +147,17 @@ def test_target_parsing_and_credential_stripping():
         Target.from_url("ftp://h")
 
 
-class _FakeDispatcher:
-    start_ns = 0
+class _FakeOwner:
+    """What an HttpConn needs of its dispatcher, recording the outcomes it reports."""
+
+    due_abs_ns = 1 << 62            # nothing to send
 
     def __init__(self):
-        self.rows, self.itl = [], []
+        self.outcomes, self.itl = [], []
         self.itl_append = self.itl.append
 
-    def record(self, values, detail):
-        self.rows.append((values, detail))
-
-    def release(self, conn, reusable):
+    def finished(self, conn, j, reusable, *outcome):
+        self.outcomes.append((j, outcome))
         self.reusable = reusable
 
     def watch(self, fd):
@@ -172,20 +173,23 @@ def _chunked(*parts: bytes) -> bytes:
 
 @pytest.mark.parametrize("step", [1, 2, 3, 7, 1000])
 def test_response_parsed_whatever_the_read_boundaries(step):
-    from cpbench.dispatch import _Conn
+    from cpbench.http1 import HttpConn
     events = [b'data: {"choices":[{"delta":{"content":"t%d"}}]}\n\n' % i for i in range(3)]
     usage = b'data: {"choices":[],"usage":{"prompt_tokens":4,"completion_tokens":3}}\n\n'
     wire = (b"HTTP/1.1 200 OK\r\nContent-Type: text/event-stream\r\n"
             b"Transfer-Encoding: chunked\r\n\r\n"
             + _chunked(events[0] + events[1][:9], events[1][9:], events[2], usage,
                        b"data: [DONE]\n\n"))
-    d = _FakeDispatcher()
-    conn = _Conn(d)
+    d = _FakeOwner()
+    conn = HttpConn(d)
     conn.transport = object()                   # only tested for presence here
-    conn.begin((0, 0, 1, 0, 0, 6, 1, 1000.0, 2000.0, 0), 10)
+    conn.begin(7, 0, 1, 10)
     for i in range(0, len(wire), step):
         conn.data_received(wire[i:i + step])
-    (values, detail), = d.rows
-    assert detail is None and values[13] == -1                  # no error class
-    assert values[10] == 3 and values[9] == 4 and values[12] == 200
+    (j, outcome), = d.outcomes
+    sent, first_byte, first_token, done, status, code, detail, prompt, out = outcome[:9]
+    assert j == 7 and code == -1 and detail is None             # no error class
+    assert (out, prompt, status) == (3, 4, 200)
+    assert sent == 10 < first_byte <= first_token <= done
+    assert len(d.itl) == 2                                       # 3 tokens, 2 gaps
     assert d.reusable
