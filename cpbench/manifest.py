@@ -47,7 +47,7 @@ _BEARER = re.compile(r"\b(Bearer|Basic|Token)\s+[^\s\"',;]+", re.I)
 NON_WORKLOAD_OPTIONS = frozenset({
     "output", "out", "output_dir", "out_dir", "o", "config", "quiet", "verbose", "progress",
     "open", "no_report", "report", "url", "func", "command", "workers", "loop", "connections",
-    "grace_s",
+    "grace_s", "realtime",
 })
 _MIN_SECRET_LEN = 6
 

@@ -69,6 +69,8 @@ def _check_options(o: dict) -> None:
         raise ConfigError("--max-concurrency must be >= 0 and --workers >= 1")
     if o["max_error_ratio"] is not None and not 0 <= o["max_error_ratio"] <= 1:
         raise ConfigError(f"--max-error-ratio must be in [0, 1]; got {o['max_error_ratio']}")
+    if not 0 <= int(o["realtime"]) <= 99:
+        raise ConfigError(f"--realtime priority must be 1-99; got {o['realtime']}")
     if o["loop"] not in ("uvloop", "asyncio"):
         raise ConfigError(f"--loop must be uvloop or asyncio; got {o['loop']!r}")
 
@@ -158,7 +160,8 @@ def run_replay(trace_path: str | os.PathLike[str], *, url: str | None = None,
         ``rate_scale``, ``duration_s``, ``warmup`` (``"10s"`` or ``"500"``), ``timeout_s``,
         ``hints`` (sagellm|vllm|none), ``policy`` (embedded sim only), ``quiet``,
         ``max_error_ratio``, ``loop`` (uvloop|asyncio), ``connections`` (per worker),
-        ``grace_s``, ``report`` (write the report), ``monitor`` (GPU, client CPU and
+        ``grace_s``, ``realtime`` (SCHED_FIFO priority of the workers, 0 = normal scheduling),
+        ``report`` (write the report), ``monitor`` (GPU, client CPU and
         Prometheus sampling into ``monitor.arrow``), ``metrics_urls`` (extra ``/metrics`` to
         scrape; the embedded sim's is scraped by default).
 
@@ -182,7 +185,7 @@ def run_replay(trace_path: str | os.PathLike[str], *, url: str | None = None,
     o = {"workers": os.cpu_count() or 1, "max_concurrency": 0, "speed": 1.0,
          "rate_scale": 1.0, "duration_s": None, "warmup": None, "timeout_s": 60.0,
          "hints": "sagellm", "policy": None, "quiet": False, "max_error_ratio": None,
-         "loop": "uvloop", "connections": 32, "grace_s": 5.0, "report": True,
+         "loop": "uvloop", "connections": 32, "grace_s": 5.0, "report": True, "realtime": 0,
          "monitor": True, "metrics_urls": None}
     unknown = set(options) - set(o)
     if unknown:
@@ -245,6 +248,7 @@ def _run(trace_path: Path, trace_sha: str, url: str, embedded: bool, out: Path, 
     for w in range(n_workers):
         share = cap // n_workers + (1 if w < cap % n_workers else 0) if cap else 0
         cfgs.append({"trace": str(trace_path), "url": url, "loop": o["loop"],
+                     "realtime": int(o["realtime"]),
                      "selection": selection,
                      "dispatch": dict(dispatch_base, max_concurrency=share)})
     writer = ResultsWriter(out / "results.arrow", run)
@@ -321,7 +325,9 @@ def _run(trace_path: Path, trace_sha: str, url: str, embedded: bool, out: Path, 
                                resource.RUSAGE_SELF).ru_maxrss,
                            "connections": sum(f["counters"]["connections"] for f in finals),
                            "worker_preempted": sum(f["counters"].get("preempted", 0)
-                                                   for f in finals)}})
+                                                   for f in finals),
+                           "worker_realtime": [f.get("realtime", False) for f in finals],
+                           "retried": sum(f["counters"].get("retried", 0) for f in finals)}})
     _write_outputs(out, run, pool, o, monitors)
     tot = pool.totals()
     if stop["why"] == "max-error-ratio":

@@ -131,6 +131,21 @@ def tighten_timer_slack() -> bool:
         return False
 
 
+def set_realtime(priority: int) -> str | None:
+    """Move this process to SCHED_FIFO at ``priority``; None, or why it could not.
+
+    The dispatcher blocks in ``select`` between sends and never spins, so a real-time
+    worker only takes the CPU when a send is due or a response arrives: on a busy host its
+    sends stop waiting behind other processes' time slices. A worker that is itself
+    saturated would keep its core (the kernel's real-time throttling leaves others 5 %).
+    """
+    try:
+        os.sched_setscheduler(0, os.SCHED_FIFO, os.sched_param(priority))
+    except (OSError, AttributeError) as exc:
+        return getattr(exc, "strerror", None) or str(exc)
+    return None
+
+
 def worker_main(cfg: dict, worker: int, n_workers: int, ctl: Connection, out: Connection) -> None:
     """Body of worker process ``worker``: plan, connect, wait for the start, run, report."""
     # The parent coordinates stopping (it forwards SIGINT/SIGTERM as a "stop" message).
@@ -184,6 +199,13 @@ def worker_main(cfg: dict, worker: int, n_workers: int, ctl: Connection, out: Co
 
     loop.add_reader(ctl.fileno(), on_control)
     disp.watch(ctl.fileno())
+    realtime = False
+    if cfg.get("realtime"):
+        problem = set_realtime(int(cfg["realtime"]))
+        realtime = problem is None
+        if problem is not None:
+            emit("warning", f"worker {worker}: --realtime not granted ({problem}); running at "
+                            "normal priority")
     cpu0 = time.process_time()
     ctx0 = resource.getrusage(resource.RUSAGE_SELF).ru_nivcsw
     counters = loop.run_until_complete(disp.run(msg[1]))
@@ -192,7 +214,7 @@ def worker_main(cfg: dict, worker: int, n_workers: int, ctl: Connection, out: Co
     # Involuntary switches tell a lag spike caused by a busy host from one caused by us.
     counters["preempted"] = usage.ru_nivcsw - ctx0
     emit("done", {"counters": counters, "cpu_s": cpu_s, "max_rss_kb": usage.ru_maxrss,
-                  "itl_hist": hist.encode()})
+                  "itl_hist": hist.encode(), "realtime": realtime})
     loop.close()
 
 
@@ -279,6 +301,8 @@ class WorkerPool:
                 on_batch(rows_to_batch(payload, self.models, w))
             elif kind == "progress":
                 self.progress[w] = payload
+            elif kind == "warning":
+                print(f"cpbench: warning: {payload}", file=sys.stderr)
             elif kind == "done":
                 self.finals[w] = payload
                 self.progress[w] = payload["counters"]

@@ -119,6 +119,29 @@ def test_closed_loop_waits_and_the_wait_shows_as_lag(server, loop_name):
                                                                - last["sent_ns"])
 
 
+@pytest.mark.parametrize("loop_name", LOOPS)
+def test_reused_connection_closed_unanswered_is_sent_again(server, loop_name):
+    # The server closes each kept-alive connection as a request arrives on it: every
+    # request still completes, on a new connection, and the retries are counted.
+    n = 4
+    table = trace(["dropreused"] * n, ["chat"] * n, gap_ms=30.0)
+    plan = build_plan(table, select_rows(table), 0, 1)
+    packed = []
+    loop = uvloop.new_event_loop() if loop_name == "uvloop" else asyncio.new_event_loop()
+    try:
+        disp = Dispatcher(Target.from_url(server.url), plan, DispatchOptions(connections=1), 0,
+                          lambda kind, payload: packed.append(payload) if kind == "rows" else None,
+                          Histogram())
+        loop.run_until_complete(disp.open_pool())
+        counters = loop.run_until_complete(disp.run(time.monotonic_ns() + 20_000_000))
+    finally:
+        loop.close()
+    res = pa.Table.from_batches([rows_to_batch(p, plan.models, 0) for p in packed])
+    assert res.num_rows == n and res.column("error_class").null_count == n
+    assert res.column("output_tokens").to_pylist() == [TOKENS] * n
+    assert counters["retried"] == n - 1 and counters["sent"] == n
+
+
 def test_timeout_is_counted_not_raised(server):
     res, _ = dispatch(server.url, trace(["stall:3000", "ok"], ["chat", "chat"]), "uvloop",
                       timeout_s=0.3)

@@ -4,7 +4,9 @@ Controllable TTFT, token pacing, stalls and error codes; started on 127.0.0.1 po
 thread (``ServerThread``). Behaviour is chosen per request by the model name, so one server covers every
 case: ``ok`` (default), ``stall:<ms>`` (wait before the first byte), ``slow:<ms>`` (per-token
 delay), ``http:<code>`` (that status), ``break`` (close mid-stream), ``garble`` (malformed
-SSE / a missing vector), ``nousage`` (no usage chunk, only [DONE]).
+SSE / a missing vector), ``nousage`` (no usage chunk, only [DONE]), ``dropreused`` (a request
+that arrives on a kept-alive connection gets the connection closed under it, unanswered, as a
+server's idle timeout would; the first request of a connection is answered).
 """
 from __future__ import annotations
 
@@ -16,6 +18,7 @@ from aiohttp import web
 
 TOKENS = 8
 SEEN = web.AppKey("seen", list)
+CONNECTIONS = web.AppKey("connections", set)
 
 
 def _chunk(content: str | None, usage: dict | None = None, chat: bool = True) -> bytes:
@@ -34,6 +37,12 @@ async def chat(request: web.Request) -> web.StreamResponse:
         return web.json_response({"error": {"message": "injected"}}, status=int(arg))
     if mode == "stall":
         await asyncio.sleep(int(arg) / 1000)
+    if mode == "dropreused":
+        seen = request.app[CONNECTIONS]
+        if id(request.transport) in seen:
+            request.transport.close()
+            return web.Response()               # never sent: the connection is gone
+        seen.add(id(request.transport))
     n = int(body.get("max_tokens") or TOKENS)
     is_chat = request.path.endswith("/chat/completions")
     resp = web.StreamResponse(headers={"Content-Type": "text/event-stream"})
@@ -92,6 +101,7 @@ class ServerThread:
         self.loop = asyncio.new_event_loop()
         app = web.Application()
         app[SEEN] = self.seen
+        app[CONNECTIONS] = set()
         app.router.add_post("/v1/chat/completions", chat)
         app.router.add_post("/v1/completions", chat)
         app.router.add_post("/v1/embeddings", embeddings)

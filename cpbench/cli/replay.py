@@ -11,6 +11,7 @@ EPILOG = """examples:
   cpbench replay traces/medium.arrow --url http://127.0.0.1:8000 --hints vllm --workers 2
   cpbench replay traces/heavy.arrow --url http://cp:8080 --max-concurrency 64 --warmup 10s
   cpbench replay traces/light.arrow --speed 4 --duration 30 --timeout 20 --quiet
+  sudo cpbench replay traces/heavy.arrow --url http://cp:8080 --realtime   # busy client host
 """
 
 
@@ -48,6 +49,10 @@ def register(subparsers) -> None:
                    help="scheduling policy of the embedded sim (ignored with --url)")
     p.add_argument("--max-error-ratio", type=float, default=None, metavar="R",
                    help="stop and exit 1 when more than this fraction of requests fail")
+    p.add_argument("--realtime", type=int, nargs="?", const=1, default=0, metavar="PRIO",
+                   help="run the client workers under SCHED_FIFO at PRIO (default 1) so their "
+                        "sends do not queue behind other processes on a busy host; needs root "
+                        "or CAP_SYS_NICE, else a warning and normal priority")
     p.add_argument("--quiet", action="store_true", help="no progress line, no summary table")
     p.add_argument("--no-report", action="store_true", help="skip report.html / report.md")
     p.add_argument("--loop", choices=("uvloop", "asyncio"), default="uvloop",
@@ -69,7 +74,7 @@ def run(args: argparse.Namespace) -> int:
                rate_scale=args.rate_scale, duration_s=args.duration_s, warmup=args.warmup,
                timeout_s=args.timeout_s, workers=args.workers, hints=args.hints,
                policy=args.policy, max_error_ratio=args.max_error_ratio, quiet=args.quiet,
-               report=not args.no_report, loop=args.loop)
+               report=not args.no_report, loop=args.loop, realtime=args.realtime)
     summary = json.loads((out / "summary.json").read_text())
     # Everything is written either way; the status tells a script the run was cut short.
     return 130 if summary["run"].get("interrupted") else 0
