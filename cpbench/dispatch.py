@@ -27,16 +27,16 @@ import select
 import ssl as ssl_module
 import time
 from collections import deque
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from typing import Callable
 
 import numpy as np
-import pyarrow as pa
 
 from cpbench.endpoints import KINDS, Target, header_block, request_body, strip_credentials
 from cpbench.errors import TargetError
 from cpbench.http1 import E_CONNECT, E_TIMEOUT, HttpConn
-from cpbench.results import PRIORITY_VALUES, RowBuffer
+from cpbench.plan import Plan
+from cpbench.rows import PRIORITY_VALUES, RowBuffer
 
 SLEEP_MARGIN_NS = 2_000_000      # leave the loop's ms timer this early, then wait precisely
 BURST_MAX = 64                   # sends in a row before the loop gets to read responses
@@ -46,28 +46,6 @@ PROGRESS_S = 0.5
 SWEEP_S = 0.05                   # timeout check cadence
 _NEVER = 1 << 62
 __all__ = ["Dispatcher", "DispatchOptions", "Plan", "Target", "strip_credentials"]
-
-
-@dataclass
-class Plan:
-    """This worker's share of the trace, in send order (NumPy arrays, one entry per request)."""
-
-    rows: np.ndarray            # int64 trace row index
-    intended_ns: np.ndarray     # int64 offset from the run start
-    kind: np.ndarray            # int32 code into KINDS
-    priority: np.ndarray        # int32 code into PRIORITY_VALUES
-    model: np.ndarray           # int32 code into models
-    input_tokens: np.ndarray    # int32
-    output_tokens: np.ndarray   # int32, -1 = none asked
-    batch_size: np.ndarray      # int32
-    slo_ttft_ms: np.ndarray     # float64, defaults applied
-    slo_e2e_ms: np.ndarray      # float64, defaults applied
-    warmup: np.ndarray          # int32 0/1
-    prompts: pa.Array | None    # string, null = build from input_tokens
-    models: list[str] = field(default_factory=list)
-
-    def __len__(self) -> int:
-        return len(self.rows)
 
 
 @dataclass(frozen=True)
@@ -246,7 +224,7 @@ class Dispatcher:
         col = self.col
         kind, prio, row = col.kind[j], col.prio[j], col.row[j]
         hints = self.options.hints
-        prompt = col.prompts[j].as_py() if col.prompts is not None else None
+        prompt = col.prompts[j] if col.prompts is not None else None
         out = col.out[j]
         body = request_body(KINDS[kind], self._models_json[col.model[j]], row, col.inp[j],
                             None if out < 0 else out, col.batch[j], prompt,

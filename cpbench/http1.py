@@ -18,7 +18,7 @@ import asyncio
 import time
 
 from cpbench.endpoints import KINDS, StreamScan, check_embedding
-from cpbench.results import ERROR_CODE
+from cpbench.rows import ERROR_CODE
 
 _MAX_HEAD_BYTES = 65_536
 E_CONNECT, E_TIMEOUT = ERROR_CODE["connect"], ERROR_CODE["timeout"]

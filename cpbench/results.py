@@ -1,8 +1,8 @@
 """The result schema (docs/formats.md, ``results.arrow``) and the recorder that writes it.
 
 A worker packs each finished request's values into the flat typed arrays of a
-:class:`RowBuffer`, so no per-request Python object outlives the request; a few times a second
-it hands the raw buffers to the parent, which turns them into an Arrow record batch
+:class:`cpbench.rows.RowBuffer`, so no per-request Python object outlives the request; a few
+times a second it hands the raw buffers to the parent, which turns them into an Arrow batch
 (:func:`rows_to_batch`, SLO flags computed there, vectorised) and appends it to
 ``results.arrow`` through its one :class:`ResultsWriter` as it arrives, so the file is valid up
 to the last batch after an interruption.
@@ -12,7 +12,6 @@ the Arrow IPC *file* format cannot replace a dictionary between batches.
 """
 from __future__ import annotations
 
-import array
 import json
 import os
 from pathlib import Path
@@ -21,30 +20,11 @@ import numpy as np
 import pyarrow as pa
 
 from cpbench.errors import OutputError
+from cpbench.rows import (DEFAULT_SLO_MS, ERROR_CLASSES, ERROR_CODE, KIND_VALUES,  # noqa: F401
+                          PRIORITY_VALUES, ROW_FIELDS, ROW_FLOAT_FIELDS, ROW_INT_FIELDS,
+                          RowBuffer)
 
-KIND_VALUES = ("chat", "completion", "embedding")
-PRIORITY_VALUES = ("HIGH", "NORMAL", "LOW")
-ERROR_CLASSES = ("connect", "timeout", "http_4xx", "http_5xx", "stream_broken", "bad_payload")
-ERROR_CODE = {name: i for i, name in enumerate(ERROR_CLASSES)}
-
-# Deadlines applied where the trace's slo_*_ms is null: (ttft_ms, e2e_ms) per kind. The e2e
-# figures are the ones `record synth` writes and the embedded control plane schedules by
-# (LLM 5 s, embedding 0.5 s), so a trace without deadlines is judged as a synthesized one.
-DEFAULT_SLO_MS = {
-    "chat": (1_000.0, 5_000.0),
-    "completion": (1_000.0, 5_000.0),
-    "embedding": (500.0, 500.0),
-}
-
-# The per-request tuple the dispatcher appends (RowBuffer.append): these integer fields,
-# then the two float deadlines; error_detail travels apart.
-ROW_INT_FIELDS = (
-    "row", "kind", "priority", "model", "intended_ns", "sent_ns", "first_byte_ns",
-    "first_token_ns", "done_ns", "input_tokens", "output_tokens", "batch_size", "status",
-    "error_class", "itl_mean_ns", "itl_max_ns", "warmup",
-)
-ROW_FLOAT_FIELDS = ("slo_ttft_ms", "slo_e2e_ms")
-ROW_FIELDS = ROW_INT_FIELDS + ROW_FLOAT_FIELDS
+# The row vocabulary and packing live in cpbench.rows (the worker imports no pyarrow).
 _N_INT = len(ROW_INT_FIELDS)
 _COL = {name: i for i, name in enumerate(ROW_INT_FIELDS)}
 
@@ -88,48 +68,6 @@ def result_schema(run: dict | None = None) -> pa.Schema:
 def _nullable(values: np.ndarray) -> pa.Array:
     # -1 is the "did not happen" sentinel of the row buffers.
     return pa.array(values, mask=values < 0)
-
-
-class RowBuffer:
-    """Per-request values of one worker, packed row by row into two flat typed arrays.
-
-    The dispatcher process only packs: appending a request is one ``array.extend`` of its
-    integers and one of its two deadlines, and :meth:`take_rows` hands the raw buffers over
-    (tens of microseconds), so the sending loop never stalls on Arrow work. The parent turns
-    them into a record batch with :func:`rows_to_batch`.
-    """
-
-    def __init__(self) -> None:
-        self._clear()
-
-    def _clear(self) -> None:
-        self.ints = array.array("q")
-        self.floats = array.array("d")
-        self.details: dict[int, str] = {}
-        self.n = 0
-
-    def __len__(self) -> int:
-        return self.n
-
-    def append(self, values: tuple, detail: str | None = None) -> None:
-        """Record one request: ``values`` in ROW_FIELDS order (integers, then deadlines).
-
-        Absent times and ITLs are -1; a success has ``error_class`` -1, a failure its index
-        in ERROR_CLASSES. ``warmup`` is 0 or 1.
-        """
-        if detail is not None:
-            self.details[self.n] = detail
-        self.ints.extend(values[:_N_INT])
-        self.floats.extend(values[_N_INT:])
-        self.n += 1
-
-    def take_rows(self) -> tuple[int, bytes, bytes, dict[int, str]] | None:
-        """The buffered rows as ``(n, ints, floats, details)`` (None when empty), cleared."""
-        if self.n == 0:
-            return None
-        packed = (self.n, self.ints.tobytes(), self.floats.tobytes(), self.details)
-        self._clear()
-        return packed
 
 
 def rows_to_batch(packed: tuple[int, bytes, bytes, dict[int, str]], models: list[str],

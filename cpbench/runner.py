@@ -30,7 +30,8 @@ from cpbench.dispatch import Target, strip_credentials
 from cpbench.endpoints import HINTS
 from cpbench.errors import ConfigError, OutputError, TargetError
 from cpbench.results import ResultsWriter, read_results
-from cpbench.workers import WorkerPool, select_rows, trace_models
+from cpbench.plan import save_plan
+from cpbench.workers import WorkerPool, build_plan, select_rows, trace_models
 from cpbench.spawn import python_module_cmd
 
 SIM_READY_S = 30.0
@@ -200,7 +201,6 @@ def run_replay(trace_path: str | os.PathLike[str], *, url: str | None = None,
                  "warmup_requests": warmup_requests}
     sel = select_rows(table, **selection)
     models = trace_models(table)
-    del table
     out = Path(out_dir) if out_dir is not None else default_out_dir(trace_path)
     try:
         out.mkdir(parents=True, exist_ok=True)
@@ -208,6 +208,11 @@ def run_replay(trace_path: str | os.PathLike[str], *, url: str | None = None,
         raise OutputError(f"cannot create {out}: {exc.strerror or exc}; choose another -o") \
             from None
     with tempfile.TemporaryDirectory(prefix="cpbench-replay-") as tmp:
+        plans = _save_plans(table, sel, _worker_count(o, len(sel.rows)), Path(tmp))
+        intended_ns = sel.intended_ns
+        # The workers map their plans: the parent keeps only the intended times.
+        del table, sel
+        release_unused_memory()
         sim = EmbeddedSim(o["policy"], Path(tmp)) if url is None else None
         try:
             target_url = sim.url if sim else url
@@ -216,18 +221,36 @@ def run_replay(trace_path: str | os.PathLike[str], *, url: str | None = None,
             record_run(out, options={**o, "url": url}, trace_path=trace_path,
                        target_url=target_url)
             return _run(trace_path, sha256_file(trace_path), target_url, sim is not None,
-                        out, o, selection, sel.intended_ns, models)
+                        out, o, intended_ns, models, plans)
         finally:
             if sim is not None:
                 sim.stop()
 
 
-def _run(trace_path: Path, trace_sha: str, url: str, embedded: bool, out: Path, o: dict,
-         selection: dict, intended_ns: np.ndarray, models: list[str]) -> Path:
+def _worker_count(o: dict, n_requests: int) -> int:
+    n_workers = max(1, min(int(o["workers"]), max(1, n_requests)))
     cap = int(o["max_concurrency"])
-    n_workers = max(1, min(int(o["workers"]), max(1, len(intended_ns))))
-    if cap:
-        n_workers = min(n_workers, cap)     # every worker holds at least one of the cap
+    return min(n_workers, cap) if cap else n_workers    # each worker holds one of the cap
+
+
+def _save_plans(table, sel, n_workers: int, tmp: Path) -> list[Path]:
+    plans = []
+    for w in range(n_workers):
+        save_plan(build_plan(table, sel, w, n_workers), tmp / f"plan-{w}")
+        plans.append(tmp / f"plan-{w}")
+    return plans
+
+
+def release_unused_memory() -> None:
+    """Hand memory Arrow freed back to the system (its allocator keeps it otherwise)."""
+    import pyarrow as pa
+    pa.default_memory_pool().release_unused()
+
+
+def _run(trace_path: Path, trace_sha: str, url: str, embedded: bool, out: Path, o: dict,
+         intended_ns: np.ndarray, models: list[str], plans: list[Path]) -> Path:
+    cap = int(o["max_concurrency"])
+    n_workers = len(plans)
     run = {"trace": str(trace_path), "trace_sha256": trace_sha,
            "target": strip_credentials(url), "embedded_target": embedded,
            "policy": o["policy"] or ("fifo" if embedded else None),
@@ -247,9 +270,8 @@ def _run(trace_path: Path, trace_sha: str, url: str, embedded: bool, out: Path, 
     cfgs = []
     for w in range(n_workers):
         share = cap // n_workers + (1 if w < cap % n_workers else 0) if cap else 0
-        cfgs.append({"trace": str(trace_path), "url": url, "loop": o["loop"],
+        cfgs.append({"plan": str(plans[w]), "url": url, "loop": o["loop"],
                      "realtime": int(o["realtime"]),
-                     "selection": selection,
                      "dispatch": dict(dispatch_base, max_concurrency=share)})
     writer = ResultsWriter(out / "results.arrow", run)
     pool = WorkerPool(cfgs, n_workers, models)

@@ -1,27 +1,25 @@
-"""Fan-out of one replay to worker processes that share one start time, and the merge.
+"""The parent's side of a replay's fan-out: plan each worker's share, start them, merge.
 
-The parent turns the run options into a row selection (:func:`select_rows`) that every worker
-recomputes identically from the trace file, so nothing large crosses a process boundary on the
-way in; worker ``w`` of ``n`` takes every ``n``-th selected row. Workers open their
-connections, report ready, and all start from one absolute ``time.monotonic_ns()`` instant the
-parent chooses (CLOCK_MONOTONIC is system-wide on Linux). On the way back each worker sends
-record batches (Arrow IPC bytes), progress counters, and at the end its encoded ITL histogram;
-the parent writes the batches as they come and merges the histograms, which is exact.
+The parent turns the run options into a row selection (:func:`select_rows`); worker ``w`` of
+``n`` takes every ``n``-th selected row, built into a :class:`cpbench.plan.Plan` and saved for
+the worker to memory-map, so no worker reads the trace again. Workers
+(:mod:`cpbench.worker`) open their connections, report ready, and all start from one absolute
+``time.monotonic_ns()`` instant the parent chooses (CLOCK_MONOTONIC is system-wide on Linux).
+On the way back each worker sends packed result rows, progress counters, and at the end its
+encoded ITL histogram; the parent turns the rows into record batches as they come and merges
+the histograms, which is exact.
 """
 from __future__ import annotations
 
-import asyncio
 import fcntl
-import gc
 import json
 import os
-import resource
 import signal
 import subprocess
 import sys
 import time
-import warnings
 from dataclasses import dataclass
+from pathlib import Path
 from multiprocessing.connection import Connection, wait
 
 import numpy as np
@@ -29,13 +27,12 @@ import pyarrow as pa
 import pyarrow.compute as pc
 
 from cpbench._core.hist import Histogram
-from cpbench.dispatch import Dispatcher, DispatchOptions, Plan, Target
-from cpbench.errors import CpbenchError, TargetError
+from cpbench.errors import TargetError
+from cpbench.plan import Plan, PromptColumn
 from cpbench.results import DEFAULT_SLO_MS, KIND_VALUES, PRIORITY_VALUES, rows_to_batch
 from cpbench.spawn import python_module_cmd
 
 _F_SETPIPE_SZ = 1031            # Linux: let a record batch fit in the pipe without blocking
-_PR_SET_TIMERSLACK = 29         # Linux prctl option
 
 
 @dataclass(frozen=True)
@@ -93,9 +90,9 @@ def build_plan(table: pa.Table, sel: Selection, worker: int, n_workers: int) -> 
         defaults = np.array([DEFAULT_SLO_MS[k][i] for k in KIND_VALUES])[kind]
         given = pc.fill_null(sub.column(name), np.nan).to_numpy().astype(np.float64)
         slos.append(np.where(np.isnan(given), defaults, given))
-    prompts = sub.column("prompt").combine_chunks() if "prompt" in sub.column_names else None
-    if prompts is not None and prompts.null_count == len(prompts):
-        prompts = None
+    prompts = None
+    if "prompt" in sub.column_names and sub.column("prompt").null_count < sub.num_rows:
+        prompts = PromptColumn.from_texts(sub.column("prompt").to_pylist())
     return Plan(
         rows=rows, intended_ns=sel.intended_ns[pos], kind=kind,
         priority=_codes(sub.column("priority"), list(PRIORITY_VALUES)),
@@ -106,116 +103,6 @@ def build_plan(table: pa.Table, sel: Selection, worker: int, n_workers: int) -> 
         slo_ttft_ms=slos[0], slo_e2e_ms=slos[1],
         warmup=sel.warmup[pos].astype(np.int32), prompts=prompts, models=models,
     )
-
-
-# -- the worker process ----------------------------------------------------------------
-
-def _new_loop(name: str) -> asyncio.AbstractEventLoop:
-    if name == "uvloop":
-        import uvloop
-        return uvloop.new_event_loop()
-    return asyncio.new_event_loop()
-
-
-def tighten_timer_slack() -> bool:
-    """Ask Linux for 1 ns timer slack in this process instead of the default 50 µs.
-
-    The dispatcher's sub-millisecond waits are ``select`` timeouts, and the kernel may defer a
-    normal process's timer wake-up by its slack: at the default that is most of the median
-    dispatch lag. Returns whether the setting took (not on other systems).
-    """
-    try:
-        import ctypes
-        return ctypes.CDLL(None, use_errno=True).prctl(_PR_SET_TIMERSLACK, 1, 0, 0, 0) == 0
-    except (OSError, AttributeError):
-        return False
-
-
-def set_realtime(priority: int) -> str | None:
-    """Move this process to SCHED_FIFO at ``priority``; None, or why it could not.
-
-    The dispatcher blocks in ``select`` between sends and never spins, so a real-time
-    worker only takes the CPU when a send is due or a response arrives: on a busy host its
-    sends stop waiting behind other processes' time slices. A worker that is itself
-    saturated would keep its core (the kernel's real-time throttling leaves others 5 %).
-    """
-    try:
-        os.sched_setscheduler(0, os.SCHED_FIFO, os.sched_param(priority))
-    except (OSError, AttributeError) as exc:
-        return getattr(exc, "strerror", None) or str(exc)
-    return None
-
-
-def worker_main(cfg: dict, worker: int, n_workers: int, ctl: Connection, out: Connection) -> None:
-    """Body of worker process ``worker``: plan, connect, wait for the start, run, report."""
-    # The parent coordinates stopping (it forwards SIGINT/SIGTERM as a "stop" message).
-    signal.signal(signal.SIGINT, signal.SIG_IGN)
-    signal.signal(signal.SIGTERM, signal.SIG_IGN)
-    loop = _new_loop(cfg["loop"])
-    asyncio.set_event_loop(loop)
-    tighten_timer_slack()
-
-    def emit(kind: str, payload: object) -> None:
-        out.send((kind, payload))
-
-    try:
-        from cpbench.trace import read_trace
-        with warnings.catch_warnings():
-            warnings.simplefilter("ignore")     # the parent read it first and warned once
-            table = read_trace(cfg["trace"])
-        sel = select_rows(table, **cfg["selection"])
-        plan = build_plan(table, sel, worker, n_workers)
-        del table, sel
-        hist = Histogram()
-        disp = Dispatcher(Target.from_url(cfg["url"]), plan, DispatchOptions(**cfg["dispatch"]),
-                          worker, emit, hist)
-        loop.run_until_complete(disp.open_pool())
-    except CpbenchError as exc:
-        emit("error", str(exc))
-        return
-    # The prompt text is built on first use (tens of ms): not on the first send.
-    from cpbench.prompts import build_prompt
-    build_prompt(2, 0)
-    # Everything built so far lives for the whole run: keep the collector off it.
-    gc.collect()
-    gc.freeze()
-    emit("ready", len(plan))
-    try:
-        msg = ctl.recv()
-    except (EOFError, OSError):
-        return                                      # the parent went away before the start
-    if msg[0] != "start":
-        emit("done", {"counters": disp.progress(), "cpu_s": 0.0, "max_rss_kb": 0,
-                      "itl_hist": hist.encode()})
-        return
-
-    def on_control() -> None:
-        try:
-            ctl.recv()
-        except (EOFError, OSError):
-            loop.remove_reader(ctl.fileno())
-            disp.unwatch(ctl.fileno())
-        disp.stopping = True
-
-    loop.add_reader(ctl.fileno(), on_control)
-    disp.watch(ctl.fileno())
-    realtime = False
-    if cfg.get("realtime"):
-        problem = set_realtime(int(cfg["realtime"]))
-        realtime = problem is None
-        if problem is not None:
-            emit("warning", f"worker {worker}: --realtime not granted ({problem}); running at "
-                            "normal priority")
-    cpu0 = time.process_time()
-    ctx0 = resource.getrusage(resource.RUSAGE_SELF).ru_nivcsw
-    counters = loop.run_until_complete(disp.run(msg[1]))
-    cpu_s = time.process_time() - cpu0
-    usage = resource.getrusage(resource.RUSAGE_SELF)
-    # Involuntary switches tell a lag spike caused by a busy host from one caused by us.
-    counters["preempted"] = usage.ru_nivcsw - ctx0
-    emit("done", {"counters": counters, "cpu_s": cpu_s, "max_rss_kb": usage.ru_maxrss,
-                  "itl_hist": hist.encode(), "realtime": realtime})
-    loop.close()
 
 
 class WorkerPool:
@@ -234,7 +121,7 @@ class WorkerPool:
                 fcntl.fcntl(out_w, _F_SETPIPE_SZ, 1 << 20)
             except OSError:
                 pass
-            cmd = python_module_cmd("cpbench.workers", str(w), str(n_workers), str(ctl_r),
+            cmd = python_module_cmd("cpbench.worker", str(w), str(n_workers), str(ctl_r),
                                     str(out_w))
             # Own session: a terminal's Ctrl-C reaches the parent only, which stops the workers
             # by message after a clean hand-over. The key travels on stdin, never on argv.
@@ -333,10 +220,3 @@ class WorkerPool:
                 p.wait(2.0)
         for c in self.ctl + self.out:
             c.close()
-
-
-if __name__ == "__main__":
-    # python -m cpbench.workers W N CTL_FD OUT_FD, config JSON on stdin (see WorkerPool).
-    _w, _n, _ctl, _out = (int(a) for a in sys.argv[1:5])
-    worker_main(json.loads(sys.stdin.read()), _w, _n, Connection(_ctl, writable=False),
-                Connection(_out, readable=False))

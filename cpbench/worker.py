@@ -1,0 +1,140 @@
+"""The body of one replay worker process: map its plan, connect, send on time, report.
+
+Started by :class:`cpbench.workers.WorkerPool` as ``python -m cpbench.worker W N CTL OUT`` with
+its configuration on stdin. It imports NumPy, the event loop and the dispatcher but not
+pyarrow or the trace reader, and memory-maps the plan the parent saved, so a worker's
+resident memory is the interpreter plus the pages of its plan it has reached. Messages to
+the parent (pickled on the OUT pipe): ``ready``, ``rows``, ``progress``, ``warning``,
+``error`` and ``done``.
+"""
+from __future__ import annotations
+
+import asyncio
+import gc
+import json
+import os
+import resource
+import signal
+import sys
+import time
+from multiprocessing.connection import Connection
+from pathlib import Path
+
+from cpbench._core.hist import Histogram
+from cpbench.dispatch import Dispatcher, DispatchOptions, Target
+from cpbench.errors import CpbenchError
+from cpbench.plan import load_plan
+
+_PR_SET_TIMERSLACK = 29         # Linux prctl option
+
+
+def _new_loop(name: str) -> asyncio.AbstractEventLoop:
+    if name == "uvloop":
+        import uvloop
+        return uvloop.new_event_loop()
+    return asyncio.new_event_loop()
+
+
+def tighten_timer_slack() -> bool:
+    """Ask Linux for 1 ns timer slack in this process instead of the default 50 µs.
+
+    The dispatcher's sub-millisecond waits are ``select`` timeouts, and the kernel may defer a
+    normal process's timer wake-up by its slack: at the default that is most of the median
+    dispatch lag. Returns whether the setting took (not on other systems).
+    """
+    try:
+        import ctypes
+        return ctypes.CDLL(None, use_errno=True).prctl(_PR_SET_TIMERSLACK, 1, 0, 0, 0) == 0
+    except (OSError, AttributeError):
+        return False
+
+
+def set_realtime(priority: int) -> str | None:
+    """Move this process to SCHED_FIFO at ``priority``; None, or why it could not.
+
+    The dispatcher blocks in ``select`` between sends and never spins, so a real-time
+    worker only takes the CPU when a send is due or a response arrives: on a busy host its
+    sends stop waiting behind other processes' time slices. A worker that is itself
+    saturated would keep its core (the kernel's real-time throttling leaves others 5 %).
+    """
+    try:
+        os.sched_setscheduler(0, os.SCHED_FIFO, os.sched_param(priority))
+    except (OSError, AttributeError) as exc:
+        return getattr(exc, "strerror", None) or str(exc)
+    return None
+
+
+def worker_main(cfg: dict, worker: int, n_workers: int, ctl: Connection, out: Connection) -> None:
+    """Body of worker process ``worker``: map its plan, connect, wait for the start, run,
+    report."""
+    # The parent coordinates stopping (it forwards SIGINT/SIGTERM as a "stop" message).
+    signal.signal(signal.SIGINT, signal.SIG_IGN)
+    signal.signal(signal.SIGTERM, signal.SIG_IGN)
+    loop = _new_loop(cfg["loop"])
+    asyncio.set_event_loop(loop)
+    tighten_timer_slack()
+
+    def emit(kind: str, payload: object) -> None:
+        out.send((kind, payload))
+
+    try:
+        plan = load_plan(Path(cfg["plan"]))
+        hist = Histogram()
+        disp = Dispatcher(Target.from_url(cfg["url"]), plan, DispatchOptions(**cfg["dispatch"]),
+                          worker, emit, hist)
+        loop.run_until_complete(disp.open_pool())
+    except CpbenchError as exc:
+        emit("error", str(exc))
+        return
+    # The prompt text is built on first use (tens of ms): not on the first send.
+    from cpbench.prompts import build_prompt
+    build_prompt(2, 0)
+    # Everything built so far lives for the whole run: keep the collector off it.
+    gc.collect()
+    gc.freeze()
+    emit("ready", len(plan))
+    try:
+        msg = ctl.recv()
+    except (EOFError, OSError):
+        return                                      # the parent went away before the start
+    if msg[0] != "start":
+        emit("done", {"counters": disp.progress(), "cpu_s": 0.0, "max_rss_kb": 0,
+                      "itl_hist": hist.encode()})
+        return
+
+    def on_control() -> None:
+        try:
+            ctl.recv()
+        except (EOFError, OSError):
+            loop.remove_reader(ctl.fileno())
+            disp.unwatch(ctl.fileno())
+        disp.stopping = True
+
+    loop.add_reader(ctl.fileno(), on_control)
+    disp.watch(ctl.fileno())
+    realtime = False
+    if cfg.get("realtime"):
+        problem = set_realtime(int(cfg["realtime"]))
+        realtime = problem is None
+        if problem is not None:
+            emit("warning", f"worker {worker}: --realtime not granted ({problem}); running at "
+                            "normal priority")
+    cpu0 = time.process_time()
+    ctx0 = resource.getrusage(resource.RUSAGE_SELF).ru_nivcsw
+    counters = loop.run_until_complete(disp.run(msg[1]))
+    cpu_s = time.process_time() - cpu0
+    usage = resource.getrusage(resource.RUSAGE_SELF)
+    # Involuntary switches tell a lag spike caused by a busy host from one caused by us.
+    counters["preempted"] = usage.ru_nivcsw - ctx0
+    emit("done", {"counters": counters, "cpu_s": cpu_s, "max_rss_kb": usage.ru_maxrss,
+                  "itl_hist": hist.encode(), "realtime": realtime})
+    loop.close()
+
+
+
+
+if __name__ == "__main__":
+    # python -m cpbench.worker W N CTL_FD OUT_FD, config JSON on stdin (see WorkerPool).
+    _w, _n, _ctl, _out = (int(a) for a in sys.argv[1:5])
+    worker_main(json.loads(sys.stdin.read()), _w, _n, Connection(_ctl, writable=False),
+                Connection(_out, readable=False))
