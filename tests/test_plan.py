@@ -7,6 +7,7 @@ import sys
 import numpy as np
 import pyarrow as pa
 
+from cpbench.dispatch import _Columns
 from cpbench.plan import COLUMNS, PromptColumn, load_plan, save_plan
 from cpbench.workers import build_plan, select_rows
 
@@ -43,6 +44,10 @@ def test_saved_plan_maps_back_equal_with_prompts(tmp_path):
     assert back.kind.tolist() == [2, 2, 2]                   # embedding
     assert back.slo_ttft_ms.tolist() == [500.0] * 3          # its default deadline
     assert [back.prompts[j] for j in range(3)] == [None, "多语言 prompt", "last"]
+    # The dispatcher reads the mapped columns through memoryviews, as Python numbers.
+    col = _Columns(back)
+    assert (col.row[2], col.intended[1], col.slo_e2e[0], col.prompts[1]) == (
+        5, 3000, 250.0, "多语言 prompt")
 
 
 def test_plan_without_prompts_and_an_empty_plan(tmp_path):
