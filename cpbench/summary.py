@@ -88,7 +88,8 @@ def _codes(column: pa.ChunkedArray, canonical: tuple[str, ...]) -> tuple[np.ndar
     only the small dictionaries are walked in Python, never the rows.
     """
     index = {label: i for i, label in enumerate(canonical)}
-    parts = []
+    codes = np.empty(len(column), np.int64)
+    pos = 0
     for chunk in column.chunks:
         if not pa.types.is_dictionary(chunk.type):
             chunk = pc.dictionary_encode(chunk.cast(pa.string()))
@@ -98,20 +99,31 @@ def _codes(column: pa.ChunkedArray, canonical: tuple[str, ...]) -> tuple[np.ndar
         idx = chunk.indices
         if idx.null_count:
             idx = pc.fill_null(idx, len(values))
-        parts.append(remap[idx.to_numpy(zero_copy_only=False).astype(np.int64)])
-    codes = np.concatenate(parts) if parts else np.zeros(0, np.int64)
+        codes[pos:pos + len(chunk)] = remap[idx.to_numpy(zero_copy_only=False)]
+        pos += len(chunk)
     return codes, tuple(index)
 
 
-def _int_col(table: pa.Table, name: str, null: int = -1) -> np.ndarray:
+def _filled(table: pa.Table, name: str, null, dtype) -> np.ndarray:
+    # Chunk by chunk into one array: a whole-column fill or concatenation would make Arrow
+    # temporaries as large as the column (8 MB per 10^6 rows) that its allocator then keeps.
     column = table.column(name)
-    if column.null_count:
-        column = pc.fill_null(column, null)
-    return column.to_numpy().astype(np.int64, copy=False)
+    out = np.empty(len(column), dtype)
+    pos = 0
+    for chunk in column.chunks:
+        if chunk.null_count:
+            chunk = pc.fill_null(chunk, null)
+        out[pos:pos + len(chunk)] = chunk.to_numpy(zero_copy_only=False)
+        pos += len(chunk)
+    return out
+
+
+def _int_col(table: pa.Table, name: str, null: int = -1) -> np.ndarray:
+    return _filled(table, name, null, np.int64)
 
 
 def _bool_col(table: pa.Table, name: str) -> np.ndarray:
-    return pc.fill_null(table.column(name), False).to_numpy().astype(bool, copy=False)
+    return _filled(table, name, False, bool)
 
 
 def _columns(results: pa.Table) -> dict[str, Any]:
@@ -120,21 +132,26 @@ def _columns(results: pa.Table) -> dict[str, Any]:
         raise ConfigError(f"results table lacks column(s) {', '.join(missing)}; "
                           "it must follow docs/formats.md (results.arrow)")
     warm = _bool_col(results, "warmup")
-    # Only the columns used are kept, and copied only when there are warm-up rows to drop:
-    # a 10^6-row results table is about 110 MB whole.
-    table = results.select(list(REQUIRED_COLUMNS))
-    if warm.any():
-        table = table.filter(pa.array(~warm))
-    c: dict[str, Any] = {"n_warmup": int(warm.sum()), "table": table}
+    # Warm-up rows are dropped from the NumPy columns, one at a time; the Arrow table (about
+    # 110 MB for 10^6 rows, memory-mapped) is never copied whole.
+    keep = ~warm if warm.any() else None
+
+    def live(values: np.ndarray) -> np.ndarray:
+        return values if keep is None else values[keep]
+
+    c: dict[str, Any] = {"n_warmup": int(warm.sum())}
     for name in ("intended_ns", "sent_ns", "first_token_ns", "done_ns"):
-        c[name] = _int_col(table, name)   # -1: null, as _core.slo expects
-    c["output_tokens"] = _int_col(table, "output_tokens", null=0)
+        c[name] = live(_int_col(results, name))   # -1: null, as _core.slo expects
+    c["output_tokens"] = live(_int_col(results, "output_tokens", null=0))
     for name in ("slo_ttft_met", "slo_e2e_met", "slo_met"):
-        c[name] = _bool_col(table, name)
-    c["errored"] = pc.is_valid(table.column("error_class")).to_numpy(zero_copy_only=False)
+        c[name] = live(_bool_col(results, name))
+    errors = results.column("error_class")
+    c["error_class"] = errors if keep is None else errors.filter(pa.array(keep))
+    c["errored"] = pc.is_valid(c["error_class"]).to_numpy(zero_copy_only=False)
     c["completed"] = ~c["errored"] & (c["done_ns"] >= 0)
-    c["kind"], c["kinds"] = _codes(table.column("kind"), KINDS)
-    c["priority"], c["priorities"] = _codes(table.column("priority"), PRIORITIES)
+    c["kind"], c["kinds"] = _codes(results.column("kind"), KINDS)
+    c["priority"], c["priorities"] = _codes(results.column("priority"), PRIORITIES)
+    c["kind"], c["priority"] = live(c["kind"]), live(c["priority"])
     return c
 
 
@@ -258,7 +275,7 @@ def summarize(results: pa.Table, *, itl_hist: Histogram | None = None, run: dict
         n_scheduled = max(int(run["scheduled"]) - c["n_warmup"], n)
     n_completed = int(c["completed"].sum())
     n_errors = int(c["errored"].sum())
-    by_error = pc.value_counts(c["table"].column("error_class").drop_null().cast(pa.string()))
+    by_error = pc.value_counts(c["error_class"].drop_null().cast(pa.string()))
     sent = c["sent_ns"] >= 0
     lag = _histogram(np.maximum(c["sent_ns"][sent] - c["intended_ns"][sent], 0),
                      "dispatch lag", lowest_ns=0)

@@ -64,6 +64,21 @@ def set_realtime(priority: int) -> str | None:
     return None
 
 
+def peak_rss_kb() -> int:
+    """This process's own peak resident set (VmHWM) in KiB.
+
+    Not ``ru_maxrss``: Linux carries that over fork and exec, so a worker would report its
+    parent's peak at the moment it was started.
+    """
+    try:
+        for line in Path("/proc/self/status").read_text().splitlines():
+            if line.startswith("VmHWM:"):
+                return int(line.split()[1])
+    except OSError:
+        pass
+    return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss
+
+
 def worker_main(cfg: dict, worker: int, n_workers: int, ctl: Connection, out: Connection) -> None:
     """Body of worker process ``worker``: map its plan, connect, wait for the start, run,
     report."""
@@ -126,7 +141,7 @@ def worker_main(cfg: dict, worker: int, n_workers: int, ctl: Connection, out: Co
     usage = resource.getrusage(resource.RUSAGE_SELF)
     # Involuntary switches tell a lag spike caused by a busy host from one caused by us.
     counters["preempted"] = usage.ru_nivcsw - ctx0
-    emit("done", {"counters": counters, "cpu_s": cpu_s, "max_rss_kb": usage.ru_maxrss,
+    emit("done", {"counters": counters, "cpu_s": cpu_s, "max_rss_kb": peak_rss_kb(),
                   "itl_hist": hist.encode(), "realtime": realtime})
     loop.close()
 
