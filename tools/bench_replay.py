@@ -10,11 +10,13 @@ a few seconds. Prints a table and writes JSON.
     python tools/bench_replay.py                       # full ladder, ~2 minutes
     python tools/bench_replay.py --kinds chat --rates 2000,4000 --workers 2 --seconds 3
     chrt -f 5 python tools/bench_replay.py --rates 2000,4000 --wire   # on a busy host
+    python tools/bench_replay.py --kinds chat --rates 2000 --workers 2 --hogs 2 --realtime 0,1
 
 On a host shared with other work the lag tail is the scheduler's, not the dispatcher's: the
-``preempt`` column counts the workers' involuntary context switches. Running the client at a
-real-time priority (``chrt -f``; the dispatcher blocks in ``select``, it never spins) shows
-what the dispatcher itself does.
+``preempt`` column counts the workers' involuntary context switches. ``--hogs N`` makes the
+host busy on purpose (N busy-looping processes at normal priority for the length of each
+point) and ``--realtime 0,1`` measures each point without and with ``cpbench replay
+--realtime`` (SCHED_FIFO workers; the dispatcher blocks in ``select``, it never spins).
 """
 from __future__ import annotations
 
@@ -78,13 +80,30 @@ class WireCapture:
         return np.sort(np.asarray(times, dtype=np.int64))
 
 
+class Hogs:
+    """``n`` busy-looping processes at normal priority, each ended by its PID (and by a
+    time limit of its own)."""
+
+    def __init__(self, n: int, limit_s: float) -> None:
+        code = f"import time\nend = time.monotonic() + {limit_s}\nwhile time.monotonic() < end: pass"
+        self.procs = [subprocess.Popen([sys.executable, "-c", code]) for _ in range(n)]
+
+    def stop(self) -> None:
+        for p in self.procs:
+            p.kill()
+            p.wait()
+
+
 def measure(trace: Path, out: Path, url: str, workers: int, loop: str,
-            wire: bool = False) -> dict:
+            wire: bool = False, hogs: int = 0, realtime: int = 0) -> dict:
     cap = WireCapture(int(url.rsplit(":", 1)[1]), out.with_suffix(".pcap")) if wire else None
+    hog = Hogs(hogs, limit_s=120.0) if hogs else None
     try:
         run_replay(trace, url=url, out_dir=out, workers=workers, quiet=True, report=False,
-                   timeout_s=10.0, loop=loop)
+                   timeout_s=10.0, loop=loop, realtime=realtime)
     finally:
+        if hog is not None:
+            hog.stop()
         wire_ns = cap.stop() if cap is not None else None
     res = read_results(out / "results.arrow")
     summary = json.loads((out / "summary.json").read_text())
@@ -112,6 +131,7 @@ def measure(trace: Path, out: Path, url: str, workers: int, loop: str,
         "parent_peak_rss_mb": client["parent_max_rss_kb"] / 1024,
         "connections": client["connections"],
         "preempted": client.get("worker_preempted", 0),
+        "hogs": hogs, "realtime": all(client.get("worker_realtime") or [False]),
         "wire_packets": None if wire_ns is None else int(len(wire_ns)),
         "wire_gap_cv": None if wire_ns is None or len(wire_ns) < 3 else
         float(np.diff(wire_ns).std() / np.diff(wire_ns).mean()),
@@ -129,6 +149,11 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--wire", action="store_true",
                     help="also capture the requests on lo with tcpdump (root) and report the "
                          "inter-arrival CV seen on the wire")
+    ap.add_argument("--hogs", type=int, default=0,
+                    help="busy-looping processes to run beside each point (a busy host)")
+    ap.add_argument("--realtime", default="0",
+                    help="comma-separated SCHED_FIFO priorities to measure each point with "
+                         "(0 = normal scheduling), e.g. 0,1")
     ap.add_argument("-o", "--output", type=Path, default=Path("bench_replay.json"))
     args = ap.parse_args(argv)
     ladders = {"chat": [1000, 2000, 4000, 6000], "embedding": [1000, 2000, 5000, 7000],
@@ -144,11 +169,12 @@ def main(argv: list[str] | None = None) -> int:
                     trace = tmp / f"{kind}-{rate:g}.arrow"
                     make_trace(trace, kind, rate, args.seconds, SEED)
                     for w in (int(x) for x in args.workers.split(",")):
-                        r = measure(trace, tmp / f"out-{kind}-{rate:g}-{w}", url, w, args.loop,
-                                    args.wire)
-                        r.update({"kind": kind, "rate_rps": rate, "workers": w})
-                        rows.append(r)
-                        print(_row(r), flush=True)
+                        for rt in (int(x) for x in args.realtime.split(",")):
+                            r = measure(trace, tmp / f"out-{kind}-{rate:g}-{w}-{rt}", url, w,
+                                        args.loop, args.wire, args.hogs, rt)
+                            r.update({"kind": kind, "rate_rps": rate, "workers": w})
+                            rows.append(r)
+                            print(_row(r), flush=True)
         finally:
             if pid is not None:
                 os.kill(pid, signal.SIGTERM)
@@ -162,7 +188,7 @@ def main(argv: list[str] | None = None) -> int:
 
 HEADER = (f"{'kind':<10}{'workers':>8}{'target':>9}{'achieved':>10}{'short%':>8}"
           f"{'lag p50':>9}{'lag p99':>9}{'lag max':>9}{'gap CV':>8}{'cpu us/req':>11}"
-          f"{'rss MB':>8}{'errors':>7}{'preempt':>8}{'wire CV':>8}")
+          f"{'rss MB':>8}{'errors':>7}{'preempt':>8}{'wire CV':>8}{'hogs':>5}{'rt':>3}")
 
 
 def _row(r: dict) -> str:
@@ -171,7 +197,8 @@ def _row(r: dict) -> str:
             f"{short:>8.2f}{r['lag_p50_ms']:>9.3f}{r['lag_p99_ms']:>9.3f}{r['lag_max_ms']:>9.2f}"
             f"{r['send_gap_cv']:>8.3f}{r['cpu_us_per_request']:>11.1f}{r['peak_rss_mb']:>8.0f}"
             f"{r['errors']:>7}{r['preempted']:>8}"
-            + (f"{r['wire_gap_cv']:>8.3f}" if r.get("wire_gap_cv") is not None else f"{'-':>8}"))
+            + (f"{r['wire_gap_cv']:>8.3f}" if r.get("wire_gap_cv") is not None else f"{'-':>8}")
+            + f"{r['hogs']:>5}{'y' if r['realtime'] else 'n':>3}")
 
 
 if __name__ == "__main__":
