@@ -13,6 +13,7 @@ import json
 from dataclasses import dataclass
 from urllib.parse import urlsplit
 
+from cpbench._core.sse import scan_events
 from cpbench.errors import ConfigError
 from cpbench.prompts import build_prompt
 
@@ -26,11 +27,7 @@ HINTS = ("sagellm", "vllm", "none")
 # vLLM's `priority`: a lower value is scheduled earlier.
 VLLM_PRIORITY = {"HIGH": 0, "NORMAL": 1, "LOW": 2}
 
-# Content markers, with and without the space some servers put after the colon.
-_CHAT_CONTENT = (b'"content":"', b'"content": "')
-_CHAT_EMPTY = (b'"content":""', b'"content": ""')
-_TEXT_CONTENT = (b'"text":"', b'"text": "')
-_TEXT_EMPTY = (b'"text":""', b'"text": ""')
+# The usage event's key, with and without the space some servers put after the colon.
 _USAGE = (b'"usage":{', b'"usage": {')
 
 
@@ -147,12 +144,11 @@ class StreamScan:
     content events (tokens, as the server chunked them) completed in it.
     """
 
-    __slots__ = ("_tail", "_content", "_empty", "usage", "done", "error", "malformed")
+    __slots__ = ("_tail", "_chat", "usage", "done", "error", "malformed")
 
     def __init__(self) -> None:
         self._tail = b""
-        self._content = _CHAT_CONTENT
-        self._empty = _CHAT_EMPTY
+        self._chat = True
         self.usage: bytes | None = None
         self.done = False
         self.error: bytes | None = None
@@ -161,10 +157,7 @@ class StreamScan:
     def reset(self, kind: str) -> None:
         """Prepare for a new response of ``kind`` (``chat`` or ``completion``)."""
         self._tail = b""
-        if kind == "chat":
-            self._content, self._empty = _CHAT_CONTENT, _CHAT_EMPTY
-        else:
-            self._content, self._empty = _TEXT_CONTENT, _TEXT_EMPTY
+        self._chat = kind == "chat"
         self.usage = None
         self.done = False
         self.error = None
@@ -174,17 +167,21 @@ class StreamScan:
         """Scan ``data`` (body bytes); return the number of content events completed in it."""
         if self._tail:
             data = self._tail + data
-        # Only whole events are scanned; a partial one waits for the next read.
-        cut_lf = data.rfind(b"\n\n")
-        cut_crlf = data.rfind(b"\r\n\r\n")
-        cut = max(cut_lf + 2 if cut_lf >= 0 else -1, cut_crlf + 4 if cut_crlf >= 0 else -1)
+        # Only whole events are scanned; a partial one waits for the next read. Most reads
+        # end on an event boundary, which needs no search.
+        if data.endswith(b"\n\n"):
+            cut = len(data)
+        else:
+            cut_lf = data.rfind(b"\n\n")
+            cut_crlf = data.rfind(b"\r\n\r\n")
+            cut = max(cut_lf + 2 if cut_lf >= 0 else -1, cut_crlf + 4 if cut_crlf >= 0 else -1)
         if cut < 0:
             self._tail = data
             return 0
         seg = data[:cut] if cut < len(data) else data
         self._tail = data[cut:] if cut < len(data) else b""
-        c, e = self._content, self._empty
-        tokens = seg.count(c[0]) + seg.count(c[1]) - seg.count(e[0]) - seg.count(e[1])
+        # One pass in C for every count (both spellings of each marker: servers mix them).
+        tokens, data_lines, objects, ends, done, error_at = scan_events(seg, self._chat)
         for marker in _USAGE:
             i = seg.rfind(marker)
             if i >= 0:
@@ -192,17 +189,13 @@ class StreamScan:
                 end = seg.find(b"\n", i)
                 self.usage = seg[start + 5 if start >= 0 else 0: end if end >= 0 else len(seg)]
                 break
-        done = seg.count(b"[DONE]")
         if done:
             self.done = True
         # Cheap shape check instead of decoding: every data line is a JSON object or [DONE].
-        objects = seg.count(b"data: {") + seg.count(b"data:{")
-        if objects + done != seg.count(b"data:") or \
-                objects != seg.count(b"}\n\n") + seg.count(b"}\r\n\r\n"):
+        if objects + done != data_lines or objects != ends:
             self.malformed = True
-        if b'"error"' in seg and self.error is None:
-            i = seg.find(b'"error"')
-            self.error = seg[i: i + 200]
+        if error_at >= 0 and self.error is None:
+            self.error = seg[error_at: error_at + 200]
         return tokens
 
     def usage_tokens(self) -> tuple[int | None, int | None]:

@@ -1,0 +1,3 @@
+def scan_events(seg: bytes, chat: bool) -> tuple[int, int, int, int, int, int]:
+    """``(tokens, data_lines, objects, ends, done, error_at)`` of whole SSE events."""
+    ...
