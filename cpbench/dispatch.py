@@ -8,14 +8,14 @@ parent turns into Arrow batches. Connections are opened before the start and reu
 due while every connection is busy opens a new one (open loop: nothing caps the in-flight
 count unless ``max_concurrency`` is set).
 
-Timing: event-loop timers tick in whole milliseconds, so the scheduler sleeps on the loop
-until about 2 ms before the next send, then blocks in ``select`` with a microsecond timeout on
-a private epoll set holding every connection and the control pipe (the worker sets 1 ns timer
-slack, so the kernel wakes it on time). The next request's bytes are built before the wait,
-so at the due time a send is one write. A readable socket ends the wait early so responses
-are stamped when they arrive, and any response callback that finds a send due sends it
-first, so a send waits for at most one callback, not for a whole turn of the loop. It runs
-on uvloop or the stock asyncio loop alike.
+Timing: event-loop timers tick in whole milliseconds, so sends are timed by a timerfd
+(:class:`cpbench.timerfd.MonotonicTimer`) in the loop's own epoll set, armed for the next due
+instant to the nanosecond (the worker sets 1 ns timer slack, so the kernel fires it within
+microseconds). The loop then wakes for a due send or a response alike, with no second poll
+and no task switch. The next request's bytes are built before the wait, so at the due time a
+send is one write, and any response callback that finds a send due sends it first, so a send
+waits for at most one callback, not for a whole turn of the loop. It runs on uvloop or the
+stock asyncio loop alike.
 """
 from __future__ import annotations
 
@@ -23,7 +23,6 @@ import array
 import asyncio
 import errno
 import json
-import select
 import ssl as ssl_module
 import time
 from collections import deque
@@ -37,8 +36,8 @@ from cpbench.errors import TargetError
 from cpbench.http1 import E_CONNECT, E_TIMEOUT, HttpConn
 from cpbench.plan import Plan
 from cpbench.rows import PRIORITY_VALUES, RowBuffer
+from cpbench.timerfd import MonotonicTimer
 
-SLEEP_MARGIN_NS = 2_000_000      # leave the loop's ms timer this early, then wait precisely
 BURST_MAX = 64                   # sends in a row before the loop gets to read responses
 FLUSH_S = 0.25                   # row hand-over cadence
 FLUSH_SLACK_NS = 500_000         # ... when the next send is at least this far away
@@ -99,24 +98,12 @@ class Dispatcher:
         self._itl = array.array("q")
         self.itl_append = self._itl.append
         self._lags = array.array("q")
-        self._ep = select.epoll()
+        self._sending: asyncio.Future | None = None     # done when the schedule is
+        self._timer: MonotonicTimer | None = None
         self._ssl = ssl_module.create_default_context() if target.tls else None
         self._heads: dict[tuple, bytes] = {}
         self._models_json = [f'"{m}"' if m.isalnum() else json.dumps(m)
                              for m in plan.models]
-
-    # -- epoll set for the precise wait ------------------------------------------------
-    def watch(self, fd: int) -> None:
-        try:
-            self._ep.register(fd, select.EPOLLIN)
-        except (OSError, ValueError):
-            pass
-
-    def unwatch(self, fd: int) -> None:
-        try:
-            self._ep.unregister(fd)
-        except (OSError, ValueError):
-            pass
 
     # -- connections -------------------------------------------------------------------
     async def _connect(self) -> HttpConn:
@@ -324,29 +311,52 @@ class Dispatcher:
                 if conn.transport is not None:
                     conn.transport.close()
             self.flush()
-            self._ep.close()
         return self.progress()
 
+    def stop(self) -> None:
+        """Stop scheduling: in-flight requests get the grace period, then the run ends."""
+        self.stopping = True
+        if self._sending is not None and not self._sending.done():
+            self._sending.set_result(None)
+
     async def _schedule(self) -> None:
-        m = len(self.plan)
-        intended = self.col.intended
-        if m:
-            self.due_abs_ns = self.start_ns + intended[0]
-        while self._j < m:
-            if self.stopping:
-                return
-            if self._data is None:
-                # Built while there is time to spare: at the due time a send is one write.
-                self._data = self._encode(self._j)
-            await self._wait_due(m)
-            if self.send_due() == BURST_MAX:
-                await asyncio.sleep(0)          # far behind: let responses be read too
+        if not len(self.plan) or self.stopping:
+            return
+        loop = asyncio.get_running_loop()
+        self._sending = loop.create_future()
+        self._timer = timer = MonotonicTimer()
+        loop.add_reader(timer.fd, self._on_timer)
+        try:
+            self.due_abs_ns = self.start_ns + self.col.intended[0]
+            self._arm()
+            await self._sending
+        finally:
+            loop.remove_reader(timer.fd)
+            timer.close()
+
+    def _on_timer(self) -> None:
+        self._timer.clear()
+        self.send_due()
+        self._arm()
+
+    def _arm(self) -> None:
+        # Build the next request and set the timer for its due instant; or end the schedule.
+        # A due instant already past (a burst cut at BURST_MAX, or a row a response callback
+        # sent) fires at once, after the responses ready in this turn of the loop.
+        if self.stopping or self._j >= len(self.plan):
+            if not self._sending.done():
+                self._sending.set_result(None)
+            return
+        if self._data is None:
+            # Built while there is time to spare: at the due time a send is one write.
+            self._data = self._encode(self._j)
+        self._timer.arm(self.due_abs_ns)
 
     def send_due(self) -> int:
         """Send every plan row that is due (at most BURST_MAX); how many were sent.
 
-        Called by the scheduler after its wait and by any callback that finds
-        ``due_abs_ns`` passed, so a send waits for at most one callback, not a loop turn.
+        Called when the timer fires and by any response callback that finds ``due_abs_ns``
+        passed, so a send waits for at most one callback, not a loop turn.
         """
         if self.stopping:
             return 0
@@ -362,22 +372,6 @@ class Dispatcher:
         self._j = j
         self.due_abs_ns = self.start_ns + intended[j] if j < m else _NEVER
         return sent
-
-    async def _wait_due(self, m: int) -> None:
-        # Until due_abs_ns, which a callback may move on while we wait, or until a callback
-        # has sent the last of the m rows.
-        mono, ep = time.monotonic_ns, self._ep.fileno()
-        while not self.stopping and self._j < m:
-            wait = self.due_abs_ns - mono()
-            if wait <= 0:
-                return
-            if wait > SLEEP_MARGIN_NS + 1_000_000:
-                await asyncio.sleep((wait - SLEEP_MARGIN_NS) / 1e9)
-                continue
-            # Sub-millisecond wait the loop's timer cannot give: block until the due time
-            # or until a socket is readable, whichever is first.
-            if select.select([ep], [], [], wait / 1e9)[0]:
-                await asyncio.sleep(0)
 
     async def _drain(self) -> None:
         # Waiting requests still go out after the schedule ends (closed loop), in-flight ones

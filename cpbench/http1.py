@@ -7,8 +7,8 @@ byte, the first token and each token read on the monotonic clock, and hands the 
 every request to its owner (the dispatcher) as one :meth:`finished` call: no object per
 request.
 
-The owner provides ``watch(fd)``/``unwatch(fd)`` (its precise-wait epoll set), ``forget(conn)``
-(an idle connection closed), ``due_abs_ns`` and ``send_due()`` (a send that falls due while
+The owner provides ``forget(conn)`` (an idle connection closed), ``due_abs_ns`` and
+``send_due()`` (a send that falls due while
 reading goes first), ``itl_append`` (inter-token gaps, ns), ``retry(conn, j)`` and
 ``finished(conn, j, ...)``.
 """
@@ -34,7 +34,6 @@ class HttpConn(asyncio.Protocol):
     def __init__(self, owner) -> None:
         self.d = owner
         self.transport: asyncio.Transport | None = None
-        self.fd = -1
         self.j: int | None = None
         self.served = 0                 # requests answered on this connection so far
         self.scan = StreamScan()
@@ -44,14 +43,9 @@ class HttpConn(asyncio.Protocol):
     # -- asyncio callbacks -------------------------------------------------------------
     def connection_made(self, transport: asyncio.BaseTransport) -> None:
         self.transport = transport  # type: ignore[assignment]
-        sock = transport.get_extra_info("socket")
-        if sock is not None:
-            self.fd = sock.fileno()
-            self.d.watch(self.fd)
 
     def connection_lost(self, exc: Exception | None) -> None:
         d = self.d
-        d.unwatch(self.fd)
         self.transport = None
         if self.j is None:
             d.forget(self)

@@ -122,11 +122,9 @@ def worker_main(cfg: dict, worker: int, n_workers: int, ctl: Connection, out: Co
             ctl.recv()
         except (EOFError, OSError):
             loop.remove_reader(ctl.fileno())
-            disp.unwatch(ctl.fileno())
-        disp.stopping = True
+        disp.stop()
 
     loop.add_reader(ctl.fileno(), on_control)
-    disp.watch(ctl.fileno())
     realtime = False
     if cfg.get("realtime"):
         problem = set_realtime(int(cfg["realtime"]))

@@ -183,12 +183,6 @@ class _FakeOwner:
         self.outcomes.append((j, outcome))
         self.reusable = reusable
 
-    def watch(self, fd):
-        pass
-
-    def unwatch(self, fd):
-        pass
-
 
 def _chunked(*parts: bytes) -> bytes:
     return b"".join(b"%x\r\n%s\r\n" % (len(p), p) for p in parts) + b"0\r\n\r\n"
