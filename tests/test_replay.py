@@ -250,3 +250,22 @@ def test_embedded_sim_serves_foreign_model_names(tmp_path):
     assert summary["requests"]["completed"] == n and summary["requests"]["errors"] == 0
     table = read_results(out / "results.arrow")
     assert sorted(set(table.column("model").to_pylist())) == sorted(set(models))
+
+
+def test_realtime_workers_or_a_warning(server, tmp_path):
+    # As root (CI) the workers get SCHED_FIFO; elsewhere each says why not, and runs anyway.
+    trace = make_trace(tmp_path / "t.arrow", ["ok"] * 6, ["chat", "embedding"] * 3)
+    out = tmp_path / "out"
+    done = cpbench("replay", trace, "--url", server.url, "-o", out, "--workers", "2",
+                   "--realtime", "--quiet", "--no-report")
+    assert done.returncode == 0, done.stderr
+    client = summary_of(out)["run"]["client"]
+    assert len(client["worker_realtime"]) == 2
+    refused = [w for w, got in enumerate(client["worker_realtime"]) if not got]
+    for w in refused:
+        assert f"worker {w}: --realtime not granted" in done.stderr
+    assert summary_of(out)["requests"]["completed"] == 6
+    bad = cpbench("replay", trace, "--url", server.url, "-o", tmp_path / "bad", "--realtime",
+                  "100", "--quiet")
+    assert bad.returncode == 2 and bad.stderr.count("\n") == 1
+    assert "--realtime priority must be 1-99; got 100" in bad.stderr
