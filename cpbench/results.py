@@ -175,6 +175,23 @@ class ResultsWriter:
                            "are kept; free space or choose another -o directory")
 
 
+def column_numpy(table: pa.Table, name: str, null, dtype) -> np.ndarray:
+    """Column ``name`` of ``table`` as one NumPy array of ``dtype``, nulls read as ``null``.
+
+    Filled chunk by chunk: a whole-column ``fill_null`` or concatenation would make Arrow
+    temporaries as large as the column (8 MB per 10^6 int64 values) that its allocator keeps.
+    """
+    column = table.column(name)
+    out = np.empty(len(column), dtype)
+    pos = 0
+    for chunk in column.chunks:
+        if chunk.null_count:
+            chunk = chunk.fill_null(null)
+        out[pos:pos + len(chunk)] = chunk.to_numpy(zero_copy_only=False)
+        pos += len(chunk)
+    return out
+
+
 def read_results(path: Path) -> pa.Table:
     """Read a ``results.arrow`` file into one table."""
     with pa.memory_map(str(path), "r") as source:

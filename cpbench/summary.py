@@ -39,6 +39,7 @@ from cpbench._core.hist import Histogram
 from cpbench._core.slo import KINDS, PRIORITIES, SloCounters, Timeslices
 from cpbench.atomic import atomic_write
 from cpbench.errors import ConfigError, OutputError
+from cpbench.results import column_numpy
 
 PERCENTILES = (50, 90, 95, 99, 99.9)
 NS_PER_MS = 1e6
@@ -104,26 +105,12 @@ def _codes(column: pa.ChunkedArray, canonical: tuple[str, ...]) -> tuple[np.ndar
     return codes, tuple(index)
 
 
-def _filled(table: pa.Table, name: str, null, dtype) -> np.ndarray:
-    # Chunk by chunk into one array: a whole-column fill or concatenation would make Arrow
-    # temporaries as large as the column (8 MB per 10^6 rows) that its allocator then keeps.
-    column = table.column(name)
-    out = np.empty(len(column), dtype)
-    pos = 0
-    for chunk in column.chunks:
-        if chunk.null_count:
-            chunk = pc.fill_null(chunk, null)
-        out[pos:pos + len(chunk)] = chunk.to_numpy(zero_copy_only=False)
-        pos += len(chunk)
-    return out
-
-
 def _int_col(table: pa.Table, name: str, null: int = -1) -> np.ndarray:
-    return _filled(table, name, null, np.int64)
+    return column_numpy(table, name, null, np.int64)
 
 
 def _bool_col(table: pa.Table, name: str) -> np.ndarray:
-    return _filled(table, name, False, bool)
+    return column_numpy(table, name, False, bool)
 
 
 def _columns(results: pa.Table) -> dict[str, Any]:

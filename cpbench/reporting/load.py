@@ -19,6 +19,7 @@ import pyarrow as pa
 import pyarrow.compute as pc
 
 from cpbench.errors import ConfigError
+from cpbench.results import column_numpy
 
 NS_PER_MS = 1_000_000
 # Percent grid of the quantile functions: dense in the body, then 99, 99.9 ... 99.999.
@@ -100,6 +101,10 @@ def _column(table: pa.Table, name: str, fill=0) -> np.ndarray | None:
     if name not in table.column_names:
         return None
     col = table.column(name)
+    if (pa.types.is_integer(col.type) or pa.types.is_floating(col.type)
+            or pa.types.is_boolean(col.type)) and fill is not None:
+        # Results columns of 10^6 rows: no whole-column Arrow temporaries.
+        return column_numpy(table, name, fill, col.type.to_pandas_dtype())
     if pa.types.is_dictionary(col.type):
         col = col.cast(col.type.value_type)
     if col.null_count and fill is not None:
