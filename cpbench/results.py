@@ -192,6 +192,30 @@ def column_numpy(table: pa.Table, name: str, null, dtype) -> np.ndarray:
     return out
 
 
+def label_codes(column: pa.ChunkedArray,
+                canonical: tuple[str, ...]) -> tuple[np.ndarray, tuple[str, ...]]:
+    """Integer codes of a string/dictionary column and the labels they index.
+
+    Labels are the canonical ones first, then any other value seen (null reads "unknown");
+    only the small dictionaries are walked in Python, never the rows.
+    """
+    index = {label: i for i, label in enumerate(canonical)}
+    codes = np.empty(len(column), np.int64)
+    pos = 0
+    for chunk in column.chunks:
+        if not pa.types.is_dictionary(chunk.type):
+            chunk = chunk.cast(pa.string()).dictionary_encode()
+        values = ["unknown" if v is None else str(v) for v in chunk.dictionary.to_pylist()]
+        remap = np.array([index.setdefault(v, len(index)) for v in values + ["unknown"]],
+                         dtype=np.int64)
+        idx = chunk.indices
+        if idx.null_count:
+            idx = idx.fill_null(len(values))
+        codes[pos:pos + len(chunk)] = remap[idx.to_numpy(zero_copy_only=False)]
+        pos += len(chunk)
+    return codes, tuple(index)
+
+
 def read_results(path: Path) -> pa.Table:
     """Read a ``results.arrow`` file into one table."""
     with pa.memory_map(str(path), "r") as source:

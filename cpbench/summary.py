@@ -39,7 +39,7 @@ from cpbench._core.hist import Histogram
 from cpbench._core.slo import KINDS, PRIORITIES, SloCounters, Timeslices
 from cpbench.atomic import atomic_write
 from cpbench.errors import ConfigError, OutputError
-from cpbench.results import column_numpy
+from cpbench.results import column_numpy, label_codes
 
 PERCENTILES = (50, 90, 95, 99, 99.9)
 NS_PER_MS = 1e6
@@ -82,29 +82,6 @@ def _histogram(values: np.ndarray, what: str, lowest_ns: int = 1_000) -> Histogr
     return hist
 
 
-def _codes(column: pa.ChunkedArray, canonical: tuple[str, ...]) -> tuple[np.ndarray, tuple]:
-    """Integer codes of a string/dictionary column and the labels they index.
-
-    Labels are the canonical ones first, then any other value seen (null reads "unknown");
-    only the small dictionaries are walked in Python, never the rows.
-    """
-    index = {label: i for i, label in enumerate(canonical)}
-    codes = np.empty(len(column), np.int64)
-    pos = 0
-    for chunk in column.chunks:
-        if not pa.types.is_dictionary(chunk.type):
-            chunk = pc.dictionary_encode(chunk.cast(pa.string()))
-        values = ["unknown" if v is None else str(v) for v in chunk.dictionary.to_pylist()]
-        remap = np.array([index.setdefault(v, len(index)) for v in values + ["unknown"]],
-                         dtype=np.int64)
-        idx = chunk.indices
-        if idx.null_count:
-            idx = pc.fill_null(idx, len(values))
-        codes[pos:pos + len(chunk)] = remap[idx.to_numpy(zero_copy_only=False)]
-        pos += len(chunk)
-    return codes, tuple(index)
-
-
 def _int_col(table: pa.Table, name: str, null: int = -1) -> np.ndarray:
     return column_numpy(table, name, null, np.int64)
 
@@ -136,8 +113,8 @@ def _columns(results: pa.Table) -> dict[str, Any]:
     c["error_class"] = errors if keep is None else errors.filter(pa.array(keep))
     c["errored"] = pc.is_valid(c["error_class"]).to_numpy(zero_copy_only=False)
     c["completed"] = ~c["errored"] & (c["done_ns"] >= 0)
-    c["kind"], c["kinds"] = _codes(results.column("kind"), KINDS)
-    c["priority"], c["priorities"] = _codes(results.column("priority"), PRIORITIES)
+    c["kind"], c["kinds"] = label_codes(results.column("kind"), KINDS)
+    c["priority"], c["priorities"] = label_codes(results.column("priority"), PRIORITIES)
     c["kind"], c["priority"] = live(c["kind"]), live(c["priority"])
     return c
 

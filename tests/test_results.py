@@ -3,10 +3,12 @@ from __future__ import annotations
 
 import pickle
 
+import numpy as np
+import pyarrow as pa
 import pytest
 
-from cpbench.results import (ROW_FIELDS, ResultsWriter, RowBuffer, read_results,
-                             result_schema, rows_to_batch)
+from cpbench.results import (ROW_FIELDS, ResultsWriter, RowBuffer, column_numpy, label_codes,
+                             read_results, result_schema, rows_to_batch)
 
 MS = 1_000_000
 
@@ -71,3 +73,17 @@ def test_batches_written_as_they_come_read_back_whole(tmp_path):
     table = read_results(tmp_path / "results.arrow")
     assert table.column("row").to_pylist() == list(range(15))
     assert b"http://h:1" in table.schema.metadata[b"cpbench.run"]
+
+
+def test_label_codes_and_column_numpy_over_chunks_and_nulls():
+    kinds = pa.chunked_array([
+        pa.array(["embedding", None, "chat"]).dictionary_encode(),
+        pa.array(["chat", "rerank"]).dictionary_encode(),
+    ])
+    codes, labels = label_codes(kinds, ("chat", "completion", "embedding"))
+    assert labels == ("chat", "completion", "embedding", "unknown", "rerank")
+    assert codes.tolist() == [2, 3, 0, 0, 4]
+    plain, plain_labels = label_codes(pa.chunked_array([["b", None], ["a"]]), ())
+    assert [plain_labels[c] for c in plain] == ["b", "unknown", "a"]
+    table = pa.table({"t": pa.chunked_array([[1, None], [3]], pa.int64())})
+    assert column_numpy(table, "t", -1, np.int64).tolist() == [1, -1, 3]

@@ -19,7 +19,7 @@ import pyarrow as pa
 import pyarrow.compute as pc
 
 from cpbench.errors import ConfigError
-from cpbench.results import column_numpy
+from cpbench.results import column_numpy, label_codes
 
 NS_PER_MS = 1_000_000
 # Percent grid of the quantile functions: dense in the body, then 99, 99.9 ... 99.999.
@@ -316,10 +316,9 @@ def _codes(column: pa.ChunkedArray, live: np.ndarray) -> tuple[np.ndarray, dict[
 
     Strings of a 10^6-row column are slow to compare and sort in NumPy; small codes are not.
     """
-    enc = pc.dictionary_encode(pc.fill_null(column.cast(pa.string()), "unknown")).combine_chunks()
-    codes = enc.indices.to_numpy(zero_copy_only=False).astype(np.int64)[live]
-    present = np.flatnonzero(np.bincount(codes, minlength=len(enc.dictionary)))
-    labels = enc.dictionary.to_pylist()
+    codes, labels = label_codes(column, ())
+    codes = codes if live.all() else codes[live]
+    present = np.flatnonzero(np.bincount(codes, minlength=len(labels)))
     return codes, {str(labels[i]): int(i) for i in present}
 
 
@@ -354,18 +353,23 @@ def _add_results(data: RunData, table: pa.Table, slice_s: float) -> None:
     if not live.any():
         data.notes.append("results.arrow holds no request past warm-up: nothing to chart.")
         return
+    everything = bool(live.all())
+
+    def keep(values: np.ndarray) -> np.ndarray:
+        return values if everything else values[live]    # no copy of 10^6 rows for nothing
+
     # Missing times read as -1 (as the stats core reads them), never as the run's first instant.
-    cols = {name: _column(table, name, -1 if name.endswith("_ns") else 0)[live]
+    cols = {name: keep(_column(table, name, -1 if name.endswith("_ns") else 0))
             for name in RESULT_COLUMNS if name in table.column_names
             and name not in ("kind", "error_class", "warmup", "slo_met", "model", "error_detail")}
     cols["kind"], cols["kind_labels"] = _codes(table.column("kind"), live)
     # A failure with no done time ended when it was sent, as the stats core counts it.
     cols["done_ns"] = np.where(cols["done_ns"] < 0, cols["sent_ns"], cols["done_ns"])
     errors = table.column("error_class") if "error_class" in table.column_names else None
-    cols["ok"] = (np.asarray(errors.is_null().to_numpy(zero_copy_only=False))[live]
+    cols["ok"] = (keep(np.asarray(errors.is_null().to_numpy(zero_copy_only=False)))
                   if errors is not None else np.ones(int(live.sum()), bool))
     slo = _column(table, "slo_met", False)
-    cols["slo_met"] = slo[live].astype(bool) if slo is not None else cols["ok"]
+    cols["slo_met"] = keep(slo).astype(bool) if slo is not None else cols["ok"]
     cols.setdefault("output_tokens", np.zeros(int(live.sum()), np.int64))
     first = cols.get("first_token_ns", cols["done_ns"])
     cols["first_token_ns"] = np.where(first < 0, cols["done_ns"], first)
