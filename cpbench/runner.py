@@ -410,6 +410,7 @@ def _start_monitors(o: dict, sim_url: str | None, start_ns: int):
 
 def _write_outputs(out: Path, run: dict, pool: WorkerPool, o: dict, monitors) -> None:
     from cpbench.summary import summarize, write_summary
+    release_unused_memory()     # what the batches of the run left in the allocators
     results = read_results(out / "results.arrow")
     summary = summarize(results, itl_hist=pool.merged_itl(), run=run)
     del results                 # unmaps results.arrow before the report maps it again
