@@ -335,7 +335,7 @@ class Dispatcher:
             timer.close()
 
     def _on_timer(self) -> None:
-        self._timer.clear()
+        # No read of the expiry: re-arming in _arm resets it (one syscall less per send).
         self.send_due()
         self._arm()
 
@@ -344,6 +344,7 @@ class Dispatcher:
         # A due instant already past (a burst cut at BURST_MAX, or a row a response callback
         # sent) fires at once, after the responses ready in this turn of the loop.
         if self.stopping or self._j >= len(self.plan):
+            self._timer.clear()
             if not self._sending.done():
                 self._sending.set_result(None)
             return

@@ -41,7 +41,7 @@ _LIBC = _libc()
 
 class MonotonicTimer:
     """One-shot timer: :meth:`arm` it for an absolute ``time.monotonic_ns()`` instant; its
-    descriptor :attr:`fd` is readable from then until :meth:`clear`.
+    descriptor :attr:`fd` is readable from then until :meth:`clear` or the next :meth:`arm`.
 
     Raises
     ------

@@ -1,0 +1,27 @@
+"""cpbench.timerfd.MonotonicTimer: readable from its instant on, quiet again once re-armed."""
+from __future__ import annotations
+
+import select
+import time
+
+from cpbench.timerfd import MonotonicTimer
+
+
+def test_fires_at_its_instant_and_rearming_or_clearing_resets_it():
+    timer = MonotonicTimer()
+    ep = select.epoll()
+    try:
+        ep.register(timer.fd, select.EPOLLIN)
+        at = time.monotonic_ns() + 2_000_000
+        timer.arm(at)
+        assert ep.poll(5.0)
+        assert time.monotonic_ns() >= at                  # never before its instant
+        timer.arm(time.monotonic_ns() + 10**10)
+        assert ep.poll(0) == []                            # re-armed: quiet again, no read
+        timer.arm(1)                                       # an instant long past: at once
+        assert ep.poll(5.0)
+        timer.clear()
+        assert ep.poll(0) == []
+    finally:
+        ep.close()
+        timer.close()
