@@ -3,7 +3,7 @@
 The hot path is lean by design (DESIGN "Performance notes"): no task, future, dict or tuple
 per request. The plan's columns are read in place through memoryviews; each keep-alive
 connection is a :class:`cpbench.http1.HttpConn` that parses its own responses; a finished
-request becomes one packed row of a :class:`cpbench.results.RowBuffer`, whose raw buffers the
+request becomes one packed row of a :class:`cpbench.rows.RowBuffer`, whose raw buffers the
 parent turns into Arrow batches. Connections are opened before the start and reused; a request
 due while every connection is busy opens a new one (open loop: nothing caps the in-flight
 count unless ``max_concurrency`` is set).
@@ -34,7 +34,7 @@ import numpy as np
 from cpbench.endpoints import KINDS, Target, header_block, request_body, strip_credentials
 from cpbench.errors import TargetError
 from cpbench.http1 import E_CONNECT, E_TIMEOUT, HttpConn
-from cpbench.plan import Plan
+from cpbench.plan import COLUMNS, Plan
 from cpbench.rows import PRIORITY_VALUES, RowBuffer
 from cpbench.timerfd import MonotonicTimer
 
@@ -166,17 +166,17 @@ class Dispatcher:
         if self.idle:
             self._write(self.idle.pop(), j, data)
         else:
-            self._spawn_open(j)
+            self._spawn_open(j, data=data)
 
-    def _spawn_open(self, j: int, retry: bool = False) -> None:
+    def _spawn_open(self, j: int, retry: bool = False, data: bytes | None = None) -> None:
         # Counted before the task runs, so the drain never misses a request being connected;
         # the set holds the task (the loop keeps only a weak reference).
         self._opening += 1
-        task = asyncio.get_running_loop().create_task(self._open_and_send(j, retry))
+        task = asyncio.get_running_loop().create_task(self._open_and_send(j, retry, data))
         self._tasks.add(task)
         task.add_done_callback(self._tasks.discard)
 
-    async def _open_and_send(self, j: int, retry: bool) -> None:
+    async def _open_and_send(self, j: int, retry: bool, data: bytes | None) -> None:
         try:
             conn = await self._connect()
         except OSError as exc:
@@ -191,7 +191,7 @@ class Dispatcher:
         if self.stopping and not retry:
             conn.transport.close()
             return
-        self._write(conn, j, retry=retry)
+        self._write(conn, j, data, retry)
 
     def _write(self, conn: HttpConn, j: int, data: bytes | None = None,
                retry: bool = False) -> None:
@@ -199,28 +199,28 @@ class Dispatcher:
         if data is None:
             data = self._encode(j)
         now = time.monotonic_ns()
-        conn.begin(j, col.kind[j], col.batch[j], now, retry)
+        conn.begin(j, col.kind[j], col.batch_size[j], now, retry)
         self.busy.add(conn)
         conn.transport.write(data)
         if not retry:
             self.sent += 1
-            self._lags.append(now - self.start_ns - col.intended[j])
+            self._lags.append(now - self.start_ns - col.intended_ns[j])
 
     def _encode(self, j: int) -> bytes:
         """The whole HTTP request for plan row ``j``."""
         col = self.col
-        kind, prio, row = col.kind[j], col.prio[j], col.row[j]
+        kind, prio, row = col.kind[j], col.priority[j], col.rows[j]
         hints = self.options.hints
         prompt = col.prompts[j] if col.prompts is not None else None
-        out = col.out[j]
-        body = request_body(KINDS[kind], self._models_json[col.model[j]], row, col.inp[j],
-                            None if out < 0 else out, col.batch[j], prompt,
-                            PRIORITY_VALUES[prio], hints)
+        out = col.output_tokens[j]
+        body = request_body(KINDS[kind], self._models_json[col.model[j]], row,
+                            col.input_tokens[j], None if out < 0 else out, col.batch_size[j],
+                            prompt, PRIORITY_VALUES[prio], hints)
         head = self._heads.get((kind, prio)) or self._head(kind, prio)
         if hints == "sagellm":
             # The static headers are cached; only the per-request hints are formatted.
             head = b"%sX-Request-ID: cpbench-%d\r\nX-SLO-Deadline-Ms: %s\r\n" % (
-                head, row, b"%g" % col.slo_e2e[j])
+                head, row, b"%g" % col.slo_e2e_ms[j])
         return b"%sContent-Length: %d\r\n\r\n%s" % (head, len(body), body)
 
     def _head(self, kind: int, prio: int) -> bytes:
@@ -240,28 +240,29 @@ class Dispatcher:
 
         Absolute monotonic stamps, -1 for what did not happen.
         """
-        col, start = self.col, self.start_ns
-        self.record((
-            col.row[j], col.kind[j], col.prio[j], col.model[j], col.intended[j],
-            sent_abs - start, first_byte - start if first_byte >= 0 else -1,
-            first_token - start if first_token >= 0 else -1, done - start,
-            col.inp[j] if prompt_tokens is None else prompt_tokens, out_tokens, col.batch[j],
-            status, code, itl_mean, itl_max, col.warmup[j], col.slo_ttft[j], col.slo_e2e[j],
-        ), detail)
+        self._record(j, sent_abs, first_byte, first_token, done, status, code, detail,
+                     prompt_tokens, out_tokens, itl_mean, itl_max)
         self.release(conn, reusable)
 
     def _record_connect_failure(self, j: int, detail: str) -> None:
-        col = self.col
-        now = time.monotonic_ns() - self.start_ns
-        self.record((col.row[j], col.kind[j], col.prio[j], col.model[j], col.intended[j], now,
-                     -1, -1, now, col.inp[j], 0, col.batch[j], 0, E_CONNECT, -1, -1,
-                     col.warmup[j], col.slo_ttft[j], col.slo_e2e[j]), detail)
+        now = time.monotonic_ns()
+        self._record(j, now, -1, -1, now, 0, E_CONNECT, detail, None, 0, -1, -1)
 
-    def record(self, values: tuple, detail: str | None) -> None:
-        """Append one finished request (ROW_FIELDS order) and count it."""
-        self.rows.append(values, detail)
+    def _record(self, j: int, sent_abs: int, first_byte: int, first_token: int, done: int,
+                status: int, code: int, detail: str | None, prompt_tokens: int | None,
+                out_tokens: int, itl_mean: int, itl_max: int) -> None:
+        # One packed row (ROW_FIELDS order): the plan's values and the outcome, run clock.
+        col, start = self.col, self.start_ns
+        self.rows.append((
+            col.rows[j], col.kind[j], col.priority[j], col.model[j], col.intended_ns[j],
+            sent_abs - start, first_byte - start if first_byte >= 0 else -1,
+            first_token - start if first_token >= 0 else -1, done - start,
+            col.input_tokens[j] if prompt_tokens is None else prompt_tokens, out_tokens,
+            col.batch_size[j], status, code, itl_mean, itl_max, col.warmup[j],
+            col.slo_ttft_ms[j], col.slo_e2e_ms[j],
+        ), detail)
         self.done += 1
-        if values[13] >= 0:
+        if code >= 0:
             self.errors += 1
 
     def flush(self) -> None:
@@ -327,7 +328,7 @@ class Dispatcher:
         self._timer = timer = MonotonicTimer()
         loop.add_reader(timer.fd, self._on_timer)
         try:
-            self.due_abs_ns = self.start_ns + self.col.intended[0]
+            self.due_abs_ns = self.start_ns + self.col.intended_ns[0]
             self._arm()
             await self._sending
         finally:
@@ -361,7 +362,7 @@ class Dispatcher:
         """
         if self.stopping:
             return 0
-        j, intended = self._j, self.col.intended
+        j, intended = self._j, self.col.intended_ns
         m = len(intended)
         now = time.monotonic_ns() - self.start_ns
         sent = 0
@@ -395,8 +396,6 @@ class Dispatcher:
         while True:
             await asyncio.sleep(SWEEP_S)
             now = time.monotonic_ns()
-            if now >= self.due_abs_ns:
-                self.send_due()
             for conn in [c for c in self.busy if now - c.sent_abs > timeout_ns]:
                 if conn.j is not None:
                     conn.fail(E_TIMEOUT, f"no complete response in {self.options.timeout_s:g} s",
@@ -415,25 +414,14 @@ class Dispatcher:
 
 
 class _Columns:
-    """The plan's columns as memoryviews: indexing one gives a Python number, with no
-    conversion up front and nothing for the garbage collector to walk."""
+    """The plan's columns (:data:`cpbench.plan.COLUMNS`, same names) as memoryviews: indexing
+    one gives a Python number, with no conversion up front and nothing for the garbage
+    collector to walk."""
 
-    __slots__ = ("row", "intended", "kind", "prio", "model", "inp", "out", "batch",
-                 "slo_ttft", "slo_e2e", "warmup", "prompts")
+    __slots__ = (*COLUMNS, "prompts")
 
     def __init__(self, plan: Plan) -> None:
-        def view(values: np.ndarray, dtype) -> memoryview:
-            return memoryview(np.ascontiguousarray(values, dtype=dtype))    # holds its array
-
-        self.row = view(plan.rows, np.int64)
-        self.intended = view(plan.intended_ns, np.int64)
-        self.kind = view(plan.kind, np.int32)
-        self.prio = view(plan.priority, np.int32)
-        self.model = view(plan.model, np.int32)
-        self.inp = view(plan.input_tokens, np.int32)
-        self.out = view(plan.output_tokens, np.int32)
-        self.batch = view(plan.batch_size, np.int32)
-        self.slo_ttft = view(plan.slo_ttft_ms, np.float64)
-        self.slo_e2e = view(plan.slo_e2e_ms, np.float64)
-        self.warmup = view(plan.warmup, np.int32)
+        for name, dtype in COLUMNS.items():
+            # The memoryview holds its array.
+            setattr(self, name, memoryview(np.ascontiguousarray(getattr(plan, name), dtype)))
         self.prompts = plan.prompts

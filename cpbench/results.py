@@ -7,8 +7,8 @@ times a second it hands the raw buffers to the parent, which turns them into an 
 ``results.arrow`` through its one :class:`ResultsWriter` as it arrives, so the file is valid up
 to the last batch after an interruption.
 
-Dictionary columns use fixed dictionaries (every worker builds the same ones from the trace):
-the Arrow IPC *file* format cannot replace a dictionary between batches.
+Dictionary columns use fixed dictionaries (the same for every batch of a run): the Arrow IPC
+*file* format cannot replace a dictionary between batches.
 """
 from __future__ import annotations
 
@@ -20,9 +20,7 @@ import numpy as np
 import pyarrow as pa
 
 from cpbench.errors import OutputError
-from cpbench.rows import (DEFAULT_SLO_MS, ERROR_CLASSES, ERROR_CODE, KIND_VALUES,  # noqa: F401
-                          PRIORITY_VALUES, ROW_FIELDS, ROW_FLOAT_FIELDS, ROW_INT_FIELDS,
-                          RowBuffer)
+from cpbench.rows import ERROR_CLASSES, KIND_VALUES, PRIORITY_VALUES, ROW_INT_FIELDS
 
 # The row vocabulary and packing live in cpbench.rows (the worker imports no pyarrow).
 _N_INT = len(ROW_INT_FIELDS)

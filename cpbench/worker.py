@@ -24,8 +24,8 @@ from cpbench._core.hist import Histogram
 from cpbench.dispatch import Dispatcher, DispatchOptions, Target
 from cpbench.errors import CpbenchError
 from cpbench.plan import load_plan
+from cpbench.timerfd import tighten_timer_slack
 
-_PR_SET_TIMERSLACK = 29         # Linux prctl option
 
 
 def _new_loop(name: str) -> asyncio.AbstractEventLoop:
@@ -35,24 +35,10 @@ def _new_loop(name: str) -> asyncio.AbstractEventLoop:
     return asyncio.new_event_loop()
 
 
-def tighten_timer_slack() -> bool:
-    """Ask Linux for 1 ns timer slack in this process instead of the default 50 µs.
-
-    The dispatcher's sub-millisecond waits are ``select`` timeouts, and the kernel may defer a
-    normal process's timer wake-up by its slack: at the default that is most of the median
-    dispatch lag. Returns whether the setting took (not on other systems).
-    """
-    try:
-        import ctypes
-        return ctypes.CDLL(None, use_errno=True).prctl(_PR_SET_TIMERSLACK, 1, 0, 0, 0) == 0
-    except (OSError, AttributeError):
-        return False
-
-
 def set_realtime(priority: int) -> str | None:
     """Move this process to SCHED_FIFO at ``priority``; None, or why it could not.
 
-    The dispatcher blocks in ``select`` between sends and never spins, so a real-time
+    The dispatcher waits in the event loop's epoll between sends and never spins, so a real-time
     worker only takes the CPU when a send is due or a response arrives: on a busy host its
     sends stop waiting behind other processes' time slices. A worker that is itself
     saturated would keep its core (the kernel's real-time throttling leaves others 5 %).

@@ -19,7 +19,6 @@ import subprocess
 import sys
 import time
 from dataclasses import dataclass
-from pathlib import Path
 from multiprocessing.connection import Connection, wait
 
 import numpy as np
@@ -29,7 +28,8 @@ import pyarrow.compute as pc
 from cpbench._core.hist import Histogram
 from cpbench.errors import TargetError
 from cpbench.plan import Plan, PromptColumn
-from cpbench.results import DEFAULT_SLO_MS, KIND_VALUES, PRIORITY_VALUES, rows_to_batch
+from cpbench.results import rows_to_batch
+from cpbench.rows import DEFAULT_SLO_MS, KIND_VALUES, PRIORITY_VALUES
 from cpbench.spawn import python_module_cmd
 
 _F_SETPIPE_SZ = 1031            # Linux: let a record batch fit in the pipe without blocking

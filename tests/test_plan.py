@@ -46,7 +46,7 @@ def test_saved_plan_maps_back_equal_with_prompts(tmp_path):
     assert [back.prompts[j] for j in range(3)] == [None, "多语言 prompt", "last"]
     # The dispatcher reads the mapped columns through memoryviews, as Python numbers.
     col = _Columns(back)
-    assert (col.row[2], col.intended[1], col.slo_e2e[0], col.prompts[1]) == (
+    assert (col.rows[2], col.intended_ns[1], col.slo_e2e_ms[0], col.prompts[1]) == (
         5, 3000, 250.0, "多语言 prompt")
 
 

@@ -1,4 +1,5 @@
-"""The worker's row buffer and the parent's batch builder (cpbench.results)."""
+"""The worker's row buffer (cpbench.rows) and the parent's batch builder and column readers
+(cpbench.results)."""
 from __future__ import annotations
 
 import pickle
@@ -7,8 +8,9 @@ import numpy as np
 import pyarrow as pa
 import pytest
 
-from cpbench.results import (ROW_FIELDS, ResultsWriter, RowBuffer, column_numpy, label_codes,
-                             read_results, result_schema, rows_to_batch)
+from cpbench.results import (ResultsWriter, column_numpy, label_codes, read_results,
+                             result_schema, rows_to_batch)
+from cpbench.rows import ROW_FIELDS, RowBuffer
 
 MS = 1_000_000
 

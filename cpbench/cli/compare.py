@@ -26,6 +26,17 @@ def default_output(name: str) -> Path:
     return Path("cpbench-results") / f"{name}-{stamp}"
 
 
+def add_synth_args(g, *, requests_help: str) -> None:
+    """The synthesized-workload options `sweep` and `experiment` share (argument group ``g``)."""
+    g.add_argument("--requests", type=int, default=600, metavar="N", help=requests_help)
+    g.add_argument("--pattern", choices=("uniform", "poisson", "gamma"), default="poisson",
+                   help="arrival pattern (default poisson)")
+    g.add_argument("--mode", choices=("llm", "hybrid"), default="hybrid",
+                   help="llm only, or LLM and embeddings (default hybrid)")
+    g.add_argument("--llm-ratio", type=float, default=0.5, metavar="F",
+                   help="LLM share of a hybrid workload (default 0.5)")
+
+
 def add_target_args(p: argparse.ArgumentParser, *, speed: bool = True) -> None:
     """--url, the policy switch, draining, and the replay options passed to every run."""
     g = p.add_argument_group("control plane")

@@ -4,7 +4,8 @@ from __future__ import annotations
 import argparse
 from pathlib import Path
 
-from cpbench.cli.compare import add_stats_args, add_target_args, default_output, target_kwargs
+from cpbench.cli.compare import (add_stats_args, add_synth_args, add_target_args,
+                                 default_output, target_kwargs)
 from cpbench.config import add_config_option
 
 EPILOG = """examples:
@@ -40,14 +41,7 @@ def register(subparsers) -> None:
     g = p.add_argument_group("synthesized workload")
     g.add_argument("--rate", type=float, default=20.0, metavar="RPS",
                    help="mean arrival rate (default 20)")
-    g.add_argument("--requests", type=int, default=600, metavar="N",
-                   help="requests (default 600)")
-    g.add_argument("--pattern", choices=("uniform", "poisson", "gamma"), default="poisson",
-                   help="arrival pattern (default poisson)")
-    g.add_argument("--mode", choices=("llm", "hybrid"), default="hybrid",
-                   help="llm only, or LLM and embeddings (default hybrid)")
-    g.add_argument("--llm-ratio", type=float, default=0.5, metavar="F",
-                   help="LLM share of a hybrid workload (default 0.5)")
+    add_synth_args(g, requests_help="requests (default 600)")
     g.add_argument("--ratios", default="0,0.25,0.5,0.75,1", metavar="F,...",
                    help="mixed_ratio: LLM shares to sweep (default 0,0.25,0.5,0.75,1)")
     g = p.add_argument_group("throughput")

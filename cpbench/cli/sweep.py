@@ -4,7 +4,7 @@ from __future__ import annotations
 import argparse
 from pathlib import Path
 
-from cpbench.cli.compare import add_target_args, default_output, target_kwargs
+from cpbench.cli.compare import add_synth_args, add_target_args, default_output, target_kwargs
 from cpbench.config import add_config_option
 
 EPILOG = """examples:
@@ -41,14 +41,7 @@ def register(subparsers) -> None:
     p.add_argument("-o", "--output", type=Path, default=None, metavar="DIR",
                    help="output directory (default: cpbench-results/sweep-<UTC time>/)")
     g = p.add_argument_group("synthesized workload (without TRACE)")
-    g.add_argument("--requests", type=int, default=600, metavar="N",
-                   help="requests per run (default 600)")
-    g.add_argument("--pattern", choices=("uniform", "poisson", "gamma"), default="poisson",
-                   help="arrival pattern (default poisson)")
-    g.add_argument("--mode", choices=("llm", "hybrid"), default="hybrid",
-                   help="llm only, or LLM and embeddings (default hybrid)")
-    g.add_argument("--llm-ratio", type=float, default=0.5, metavar="F",
-                   help="LLM share of a hybrid workload (default 0.5)")
+    add_synth_args(g, requests_help="requests per run (default 600)")
     g.add_argument("--seed", type=int, default=0, help="trace seed (default 0)")
     add_target_args(p, speed=False)
     add_config_option(p)
