@@ -1,4 +1,5 @@
-"""cpbench.timerfd.MonotonicTimer: readable from its instant on, quiet again once re-armed."""
+"""cpbench.timerfd.MonotonicTimer: readable from its instant on, quiet again once re-armed;
+and the worker's real-time request that may be refused."""
 from __future__ import annotations
 
 import select
@@ -25,3 +26,10 @@ def test_fires_at_its_instant_and_rearming_or_clearing_resets_it():
     finally:
         ep.close()
         timer.close()
+
+
+def test_realtime_refusal_is_reported_not_raised():
+    # The worker turns this string into its one-line warning and runs at normal priority.
+    from cpbench.worker import set_realtime
+    problem = set_realtime(100)                     # outside SCHED_FIFO's 1-99 for anyone
+    assert isinstance(problem, str) and problem
