@@ -17,9 +17,8 @@ from cpbench.record.importers import import_trace, read_servegen_windows
 from cpbench.trace import read_trace, trace_metadata
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
-PUBLIC = os.path.join(os.path.dirname(ROOT), "shared", "traces-public")
-needs_public = pytest.mark.skipif(not os.path.isdir(PUBLIC),
-                                  reason=f"public samples {PUBLIC} absent")
+# Public samples committed with their provenance and licences (tests/data/public/PROVENANCE.md).
+PUBLIC = os.path.join(ROOT, "tests", "data", "public")
 
 
 def _azure_source(name: str) -> tuple[np.ndarray, list[int], list[int]]:
@@ -43,7 +42,6 @@ def _mooncake_source(name: str) -> tuple[np.ndarray, list[int], list[int]]:
             [r["input_length"] for r in rows], [r["output_length"] for r in rows])
 
 
-@needs_public
 @pytest.mark.parametrize("fmt, name, rows", [
     ("azure", "azure_code_2023.sample.csv", 2598),
     ("azure", "azure_conv_2023.sample.csv", 2867),
@@ -69,7 +67,6 @@ def test_public_sample_kept_exactly(tmp_path, fmt, name, rows):
     assert len(meta["params"]["source_sha256"]) == 64
 
 
-@needs_public
 def test_window_and_speed():
     path = os.path.join(PUBLIC, "azure_conv_2023.sample.csv")
     t, tin, _ = _azure_source("azure_conv_2023.sample.csv")
@@ -84,7 +81,6 @@ def test_window_and_speed():
         import_trace("azure", path, start_s=5000)
 
 
-@needs_public
 def test_priority_mix_and_mooncake_jitter():
     path = os.path.join(PUBLIC, "mooncake_conversation.sample.jsonl")
     table, _ = import_trace("mooncake", path, priority={"HIGH": 0.5, "LOW": 0.5}, seed=3,
@@ -147,7 +143,6 @@ def test_servegen_windows_rate_and_cv(tmp_path):
     assert again.equals(table)
 
 
-@needs_public
 def test_servegen_public_sample_with_dataset(tmp_path):
     trace_csv = os.path.join(PUBLIC, "servegen_language_m-large_chunk-0-trace.sample.csv")
     dataset = os.path.join(PUBLIC, "servegen_language_m-large_chunk-0-dataset.sample.json")

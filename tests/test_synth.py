@@ -15,9 +15,8 @@ from cpbench.record.synth import parse_length, synth_to_file, synthesize
 from cpbench.trace import describe, read_trace, sha256_file, trace_metadata
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
-# The public samples live beside the repository (../shared/traces-public, see PROVENANCE.md).
-AZURE_CONV = os.path.join(os.path.dirname(ROOT), "shared", "traces-public",
-                          "azure_conv_2023.sample.csv")
+# A public sample committed with its provenance (tests/data/public/PROVENANCE.md).
+AZURE_CONV = os.path.join(ROOT, "tests", "data", "public", "azure_conv_2023.sample.csv")
 
 
 def test_same_args_and_seed_give_identical_bytes(tmp_path):
@@ -97,7 +96,6 @@ def test_burst_is_on_off():
     assert info["peak_1s_rps"] > 15 * info["mean_rps"]
 
 
-@pytest.mark.skipif(not os.path.exists(AZURE_CONV), reason=f"public sample {AZURE_CONV} absent")
 def test_empirical_lengths_come_from_the_source():
     import csv
     with open(AZURE_CONV, newline="") as fh:

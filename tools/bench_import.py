@@ -23,8 +23,8 @@ import numpy as np
 from cpbench.record.importers import import_to_file
 
 TARGET_S = 5.0
-SAMPLE = os.path.join(os.path.dirname(os.path.dirname(os.path.dirname(
-    os.path.abspath(__file__)))), "shared", "traces-public", "mooncake_conversation.sample.jsonl")
+SAMPLE = os.path.join(os.path.dirname(os.path.dirname(os.path.abspath(__file__))),
+                      "tests", "data", "public", "mooncake_conversation.sample.jsonl")
 
 
 def _arrivals_ns(rows: int, seed: int) -> np.ndarray:

@@ -5,7 +5,7 @@ exactly; arrivals become int64 nanoseconds from the source's first arrival (then
 ``start_s`` when a window is cut, divided by ``speed``). What the sources lack — kind,
 priority, deadlines, model — comes from options. ServeGen publishes per-window statistics,
 not requests, so its importer synthesizes a seeded trace that follows them (``servegen``).
-Formats, units and provenance: shared/traces-public/PROVENANCE.md. Parsing is columnar
+Formats, units and provenance of the public samples: tests/data/public/PROVENANCE.md. Parsing is columnar
 (pyarrow.csv / pyarrow.json) so 10^6 source rows convert in seconds (tools/bench_import.py).
 """
 from __future__ import annotations
