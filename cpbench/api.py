@@ -19,7 +19,6 @@ import os
 import tempfile
 import threading
 from collections.abc import Mapping, Sequence
-from datetime import datetime, timezone
 from pathlib import Path
 from typing import Any
 
@@ -127,7 +126,8 @@ def synthesize(*, seed: int, path: PathLike | None = None, **options: Any) -> Tr
     ConfigError
         An unknown option, a wrong type or an impossible spec.
     """
-    from cpbench.config import command_parser, namespace_from
+    from cpbench.cli import command_parser
+    from cpbench.config import namespace_from
     from cpbench.record.synth import synth_to_file
 
     options = dict(options)
@@ -241,6 +241,12 @@ def _trace_path(trace: Trace | PathLike, out_dir: Path) -> Path:
     return Path(trace)
 
 
+def _trace_name(trace: Trace | PathLike) -> str:
+    if isinstance(trace, Trace):
+        return Path(trace.path).stem if trace.path else "trace"
+    return Path(trace).stem
+
+
 def _output_dest(parser: argparse.ArgumentParser) -> str:
     for action in parser._actions:
         if "-o" in action.option_strings or "--output" in action.option_strings:
@@ -251,22 +257,44 @@ def _output_dest(parser: argparse.ArgumentParser) -> str:
 def _prepare(command: str, trace: Trace | PathLike, options: dict[str, Any],
              source: str) -> tuple[argparse.Namespace, Path]:
     """The command's namespace for ``options`` with the output directory fixed up front."""
-    from cpbench.config import command_parser, namespace_from
+    from cpbench.cli import command_parser
+    from cpbench.config import namespace_from
 
     parser = command_parser(command)
     dest = _output_dest(parser)
     out = options.pop("output", None) or options.pop(dest, None)
     if out is None:
-        name = Path(trace.path).stem if isinstance(trace, Trace) and trace.path else (
-            "trace" if isinstance(trace, Trace) else Path(trace).stem)
-        stamp = datetime.now(timezone.utc).strftime("%Y%m%dT%H%M%S.%fZ")
-        out = Path("cpbench-results") / f"{name}-{stamp}"
+        from cpbench.outdir import default_dir
+        out = default_dir(_trace_name(trace))
     out = Path(out)
     options.setdefault("quiet", True)  # a library call prints nothing unless asked
     ns = namespace_from(parser, options, source=f"cpbench.{source}()")
     ns.trace = _trace_path(trace, out)
     setattr(ns, dest, out)
     return ns, out
+
+
+def _replay_options(trace: Trace | PathLike, url: str | None, options: dict[str, Any],
+                    source: str) -> tuple[Path, Any]:
+    """The trace file and :class:`ReplayOptions` of an API call (``config=`` read first)."""
+    from cpbench.outdir import default_dir
+    from cpbench.replaying.options import ReplayOptions
+
+    given = dict(options)
+    path = given.pop("config", None)
+    merged: dict[str, Any] = {}
+    if path is not None:
+        from cpbench.config import load_file
+        merged.update(load_file(path)[0])
+        merged.pop("trace", None)
+    merged.update({k: v for k, v in given.items() if v is not None})
+    merged.setdefault("quiet", True)  # a library call prints nothing unless asked
+    if url is not None:
+        merged["url"] = url
+    opts = ReplayOptions.from_kwargs(merged, source=f"cpbench.{source}()")
+    if opts.output is None:
+        opts.output = default_dir(_trace_name(trace))
+    return _trace_path(trace, opts.output), opts
 
 
 def replay(trace: Trace | PathLike, url: str | None = None, **options: Any) -> Run:
@@ -279,11 +307,12 @@ def replay(trace: Trace | PathLike, url: str | None = None, **options: Any) -> R
     url
         The control plane's base URL; None starts the embedded one (``cpbench sim``).
     **options
-        ``cpbench replay``'s long options with ``_`` for ``-``: ``output`` (the result
-        directory; default ``cpbench-results/<trace>-<UTC time>``), ``max_concurrency``,
-        ``speed``, ``rate_scale``, ``duration``, ``warmup``, ``timeout``, ``workers``,
-        ``hints``, ``policy``, ``max_error_ratio``, ``quiet`` (default True here),
-        ``no_report``; ``config`` reads them from a TOML file first.
+        The fields of :class:`cpbench.replaying.options.ReplayOptions` (the long options of
+        ``cpbench replay`` with ``_`` for ``-``): ``output`` (the result directory; default
+        ``cpbench-results/<trace>-<UTC time>``), ``overwrite``, ``max_concurrency``,
+        ``speed``, ``rate_scale``, ``duration_s``, ``warmup``, ``timeout_s``, ``workers``,
+        ``hints``, ``policy``, ``max_error_ratio``, ``metrics_urls``, ``quiet`` (default True
+        here), ``report``; ``config`` reads them from a TOML file first.
 
     Returns
     -------
@@ -300,12 +329,16 @@ def replay(trace: Trace | PathLike, url: str | None = None, **options: Any) -> R
     Called from a thread other than the main one (where signal handlers cannot be set), the
     replay runs as a ``cpbench replay`` subprocess with the same options.
     """
-    ns, out = _prepare("replay", trace, {**options, "url": url}, "replay")
+    trace_file, opts = _replay_options(trace, url, options, "replay")
     if threading.current_thread() is threading.main_thread():
-        ns.func(ns)
-    else:
-        _run_cli_blocking("replay", ns)
-    return Run(out)
+        from cpbench.replaying.run import run_replay
+        return Run(run_replay(trace_file, opts))
+    import subprocess
+
+    proc = subprocess.run(python_module_cmd("cpbench", "replay", os.fspath(trace_file),
+                                            *opts.to_argv()), capture_output=True)
+    _check_cli("replay", proc.returncode, proc.stdout, proc.stderr)
+    return Run(opts.output)
 
 
 async def replay_async(trace: Trace | PathLike, url: str | None = None, **options: Any) -> Run:
@@ -314,11 +347,10 @@ async def replay_async(trace: Trace | PathLike, url: str | None = None, **option
     The replay runs as a ``cpbench replay`` subprocess, so the caller's loop keeps running and
     the replay's own loops and worker processes stay out of it.
     """
-    ns, out = _prepare("replay", trace, {**options, "url": url}, "replay_async")
-    argv = _argv("replay", ns)
+    trace_file, opts = _replay_options(trace, url, options, "replay_async")
     proc = await asyncio.create_subprocess_exec(
-        *python_module_cmd("cpbench", *argv), stdout=asyncio.subprocess.PIPE,
-        stderr=asyncio.subprocess.PIPE)
+        *python_module_cmd("cpbench", "replay", os.fspath(trace_file), *opts.to_argv()),
+        stdout=asyncio.subprocess.PIPE, stderr=asyncio.subprocess.PIPE)
     try:
         stdout, stderr = await proc.communicate()
     except asyncio.CancelledError:
@@ -329,46 +361,10 @@ async def replay_async(trace: Trace | PathLike, url: str | None = None, **option
             await asyncio.shield(proc.wait())
         raise
     _check_cli("replay", proc.returncode, stdout, stderr)
-    return Run(out)
+    return Run(opts.output)
 
 
 # --- the CLI as a subprocess (threads, event loops) ----------------------------------------
-
-def _argv(command: str, ns: argparse.Namespace) -> list[str]:
-    """The command line that reproduces ``ns`` (every option spelled out)."""
-    from cpbench.config import command_parser
-
-    argv = [command]
-    for action in command_parser(command)._actions:
-        if not hasattr(ns, action.dest) or action.dest in ("help", "config"):
-            continue
-        value = getattr(ns, action.dest)
-        if not action.option_strings:
-            argv.append(os.fspath(value))
-            continue
-        flag = next((o for o in action.option_strings if o.startswith("--")),
-                    action.option_strings[0])
-        if isinstance(action, argparse._StoreTrueAction):
-            argv += [flag] if value else []
-        elif isinstance(action, argparse._StoreFalseAction):
-            argv += [] if value else [flag]
-        elif value is None or value == action.default:
-            continue
-        elif isinstance(value, (list, tuple)):
-            argv += [flag, *(os.fspath(v) if isinstance(v, os.PathLike) else str(v)
-                             for v in value)]
-        else:
-            argv += [flag, os.fspath(value) if isinstance(value, os.PathLike) else str(value)]
-    return argv
-
-
-def _run_cli_blocking(command: str, ns: argparse.Namespace) -> None:
-    import subprocess
-
-    proc = subprocess.run(python_module_cmd("cpbench", *_argv(command, ns)),
-                          capture_output=True)
-    _check_cli(command, proc.returncode, proc.stdout, proc.stderr)
-
 
 def _check_cli(command: str, status: int | None, stdout: bytes, stderr: bytes) -> None:
     from cpbench.errors import CpbenchError, TargetError

@@ -355,20 +355,6 @@ def apply_file(parser: argparse.ArgumentParser, path: str | os.PathLike[str]) ->
     return converted
 
 
-def apply_config_file(parser: argparse.ArgumentParser, args: argparse.Namespace,
-                      argv: list[str]) -> argparse.Namespace:
-    """Re-parse ``argv`` (the command's own arguments) with ``args.config``'s values as defaults.
-
-    For entry points that parse before they know about the file; commands registered with
-    ``add_config_option`` need not call it.
-    """
-    path = getattr(args, "config", None)
-    if not path:
-        return args
-    apply_file(parser, path)
-    return parser.parse_args(argv)
-
-
 def namespace_from(parser: argparse.ArgumentParser, options: Mapping[str, Any], *,
                    source: str, positionals: Mapping[str, Any] | None = None
                    ) -> argparse.Namespace:
@@ -414,27 +400,13 @@ def namespace_from(parser: argparse.ArgumentParser, options: Mapping[str, Any], 
 
 # --- the commented example ----------------------------------------------------------------------
 
-def command_parser(command: str) -> argparse.ArgumentParser:
-    """The parser of ``cpbench COMMAND`` as the CLI builds it."""
-    from cpbench.cli import build_parser
-
-    top = build_parser()
-    for action in top._actions:
-        if isinstance(action, argparse._SubParsersAction):
-            if command in action.choices:
-                return action.choices[command]
-            names = ", ".join(sorted(action.choices))
-            raise ConfigError(f"no command '{command}'; commands: {names or '(none built)'}")
-    raise ConfigError(f"no command '{command}': the CLI has no subcommands")
-
-
-def example(command: str) -> str:
-    """A commented TOML config file for ``cpbench COMMAND``: every option with its help.
+def example(parser: argparse.ArgumentParser, command: str) -> str:
+    """A commented TOML config file for ``cpbench COMMAND`` (its ``parser``): every option with
+    its help.
 
     Options with a default are written live (``rate-scale = 1.0``), so the file loads as it is
     and changes nothing; options without one are commented out with a placeholder.
     """
-    parser = command_parser(command)
     takes_config = any(CONFIG_OPTION in a.option_strings for a in parser._actions)
     out = [f"# cpbench {command} configuration (TOML).",
            f"# Use: cpbench {command} --config {command}.toml [options]" if takes_config

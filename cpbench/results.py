@@ -1,7 +1,7 @@
 """The result schema (docs/formats.md, ``results.arrow``) and the recorder that writes it.
 
 A worker packs each finished request's values into the flat typed arrays of a
-:class:`cpbench.rows.RowBuffer`, so no per-request Python object outlives the request; a few
+:class:`cpbench.replaying.rows.RowBuffer`, so no per-request Python object outlives the request; a few
 times a second it hands the raw buffers to the parent, which turns them into an Arrow batch
 (:func:`rows_to_batch`, SLO flags computed there, vectorised) and appends it to
 ``results.arrow`` through its one :class:`ResultsWriter` as it arrives, so the file is valid up
@@ -20,9 +20,10 @@ import numpy as np
 import pyarrow as pa
 
 from cpbench.errors import OutputError
-from cpbench.rows import ERROR_CLASSES, KIND_VALUES, PRIORITY_VALUES, ROW_INT_FIELDS
+from cpbench.replaying.rows import ROW_INT_FIELDS
+from cpbench.vocab import ERROR_CLASSES, KINDS as KIND_VALUES, PRIORITIES as PRIORITY_VALUES
 
-# The row vocabulary and packing live in cpbench.rows (the worker imports no pyarrow).
+# The row vocabulary and packing live in cpbench.replaying.rows (the worker imports no pyarrow).
 _N_INT = len(ROW_INT_FIELDS)
 _COL = {name: i for i, name in enumerate(ROW_INT_FIELDS)}
 

@@ -24,11 +24,9 @@ import pyarrow.ipc as ipc
 import pyarrow.parquet as pq
 
 from cpbench.errors import TraceError
+from cpbench.vocab import KINDS, PRIORITIES
 
 TRACE_VERSION = "1"
-KINDS = ("chat", "completion", "embedding")
-LLM_KINDS = ("chat", "completion")
-PRIORITIES = ("HIGH", "NORMAL", "LOW")
 
 _DICT = pa.dictionary(pa.int32(), pa.string())
 SCHEMA = pa.schema([

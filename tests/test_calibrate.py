@@ -6,9 +6,9 @@ import urllib.request
 
 import pytest
 
-from cpbench.calibrate import (FixedResponder, calibrated_rate_for_mix, calibration_path,
-                               calibration_warnings, find_max_rate, load_calibration,
-                               poisson_trace, save_calibration)
+from cpbench.calibrate import FixedResponder, find_max_rate, poisson_trace
+from cpbench.calibration import (calibrated_rate_for_mix, calibration_path, calibration_warnings,
+                                 load_calibration, save_calibration)
 from cpbench.cli import main
 
 pytestmark = pytest.mark.integration

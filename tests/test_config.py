@@ -8,6 +8,7 @@ import sys
 import pytest
 
 from cpbench import config
+from cpbench.cli import command_parser
 from cpbench.errors import ConfigError
 
 
@@ -163,13 +164,13 @@ def test_namespace_from_checks_keyword_arguments_like_file_keys():
 
 
 def test_example_of_a_real_command_loads_back_to_its_defaults(tmp_path):
-    parser = config.command_parser("verify")
-    text = config.example("verify")
+    parser = command_parser("verify")
+    text = config.example(command_parser("verify"), "verify")
     assert text.startswith("# cpbench verify configuration (TOML).")
     values, _ = config.load_file(write(tmp_path, text))
     assert values == {}  # verify has only positionals: all commented out
     with pytest.raises(ConfigError, match="no command 'nope'"):
-        config.example("nope")
+        config.example(command_parser("nope"), "nope")
     assert parser.prog.endswith("verify")
 
 
@@ -181,7 +182,7 @@ def test_example_of_a_shipped_command_loads_back_to_its_defaults(tmp_path, comma
     sub = next(a for a in top._actions if isinstance(a, argparse._SubParsersAction))
     if command not in sub.choices:
         pytest.skip(f"cpbench {command} is not built yet")
-    cfg = write(tmp_path, config.example(command))
+    cfg = write(tmp_path, config.example(command_parser(command), command))
     plain = vars(top.parse_args([command, "t.arrow", "--policies", "fifo"]
                                 if command == "compare" else [command, "t.arrow"]))
     assert config.apply_file(sub.choices[command], cfg)  # live keys, all of them valid
@@ -193,8 +194,7 @@ def test_example_of_a_shipped_command_loads_back_to_its_defaults(tmp_path, comma
 def test_example_of_a_configurable_command_parses_back_unchanged(tmp_path, monkeypatch):
     parsers: list[argparse.ArgumentParser] = []
     top = build(parsers)
-    monkeypatch.setattr(config, "command_parser", lambda command: parsers[0])
-    text = config.example("replay")
+    text = config.example(parsers[0], "replay")
     assert "# Use: cpbench replay --config replay.toml" in text
     assert "# target URL\n# url = " in text and "rate-scale = 1.0" in text
     assert "# trace = " in text  # the positional is documented, commented out

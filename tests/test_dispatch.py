@@ -1,4 +1,4 @@
-"""The dispatcher of one process (cpbench.dispatch) against a real loopback server,
+"""The dispatcher of one process (cpbench.replaying.dispatch) against a real loopback server,
 under both the stock asyncio loop and uvloop."""
 from __future__ import annotations
 
@@ -11,10 +11,11 @@ import pytest
 import uvloop
 
 from cpbench._core.hist import Histogram
-from cpbench.dispatch import Dispatcher, DispatchOptions, Target, strip_credentials
+from cpbench.redact import redact_url
+from cpbench.replaying.dispatch import Dispatcher, DispatchOptions, Target
 from cpbench.errors import ConfigError, TargetError
 from cpbench.results import rows_to_batch
-from cpbench.workers import build_plan, select_rows
+from cpbench.replaying.planning import build_plan, select_rows
 from test_replay_server import TOKENS, ServerThread
 
 pytestmark = pytest.mark.integration
@@ -165,7 +166,7 @@ def test_target_parsing_and_credential_stripping():
     t = Target.from_url("https://u:secret@example.org/v1")
     assert (t.host, t.port, t.tls, t.base_path) == ("example.org", 443, True, "")
     assert Target.from_url("http://h:81/proxy").base_path == "/proxy"
-    assert strip_credentials("http://u:secret@h:1/x") == "http://h:1/x"
+    assert redact_url("http://u:secret@h:1/x") == "http://h:1/x"
     with pytest.raises(ConfigError):
         Target.from_url("ftp://h")
 
@@ -190,7 +191,7 @@ def _chunked(*parts: bytes) -> bytes:
 
 @pytest.mark.parametrize("step", [1, 2, 3, 7, 1000])
 def test_response_parsed_whatever_the_read_boundaries(step):
-    from cpbench.http1 import HttpConn
+    from cpbench.replaying.http1 import HttpConn
     events = [b'data: {"choices":[{"delta":{"content":"t%d"}}]}\n\n' % i for i in range(3)]
     usage = b'data: {"choices":[],"usage":{"prompt_tokens":4,"completion_tokens":3}}\n\n'
     wire = (b"HTTP/1.1 200 OK\r\nContent-Type: text/event-stream\r\n"

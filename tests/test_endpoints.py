@@ -1,11 +1,11 @@
-"""Request bodies and byte-level response scanning (cpbench.endpoints)."""
+"""Request bodies and byte-level response scanning (cpbench.replaying.wire)."""
 from __future__ import annotations
 
 import json
 
 import pytest
 
-from cpbench.endpoints import (StreamScan, check_embedding, header_block, int_after,
+from cpbench.replaying.wire import (StreamScan, check_embedding, header_block, int_after,
                                request_body)
 from cpbench.prompts import count_tokens
 

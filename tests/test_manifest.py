@@ -14,6 +14,7 @@ import pytest
 
 from cpbench import manifest
 from cpbench.errors import ConfigError
+from cpbench.redact import redact_url
 
 PLANTED_KEY = "sk-planted-4f9a2c7e1b"
 URL_PASSWORD = "hunter2-pw"
@@ -141,8 +142,8 @@ def test_credentials_and_a_planted_api_key_never_reach_manifest_json(tmp_path, s
     (None, None),
 ])
 def test_redact_url(url, expected):
-    assert manifest.redact_url(url) == expected
-    assert manifest.redact_url(manifest.redact_url(url)) == expected  # idempotent
+    assert redact_url(url) == expected
+    assert redact_url(redact_url(url)) == expected  # idempotent
 
 
 def test_verify_same_and_different_workloads(tmp_path):

@@ -7,9 +7,9 @@ import sys
 import numpy as np
 import pyarrow as pa
 
-from cpbench.dispatch import _Columns
-from cpbench.plan import COLUMNS, PromptColumn, load_plan, save_plan
-from cpbench.workers import build_plan, select_rows
+from cpbench.replaying.dispatch import _Columns
+from cpbench.replaying.plan import COLUMNS, PromptColumn, load_plan, save_plan
+from cpbench.replaying.planning import build_plan, select_rows
 
 
 def table(prompts: list[str | None]) -> pa.Table:
@@ -68,7 +68,7 @@ def test_prompt_column_from_texts():
 
 def test_worker_process_imports_no_pyarrow():
     # A worker's memory is the interpreter plus its plan: pyarrow alone would be ~40 MB more.
-    code = ("import sys, cpbench.worker; "
+    code = ("import sys, cpbench.replaying.child; "
             "print(sorted(m for m in ('pyarrow', 'aiohttp', 'bokeh', 'cpbench.trace') "
             "if m in sys.modules))")
     out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True,

@@ -49,7 +49,7 @@ def _finish(proc, timeout_s: float = 60) -> tuple[int, str, str]:
 
 
 def _worker_pids(parent: int) -> dict[int, int]:
-    """{worker index: pid} of the replay's worker processes (children running cpbench.worker)."""
+    """{worker index: pid} of the replay's worker processes (children running cpbench.replaying.child)."""
     with open(f"/proc/{parent}/task/{parent}/children") as fh:
         children = [int(p) for p in fh.read().split()]
     pids = {}
@@ -58,8 +58,8 @@ def _worker_pids(parent: int) -> dict[int, int]:
             argv = Path(f"/proc/{pid}/cmdline").read_bytes().split(b"\0")
         except OSError:
             continue
-        # argv: python -c <boot code naming cpbench.worker> W N CTL OUT (cpbench.spawn)
-        at = [i for i, a in enumerate(argv) if b"cpbench.worker" in a]
+        # argv: python -c <boot code naming cpbench.replaying.child> W N CTL OUT (cpbench.spawn)
+        at = [i for i, a in enumerate(argv) if b"cpbench.replaying.child" in a]
         if at:
             pids[int(argv[at[0] + 1])] = pid
     return pids

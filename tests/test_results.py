@@ -1,4 +1,4 @@
-"""The worker's row buffer (cpbench.rows) and the parent's batch builder and column readers
+"""The worker's row buffer (cpbench.replaying.rows) and the parent's batch builder and column readers
 (cpbench.results)."""
 from __future__ import annotations
 
@@ -10,7 +10,7 @@ import pytest
 
 from cpbench.results import (ResultsWriter, column_numpy, label_codes, read_results,
                              result_schema, rows_to_batch)
-from cpbench.rows import ROW_FIELDS, RowBuffer
+from cpbench.replaying.rows import ROW_FIELDS, RowBuffer
 
 MS = 1_000_000
 

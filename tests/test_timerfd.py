@@ -1,11 +1,11 @@
-"""cpbench.timerfd.MonotonicTimer: readable from its instant on, quiet again once re-armed;
+"""cpbench.replaying.timer.MonotonicTimer: readable from its instant on, quiet again once re-armed;
 and the worker's real-time request that may be refused."""
 from __future__ import annotations
 
 import select
 import time
 
-from cpbench.timerfd import MonotonicTimer
+from cpbench.replaying.timer import MonotonicTimer
 
 
 def test_fires_at_its_instant_and_rearming_or_clearing_resets_it():
@@ -30,6 +30,6 @@ def test_fires_at_its_instant_and_rearming_or_clearing_resets_it():
 
 def test_realtime_refusal_is_reported_not_raised():
     # The worker turns this string into its one-line warning and runs at normal priority.
-    from cpbench.worker import set_realtime
+    from cpbench.replaying.child import set_realtime
     problem = set_realtime(100)                     # outside SCHED_FIFO's 1-99 for anyone
     assert isinstance(problem, str) and problem

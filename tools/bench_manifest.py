@@ -18,6 +18,7 @@ import time
 from pathlib import Path
 
 from cpbench import config, manifest
+from cpbench.cli import command_parser
 
 
 class _Models(http.server.BaseHTTPRequestHandler):
@@ -52,8 +53,8 @@ def main(argv: list[str] | None = None) -> int:
     trace = Path(__file__).resolve().parent.parent / "traces" / "medium.arrow"
     with tempfile.TemporaryDirectory() as tmp:
         cfg = Path(tmp) / "replay.toml"
-        cfg.write_text(config.example("replay"))
-        parser = config.command_parser("replay")
+        cfg.write_text(config.example(command_parser("replay"), "replay"))
+        parser = command_parser("replay")
         server = manifest.probe_server(url)
         built = manifest.build_manifest(options={"speed": 1.0}, trace_path=trace, seed=1,
                                         target_url=url, server_info=server)

@@ -34,7 +34,7 @@ from pathlib import Path
 import numpy as np
 
 from cpbench.calibrate import poisson_trace
-from cpbench.runner import run_replay
+from cpbench.replaying.run import run_replay
 from cpbench.results import read_results
 
 HERE = Path(__file__).resolve().parent
@@ -102,7 +102,7 @@ def measure(trace: Path, out: Path, url: str, workers: int, loop: str,
     cap = WireCapture(int(url.rsplit(":", 1)[1]), out.with_suffix(".pcap")) if wire else None
     hog = Hogs(hogs, limit_s=120.0) if hogs else None
     try:
-        run_replay(trace, url=url, out_dir=out, workers=workers, quiet=True, report=False,
+        run_replay(trace, url=url, output=out, workers=workers, quiet=True, report=False,
                    timeout_s=10.0, loop=loop, realtime=realtime)
     finally:
         if hog is not None:

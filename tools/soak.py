@@ -57,7 +57,7 @@ def _worker_pids(parent: int) -> list[int]:
     pids = []
     for pid in _children(parent):
         try:
-            if b"cpbench.worker" in Path(f"/proc/{pid}/cmdline").read_bytes():
+            if b"cpbench.replaying.child" in Path(f"/proc/{pid}/cmdline").read_bytes():
                 pids.append(pid)
         except OSError:
             pass

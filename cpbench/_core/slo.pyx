@@ -34,8 +34,7 @@ from cpbench._core.hist cimport Histogram
 
 cnp.import_array()
 
-KINDS = ("chat", "completion", "embedding")
-PRIORITIES = ("HIGH", "NORMAL", "LOW")
+from cpbench.vocab import KINDS, PRIORITIES
 FIELDS = ("requests", "completed", "errors", "ttft_met", "e2e_met", "slo_met")
 COUNTER_NAMES = ("scheduled", "sent", "completed", "errors", "output_tokens", "slo_met",
                  "ended")

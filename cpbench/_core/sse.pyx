@@ -1,5 +1,5 @@
 # cython: boundscheck=False, wraparound=False, cdivision=True
-"""One pass over a segment of whole SSE events: the counts :class:`cpbench.endpoints.StreamScan`
+"""One pass over a segment of whole SSE events: the counts :class:`cpbench.replaying.wire.StreamScan`
 needs, without decoding any JSON.
 
 Counting each marker with ``bytes.count`` walks the segment once per marker (a dozen times for

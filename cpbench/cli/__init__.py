@@ -11,7 +11,7 @@ import importlib
 import sys
 
 from cpbench import __version__
-from cpbench.errors import CpbenchError
+from cpbench.errors import ConfigError, CpbenchError
 
 # Module names under cpbench.cli, in the order `cpbench --help` lists them.
 COMMANDS: tuple[str, ...] = (
@@ -40,6 +40,18 @@ def build_parser() -> argparse.ArgumentParser:
     for name in COMMANDS:
         importlib.import_module(f"cpbench.cli.{name}").register(subparsers)
     return parser
+
+
+def command_parser(command: str) -> argparse.ArgumentParser:
+    """The parser of ``cpbench COMMAND`` as the CLI builds it (for config examples, the API)."""
+    top = build_parser()
+    for action in top._actions:
+        if isinstance(action, argparse._SubParsersAction):
+            if command in action.choices:
+                return action.choices[command]
+            names = ", ".join(sorted(action.choices))
+            raise ConfigError(f"no command '{command}'; commands: {names}")
+    raise ConfigError(f"no command '{command}': the CLI has no subcommands")
 
 
 def main(argv: list[str] | None = None) -> int:

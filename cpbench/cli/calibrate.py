@@ -18,7 +18,8 @@ carries the stored figures in summary.run.calibration and its report warns when 
 
 
 def _calibrate(args: argparse.Namespace) -> int:
-    from cpbench.calibrate import calibrate, calibration_path, save_calibration
+    from cpbench.calibrate import calibrate
+    from cpbench.calibration import calibration_path, save_calibration
 
     def log(line: str) -> None:
         if not args.quiet:

@@ -6,10 +6,10 @@ statistics), so ``sweep`` and ``experiment`` spell them the same way.
 from __future__ import annotations
 
 import argparse
-from datetime import datetime, timezone
 from pathlib import Path
 
 from cpbench.config import add_config_option
+from cpbench.outdir import default_dir
 
 EPILOG = """examples:
   cpbench compare --policies fifo,priority,slo_aware,hybrid_slo traces/burst.arrow -o results/cmp
@@ -18,12 +18,6 @@ EPILOG = """examples:
       --policy-path /v1/admin/policy --drain-s 5
   cpbench compare --policies a,b traces/light.arrow --url http://cp:8080 --no-switch
 """
-
-
-def default_output(name: str) -> Path:
-    """``cpbench-results/<name>-<UTC timestamp>``."""
-    stamp = datetime.now(timezone.utc).strftime("%Y%m%dT%H%M%SZ")
-    return Path("cpbench-results") / f"{name}-{stamp}"
 
 
 def add_synth_args(g, *, requests_help: str) -> None:
@@ -122,7 +116,7 @@ def run(args: argparse.Namespace) -> int:
     from cpbench.experiments.compare import compare, parse_list
 
     compare(args.trace, policies=parse_list(args.policies, what="--policies"),
-            out_dir=args.output or default_output("compare"), repeat=args.repeat,
+            out_dir=args.output or default_dir("compare"), repeat=args.repeat,
             baseline=args.baseline, confidence=args.confidence, n_resamples=args.resamples,
             seed=args.seed, **target_kwargs(args))
     return 0

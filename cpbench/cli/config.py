@@ -25,7 +25,8 @@ def register(subparsers: argparse._SubParsersAction) -> None:
 
 
 def _config(args: argparse.Namespace) -> int:
+    from cpbench.cli import command_parser
     from cpbench.config import example
 
-    sys.stdout.write(example(args.example))
+    sys.stdout.write(example(command_parser(args.example), args.example))
     return 0

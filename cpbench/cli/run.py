@@ -4,7 +4,7 @@ from __future__ import annotations
 import argparse
 from pathlib import Path
 
-from cpbench.cli.compare import default_output
+from cpbench.outdir import default_dir
 from cpbench.config import add_config_option
 
 EPILOG = """examples:
@@ -63,7 +63,7 @@ def run(args: argparse.Namespace) -> int:
     replay = {k: getattr(args, k) for k in ("timeout_s", "workers")
               if getattr(args, k) is not None}
     replay["report"] = not args.no_report
-    run_once(out_dir=args.output or default_output("run"), policy=args.policy,
+    run_once(out_dir=args.output or default_dir("run"), policy=args.policy,
              requests=args.requests, rate_rps=args.rate, mode=args.mode, pattern=args.pattern,
              llm_ratio=args.llm_ratio, seed=args.seed, url=args.url, switch=not args.no_switch,
              policy_path=args.policy_path, sim_config=args.sim_config, replay_options=replay,

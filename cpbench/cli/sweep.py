@@ -4,7 +4,8 @@ from __future__ import annotations
 import argparse
 from pathlib import Path
 
-from cpbench.cli.compare import add_synth_args, add_target_args, default_output, target_kwargs
+from cpbench.cli.compare import add_synth_args, add_target_args, target_kwargs
+from cpbench.outdir import default_dir
 from cpbench.config import add_config_option
 
 EPILOG = """examples:
@@ -53,7 +54,7 @@ def run(args: argparse.Namespace) -> int:
     from cpbench.experiments.sweep import sweep
 
     rates = parse_floats(args.rates, what="--rates") if args.rates or not args.knee else []
-    sweep(args.trace, rates_rps=rates, out_dir=args.output or default_output("sweep"),
+    sweep(args.trace, rates_rps=rates, out_dir=args.output or default_dir("sweep"),
           policy=args.policy, knee=args.knee, target_pct=args.target_pct, rel_tol=args.rel_tol,
           max_probes=args.max_probes,
           synth={"requests": args.requests, "pattern": args.pattern, "mode": args.mode,

@@ -2,7 +2,7 @@
 
 ``stats`` holds the arithmetic (paired bootstrap, repeat spread, knee search), ``control`` the
 control plane as experiments see it (embedded sim, policy switch, drain, progress),
-``compare``, ``sweep`` and ``named`` drive runs of ``cpbench.runner`` against one control
+``compare``, ``sweep`` and ``named`` drive runs of ``cpbench.replaying.run`` against one control
 plane and hand their result directories to ``cpbench.reporting``.
 
 What they write (beside one result directory per run and ``report.html``/``report.md``):

@@ -86,13 +86,13 @@ def control_plane(url: str | None, *, sim_config: str | Path | None = None) -> I
 def replay_one(trace: Path, out_dir: Path, *, url: str, policy: str | None,
                options: dict[str, Any]) -> Path:
     """One replay into ``out_dir`` against an already running control plane."""
-    from cpbench.runner import run_replay  # the layer below; imported late to keep startup light
+    from cpbench.replaying.run import run_replay  # the layer below; imported late to keep startup light
     opts = dict(options)
     opts.setdefault("quiet", True)
     # One comparison report covers every run; a Bokeh report per run would only cost time.
     opts.setdefault("report", False)
     # Against a URL, replay records ``policy`` as the run's label; the switch happened here.
-    result_dir = Path(run_replay(str(trace), url=url, out_dir=str(out_dir), policy=policy,
+    result_dir = Path(run_replay(str(trace), url=url, output=str(out_dir), policy=policy,
                                  **opts))
     # replay catches SIGINT/SIGTERM to finish its files and returns; a multi-run experiment
     # must stop there too instead of starting the next run.
@@ -257,7 +257,7 @@ def compare(trace: str | Path, *, policies: Sequence[str], out_dir: str | Path,
     sim_config
         JSON config of the embedded control plane (``cpbench sim --config``).
     replay_options
-        Passed to ``cpbench.runner.run_replay`` (``speed``, ``workers``, ``timeout_s`` ...).
+        Passed to ``cpbench.replaying.run.run_replay`` (``speed``, ``workers``, ``timeout_s`` ...).
     experiment, metric, json_name
         The name recorded in the JSON, the overall metric that picks the best policy
         (``stats.metric_names``; attainment higher is better, latencies lower), and the JSON

@@ -13,7 +13,6 @@ import contextlib
 import json
 import os
 import re
-import subprocess
 import sys
 import tempfile
 import time
@@ -24,7 +23,6 @@ from pathlib import Path
 from typing import TextIO
 
 from cpbench.errors import ConfigError, TargetError
-from cpbench.spawn import python_module_cmd
 
 _CONTROL_TIMEOUT_S = 10.0
 _IDLE_GAUGES = ("cpbench_sim_queue_depth", "cpbench_sim_running_sequences",
@@ -32,52 +30,18 @@ _IDLE_GAUGES = ("cpbench_sim_queue_depth", "cpbench_sim_running_sequences",
 
 
 @contextlib.contextmanager
-def embedded_sim(*, config_path: str | Path | None = None, policy: str | None = None,
-                 start_timeout_s: float = 30.0) -> Iterator[str]:
+def embedded_sim(*, config_path: str | Path | None = None, policy: str | None = None
+                 ) -> Iterator[str]:
     """Run ``cpbench sim`` on 127.0.0.1 (port chosen by the OS) for the ``with`` block.
 
-    Yields the server's URL, read from its readiness file. The child is stopped by its PID
-    (SIGTERM, then SIGKILL after 5 s) however the block ends.
+    Yields the server's URL. The child is stopped by its PID however the block ends
+    (:class:`cpbench.replaying.target.EmbeddedSim`, the one way every command starts it).
     """
-    with tempfile.TemporaryDirectory(prefix="cpbench-sim-") as tmp:
-        ready = Path(tmp) / "ready.json"
-        log = Path(tmp) / "sim.log"
-        cmd = python_module_cmd("cpbench", "sim", "--host", "127.0.0.1", "--port", "0",
-                                "--ready-file", str(ready))
-        if config_path is not None:
-            cmd += ["--config", str(config_path)]
-        if policy is not None:
-            cmd += ["--policy", policy]
-        with open(log, "wb") as log_file:
-            proc = subprocess.Popen(cmd, stdout=subprocess.DEVNULL, stderr=log_file,
-                                    stdin=subprocess.DEVNULL)
-        try:
-            yield _wait_ready(proc, ready, log, start_timeout_s)
-        finally:
-            if proc.poll() is None:
-                proc.terminate()
-                try:
-                    proc.wait(timeout=5.0)
-                except subprocess.TimeoutExpired:
-                    proc.kill()
-                    proc.wait()
+    from cpbench.replaying.target import EmbeddedSim
 
-
-def _wait_ready(proc: subprocess.Popen, ready: Path, log: Path, timeout_s: float) -> str:
-    deadline = time.monotonic() + timeout_s
-    while time.monotonic() < deadline:
-        if ready.exists():
-            try:
-                return str(json.loads(ready.read_text(encoding="utf-8"))["url"])
-            except (ValueError, KeyError):
-                pass  # written by rename, so a partial file means a foreign writer; keep waiting
-        if proc.poll() is not None:
-            tail = log.read_text(encoding="utf-8", errors="replace").strip().splitlines()[-3:]
-            raise TargetError(f"the embedded control plane (cpbench sim) exited with status "
-                              f"{proc.returncode} before it was ready: {' | '.join(tail)}")
-        time.sleep(0.02)
-    raise TargetError(f"the embedded control plane (cpbench sim) was not ready after "
-                      f"{timeout_s:g} s; see `cpbench sim --help`")
+    with tempfile.TemporaryDirectory(prefix="cpbench-sim-") as tmp, \
+            EmbeddedSim(Path(tmp), policy=policy, config_path=config_path) as sim:
+        yield sim.url
 
 
 def _request(url: str, *, body: dict | None = None, timeout_s: float = _CONTROL_TIMEOUT_S

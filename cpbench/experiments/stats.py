@@ -27,10 +27,9 @@ import pyarrow.ipc as ipc
 import scipy.stats
 
 from cpbench.errors import ConfigError
+from cpbench.vocab import KINDS, PRIORITIES
 
 NS_PER_MS = 1_000_000
-KINDS = ("chat", "completion", "embedding")
-PRIORITIES = ("HIGH", "NORMAL", "LOW")
 LATENCY_METRICS = ("ttft_from_intended", "e2e_from_intended")
 LATENCY_PERCENTS = (50.0, 99.0)
 # Bound on resample elements held at once (batch x rows x samples).

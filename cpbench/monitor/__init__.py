@@ -20,7 +20,8 @@ import pyarrow as pa
 from cpbench.errors import ConfigError
 from cpbench.monitor.client import ClientCpuSampler
 from cpbench.monitor.gpu import GPU_METRICS, GpuSampler
-from cpbench.monitor.prometheus import DEFAULT_SERIES, PrometheusScraper, redact_url
+from cpbench.monitor.prometheus import DEFAULT_SERIES, PrometheusScraper
+from cpbench.redact import redact_url
 from cpbench.monitor.store import MONITOR_SCHEMA, concat_sorted, read_monitor, write_monitor
 
 __all__ = [

@@ -21,6 +21,7 @@ import urllib.request
 from prometheus_client.parser import text_string_to_metric_families
 
 from cpbench.monitor.sampler import PeriodicSampler
+from cpbench.redact import redact_url
 
 # Queue depth, running requests and KV-cache use, as vLLM, SGLang and cpbench's embedded
 # control plane (cpbench sim) name them; the sim's active policy too, so a policy switch
@@ -43,18 +44,6 @@ DEFAULT_SERIES: tuple[str, ...] = (
 
 # A /metrics page of a large vLLM deployment is a few hundred KB; more is a misconfiguration.
 MAX_RESPONSE_BYTES = 16 * 1024 * 1024
-
-
-def redact_url(url: str) -> str:
-    """``url`` without ``user:password@``, as it may appear in results and reports."""
-    parts = urllib.parse.urlsplit(url)
-    if parts.username is None and parts.password is None:
-        return url
-    host = parts.hostname or ""
-    if ":" in host:  # IPv6 literal
-        host = f"[{host}]"
-    netloc = host if parts.port is None else f"{host}:{parts.port}"
-    return urllib.parse.urlunsplit(parts._replace(netloc=netloc))
 
 
 def metrics_url(url: str) -> str:

@@ -34,13 +34,13 @@ from yarl import URL
 
 from cpbench.errors import ConfigError
 from cpbench.prompts import count_tokens
+from cpbench.vocab import PRIORITIES as _PRIORITIES
 
 KIND_BY_SUFFIX = (("/v1/chat/completions", "chat"), ("/v1/completions", "completion"),
                   ("/v1/embeddings", "embedding"))
 # Hop-by-hop headers (RFC 9110 7.6.1) and those aiohttp recomputes are not forwarded.
 _HOP = frozenset(("connection", "keep-alive", "proxy-authenticate", "proxy-authorization",
                   "te", "trailer", "transfer-encoding", "upgrade", "host", "content-length"))
-_PRIORITIES = ("HIGH", "NORMAL", "LOW")
 _PROMPT_RE = re.compile(rb'"prompt_tokens"\s*:\s*(\d+)')
 _COMPLETION_RE = re.compile(rb'"completion_tokens"\s*:\s*(\d+)')
 _TAIL_BYTES = 65_536

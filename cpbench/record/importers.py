@@ -23,10 +23,10 @@ import pyarrow.csv as pcsv
 import pyarrow.json as pjson
 
 from cpbench.errors import ConfigError, TraceError
+from cpbench.vocab import PRIORITIES
 from cpbench.record.synth import DEFAULT_MODELS, DEFAULT_SLO_E2E_MS, parse_length
 
 FORMATS = ("azure", "mooncake", "burstgpt", "servegen")
-PRIORITIES = ("HIGH", "NORMAL", "LOW")
 NS_PER_S = 1_000_000_000
 
 

@@ -12,9 +12,9 @@ from bokeh.palettes import Category10_10, Category20_20, Turbo256
 
 from cpbench.reporting.charts import (Section, attainment_figure, finish_legend,
                                    new_figure, time_figure)
+from cpbench.vocab import PRIORITIES
 from cpbench.reporting.load import LADDER_PERCENTS, RunData, attainment_pct, llm_share
 
-PRIORITIES = ("HIGH", "NORMAL", "LOW")
 
 
 def run_colors(n: int) -> list[str]:

@@ -8,7 +8,7 @@ from __future__ import annotations
 
 from pathlib import Path
 
-from cpbench.calibrate import calibration_warnings
+from cpbench.calibration import calibration_warnings
 from cpbench.reporting.load import RunData, run_labels
 from cpbench.reporting.tables import Table, comparison_table, run_facts_rows, run_tables
 

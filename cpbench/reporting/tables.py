@@ -7,7 +7,7 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 
-from cpbench.calibrate import calibration_fact, calibration_warnings
+from cpbench.calibration import calibration_fact, calibration_warnings
 from cpbench.reporting.load import RunData, attainment_pct, llm_share, run_facts
 
 SUMMARY_PERCENTS = ("p50", "p90", "p95", "p99", "p99.9")

@@ -23,9 +23,9 @@ from pathlib import Path
 from typing import Any
 
 from cpbench.errors import ConfigError
+from cpbench.vocab import KINDS, POLICIES
 
-POLICY_NAMES: tuple[str, ...] = ("fifo", "priority", "slo_aware", "hybrid_slo")
-KINDS: tuple[str, ...] = ("chat", "completion", "embedding")
+POLICY_NAMES = POLICIES
 
 
 @dataclass

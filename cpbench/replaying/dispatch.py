@@ -2,14 +2,14 @@
 
 The hot path is lean by design (DESIGN "Performance notes"): no task, future, dict or tuple
 per request. The plan's columns are read in place through memoryviews; each keep-alive
-connection is a :class:`cpbench.http1.HttpConn` that parses its own responses; a finished
-request becomes one packed row of a :class:`cpbench.rows.RowBuffer`, whose raw buffers the
+connection is a :class:`cpbench.replaying.http1.HttpConn` that parses its own responses; a finished
+request becomes one packed row of a :class:`cpbench.replaying.rows.RowBuffer`, whose raw buffers the
 parent turns into Arrow batches. Connections are opened before the start and reused; a request
 due while every connection is busy opens a new one (open loop: nothing caps the in-flight
 count unless ``max_concurrency`` is set).
 
 Timing: event-loop timers tick in whole milliseconds, so sends are timed by a timerfd
-(:class:`cpbench.timerfd.MonotonicTimer`) in the loop's own epoll set, armed for the next due
+(:class:`cpbench.replaying.timer.MonotonicTimer`) in the loop's own epoll set, armed for the next due
 instant to the nanosecond (the worker sets 1 ns timer slack, so the kernel fires it within
 microseconds). The loop then wakes for a due send or a response alike, with no second poll
 and no task switch. The next request's bytes are built before the wait, so at the due time a
@@ -31,12 +31,13 @@ from typing import Callable
 
 import numpy as np
 
-from cpbench.endpoints import KINDS, Target, header_block, request_body, strip_credentials
+from cpbench.replaying.wire import Target, header_block, request_body
 from cpbench.errors import TargetError
-from cpbench.http1 import E_CONNECT, E_TIMEOUT, HttpConn
-from cpbench.plan import COLUMNS, Plan
-from cpbench.rows import PRIORITY_VALUES, RowBuffer
-from cpbench.timerfd import MonotonicTimer
+from cpbench.replaying.http1 import E_CONNECT, E_TIMEOUT, HttpConn
+from cpbench.replaying.plan import COLUMNS, Plan
+from cpbench.replaying.rows import RowBuffer
+from cpbench.vocab import KINDS, PRIORITIES as PRIORITY_VALUES
+from cpbench.replaying.timer import MonotonicTimer
 
 BURST_MAX = 64                   # sends in a row before the loop gets to read responses
 FLUSH_S = 0.25                   # row hand-over cadence
@@ -44,7 +45,7 @@ FLUSH_SLACK_NS = 500_000         # ... when the next send is at least this far a
 PROGRESS_S = 0.5
 SWEEP_S = 0.05                   # timeout check cadence
 _NEVER = 1 << 62
-__all__ = ["Dispatcher", "DispatchOptions", "Plan", "Target", "strip_credentials"]
+__all__ = ["Dispatcher", "DispatchOptions", "Plan", "Target"]
 
 
 @dataclass(frozen=True)
@@ -414,7 +415,7 @@ class Dispatcher:
 
 
 class _Columns:
-    """The plan's columns (:data:`cpbench.plan.COLUMNS`, same names) as memoryviews: indexing
+    """The plan's columns (:data:`cpbench.replaying.plan.COLUMNS`, same names) as memoryviews: indexing
     one gives a Python number, with no conversion up front and nothing for the garbage
     collector to walk."""
 

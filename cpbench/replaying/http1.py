@@ -2,7 +2,7 @@
 
 A plain :class:`asyncio.Protocol` (uvloop or the stock loop) that parses its own responses with
 ``bytes.find``: Content-Length, chunked and until-close bodies, SSE scanned one read at a
-time by :class:`cpbench.endpoints.StreamScan`, embeddings checked whole. It stamps the first
+time by :class:`cpbench.replaying.wire.StreamScan`, embeddings checked whole. It stamps the first
 byte, the first token and each token read on the monotonic clock, and hands the outcome of
 every request to its owner (the dispatcher) as one :meth:`finished` call: no object per
 request.
@@ -17,8 +17,9 @@ from __future__ import annotations
 import asyncio
 import time
 
-from cpbench.endpoints import KINDS, StreamScan, check_embedding
-from cpbench.rows import ERROR_CODE
+from cpbench.replaying.wire import StreamScan, check_embedding
+from cpbench.replaying.rows import ERROR_CODE
+from cpbench.vocab import KINDS
 
 _MAX_HEAD_BYTES = 65_536
 E_CONNECT, E_TIMEOUT = ERROR_CODE["connect"], ERROR_CODE["timeout"]

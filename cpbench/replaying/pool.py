@@ -1,13 +1,10 @@
-"""The parent's side of a replay's fan-out: plan each worker's share, start them, merge.
+"""The parent's side of a replay's fan-out: start the worker processes, release them, merge.
 
-The parent turns the run options into a row selection (:func:`select_rows`); worker ``w`` of
-``n`` takes every ``n``-th selected row, built into a :class:`cpbench.plan.Plan` and saved for
-the worker to memory-map, so no worker reads the trace again. Workers
-(:mod:`cpbench.worker`) open their connections, report ready, and all start from one absolute
-``time.monotonic_ns()`` instant the parent chooses (CLOCK_MONOTONIC is system-wide on Linux).
-On the way back each worker sends packed result rows, progress counters, and at the end its
-encoded ITL histogram; the parent turns the rows into record batches as they come and merges
-the histograms, which is exact.
+Workers (:mod:`cpbench.replaying.child`) map the plan the parent saved, open their
+connections, report ready, and all start from one absolute ``time.monotonic_ns()`` instant the
+parent chooses (CLOCK_MONOTONIC is system-wide on Linux). On the way back each worker sends
+packed result rows, progress counters, and at the end its encoded ITL histogram; the parent
+turns the rows into record batches as they come and merges the histograms, which is exact.
 """
 from __future__ import annotations
 
@@ -18,91 +15,14 @@ import signal
 import subprocess
 import sys
 import time
-from dataclasses import dataclass
 from multiprocessing.connection import Connection, wait
-
-import numpy as np
-import pyarrow as pa
-import pyarrow.compute as pc
 
 from cpbench._core.hist import Histogram
 from cpbench.errors import TargetError
-from cpbench.plan import Plan, PromptColumn
 from cpbench.results import rows_to_batch
-from cpbench.rows import DEFAULT_SLO_MS, KIND_VALUES, PRIORITY_VALUES
 from cpbench.spawn import python_module_cmd
 
 _F_SETPIPE_SZ = 1031            # Linux: let a record batch fit in the pipe without blocking
-
-
-@dataclass(frozen=True)
-class Selection:
-    """Which trace rows a run sends, when, and which are warm-up."""
-
-    rows: np.ndarray            # int64 trace row indices, in send order
-    intended_ns: np.ndarray     # int64 offsets from the run start
-    warmup: np.ndarray          # bool
-
-
-def select_rows(table: pa.Table, *, speed: float = 1.0, rate_scale: float = 1.0,
-                duration_s: float | None = None, warmup_s: float = 0.0,
-                warmup_requests: int = 0) -> Selection:
-    """Apply ``--speed``/``--rate-scale`` (both divide the trace's time offsets),
-    ``--duration`` (rows intended at or after it are not sent) and ``--warmup``."""
-    arrival = table.column("arrival_ns").to_numpy().astype(np.int64, copy=False)
-    factor = float(speed) * float(rate_scale)
-    intended = arrival if factor == 1.0 else np.rint(arrival / factor).astype(np.int64)
-    rows = np.arange(len(intended), dtype=np.int64)
-    if duration_s is not None:
-        keep = intended < int(duration_s * 1e9)
-        rows, intended = rows[keep], intended[keep]
-    warmup = (intended < int(warmup_s * 1e9)) | (np.arange(len(rows)) < warmup_requests)
-    return Selection(rows, intended, warmup)
-
-
-def _codes(column: pa.ChunkedArray, values: list[str]) -> np.ndarray:
-    strings = pc.cast(column.combine_chunks(), pa.string()) if pa.types.is_dictionary(
-        column.type) else column.combine_chunks()
-    return pc.index_in(strings, value_set=pa.array(values, pa.string())).to_numpy(
-        zero_copy_only=False).astype(np.int32)
-
-
-def trace_models(table: pa.Table) -> list[str]:
-    """Every model of the trace, sorted: the dictionary of the results' ``model`` column."""
-    col = table.column("model")
-    col = pc.cast(col, pa.string()) if pa.types.is_dictionary(col.type) else col
-    return sorted(v for v in pc.unique(col).to_pylist() if v is not None)
-
-
-def build_plan(table: pa.Table, sel: Selection, worker: int, n_workers: int) -> Plan:
-    """Worker ``worker``'s share of ``sel`` (every ``n_workers``-th row) as a :class:`Plan`."""
-    pos = np.arange(worker, len(sel.rows), n_workers)
-    rows = sel.rows[pos]
-    sub = table.take(pa.array(rows))
-    models = trace_models(table)
-    kind = _codes(sub.column("kind"), list(KIND_VALUES))
-
-    def nums(name: str, fill, dtype) -> np.ndarray:
-        return pc.fill_null(sub.column(name), fill).to_numpy().astype(dtype)
-
-    slos = []
-    for i, name in enumerate(("slo_ttft_ms", "slo_e2e_ms")):
-        defaults = np.array([DEFAULT_SLO_MS[k][i] for k in KIND_VALUES])[kind]
-        given = pc.fill_null(sub.column(name), np.nan).to_numpy().astype(np.float64)
-        slos.append(np.where(np.isnan(given), defaults, given))
-    prompts = None
-    if "prompt" in sub.column_names and sub.column("prompt").null_count < sub.num_rows:
-        prompts = PromptColumn.from_texts(sub.column("prompt").to_pylist())
-    return Plan(
-        rows=rows, intended_ns=sel.intended_ns[pos], kind=kind,
-        priority=_codes(sub.column("priority"), list(PRIORITY_VALUES)),
-        model=_codes(sub.column("model"), models),
-        input_tokens=nums("input_tokens", 0, np.int32),
-        output_tokens=nums("output_tokens", -1, np.int32),
-        batch_size=nums("batch_size", 1, np.int32),
-        slo_ttft_ms=slos[0], slo_e2e_ms=slos[1],
-        warmup=sel.warmup[pos].astype(np.int32), prompts=prompts, models=models,
-    )
 
 
 class WorkerPool:
@@ -121,8 +41,7 @@ class WorkerPool:
                 fcntl.fcntl(out_w, _F_SETPIPE_SZ, 1 << 20)
             except OSError:
                 pass
-            cmd = python_module_cmd("cpbench.worker", str(w), str(n_workers), str(ctl_r),
-                                    str(out_w))
+            cmd = python_module_cmd("cpbench.replaying.child", str(w), str(ctl_r), str(out_w))
             # Own session: a terminal's Ctrl-C reaches the parent only, which stops the workers
             # by message after a clean hand-over. The key travels on stdin, never on argv.
             proc = subprocess.Popen(cmd, stdin=subprocess.PIPE, pass_fds=(ctl_r, out_w),

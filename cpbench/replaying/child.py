@@ -1,7 +1,7 @@
 """The body of one replay worker process: map its plan, connect, send on time, report.
 
-Started by :class:`cpbench.workers.WorkerPool` as ``python -m cpbench.worker W N CTL OUT`` with
-its configuration on stdin. It imports NumPy, the event loop and the dispatcher but not
+Started by :class:`cpbench.replaying.pool.WorkerPool` as ``python -m cpbench.replaying.child W
+CTL OUT`` with its configuration on stdin. It imports NumPy, the event loop and the dispatcher but not
 pyarrow or the trace reader, and memory-maps the plan the parent saved, so a worker's
 resident memory is the interpreter plus the pages of its plan it has reached. Messages to
 the parent (pickled on the OUT pipe): ``ready``, ``rows``, ``progress``, ``warning``,
@@ -21,11 +21,11 @@ from multiprocessing.connection import Connection
 from pathlib import Path
 
 from cpbench._core.hist import Histogram
-from cpbench.dispatch import Dispatcher, DispatchOptions, Target
+from cpbench.replaying.dispatch import Dispatcher, DispatchOptions
 from cpbench.errors import CpbenchError
-from cpbench.plan import load_plan
-from cpbench.timerfd import tighten_timer_slack
-
+from cpbench.replaying.plan import load_plan
+from cpbench.replaying.timer import tighten_timer_slack
+from cpbench.replaying.wire import Target
 
 
 def _new_loop(name: str) -> asyncio.AbstractEventLoop:
@@ -65,7 +65,7 @@ def peak_rss_kb() -> int:
     return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss
 
 
-def worker_main(cfg: dict, worker: int, n_workers: int, ctl: Connection, out: Connection) -> None:
+def worker_main(cfg: dict, worker: int, ctl: Connection, out: Connection) -> None:
     """Body of worker process ``worker``: map its plan, connect, wait for the start, run,
     report."""
     # The parent coordinates stopping (it forwards SIGINT/SIGTERM as a "stop" message).
@@ -130,10 +130,8 @@ def worker_main(cfg: dict, worker: int, n_workers: int, ctl: Connection, out: Co
     loop.close()
 
 
-
-
 if __name__ == "__main__":
-    # python -m cpbench.worker W N CTL_FD OUT_FD, config JSON on stdin (see WorkerPool).
-    _w, _n, _ctl, _out = (int(a) for a in sys.argv[1:5])
-    worker_main(json.loads(sys.stdin.read()), _w, _n, Connection(_ctl, writable=False),
+    # python -m cpbench.replaying.child W CTL_FD OUT_FD, config JSON on stdin (see WorkerPool).
+    _w, _ctl, _out = (int(a) for a in sys.argv[1:4])
+    worker_main(json.loads(sys.stdin.read()), _w, Connection(_ctl, writable=False),
                 Connection(_out, readable=False))

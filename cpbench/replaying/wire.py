@@ -16,14 +16,13 @@ from urllib.parse import urlsplit
 from cpbench._core.sse import scan_events
 from cpbench.errors import ConfigError
 from cpbench.prompts import build_prompt
+from cpbench.redact import redact_url
 
-KINDS = ("chat", "completion", "embedding")
 PATHS = {
     "chat": "/v1/chat/completions",
     "completion": "/v1/completions",
     "embedding": "/v1/embeddings",
 }
-HINTS = ("sagellm", "vllm", "none")
 # vLLM's `priority`: a lower value is scheduled earlier.
 VLLM_PRIORITY = {"HIGH": 0, "NORMAL": 1, "LOW": 2}
 
@@ -46,22 +45,13 @@ class Target:
         """Parse ``http(s)://host[:port][/prefix]``; credentials in the URL are ignored."""
         parts = urlsplit(url)
         if parts.scheme not in ("http", "https") or not parts.hostname:
-            raise ConfigError(f"--url must look like http://host:port; got {strip_credentials(url)!r}")
+            raise ConfigError(f"--url must look like http://host:port; got {redact_url(url)!r}")
         port = parts.port or (443 if parts.scheme == "https" else 80)
         base = parts.path.rstrip("/")
         if base.endswith("/v1"):       # users often paste the OpenAI base URL
             base = base[:-3]
         host = parts.hostname if ":" not in parts.hostname else f"[{parts.hostname}]"
         return cls(parts.hostname, port, parts.scheme == "https", base, f"{host}:{port}")
-
-
-def strip_credentials(url: str) -> str:
-    """``url`` without ``user:password@``: safe to print, log and store."""
-    parts = urlsplit(url)
-    if parts.username is None and parts.password is None:
-        return url
-    netloc = parts.netloc.rsplit("@", 1)[-1]
-    return parts._replace(netloc=netloc).geturl()
 
 
 def _json_str(text: str) -> str:

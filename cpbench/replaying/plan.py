@@ -1,6 +1,6 @@
 """One worker's share of a replay (a :class:`Plan`) and its on-disk form.
 
-The parent reads the trace once, builds each worker's plan (:func:`cpbench.workers.build_plan`)
+The parent reads the trace once, builds each worker's plan (:func:`cpbench.replaying.pool.build_plan`)
 and saves it as a folder of raw columns (:func:`save_plan`, native byte order: the same host
 reads them back); the worker memory-maps it
 (:func:`load_plan`). So no worker reads or validates the trace again, none holds a copy of

@@ -8,19 +8,9 @@ from __future__ import annotations
 
 import array
 
-KIND_VALUES = ("chat", "completion", "embedding")
-PRIORITY_VALUES = ("HIGH", "NORMAL", "LOW")
-ERROR_CLASSES = ("connect", "timeout", "http_4xx", "http_5xx", "stream_broken", "bad_payload")
-ERROR_CODE = {name: i for i, name in enumerate(ERROR_CLASSES)}
+from cpbench.vocab import ERROR_CLASSES
 
-# Deadlines applied where the trace's slo_*_ms is null: (ttft_ms, e2e_ms) per kind. The e2e
-# figures are the ones `record synth` writes and the embedded control plane schedules by
-# (LLM 5 s, embedding 0.5 s), so a trace without deadlines is judged as a synthesized one.
-DEFAULT_SLO_MS = {
-    "chat": (1_000.0, 5_000.0),
-    "completion": (1_000.0, 5_000.0),
-    "embedding": (500.0, 500.0),
-}
+ERROR_CODE = {name: i for i, name in enumerate(ERROR_CLASSES)}
 
 # The per-request tuple the dispatcher appends (RowBuffer.append): these integer fields,
 # then the two float deadlines; error_detail travels apart.

@@ -1,0 +1,92 @@
+"""Planning a replay: which trace rows are sent when, and each worker's share as a plan.
+
+The parent reads the trace once and turns the run options into a row selection
+(:func:`select_rows`); worker ``w`` of ``n`` takes every ``n``-th selected row, built into a
+:class:`cpbench.replaying.plan.Plan` (:func:`build_plan`) that the parent saves for the worker
+to memory-map, so no worker reads the trace again. This is the only replay module of the
+parent that needs pyarrow; the child process never imports it.
+"""
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import numpy as np
+import pyarrow as pa
+import pyarrow.compute as pc
+
+from cpbench.replaying.plan import Plan, PromptColumn
+from cpbench.vocab import DEFAULT_SLO_MS, KINDS as KIND_VALUES, PRIORITIES as PRIORITY_VALUES
+
+
+@dataclass(frozen=True)
+class Selection:
+    """Which trace rows a run sends, when, and which are warm-up."""
+
+    rows: np.ndarray            # int64 trace row indices, in send order
+    intended_ns: np.ndarray     # int64 offsets from the run start
+    warmup: np.ndarray          # bool
+
+
+def select_rows(table: pa.Table, *, speed: float = 1.0, rate_scale: float = 1.0,
+                duration_s: float | None = None, warmup_s: float = 0.0,
+                warmup_requests: int = 0) -> Selection:
+    """Apply ``--speed``/``--rate-scale`` (both divide the trace's time offsets),
+    ``--duration`` (rows intended at or after it are not sent) and ``--warmup``."""
+    arrival = table.column("arrival_ns").to_numpy().astype(np.int64, copy=False)
+    factor = float(speed) * float(rate_scale)
+    intended = arrival if factor == 1.0 else np.rint(arrival / factor).astype(np.int64)
+    rows = np.arange(len(intended), dtype=np.int64)
+    if duration_s is not None:
+        keep = intended < int(duration_s * 1e9)
+        rows, intended = rows[keep], intended[keep]
+    warmup = (intended < int(warmup_s * 1e9)) | (np.arange(len(rows)) < warmup_requests)
+    return Selection(rows, intended, warmup)
+
+
+def _codes(column: pa.ChunkedArray, values: list[str]) -> np.ndarray:
+    strings = pc.cast(column.combine_chunks(), pa.string()) if pa.types.is_dictionary(
+        column.type) else column.combine_chunks()
+    return pc.index_in(strings, value_set=pa.array(values, pa.string())).to_numpy(
+        zero_copy_only=False).astype(np.int32)
+
+
+def trace_models(table: pa.Table) -> list[str]:
+    """Every model of the trace, sorted: the dictionary of the results' ``model`` column."""
+    col = table.column("model")
+    col = pc.cast(col, pa.string()) if pa.types.is_dictionary(col.type) else col
+    return sorted(v for v in pc.unique(col).to_pylist() if v is not None)
+
+
+def build_plan(table: pa.Table, sel: Selection, worker: int, n_workers: int,
+               models: list[str] | None = None) -> Plan:
+    """Worker ``worker``'s share of ``sel`` (every ``n_workers``-th row) as a :class:`Plan`.
+
+    ``models``: :func:`trace_models` of ``table``, when the caller has it already.
+    """
+    pos = np.arange(worker, len(sel.rows), n_workers)
+    rows = sel.rows[pos]
+    sub = table.take(pa.array(rows))
+    models = trace_models(table) if models is None else models
+    kind = _codes(sub.column("kind"), list(KIND_VALUES))
+
+    def nums(name: str, fill, dtype) -> np.ndarray:
+        return pc.fill_null(sub.column(name), fill).to_numpy().astype(dtype)
+
+    slos = []
+    for i, name in enumerate(("slo_ttft_ms", "slo_e2e_ms")):
+        defaults = np.array([DEFAULT_SLO_MS[k][i] for k in KIND_VALUES])[kind]
+        given = pc.fill_null(sub.column(name), np.nan).to_numpy().astype(np.float64)
+        slos.append(np.where(np.isnan(given), defaults, given))
+    prompts = None
+    if "prompt" in sub.column_names and sub.column("prompt").null_count < sub.num_rows:
+        prompts = PromptColumn.from_texts(sub.column("prompt").to_pylist())
+    return Plan(
+        rows=rows, intended_ns=sel.intended_ns[pos], kind=kind,
+        priority=_codes(sub.column("priority"), list(PRIORITY_VALUES)),
+        model=_codes(sub.column("model"), models),
+        input_tokens=nums("input_tokens", 0, np.int32),
+        output_tokens=nums("output_tokens", -1, np.int32),
+        batch_size=nums("batch_size", 1, np.int32),
+        slo_ttft_ms=slos[0], slo_e2e_ms=slos[1],
+        warmup=sel.warmup[pos].astype(np.int32), prompts=prompts, models=models,
+    )
