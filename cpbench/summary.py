@@ -27,7 +27,7 @@ import base64
 import json
 import math
 import os
-from collections.abc import Sequence
+from collections.abc import Mapping, Sequence
 from typing import Any
 
 import numpy as np
@@ -139,6 +139,28 @@ def _window_s(c: dict[str, Any]) -> float:
     return max(end - int(c["intended_ns"].min()), 0) / 1e9
 
 
+def _span_rate(times_ns: np.ndarray) -> float:
+    """``(n - 1) / (last - first)``: the mean rate of a sequence of instants, as
+    ``cpbench info`` reports a trace's (the tail after the last one is not part of it)."""
+    if times_ns.size < 2:
+        return 0.0
+    span_ns = int(times_ns.max()) - int(times_ns.min())
+    return (times_ns.size - 1) / (span_ns / 1e9) if span_ns > 0 else 0.0
+
+
+def _scheduled_rps(c: dict[str, Any], run: Mapping[str, Any]) -> float:
+    """The offered rate of the whole schedule, as planned: a run cut short still offered it.
+
+    From the run's record of its schedule (count and span, warm-up included) where present,
+    else from the intended times of the rows at hand.
+    """
+    schedule = run.get("schedule") or {}
+    count, span_s = schedule.get("requests"), schedule.get("span_s")
+    if isinstance(count, int) and isinstance(span_s, (int, float)) and span_s > 0:
+        return (count - 1) / span_s
+    return _span_rate(c["intended_ns"])
+
+
 def _per_rate(count: float, window_s: float) -> float:
     return float(count) / window_s if window_s > 0 else 0.0
 
@@ -238,8 +260,11 @@ def summarize(results: pa.Table, *, itl_hist: Histogram | None = None, run: dict
     if run.get("scheduled") is not None:
         n_scheduled = max(int(run["scheduled"]) - c["n_warmup"], n)
     n_completed = int(c["completed"].sum())
-    n_errors = int(c["errored"].sum())
-    by_error = pc.value_counts(c["error_class"].drop_null().cast(pa.string()))
+    by_error = {str(d["values"]): int(d["counts"]) for d in
+                pc.value_counts(c["error_class"].drop_null().cast(pa.string())).to_pylist()}
+    # Requests the client itself cut off (Ctrl-C, --max-error-ratio) are no server fault.
+    n_interrupted = by_error.get("interrupted", 0)
+    n_errors = int(c["errored"].sum()) - n_interrupted
     sent = c["sent_ns"] >= 0
     lag = _histogram(np.maximum(c["sent_ns"][sent] - c["intended_ns"][sent], 0),
                      "dispatch lag", lowest_ns=0)
@@ -256,12 +281,12 @@ def summarize(results: pa.Table, *, itl_hist: Histogram | None = None, run: dict
     return {
         "cpbench_version": __version__,
         "run": dict(run),
-        "requests": {"scheduled": n_scheduled, "sent": n_sent, "not_sent": n_scheduled - n_sent, "completed": n_completed,
-                     "errors": n_errors, "warmup": c["n_warmup"],
-                     "by_error_class": {str(d["values"]): int(d["counts"])
-                                        for d in by_error.to_pylist()}},
-        "rates": {"scheduled_rps": _per_rate(n, window_s),
-                  "achieved_rps": _per_rate(n_sent, window_s),
+        "requests": {"scheduled": n_scheduled, "sent": n_sent, "not_sent": n_scheduled - n_sent,
+                     "completed": n_completed, "errors": n_errors,
+                     "interrupted": n_interrupted, "warmup": c["n_warmup"],
+                     "by_error_class": by_error},
+        "rates": {"scheduled_rps": _scheduled_rps(c, run),
+                  "achieved_rps": _span_rate(c["sent_ns"][c["sent_ns"] >= 0]),
                   "completed_rps": _per_rate(n_completed, window_s),
                   "output_tps": _per_rate(int(c["output_tokens"][c["completed"]].sum()),
                                           window_s)},

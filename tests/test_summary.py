@@ -84,10 +84,13 @@ def summary():
 def test_counts_and_rates(summary):
     assert summary["run"] == RUN and summary["cpbench_version"]
     assert summary["requests"] == {"scheduled": 4, "sent": 4, "not_sent": 0, "completed": 3,
-                                   "errors": 1, "warmup": 1, "by_error_class": {"http_5xx": 1}}
+                                   "errors": 1, "interrupted": 0, "warmup": 1,
+                                   "by_error_class": {"http_5xx": 1}}
     rates = summary["rates"]
-    assert rates["scheduled_rps"] == pytest.approx(4 / WINDOW_S)
-    assert rates["achieved_rps"] == pytest.approx(4 / WINDOW_S)
+    # Offered and sent rates over the span of the schedule and of the sends, as `cpbench
+    # info` computes a trace's rate ((n - 1) / span), not over the run's tail.
+    assert rates["scheduled_rps"] == pytest.approx(3 / 1_500e-9)
+    assert rates["achieved_rps"] == pytest.approx(3 / 1_400e-9)
     assert rates["completed_rps"] == pytest.approx(3 / WINDOW_S)
     assert rates["output_tps"] == pytest.approx(30 / WINDOW_S)
     assert summary["slo"] == {"attainment": 0.5, "goodput_rps": pytest.approx(2 / WINDOW_S)}
@@ -99,6 +102,22 @@ def test_interrupted_run_counts_the_requests_it_never_sent():
     assert out["requests"]["scheduled"] == 8      # 9 planned - 1 warm-up
     assert out["requests"]["sent"] == 4
     assert out["requests"]["not_sent"] == 4
+
+
+def test_scheduled_rate_is_the_whole_schedule_even_when_cut_short():
+    """A run stopped early offered the rate its plan had, not the rows that made it out."""
+    run = {**RUN, "scheduled": 9, "schedule": {"requests": 9, "span_s": 2.0}}
+    out = summarize(results_table(ROWS), run=run, slice_s=1e-6)
+    assert out["rates"]["scheduled_rps"] == pytest.approx(4.0)
+
+
+def test_interrupted_requests_are_not_server_errors():
+    rows = ROWS[:3] + [row("chat", "NORMAL", 1_500, 1_500, None, None, 0,
+                           error="interrupted")]
+    out = summarize(results_table(rows), run=RUN, slice_s=1e-6)
+    assert out["requests"]["errors"] == 0
+    assert out["requests"]["interrupted"] == 1
+    assert out["requests"]["by_error_class"] == {"interrupted": 1}
 
 
 def test_latencies_from_intended_and_from_sent(summary):

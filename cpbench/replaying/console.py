@@ -12,11 +12,15 @@ from pathlib import Path
 import numpy as np
 
 
-def warn_failures(tot: dict, out: Path) -> None:
-    # Failures never pass silently, --quiet included: one line on stderr.
-    if tot["errors"]:
-        print(f"cpbench: {tot['errors']} of {tot['done']} requests failed; see "
+def warn_failures(summary: dict, tot: dict, out: Path) -> None:
+    """Failures never pass silently, --quiet included: one line each on stderr."""
+    req = summary.get("requests", {})
+    if req.get("errors"):
+        print(f"cpbench: {req['errors']} of {req.get('sent', 0)} requests failed; see "
               f"{out / 'summary.json'}", file=sys.stderr)
+    if req.get("interrupted"):
+        print(f"cpbench: the run was stopped with {req['interrupted']} requests in flight "
+              "(class `interrupted`, not counted as server errors)", file=sys.stderr)
     if tot.get("emfile"):
         limit = resource.getrlimit(resource.RLIMIT_NOFILE)[0]
         print(f"cpbench: {tot['emfile']} requests could not open a connection: too many open "

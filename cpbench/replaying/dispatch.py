@@ -33,7 +33,7 @@ import numpy as np
 
 from cpbench.replaying.wire import Target, header_block, request_body
 from cpbench.errors import TargetError
-from cpbench.replaying.http1 import E_CONNECT, E_TIMEOUT, HttpConn
+from cpbench.replaying.http1 import E_CONNECT, E_INTERRUPTED, E_TIMEOUT, HttpConn
 from cpbench.replaying.plan import COLUMNS, Plan
 from cpbench.replaying.rows import RowBuffer
 from cpbench.vocab import KINDS, PRIORITIES as PRIORITY_VALUES
@@ -307,7 +307,7 @@ class Dispatcher:
                 task.cancel()
             for conn in list(self.busy):
                 if conn.j is not None:
-                    conn.fail(E_TIMEOUT, "interrupted: still in flight after the grace period",
+                    conn.fail(E_INTERRUPTED, "still in flight when the run stopped",
                               close=True)
             for conn in self.idle:
                 if conn.transport is not None:

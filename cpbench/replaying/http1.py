@@ -25,8 +25,10 @@ _MAX_HEAD_BYTES = 65_536
 E_CONNECT, E_TIMEOUT = ERROR_CODE["connect"], ERROR_CODE["timeout"]
 E_4XX, E_5XX = ERROR_CODE["http_4xx"], ERROR_CODE["http_5xx"]
 E_BROKEN, E_PAYLOAD = ERROR_CODE["stream_broken"], ERROR_CODE["bad_payload"]
+E_INTERRUPTED = ERROR_CODE["interrupted"]
 _EMBEDDING = KINDS.index("embedding")
-__all__ = ["HttpConn", "E_CONNECT", "E_TIMEOUT", "E_4XX", "E_5XX", "E_BROKEN", "E_PAYLOAD"]
+__all__ = ["HttpConn", "E_CONNECT", "E_TIMEOUT", "E_4XX", "E_5XX", "E_BROKEN", "E_PAYLOAD",
+           "E_INTERRUPTED"]
 
 
 class HttpConn(asyncio.Protocol):

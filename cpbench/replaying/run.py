@@ -222,6 +222,9 @@ def _run(run: dict, url: str, sim: EmbeddedSim | None, out: Path, o: ReplayOptio
         stop["why"] = "worker-exited"
     run.update({"duration_s": round(duration_s, 3), "interrupted": stop["why"] is not None,
                 "stop_reason": stop["why"], "scheduled": int(len(intended_ns)),
+                "schedule": {"requests": int(len(intended_ns)),
+                             "span_s": float(intended_ns[-1] - intended_ns[0]) / 1e9
+                             if len(intended_ns) else 0.0},
                 "client": {"worker_cpu_s": sum(f["cpu_s"] for f in finals),
                            "parent_cpu_s": parent_cpu_s,
                            "worker_max_rss_kb": max((f["max_rss_kb"] for f in finals), default=0),
@@ -232,13 +235,13 @@ def _run(run: dict, url: str, sim: EmbeddedSim | None, out: Path, o: ReplayOptio
                                                    for f in finals),
                            "worker_realtime": [f.get("realtime", False) for f in finals],
                            "retried": sum(f["counters"].get("retried", 0) for f in finals)}})
-    _write_outputs(out, run, pool, o, monitors)
+    summary = _write_outputs(out, run, pool, o, monitors)
     tot = pool.totals()
     if stop["why"] == "max-error-ratio":
         raise ErrorRatioExceeded(f"{tot['errors']} of {tot['done']} requests failed, more "
                                  f"than --max-error-ratio {o.max_error_ratio}; results "
                                  f"are in {out}")
-    warn_failures(tot, out)
+    warn_failures(summary, tot, out)
     return out
 
 
@@ -259,7 +262,7 @@ def _start_monitors(o: ReplayOptions, sim_url: str | None, start_ns: int):
 
 
 def _write_outputs(out: Path, run: dict, pool: WorkerPool, o: ReplayOptions,
-                   monitors) -> None:
+                   monitors) -> dict:
     from cpbench.summary import summarize, write_summary
     release_unused_memory()     # what the batches of the run left in the allocators
     results = read_results(out / "results.arrow")
@@ -275,5 +278,6 @@ def _write_outputs(out: Path, run: dict, pool: WorkerPool, o: ReplayOptions,
     if o.report:
         from cpbench.reporting import write_report  # Bokeh loads only when a report is made
         write_report([out], out / "report.html", markdown_path=out / "report.md")
+    return summary
 
 
