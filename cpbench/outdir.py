@@ -18,7 +18,7 @@ from collections.abc import Iterator
 from datetime import datetime, timezone
 from pathlib import Path
 
-from cpbench.errors import OutputError
+from cpbench.errors import ConfigError, OutputError
 
 LOCK_NAME = ".cpbench.lock"
 
@@ -36,10 +36,10 @@ def check_free(path: Path, *, overwrite: bool = False, keep: tuple[str, ...] = (
     which neither count as old results nor are removed by ``overwrite``.
     """
     if path.exists() and not path.is_dir():
-        raise OutputError(f"-o {path} is an existing file; give a directory path")
+        raise ConfigError(f"-o {path} is an existing file; give a directory path")
     ours = {LOCK_NAME, *keep}
     if path.is_dir() and not overwrite and any(p.name not in ours for p in path.iterdir()):
-        raise OutputError(f"-o {path} already holds results; choose a new directory or pass "
+        raise ConfigError(f"-o {path} already holds results; choose a new directory or pass "
                           "--overwrite to replace them")
 
 
@@ -50,9 +50,11 @@ def claim(path: str | os.PathLike[str], *, overwrite: bool = False,
 
     Raises
     ------
+    ConfigError
+        ``path`` is a file, holds results (without ``overwrite``) or is being written by
+        another run (exit status 2: choose another -o).
     OutputError
-        ``path`` is a file, holds results (without ``overwrite``), is being written by
-        another run, or cannot be created.
+        ``path`` cannot be created.
     """
     out = Path(path)
     check_free(out, overwrite=overwrite, keep=keep)
@@ -67,7 +69,7 @@ def claim(path: str | os.PathLike[str], *, overwrite: bool = False,
         try:
             fcntl.flock(lock, fcntl.LOCK_EX | fcntl.LOCK_NB)
         except BlockingIOError:
-            raise OutputError(f"-o {out} is being written by another cpbench run; choose "
+            raise ConfigError(f"-o {out} is being written by another cpbench run; choose "
                               "another directory") from None
         if overwrite:
             _empty(out, keep)

@@ -58,7 +58,7 @@ def _worker_pids(parent: int) -> dict[int, int]:
             argv = Path(f"/proc/{pid}/cmdline").read_bytes().split(b"\0")
         except OSError:
             continue
-        # argv: python -c <boot code naming cpbench.replaying.child> W N CTL OUT (cpbench.spawn)
+        # argv: python -c <boot code naming cpbench.replaying.child> W CTL OUT (cpbench.spawn)
         at = [i for i, a in enumerate(argv) if b"cpbench.replaying.child" in a]
         if at:
             pids[int(argv[at[0] + 1])] = pid

@@ -26,7 +26,7 @@ from cpbench.experiments.compare import (analyse, check_policies, compare, contr
                                          replay_one, run_policies, write_comparison_report,
                                          write_json)
 from cpbench.experiments.control import Progress, format_table
-from cpbench.experiments.stats import PRIORITIES, load_run, run_metrics
+from cpbench.experiments.stats import PRIORITIES
 from cpbench.experiments.sweep import active_policy, sweep, synth_trace
 
 EXPERIMENTS = ("throughput", "latency", "slo", "mixed_ratio")
@@ -177,7 +177,8 @@ def run(*, out_dir: str | Path, policy: str | None, requests: int, rate_rps: flo
         synth_options: dict | None = None, stdout: TextIO | None = None) -> Path:
     """Synthesize a trace into ``DIR/trace.arrow``, set the policy, replay it into ``DIR/run``.
 
-    Returns the result directory; prints one line of attainment and p99 latencies.
+    Returns the result directory. What it prints is the replay's own summary table (one
+    summary, one source: no second table re-derived from the results).
     """
     check_policies([policy], url=url, switch=switch)
     out = Path(out_dir)
@@ -188,10 +189,4 @@ def run(*, out_dir: str | Path, policy: str | None, requests: int, rate_rps: flo
         policy = active_policy(target, policy, switch=switch, policy_path=policy_path)
         result_dir = replay_one(trace, out / "run", url=target, policy=policy,
                                 options={"quiet": False, **(replay_options or {})})
-    m = run_metrics(load_run(result_dir))
-    print(format_table(["policy", "requests", "SLO attained %", "TTFT p99 ms", "E2E p99 ms"],
-                       [[policy or "(as configured)", str(m["requests"]),
-                         _fmt(m["slo_attainment_pct"]), _fmt(m["ttft_from_intended_p99_ms"]),
-                         _fmt(m["e2e_from_intended_p99_ms"])]]), file=stdout or sys.stdout)
-    print(f"results: {result_dir}", file=stdout or sys.stdout)
     return result_dir

@@ -51,7 +51,8 @@ def format_summary(summary: dict, out: Path) -> str:
     run, req, rates = summary.get("run", {}), summary.get("requests", {}), summary.get("rates", {})
     errs = ", ".join(f"{k} {v}" for k, v in sorted(req.get("by_error_class", {}).items()) if v)
     lines = [
-        f"cpbench replay  {run.get('trace')} -> {run.get('target')}  "
+        f"cpbench replay  {run.get('trace')} -> {run.get('target')}"
+        + (f" (policy {run['policy']})" if run.get("policy") else "") + "  "
         f"({run.get('workers')} workers, {run.get('duration_s', 0):.1f} s"
         + (", INTERRUPTED)" if run.get("interrupted") else ")"),
         f"requests   scheduled {req.get('scheduled', 0):,}  sent {req.get('sent', 0):,}  "
