@@ -15,6 +15,7 @@ from cpbench.redact import redact_url
 from cpbench.replaying.dispatch import Dispatcher, DispatchOptions, Target
 from cpbench.errors import ConfigError, TargetError
 from cpbench.results import rows_to_batch
+from cpbench.replaying.options import ReplayOptions
 from cpbench.replaying.planning import build_plan, select_rows
 from test_replay_server import TOKENS, ServerThread
 
@@ -46,6 +47,13 @@ def trace(models: list[str], kinds: list[str], gap_ms: float = 2.0) -> pa.Table:
     })
 
 
+def dispatch_options(max_concurrency: int = 0, bearer: str | None = None,
+                     **replay_options) -> DispatchOptions:
+    """One worker's settings as a replay with these options would give it."""
+    return DispatchOptions(**ReplayOptions(**replay_options).dispatch_config(max_concurrency,
+                                                                             bearer))
+
+
 def dispatch(url: str, table: pa.Table, loop_name: str, **opts) -> tuple[pa.Table, Histogram]:
     plan = build_plan(table, select_rows(table), 0, 1)
     batches: list[pa.RecordBatch] = []
@@ -57,7 +65,7 @@ def dispatch(url: str, table: pa.Table, loop_name: str, **opts) -> tuple[pa.Tabl
     loop = uvloop.new_event_loop() if loop_name == "uvloop" else asyncio.new_event_loop()
     hist = Histogram()
     try:
-        disp = Dispatcher(Target.from_url(url), plan, DispatchOptions(**opts), 0, emit, hist)
+        disp = Dispatcher(Target.from_url(url), plan, dispatch_options(**opts), 0, emit, hist)
         loop.run_until_complete(disp.open_pool())
         loop.run_until_complete(disp.run(time.monotonic_ns() + 20_000_000))
     finally:
@@ -130,7 +138,7 @@ def test_reused_connection_closed_unanswered_is_sent_again(server, loop_name):
     packed = []
     loop = uvloop.new_event_loop() if loop_name == "uvloop" else asyncio.new_event_loop()
     try:
-        disp = Dispatcher(Target.from_url(server.url), plan, DispatchOptions(connections=1), 0,
+        disp = Dispatcher(Target.from_url(server.url), plan, dispatch_options(connections=1), 0,
                           lambda kind, payload: packed.append(payload) if kind == "rows" else None,
                           Histogram())
         loop.run_until_complete(disp.open_pool())
@@ -141,6 +149,27 @@ def test_reused_connection_closed_unanswered_is_sent_again(server, loop_name):
     assert res.num_rows == n and res.column("error_class").null_count == n
     assert res.column("output_tokens").to_pylist() == [TOKENS] * n
     assert counters["retried"] == n - 1 and counters["sent"] == n
+
+
+def test_idle_connections_above_the_floor_are_closed(server):
+    """A burst opens a connection per request in flight; once they have been idle for 2 s the
+    ones above the floor (--connections) are closed, so descriptors follow the load."""
+    n = 10
+    table = trace(["stall:300"] * n + ["ok"], ["chat"] * (n + 1), gap_ms=0.1)
+    arrivals = table.column("arrival_ns").to_numpy().copy()
+    arrivals[-1] = 3_500_000_000                # well after the burst's connections idle 2 s
+    table = table.set_column(0, "arrival_ns", pa.array(arrivals))
+    plan = build_plan(table, select_rows(table), 0, 1)
+    loop = uvloop.new_event_loop()
+    try:
+        disp = Dispatcher(Target.from_url(server.url), plan, dispatch_options(connections=1), 0,
+                          lambda kind, payload: None, Histogram())
+        loop.run_until_complete(disp.open_pool())
+        counters = loop.run_until_complete(disp.run(time.monotonic_ns() + 20_000_000))
+    finally:
+        loop.close()
+    assert counters["connections"] == n and counters["done"] == n + 1
+    assert counters["idle_closed"] == n - 1     # the floor of one stayed for the last request
 
 
 def test_timeout_is_counted_not_raised(server):

@@ -44,20 +44,26 @@ FLUSH_S = 0.25                   # row hand-over cadence
 FLUSH_SLACK_NS = 500_000         # ... when the next send is at least this far away
 PROGRESS_S = 0.5
 SWEEP_S = 0.05                   # timeout check cadence
+IDLE_CLOSE_NS = 2_000_000_000    # an idle connection above the floor is closed after this
+IDLE_TRIM_S = 0.5                # ... checked this often
 _NEVER = 1 << 62
 __all__ = ["Dispatcher", "DispatchOptions", "Plan", "Target"]
 
 
 @dataclass(frozen=True)
 class DispatchOptions:
-    """Per-process dispatch settings (already split between workers by the caller)."""
+    """Per-process dispatch settings, already split between workers by the caller.
 
-    hints: str = "sagellm"
-    timeout_s: float = 60.0
-    max_concurrency: int = 0          # 0 = open loop
-    connections: int = 32             # keep-alive connections opened before the start
-    grace_s: float = 5.0              # in-flight allowance after a stop
-    bearer: str | None = None
+    No defaults here: they are :class:`cpbench.replaying.options.ReplayOptions`'s, and
+    :meth:`~cpbench.replaying.options.ReplayOptions.dispatch_config` builds these fields.
+    """
+
+    hints: str
+    timeout_s: float
+    max_concurrency: int              # this worker's share; 0 = open loop
+    connections: int                  # keep-alive connections opened before the start
+    grace_s: float                    # in-flight allowance after a stop
+    bearer: str | None
 
 
 class Dispatcher:
@@ -95,6 +101,7 @@ class Dispatcher:
         self._data: bytes | None = None
         self.due_abs_ns = _NEVER
         self.emfile = 0             # connects refused by the open-file limit
+        self.idle_closed = 0        # idle connections above the floor closed (trim_idle)
         self._tasks: set[asyncio.Task] = set()
         self._itl = array.array("q")
         self.itl_append = self._itl.append
@@ -147,7 +154,26 @@ class Dispatcher:
                 self._write(conn, j)
             return
         if conn is not None:
+            conn.idle_since_ns = time.monotonic_ns()
             self.idle.append(conn)
+
+    def trim_idle(self, now_ns: int) -> int:
+        """Close idle connections above the floor (``connections``) unused for 2 s.
+
+        A burst opens as many connections as it has requests in flight; without this they
+        stay open for the rest of the run, so a long run's descriptors follow its worst
+        second, not its load. The pool is a stack (the most recent on top), so the bottom
+        holds the longest idle. Returns how many it closed.
+        """
+        closed = 0
+        floor = max(1, self.options.connections)
+        while len(self.idle) > floor and now_ns - self.idle[0].idle_since_ns > IDLE_CLOSE_NS:
+            conn = self.idle.pop(0)
+            if conn.transport is not None:
+                conn.transport.close()
+            closed += 1
+        self.idle_closed += closed
+        return closed
 
     def retry(self, conn: HttpConn, j: int) -> None:
         """Send row ``j`` again on a new connection: ``conn`` was closed under it unanswered."""
@@ -289,7 +315,8 @@ class Dispatcher:
         return {"sent": self.sent, "done": self.done, "errors": self.errors,
                 "in_flight": len(self.busy) + self._opening, "waiting": len(self.waiting),
                 "lag_p99_ns": lag_p99_ns, "lag_max_ns": lag_max_ns,
-                "connections": self.opened, "emfile": self.emfile, "retried": self.retried}
+                "connections": self.opened, "open_connections": len(self.idle) + len(self.busy),
+                "idle_closed": self.idle_closed, "emfile": self.emfile, "retried": self.retried}
 
     # -- the run -----------------------------------------------------------------------
     async def run(self, start_ns: int) -> dict:
@@ -392,7 +419,7 @@ class Dispatcher:
 
     async def _ticks(self) -> None:
         loop = asyncio.get_running_loop()
-        next_flush = next_progress = loop.time()
+        next_flush = next_progress = next_trim = loop.time()
         timeout_ns = int(self.options.timeout_s * 1e9)
         while True:
             await asyncio.sleep(SWEEP_S)
@@ -409,6 +436,9 @@ class Dispatcher:
                                     or len(self.rows) >= 8192):
                 self.flush()
                 next_flush = t + FLUSH_S
+            if t >= next_trim and slack_ns > FLUSH_SLACK_NS:
+                self.trim_idle(now)
+                next_trim = t + IDLE_TRIM_S
             if t >= next_progress:
                 self.emit("progress", self.progress())
                 next_progress = t + PROGRESS_S

@@ -39,6 +39,7 @@ class HttpConn(asyncio.Protocol):
         self.transport: asyncio.Transport | None = None
         self.j: int | None = None
         self.served = 0                 # requests answered on this connection so far
+        self.idle_since_ns = 0          # when it last went back to the idle pool
         self.scan = StreamScan()
         self.buf = bytearray()
         self.body = bytearray()

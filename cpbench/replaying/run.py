@@ -234,7 +234,9 @@ def _run(run: dict, url: str, sim: EmbeddedSim | None, out: Path, o: ReplayOptio
                            "worker_preempted": sum(f["counters"].get("preempted", 0)
                                                    for f in finals),
                            "worker_realtime": [f.get("realtime", False) for f in finals],
-                           "retried": sum(f["counters"].get("retried", 0) for f in finals)}})
+                           "retried": sum(f["counters"].get("retried", 0) for f in finals),
+                           "idle_closed": sum(f["counters"].get("idle_closed", 0)
+                                              for f in finals)}})
     summary = _write_outputs(out, run, pool, o, monitors)
     tot = pool.totals()
     if stop["why"] == "max-error-ratio":
