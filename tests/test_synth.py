@@ -138,7 +138,7 @@ def test_cli_bad_spec_exits_2_with_one_line(tmp_path, capsys):
     assert status == 2 and len(err) == 1 and "--input-tokens must be" in err[0]
 
 
-SHIPPED = ("light", "medium", "heavy", "balanced", "llm_heavy", "embed_heavy", "burst")
+SHIPPED = ("light", "medium", "heavy", "balanced", "llm_heavy", "embed_heavy", "burst", "prefix")
 
 
 def test_shipped_traces_are_valid_small_and_rebuild_byte_for_byte(tmp_path):
@@ -156,7 +156,10 @@ def test_shipped_traces_are_valid_small_and_rebuild_byte_for_byte(tmp_path):
         info = describe(read_trace(path))
         assert 45 <= info["duration_s"] <= 60
         kinds = set(info["by_kind"])
-        assert ("embedding" in kinds) == (name not in ("light", "medium", "heavy"))
+        assert ("embedding" in kinds) == (name not in ("light", "medium", "heavy", "prefix"))
+        assert ("prefix" in info) == (name == "prefix")
+    prefix = describe(read_trace(os.path.join(ROOT, "traces", "prefix.arrow")))["prefix"]
+    assert prefix["reuse_percent"] >= 50
     burst = describe(read_trace(os.path.join(ROOT, "traces", "burst.arrow")))
     assert burst["gap_cv"] > 5 and burst["idle_1s_bins_percent"] > 60
 
