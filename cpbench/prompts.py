@@ -6,6 +6,10 @@ tokens the same way. Against a real server its ``usage`` numbers are the truth a
 
 Prompts are cut from one long, fixed text so building one costs a slice, not a join: the
 dispatcher calls ``build_prompt`` once per request on its hot path.
+
+Traces with prefix blocks (``prefix_blocks``, docs/formats.md) are rendered here too, but ahead
+of the run, when the plan is built (:func:`render_rows`, with :class:`BlockRenderer`'s bounded
+cache of block texts): a block id is always the same words, so shared blocks are shared bytes.
 """
 from __future__ import annotations
 
