@@ -151,3 +151,27 @@ def reuse(blocks: list[list[int] | None], input_tokens: np.ndarray, block_tokens
         "top_blocks": [[int(b), int(c), 100.0 * c / with_blocks]
                        for b, c in popularity.most_common(top)],
     }
+
+
+class BlockLists:
+    """A ``prefix_blocks`` column as ``row -> list of ids`` (None for a null row), read from
+    one flat NumPy array on demand: no Python list per row is built for rows never asked
+    for (a worker renders only its share of a trace of millions of rows)."""
+
+    def __init__(self, column: pa.ChunkedArray | pa.Array) -> None:
+        array = column.combine_chunks() if isinstance(column, pa.ChunkedArray) else column
+        self._null = array.is_null().to_numpy(zero_copy_only=False)
+        lengths = pc.fill_null(pc.list_value_length(array), 0).to_numpy(
+            zero_copy_only=False).astype(np.int64) if not pa.types.is_null(array.type) \
+            else np.zeros(len(array), np.int64)
+        self._starts = np.concatenate(([0], np.cumsum(lengths)))
+        flat = array.flatten() if not pa.types.is_null(array.type) else pa.array([], pa.int64())
+        self._values = flat.to_numpy(zero_copy_only=False).astype(np.int64)
+
+    def __len__(self) -> int:
+        return len(self._null)
+
+    def __getitem__(self, row: int) -> list[int] | None:
+        if self._null[row]:
+            return None
+        return self._values[self._starts[row]:self._starts[row + 1]].tolist()

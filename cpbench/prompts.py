@@ -14,6 +14,7 @@ cache of block texts): a block id is always the same words, so shared blocks are
 from __future__ import annotations
 
 import functools
+from collections.abc import Sequence
 
 _VOCABULARY = (
     "the control plane schedules chat and embedding requests across engines while keeping "
@@ -224,7 +225,7 @@ class BlockRenderer:
         return out
 
 
-def session_cuts(blocks: list, input_tokens: list[int], output_tokens: list,
+def session_cuts(blocks: Sequence, input_tokens: list[int], output_tokens: list,
                  sessions: list, block_tokens: int) -> dict[int, list[int]]:
     """Message boundaries (block positions) of every multi-turn row of a trace.
 
@@ -254,7 +255,7 @@ def session_cuts(blocks: list, input_tokens: list[int], output_tokens: list,
     return out
 
 
-def render_rows(rows: list[int], blocks: list, input_tokens: list[int], output_tokens: list,
+def render_rows(rows: list[int], blocks: Sequence, input_tokens: list[int], output_tokens: list,
                 sessions: list, chat: list[bool], block_tokens: int,
                 renderer: BlockRenderer | None = None) -> tuple[list, list]:
     """Prompt texts and chat message lists (JSON) of trace ``rows`` rendered from their blocks.

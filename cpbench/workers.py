@@ -117,14 +117,14 @@ def build_plan(table: pa.Table, sel: Selection, worker: int, n_workers: int) -> 
 def render_block_prompts(table: pa.Table, rows: np.ndarray) -> tuple[list, list] | None:
     """Prompts of ``rows`` rendered from ``prefix_blocks`` ahead of the run (None when the
     trace has no blocks): :func:`cpbench.prompts.render_rows` over the whole trace's columns."""
-    from cpbench.blocks import block_tokens_of
+    from cpbench.blocks import BlockLists, block_tokens_of
     from cpbench.prompts import render_rows
 
     if "prefix_blocks" not in table.column_names or \
             table.column("prefix_blocks").null_count == table.num_rows:
         return None
     kinds = pc.cast(table.column("kind"), pa.string()).to_pylist()
-    return render_rows(rows.tolist(), table.column("prefix_blocks").to_pylist(),
+    return render_rows(rows.tolist(), BlockLists(table.column("prefix_blocks")),
                        table.column("input_tokens").to_pylist(),
                        table.column("output_tokens").to_pylist(),
                        table.column("session").to_pylist(), [k == "chat" for k in kinds],

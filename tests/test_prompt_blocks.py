@@ -129,3 +129,16 @@ def test_request_body_sends_session_messages_as_given():
     body = json.loads(request_body("completion", '"m"', 3, 4, 2, 1, "a b c d", "NORMAL", "none",
                                    messages))
     assert body["prompt"] == "a b c d"
+
+
+def test_block_lists_read_rows_of_chunked_and_sliced_columns():
+    from cpbench.blocks import BlockLists
+    rows = [[1, 2], None, [], [3], None, [4, 5, 6]]
+    column = pa.chunked_array([pa.array(rows[:3], pa.list_(pa.int64())),
+                               pa.array(rows[3:], pa.list_(pa.int32()))
+                               .cast(pa.list_(pa.int64()))])
+    lists = BlockLists(column)
+    assert len(lists) == 6 and [lists[i] for i in range(6)] == rows
+    sliced = BlockLists(pa.array(rows, pa.list_(pa.int64())).slice(2, 3))
+    assert [sliced[i] for i in range(3)] == rows[2:5]
+    assert BlockLists(pa.nulls(2))[1] is None
