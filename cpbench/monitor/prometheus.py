@@ -32,6 +32,8 @@ DEFAULT_SERIES: tuple[str, ...] = (
     "vllm:num_requests_waiting",
     "vllm:gpu_cache_usage_perc",
     "vllm:kv_cache_usage_perc",
+    "vllm:prefix_cache_queries_total",      # the run's prefix hit ratio (monitor/prefix.py)
+    "vllm:prefix_cache_hits_total",
     "sglang:num_running_reqs",
     "sglang:num_queue_reqs",
     "sglang:token_usage",

@@ -115,3 +115,5 @@ class PeriodicSampler:
                 self.skipped_ticks += missed
                 next_ns += missed * self.interval_ns
             self._stop.wait((next_ns - now) / 1e9)
+        # One last sample at the stop, so counters (prefix-cache hits) cover the whole run.
+        self._sample_guarded()

@@ -77,5 +77,8 @@ def format_summary(summary: dict, out: Path) -> str:
         share = slo.get("attainment")
         shown = "-" if share is None else f"{100.0 * share:.1f}%"
         lines.append(f"SLO        attainment {shown}  goodput {slo.get('goodput_rps') or 0:,.1f} rps")
+    if "prefix_cache" in summary:
+        from cpbench.monitor.prefix import format_prefix_cache
+        lines.append(format_prefix_cache(summary))
     lines.append(f"results    {out}")
     return "\n".join(lines)

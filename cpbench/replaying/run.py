@@ -265,7 +265,7 @@ def _start_monitors(o: ReplayOptions, sim_url: str | None, start_ns: int):
 
 def _write_outputs(out: Path, run: dict, pool: WorkerPool, o: ReplayOptions,
                    monitors) -> dict:
-    from cpbench.summary import summarize, write_summary
+    from cpbench.summary import add_monitor, summarize, write_summary
     release_unused_memory()     # what the batches of the run left in the allocators
     results = read_results(out / "results.arrow")
     summary = summarize(results, itl_hist=pool.merged_itl(), run=run)
@@ -273,7 +273,7 @@ def _write_outputs(out: Path, run: dict, pool: WorkerPool, o: ReplayOptions,
     release_unused_memory()
     if monitors is not None:
         monitors.write(out / "monitor.arrow")
-        summary["monitor"] = monitors.status()
+        add_monitor(summary, monitors.table(), monitors.status())
     write_summary(summary, out / "summary.json")
     if not o.quiet:
         print(format_summary(summary, out))

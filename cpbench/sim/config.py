@@ -44,7 +44,9 @@ class LLMEngineConfig:
       ≈ 28 µs per prompt token (``prefill_ns_per_token``), i.e. ~35k prompt tokens/s;
     - KV capacity: 0.9 × 80 GB − 13.5 GB weights ≈ 58 GB / 512 KiB ≈ 110k tokens;
     - ``max_running_seqs`` 256 and a 2048-token chunked-prefill budget per step are vLLM's
-      defaults (``max_num_seqs``, ``max_num_batched_tokens`` with chunked prefill).
+      defaults (``max_num_seqs``, ``max_num_batched_tokens`` with chunked prefill);
+    - automatic prefix caching is on, as in vLLM v1, over 16-token blocks (vLLM's default
+      ``--block-size``), bounded by the KV cache (``sim/prefix_cache.py``).
     """
 
     model: str = "cpbench-llm-7b"
@@ -57,6 +59,9 @@ class LLMEngineConfig:
     decode_base_ns: int = 7_000_000
     decode_ns_per_seq: int = 30_000
     decode_ns_per_context_token: int = 160
+    # Automatic prefix caching (vLLM v1 has it on by default; 16-token blocks).
+    prefix_cache: bool = True
+    prefix_block_tokens: int = 16
 
 
 @dataclass
@@ -144,7 +149,7 @@ class SimConfig:
                                       f"integer; got {value!r}")
             for key in ("instances", "max_running_seqs", "kv_cache_tokens", "max_model_len",
                         "max_prefill_tokens_per_step", "max_batch_inputs", "max_batch_tokens",
-                        "max_input_tokens", "dimensions"):
+                        "max_input_tokens", "dimensions", "prefix_block_tokens"):
                 if getattr(engine, key, 1) < 1:
                     raise ConfigError(f"engine {engine.model!r}: {key} must be at least 1")
         unknown = sorted(set(self.deadline_ms) - set(KINDS))
