@@ -121,7 +121,9 @@ class _Req:
     def __init__(self, seq: int, rank: int = 1, deadline_ns: int = 10**12,
                  engine_kind: str = "llm", min_service_ns: int = 0) -> None:
         self.seq, self.rank, self.deadline_ns, self.engine_kind = seq, rank, deadline_ns, engine_kind
-        self.received_ns, self.min_service_ns = 0, min_service_ns
+        self.kind = "embedding" if engine_kind == "embedding" else "chat"
+        self.ttft_deadline_ns = deadline_ns
+        self.received_ns, self.min_service_ns, self.min_ttft_ns = 0, min_service_ns, 0
 
 
 def _order(policy, reqs, now_ns=0, capacity=100):

@@ -67,13 +67,22 @@ class LLMEngine(_EngineTask):
     """One LLM engine instance: continuous batching over a KV cache of fixed size.
 
     A request is admitted when a sequence slot is free and its whole KV footprint (prompt plus
-    ``max_tokens``) fits in the cache; it is reserved at admission, so no sequence is ever
-    preempted. Each step runs every decoding sequence one token and at most
+    ``max_tokens``) fits in the cache; it is reserved at admission, so a sequence never runs out
+    of cache mid-way. A policy may still evict sequences to make room (``preempt_for``, vLLM's
+    priority preemption): the evicted sequence loses its KV cache and, when admitted again,
+    recomputes it -- its prefill covers its prompt and every token it already generated
+    (``prefill_tokens``), then it goes on generating where it stopped.
+
+    Each step runs every decoding sequence one token and at most
     ``max_prefill_tokens_per_step`` prompt tokens of admitted sequences (chunked prefill, in
-    admission order); a sequence whose prefill completes emits its first token at the end of
-    that step. Step time = ``decode_base_ns`` + ``decode_ns_per_seq`` × decoding sequences +
-    ``decode_ns_per_context_token`` × their context tokens + ``prefill_ns_per_token`` × prompt
-    tokens in the step.
+    admission order); a sequence whose prefill completes emits its next token at the end of
+    that step. Step time (``step_ns``) = ``decode_base_ns`` + ``decode_ns_per_seq`` ×
+    decoding sequences + ``decode_ns_per_context_token`` × their context tokens +
+    ``prefill_ns_per_token`` × prompt tokens in the step.
+
+    Co-located embedding engines (``guests``) share this engine's GPU: a step also runs the
+    embedding batch a guest hands over (``EmbeddingEngine.take_batch``), and its time is added
+    to the step's, so each kind delays the other.
     """
 
     engine_kind = "llm"
@@ -84,14 +93,43 @@ class LLMEngine(_EngineTask):
         self.on_capacity = on_capacity
         self.running: list[Any] = []
         self.prefilling: deque[Any] = deque()
+        self.guests: list[EmbeddingEngine] = []
         self.kv_used_tokens = 0
         self.context_tokens = 0
         self.steps = 0
+        self.preemptions = 0
+        self.recomputed_tokens = 0
         # Pacing fidelity: modelled step time vs the time between the step's token writes.
         self.modelled_ns_total = 0
         self.actual_ns_total = 0
         self._wake = asyncio.Event()
         self._task: asyncio.Task[None] | None = None
+
+    # -- the cost model ----------------------------------------------------------------------
+    def step_ns(self, decoding: int, context_tokens: int, prefill_tokens: int) -> int:
+        """Modelled time of one step (see the class docstring)."""
+        cfg = self.cfg
+        return (cfg.decode_base_ns + cfg.decode_ns_per_seq * decoding
+                + cfg.decode_ns_per_context_token * context_tokens
+                + cfg.prefill_ns_per_token * prefill_tokens)
+
+    def prefill_tokens(self, req: Any) -> int:
+        """Tokens to prefill when ``req`` is admitted: the one place prefill work is charged.
+
+        A fresh request prefills its prompt; one that was preempted recomputes the KV cache of
+        its prompt and of every token it already generated (vLLM's preemption by recompute).
+        """
+        return max(req.prompt_tokens + req.generated, 1)
+
+    def min_service_ns(self, prompt_tokens: int, max_tokens: int) -> int:
+        """Least time from admission to the last token, on an idle engine."""
+        cfg = self.cfg
+        return (prompt_tokens * cfg.prefill_ns_per_token
+                + max_tokens * (cfg.decode_base_ns + cfg.decode_ns_per_seq))
+
+    def min_ttft_ns(self, prompt_tokens: int) -> int:
+        """Least time from admission to the first token, on an idle engine."""
+        return prompt_tokens * self.cfg.prefill_ns_per_token + self.cfg.decode_base_ns
 
     # -- admission (called by the scheduler) --------------------------------------------------
     def load(self) -> int:
@@ -107,18 +145,67 @@ class LLMEngine(_EngineTask):
         return (len(self.running) + len(self.prefilling) < self.cfg.max_running_seqs
                 and self.kv_used_tokens + req.kv_tokens <= self.cfg.kv_cache_tokens)
 
+    def keeps_deadlines(self, req: Any, now_ns: int) -> bool:
+        """Whether admitting ``req`` keeps every running request that can still meet its
+        deadline on course: the step time with ``req`` in the batch, bounded above by taking
+        the whole reserved KV cache as context, must fit each one's time left per token left.
+        A request already past saving (its time per token left is below today's step) does
+        not hold the batch back. This is the batch cap the deadline-aware policies apply."""
+        seqs = self.load()
+        if not seqs:
+            return True
+        now_step_ns = self.step_ns(seqs, self.context_tokens, 0)
+        new_step_ns = self.step_ns(seqs + 1, self.kv_used_tokens + req.kv_tokens, 0)
+        for other in (self.running, self.prefilling):
+            for r in other:
+                left = r.max_tokens - r.generated
+                time_left_ns = r.deadline_ns - now_ns
+                if left <= 0 or time_left_ns < left * now_step_ns:
+                    continue
+                if time_left_ns < left * new_step_ns:
+                    return False
+        return True
+
     def admit(self, req: Any) -> None:
         """Reserve KV cache and queue the request's prefill for the next step."""
         self.kv_used_tokens += req.kv_tokens
-        req.prefill_left = max(req.prompt_tokens, 1)
+        req.prefill_left = self.prefill_tokens(req)
+        if req.generated:
+            self.recomputed_tokens += req.prefill_left
         self.prefilling.append(req)
         self._wake.set()
 
-    def min_service_ns(self, prompt_tokens: int, max_tokens: int) -> int:
-        """Least time from admission to the last token, on an idle engine."""
-        cfg = self.cfg
-        return (prompt_tokens * cfg.prefill_ns_per_token
-                + max_tokens * (cfg.decode_base_ns + cfg.decode_ns_per_seq))
+    def preempt_for(self, req: Any) -> list[Any]:
+        """Evict decoding sequences of lower priority than ``req`` until it fits; return them.
+
+        Victims are taken lowest priority first, latest arrival first within a priority (the
+        ``max((priority, arrival))`` of vLLM's scheduler), and only if evicting them all makes
+        room; otherwise nothing is evicted and the list is empty. Each victim's KV cache is
+        freed; its tokens already sent stay sent. Sequences in prefill are not evicted: the
+        step in flight may be computing them.
+        """
+        key = (req.rank, req.seq)
+        candidates = sorted((r for r in self.running if (r.rank, r.seq) > key),
+                            key=lambda r: (r.rank, r.seq), reverse=True)
+        slots = self.cfg.max_running_seqs - self.load()
+        kv_free = self.cfg.kv_cache_tokens - self.kv_used_tokens
+        victims: list[Any] = []
+        for r in candidates:
+            if slots >= 1 and kv_free >= req.kv_tokens:
+                break
+            victims.append(r)
+            slots += 1
+            kv_free += r.kv_tokens
+        if not (slots >= 1 and kv_free >= req.kv_tokens):
+            return []
+        gone = set(map(id, victims))
+        self.running = [r for r in self.running if id(r) not in gone]
+        for r in victims:
+            self.kv_used_tokens -= r.kv_tokens
+            self.context_tokens -= r.prompt_tokens + r.generated
+            r.preemptions += 1
+        self.preemptions += len(victims)
+        return victims
 
     # -- the step loop -----------------------------------------------------------------------
     def _take_all(self) -> list[Any]:
@@ -127,21 +214,26 @@ class LLMEngine(_EngineTask):
         return taken
 
     async def _run(self) -> None:
-        cfg = self.cfg
         start_ns = _monotonic_ns()
         last_ns = start_ns
         while True:
-            if not self.running and not self.prefilling:
+            if not self.running and not self.prefilling and not any(
+                    g.pending for g in self.guests):
                 self._wake.clear()
                 await self._wake.wait()
                 start_ns = last_ns = _monotonic_ns()
             chunk, prefill_tokens = self._plan_prefill()
-            step_ns = (cfg.decode_base_ns + cfg.decode_ns_per_seq * len(self.running)
-                       + cfg.decode_ns_per_context_token * self.context_tokens
-                       + cfg.prefill_ns_per_token * prefill_tokens)
+            llm_busy = bool(self.running or chunk)
+            step_ns = (self.step_ns(len(self.running), self.context_tokens, prefill_tokens)
+                       if llm_busy else 0)
+            batches = [(g, g.take_batch(start_ns, llm_busy)) for g in self.guests]
+            step_ns += sum(g.batch_ns(tokens) for g, (batch, tokens) in batches if batch)
             end_ns = start_ns + step_ns
             await _sleep_until(end_ns)
             now_ns = _monotonic_ns()
+            for guest, (batch, _) in batches:
+                if batch:
+                    guest.finish_batch(batch, now_ns)
             # First tokens go out before decode tokens: TTFT is what clients measure most.
             started = self._finish_prefill(chunk, now_ns)
             self._decode(now_ns)
@@ -215,13 +307,24 @@ class LLMEngine(_EngineTask):
 class EmbeddingEngine(_EngineTask):
     """One embedding engine instance: runs one batch at a time, collecting the next meanwhile.
 
-    Requests admitted while a batch runs wait for the next batch, which starts as soon as the
-    current one ends; a batch holds at most ``max_batch_inputs`` texts and ``max_batch_tokens``
-    tokens (a single request larger than that runs alone). Batch time = ``batch_base_ns`` +
-    ``ns_per_token`` × tokens in the batch.
+    Requests admitted while a batch runs wait for the next batch; a batch holds at most
+    ``max_batch_inputs`` texts and ``max_batch_tokens`` tokens (a single request larger than
+    that runs alone). Batch time (``batch_ns``) = ``batch_base_ns`` + ``ns_per_token`` ×
+    tokens in the batch.
+
+    Alone (no ``host``), the engine has a GPU of its own and starts the next batch as soon as
+    the current one ends. Co-located (``colocate_with``), it shares an LLM engine's GPU: the
+    host runs the batch inside its next step (``take_batch``). An eager guest hands over
+    whatever is pending at every step, as a server that runs whatever is ready; a patient one
+    (``patient``, set from the policy) lets the batch fill while the LLM engine is busy, until
+    it is full or its oldest request has used ``PATIENCE_FRACTION`` of its deadline -- fewer
+    batches, so less of the per-batch cost taken from decode steps.
     """
 
     engine_kind = "embedding"
+    #: A patient guest's batch waits until its oldest request has used this share of the time
+    #: to its deadline: what is left covers one more step and the batch itself with margin.
+    PATIENCE_FRACTION = 0.4
 
     def __init__(self, cfg: EmbeddingEngineConfig, index: int,
                  on_capacity: Callable[[], None]) -> None:
@@ -233,8 +336,20 @@ class EmbeddingEngine(_EngineTask):
         self.pending_tokens = 0
         self.running: list[Any] = []
         self.batches = 0
+        self.host: LLMEngine | None = None
+        self.patient = False
         self._wake = asyncio.Event()
         self._task: asyncio.Task[None] | None = None
+
+    def colocate_with(self, host: LLMEngine) -> None:
+        """Share ``host``'s GPU from now on (before ``start``)."""
+        self.host = host
+        host.guests.append(self)
+
+    def start(self) -> None:
+        """Start the batch loop, unless a host runs the batches."""
+        if self.host is None:
+            super().start()
 
     def load(self) -> int:
         """Requests on this engine, running or collected for the next batch."""
@@ -251,16 +366,57 @@ class EmbeddingEngine(_EngineTask):
         return (self.pending_inputs + req.n_inputs <= self.cfg.max_batch_inputs
                 and self.pending_tokens + req.prompt_tokens <= self.cfg.max_batch_tokens)
 
+    def keeps_deadlines(self, req: Any, now_ns: int) -> bool:
+        """Embedding batches are capped by size alone."""
+        return True
+
     def admit(self, req: Any) -> None:
         """Add the request to the next batch."""
         self.pending.append(req)
         self.pending_inputs += req.n_inputs
         self.pending_tokens += req.prompt_tokens
-        self._wake.set()
+        (self.host._wake if self.host is not None else self._wake).set()
+
+    def batch_ns(self, tokens: int) -> int:
+        """Modelled time of a batch of ``tokens`` tokens."""
+        return self.cfg.batch_base_ns + tokens * self.cfg.ns_per_token
 
     def min_service_ns(self, prompt_tokens: int, max_tokens: int) -> int:
         """Time of a batch holding only this request."""
-        return self.cfg.batch_base_ns + prompt_tokens * self.cfg.ns_per_token
+        return self.batch_ns(prompt_tokens)
+
+    def min_ttft_ns(self, prompt_tokens: int) -> int:
+        """The result is the first (and only) answer: the time of a batch of its own."""
+        return self.batch_ns(prompt_tokens)
+
+    def take_batch(self, now_ns: int, host_busy: bool) -> tuple[list[Any], int]:
+        """The batch the host runs in the step starting at ``now_ns``, and its tokens; an
+        empty list when nothing is pending or a patient guest lets the batch fill."""
+        pending = self.pending
+        if not pending:
+            return [], 0
+        if self.patient and host_busy and not self._due(now_ns):
+            return [], 0
+        batch, tokens = pending, self.pending_tokens
+        self.pending, self.pending_inputs, self.pending_tokens = [], 0, 0
+        self.running = batch
+        return batch, tokens
+
+    def _due(self, now_ns: int) -> bool:
+        cfg = self.cfg
+        if (self.pending_inputs >= cfg.max_batch_inputs
+                or self.pending_tokens >= cfg.max_batch_tokens):
+            return True
+        oldest = min(self.pending, key=lambda r: r.deadline_ns)
+        used = now_ns - oldest.received_ns
+        return used >= self.PATIENCE_FRACTION * (oldest.deadline_ns - oldest.received_ns)
+
+    def finish_batch(self, batch: list[Any], now_ns: int) -> None:
+        """The batch ran: answer its requests."""
+        self.running = []
+        self.batches += 1
+        for req in batch:
+            req.finish(now_ns)
 
     def _take_all(self) -> list[Any]:
         taken = [*self.running, *self.pending]
@@ -272,16 +428,9 @@ class EmbeddingEngine(_EngineTask):
             if not self.pending:
                 self._wake.clear()
                 await self._wake.wait()
-            batch, tokens = self.pending, self.pending_tokens
-            self.pending, self.pending_inputs, self.pending_tokens = [], 0, 0
-            self.running = batch
+            batch, tokens = self.take_batch(0, False)
             # The queue may refill the next batch while this one runs.
             self.on_capacity()
-            start_ns = _monotonic_ns()
-            await _sleep_until(start_ns + self.cfg.batch_base_ns + tokens * self.cfg.ns_per_token)
-            now_ns = _monotonic_ns()
-            self.running = []
-            self.batches += 1
-            for req in batch:
-                req.finish(now_ns)
+            await _sleep_until(_monotonic_ns() + self.batch_ns(tokens))
+            self.finish_batch(batch, _monotonic_ns())
             self.on_capacity()

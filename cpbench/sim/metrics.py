@@ -69,6 +69,19 @@ class _LiveCollector:
                 modelled.add_metric(labels, engine.modelled_ns_total / 1e9)
                 actual.add_metric(labels, engine.actual_ns_total / 1e9)
         yield from (steps, modelled, actual)
+        counts = sched.stats()
+        preempted = CounterMetricFamily("cpbench_sim_preemptions", "LLM sequences preempted "
+                                        "(KV cache freed, recomputed when admitted again)",
+                                        labels=["policy"])
+        for name, n in counts["preempted"].items():
+            preempted.add_metric([name], n)
+        hopeless = CounterMetricFamily("cpbench_sim_hopeless_requests", "Requests a "
+                                       "deadline-aware policy set aside as unable to meet their "
+                                       "deadline (served last)", labels=["policy", "kind"])
+        for name, kinds in counts["hopeless"].items():
+            for kind, n in kinds.items():
+                hopeless.add_metric([name, kind], n)
+        yield from (preempted, hopeless)
         faults = CounterMetricFamily("cpbench_sim_faults", "Faults injected, by mode",
                                      labels=["mode"])
         for mode, n in self._faults.counts.items():
