@@ -61,13 +61,13 @@ TRACES: dict[str, tuple[str, dict]] = {
                          period_s=15.0, mode="hybrid", llm_ratio=0.2, chat_share=0.9,
                          seed=106)),
     # On-off like the Azure 2023 code trace (gap CV ~13, most seconds idle, 1-s peaks ~26x
-    # the mean): near-silence (2 req/s) broken by 3-s bursts at 150 req/s every 15 s; each
+    # the mean): near-silence (0.2 req/s) broken by 3-s bursts at 150 req/s every 15 s; each
     # burst brings ~315 LLM requests, past the ~220 sequences the engine holds, so ~100 wait
     # in the control plane and the backlog takes ~9 s to clear. Poisson or gamma arrivals
     # cannot produce this shape.
-    "burst": ("hybrid 70/30, on-off bursts: 150 req/s for 3 s every 15 s, 2 req/s between "
-              "(mean ~32 req/s, 1-s peak ~5x mean)",
-              dict(pattern="burst", rate_rps=2.0, burst_rps=150.0, burst_s=3.0,
+    "burst": ("hybrid 70/30, on-off bursts: 150 req/s for 3 s every 15 s, 0.2 req/s between "
+              "(mean ~30 req/s, 1-s peak ~6x mean)",
+              dict(pattern="burst", rate_rps=0.2, burst_rps=150.0, burst_s=3.0,
                    period_s=15.0, mode="hybrid", llm_ratio=0.7, chat_share=0.9, seed=107)),
 }
 

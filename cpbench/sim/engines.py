@@ -9,6 +9,10 @@ Steps follow a fixed timeline: a step that starts at ``start_ns`` ends at ``star
 and the next one starts there, not when the event loop happened to wake, so timer jitter (the
 loop's timers have millisecond resolution) never accumulates into the token rate.
 
+An embedding engine either has a GPU of its own (its own task and timer) or is co-located
+with an LLM engine, whose steps then also run its batches (``LLMEngine.guests``), so the two
+kinds share one modelled GPU timeline.
+
 Engines hand on: tokens and completions to the requests (``wire.SimRequest``), and a call to
 ``on_capacity()`` after every step so the scheduler can admit waiting requests.
 """
