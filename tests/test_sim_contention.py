@@ -28,10 +28,11 @@ class _Req:
 
     def __init__(self, seq: int, *, rank: int = 1, prompt: int = 10, max_tokens: int = 10,
                  generated: int = 0, deadline_ns: int = 10**12, received_ns: int = 0,
-                 n_inputs: int = 1) -> None:
+                 n_inputs: int = 1, ttft_deadline_ns: int = 10**12) -> None:
         self.seq, self.rank, self.prompt_tokens, self.max_tokens = seq, rank, prompt, max_tokens
         self.generated, self.deadline_ns, self.received_ns = generated, deadline_ns, received_ns
         self.kv_tokens, self.n_inputs, self.preemptions = prompt + max_tokens, n_inputs, 0
+        self.ttft_deadline_ns, self.prefill_left = ttft_deadline_ns, 0
 
 
 def _engine(**kw: int) -> LLMEngine:
@@ -57,18 +58,39 @@ def test_preempt_for_evicts_lowest_priority_latest_first_and_only_if_it_fits():
     assert engine.preemptions == 1 and len(engine.running) == 2
 
 
-def test_keeps_deadlines_caps_the_batch_by_time_left_per_token():
-    # Step = 2 ms + 1 ms per sequence; context costs nothing here.
+def test_keeps_deadlines_caps_the_batch_where_the_median_request_would_be_late():
+    # Step = 2 ms + 1 ms per sequence; context and prefill cost nothing here.
     engine = _engine(decode_ns_per_seq=MS)
-    urgent = _Req(1, max_tokens=10, deadline_ns=45 * MS)       # 4.5 ms a token left at t=0
-    engine.running.append(urgent)
-    assert engine.keeps_deadlines(_Req(2), 0)                  # 2 seqs: a 4 ms step fits
-    engine.running.append(_Req(3))
-    assert not engine.keeps_deadlines(_Req(4), 0)              # 3 seqs: 5 ms does not
-    # At 15 ms it has 3 ms a token left, under today's 4 ms step: past saving, so it no
-    # longer holds the batch back.
-    assert engine.keeps_deadlines(_Req(4), 15 * MS)
-    assert _engine().keeps_deadlines(_Req(1), 0)               # an idle engine takes anything
+    engine.running.append(_Req(1, max_tokens=10, deadline_ns=45 * MS))   # 10 tokens in 45 ms
+    assert engine.keeps_deadlines(_Req(9), 0)                  # 2 seqs: 10 x 4 ms on time
+    engine.running.append(_Req(2))                             # no deadline to speak of
+    assert engine.keeps_deadlines(_Req(9), 0)                  # 3 seqs: 1 of 2 late, a half
+    engine.running.append(_Req(3, max_tokens=10, deadline_ns=45 * MS))
+    assert not engine.keeps_deadlines(_Req(9), 0)              # 4 seqs: 2 of 3 late
+    # Requests whose deadline has passed are not counted: the batch grows again.
+    assert engine.keeps_deadlines(_Req(9), 45 * MS)
+    assert _engine().keeps_deadlines(_Req(9), 0)               # an idle engine takes anything
+
+
+def test_keeps_deadlines_counts_the_prefill_queued_on_the_engine():
+    def engine(prefill_ns_per_token: int) -> LLMEngine:
+        # Step = 2 ms + 1 ms per sequence; two requests with 10 tokens to go in 50 ms, one
+        # of them waiting for the prefill of its 80-token prompt.
+        e = _engine(decode_ns_per_seq=MS, prefill_ns_per_token=prefill_ns_per_token)
+        e.running.append(_Req(1, max_tokens=10, deadline_ns=50 * MS))
+        waiting = _Req(2, prompt=80, max_tokens=10, deadline_ns=50 * MS)
+        waiting.prefill_left = 80
+        e.prefilling.append(waiting)
+        return e
+    # 3 seqs make a 5 ms step: 10 x 5 ms = 50 ms, just on time without prefill cost...
+    assert engine(0).keeps_deadlines(_Req(9), 0)
+    # ... but 80 + 10 prompt tokens at 0.1 ms each add 9 ms: both would be late.
+    assert not engine(100_000).keeps_deadlines(_Req(9), 0)
+    # The new request's first token comes after 9 ms of prefill and a 2 ms step.
+    lone = engine(100_000)
+    lone.running[0].deadline_ns = lone.prefilling[0].deadline_ns = 10**12
+    assert lone.keeps_deadlines(_Req(9, ttft_deadline_ns=11 * MS), 0)
+    assert not lone.keeps_deadlines(_Req(9, ttft_deadline_ns=10 * MS), 0)
 
 
 def test_patient_embedding_batches_wait_for_size_or_deadline():
@@ -79,8 +101,8 @@ def test_patient_embedding_batches_wait_for_size_or_deadline():
     assert emb.take_batch(100 * MS, host_busy=True) == ([], 0)       # 20 % of its deadline
     assert emb.take_batch(100 * MS, host_busy=False)[0] != []       # idle GPU: run it now
     emb.admit(_Req(2, n_inputs=1, deadline_ns=500 * MS))
-    assert emb.take_batch(199 * MS, host_busy=True) == ([], 0)
-    assert len(emb.take_batch(200 * MS, host_busy=True)[0]) == 1    # 40 % used: due
+    assert emb.take_batch(124 * MS, host_busy=True) == ([], 0)
+    assert len(emb.take_batch(125 * MS, host_busy=True)[0]) == 1    # 25 % used: due
     emb.admit(_Req(3, n_inputs=4, deadline_ns=500 * MS))
     assert len(emb.take_batch(0, host_busy=True)[0]) == 1           # full: due at once
     emb.patient = False

@@ -150,25 +150,39 @@ class LLMEngine(_EngineTask):
                 and self.kv_used_tokens + req.kv_tokens <= self.cfg.kv_cache_tokens)
 
     def keeps_deadlines(self, req: Any, now_ns: int) -> bool:
-        """Whether admitting ``req`` keeps every running request that can still meet its
-        deadline on course: the step time with ``req`` in the batch, bounded above by taking
-        the whole reserved KV cache as context, must fit each one's time left per token left.
-        A request already past saving (its time per token left is below today's step) does
-        not hold the batch back. This is the batch cap the deadline-aware policies apply."""
+        """Whether admitting ``req`` keeps the batch on course: the batch cap the
+        deadline-aware policies apply.
+
+        A request with ``left`` tokens to go is predicted to finish after ``left`` steps of the
+        batch with ``req`` in it (context bounded above by the whole reserved KV cache) plus
+        the prefill work queued on the engine, ``req``'s included (chunked prefill runs inside
+        the same steps, so it delays everyone). ``req`` is admitted while at least half of the
+        running requests whose deadline is still ahead are predicted on time -- the median
+        request's time per output token is protected, not the tail's: a long answer whose
+        deadline needs a near-empty engine must not hold the whole batch back. ``req`` must
+        also be able to get its first token by its first-token deadline (an idle engine takes
+        it anyway: waiting cannot make it faster).
+        """
+        cfg = self.cfg
         seqs = self.load()
         if not seqs:
             return True
-        now_step_ns = self.step_ns(seqs, self.context_tokens, 0)
+        prefill_ns = cfg.prefill_ns_per_token * (
+            sum(r.prefill_left for r in self.prefilling) + self.prefill_tokens(req))
+        if now_ns + prefill_ns + cfg.decode_base_ns > req.ttft_deadline_ns:
+            return False
         new_step_ns = self.step_ns(seqs + 1, self.kv_used_tokens + req.kv_tokens, 0)
-        for other in (self.running, self.prefilling):
-            for r in other:
+        ahead = late = 0
+        for group in (self.running, self.prefilling):
+            for r in group:
                 left = r.max_tokens - r.generated
                 time_left_ns = r.deadline_ns - now_ns
-                if left <= 0 or time_left_ns < left * now_step_ns:
+                if left <= 0 or time_left_ns <= 0:
                     continue
-                if time_left_ns < left * new_step_ns:
-                    return False
-        return True
+                ahead += 1
+                if time_left_ns < left * new_step_ns + prefill_ns:
+                    late += 1
+        return 2 * late <= ahead
 
     def admit(self, req: Any) -> None:
         """Reserve KV cache and queue the request's prefill for the next step."""
@@ -327,8 +341,9 @@ class EmbeddingEngine(_EngineTask):
 
     engine_kind = "embedding"
     #: A patient guest's batch waits until its oldest request has used this share of the time
-    #: to its deadline: what is left covers one more step and the batch itself with margin.
-    PATIENCE_FRACTION = 0.4
+    #: to its deadline: what is left covers one more step (up to ~100 ms in a burst), the
+    #: batch and the HTTP round trip on a busy host.
+    PATIENCE_FRACTION = 0.25
 
     def __init__(self, cfg: EmbeddingEngineConfig, index: int,
                  on_capacity: Callable[[], None]) -> None:
