@@ -91,6 +91,9 @@ def test_keeps_deadlines_counts_the_prefill_queued_on_the_engine():
     lone.running[0].deadline_ns = lone.prefilling[0].deadline_ns = 10**12
     assert lone.keeps_deadlines(_Req(9, ttft_deadline_ns=11 * MS), 0)
     assert not lone.keeps_deadlines(_Req(9, ttft_deadline_ns=10 * MS), 0)
+    # A request already past its first-token deadline (set aside as late) is not held back
+    # by it, or it could only ever run on an idle engine.
+    assert lone.keeps_deadlines(_Req(9, ttft_deadline_ns=10 * MS), 20 * MS)
 
 
 def test_patient_embedding_batches_wait_for_size_or_deadline():

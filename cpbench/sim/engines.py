@@ -160,8 +160,9 @@ class LLMEngine(_EngineTask):
         running requests whose deadline is still ahead are predicted on time -- the median
         request's time per output token is protected, not the tail's: a long answer whose
         deadline needs a near-empty engine must not hold the whole batch back. ``req`` must
-        also be able to get its first token by its first-token deadline (an idle engine takes
-        it anyway: waiting cannot make it faster).
+        also be able to get its first token by its first-token deadline, unless that has
+        passed already (a late request set aside by the policy) or the engine is idle
+        (waiting cannot make it faster).
         """
         cfg = self.cfg
         seqs = self.load()
@@ -169,8 +170,8 @@ class LLMEngine(_EngineTask):
             return True
         prefill_ns = cfg.prefill_ns_per_token * (
             sum(r.prefill_left for r in self.prefilling) + self.prefill_tokens(req))
-        if now_ns + prefill_ns + cfg.decode_base_ns > req.ttft_deadline_ns:
-            return False
+        if now_ns < req.ttft_deadline_ns < now_ns + prefill_ns + cfg.decode_base_ns:
+            return False   # it would miss a first-token deadline it can still make later
         new_step_ns = self.step_ns(seqs + 1, self.kv_used_tokens + req.kv_tokens, 0)
         ahead = late = 0
         for group in (self.running, self.prefilling):
