@@ -55,7 +55,8 @@ class _LiveCollector:
                 running.add_metric(labels, len(engine.running))
                 waiting.add_metric(labels, len(engine.pending))
         yield from (running, waiting, kv_pct, kv_tok)
-        steps = CounterMetricFamily("cpbench_sim_engine_steps", "LLM decode steps run",
+        steps = CounterMetricFamily("cpbench_sim_engine_steps", "GPU steps run by an LLM engine "
+                                    "(decode steps, with any co-located embedding batch)",
                                     labels=["engine", "model"])
         modelled = CounterMetricFamily("cpbench_sim_engine_modelled_step_seconds", "Sum of the "
                                        "modelled step times", labels=["engine", "model"])
