@@ -106,10 +106,13 @@ def test_patient_embedding_batches_wait_for_size_or_deadline():
     emb.admit(_Req(2, n_inputs=1, deadline_ns=500 * MS))
     assert emb.take_batch(124 * MS, host_busy=True) == ([], 0)
     assert len(emb.take_batch(125 * MS, host_busy=True)[0]) == 1    # 25 % used: due
-    emb.admit(_Req(3, n_inputs=4, deadline_ns=500 * MS))
-    assert len(emb.take_batch(0, host_busy=True)[0]) == 1           # full: due at once
+    emb.admit(_Req(3, n_inputs=3, deadline_ns=500 * MS))
+    assert emb.take_batch(0, host_busy=True) == ([], 0)             # 3 of 4 inputs
+    assert not emb.can_admit(_Req(4, n_inputs=2))                   # the next one won't fit:
+    assert len(emb.take_batch(0, host_busy=True)[0]) == 1           # full, due at once
+    assert not emb.full
     emb.patient = False
-    emb.admit(_Req(4, n_inputs=1, deadline_ns=500 * MS))
+    emb.admit(_Req(5, n_inputs=1, deadline_ns=500 * MS))
     assert len(emb.take_batch(0, host_busy=True)[0]) == 1           # eager: every step
 
 

@@ -336,7 +336,8 @@ class EmbeddingEngine(_EngineTask):
     host runs the batch inside its next step (``take_batch``). An eager guest hands over
     whatever is pending at every step, as a server that runs whatever is ready; a patient one
     (``patient``, set from the policy) lets the batch fill while the LLM engine is busy, until
-    it is full or its oldest request has used ``PATIENCE_FRACTION`` of its deadline -- fewer
+    it is full (a waiting request did not fit) or its oldest request has used
+    ``PATIENCE_FRACTION`` of its deadline -- fewer
     batches, so less of the per-batch cost taken from decode steps.
     """
 
@@ -358,6 +359,7 @@ class EmbeddingEngine(_EngineTask):
         self.batches = 0
         self.host: LLMEngine | None = None
         self.patient = False
+        self.full = False   # a request waits that the next batch cannot take
         self._wake = asyncio.Event()
         self._task: asyncio.Task[None] | None = None
 
@@ -380,11 +382,14 @@ class EmbeddingEngine(_EngineTask):
         return True
 
     def can_admit(self, req: Any) -> bool:
-        """Whether the request joins the next batch without overfilling it."""
+        """Whether the request joins the next batch without overfilling it. A refusal marks
+        the batch full, so a patient host runs it at its next step."""
         if not self.pending:
             return True
-        return (self.pending_inputs + req.n_inputs <= self.cfg.max_batch_inputs
+        fits = (self.pending_inputs + req.n_inputs <= self.cfg.max_batch_inputs
                 and self.pending_tokens + req.prompt_tokens <= self.cfg.max_batch_tokens)
+        self.full = self.full or not fits
+        return fits
 
     def keeps_deadlines(self, req: Any, now_ns: int) -> bool:
         """Embedding batches are capped by size alone."""
@@ -419,13 +424,11 @@ class EmbeddingEngine(_EngineTask):
             return [], 0
         batch, tokens = pending, self.pending_tokens
         self.pending, self.pending_inputs, self.pending_tokens = [], 0, 0
-        self.running = batch
+        self.running, self.full = batch, False
         return batch, tokens
 
     def _due(self, now_ns: int) -> bool:
-        cfg = self.cfg
-        if (self.pending_inputs >= cfg.max_batch_inputs
-                or self.pending_tokens >= cfg.max_batch_tokens):
+        if self.full:
             return True
         oldest = min(self.pending, key=lambda r: r.deadline_ns)
         used = now_ns - oldest.received_ns
