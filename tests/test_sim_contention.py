@@ -97,7 +97,8 @@ def test_keeps_deadlines_counts_the_prefill_queued_on_the_engine():
 
 
 def test_patient_embedding_batches_wait_for_size_or_deadline():
-    emb = EmbeddingEngine(EmbeddingEngineConfig(max_batch_inputs=4), 0, lambda: None)
+    emb = EmbeddingEngine(EmbeddingEngineConfig(max_batch_inputs=4, batch_base_ns=3 * MS,
+                                                ns_per_token=1000), 0, lambda: None)
     emb.colocate_with(_engine())
     emb.admit(_Req(1, n_inputs=1, deadline_ns=500 * MS, received_ns=0))
     emb.patient = True
@@ -108,12 +109,20 @@ def test_patient_embedding_batches_wait_for_size_or_deadline():
     assert len(emb.take_batch(125 * MS, host_busy=True)[0]) == 1    # 25 % used: due
     emb.admit(_Req(3, n_inputs=3, deadline_ns=500 * MS))
     assert emb.take_batch(0, host_busy=True) == ([], 0)             # 3 of 4 inputs
-    assert not emb.can_admit(_Req(4, n_inputs=2))                   # the next one won't fit:
-    assert len(emb.take_batch(0, host_busy=True)[0]) == 1           # full, due at once
-    assert not emb.full
+    assert emb.can_admit(_Req(4, n_inputs=2))                        # co-located: takes all
+    emb.admit(_Req(4, n_inputs=2, deadline_ns=500 * MS))            # 5 inputs: a full batch
+    # Due at once; 5 inputs are 2 batches: 2 x 3 ms + 20 prompt tokens x 1 us.
+    batch, gpu_ns = emb.take_batch(0, host_busy=True)
+    assert len(batch) == 2 and gpu_ns == 6 * MS + 20_000 and not emb.full
     emb.patient = False
     emb.admit(_Req(5, n_inputs=1, deadline_ns=500 * MS))
     assert len(emb.take_batch(0, host_busy=True)[0]) == 1           # eager: every step
+
+
+def test_embedding_engine_alone_collects_one_batch_at_a_time():
+    emb = EmbeddingEngine(EmbeddingEngineConfig(max_batch_inputs=4), 0, lambda: None)
+    emb.admit(_Req(1, n_inputs=3))
+    assert not emb.can_admit(_Req(2, n_inputs=2)) and emb.full
 
 
 async def _chat(session, url, max_tokens, priority, results):

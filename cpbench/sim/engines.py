@@ -246,7 +246,7 @@ class LLMEngine(_EngineTask):
             step_ns = (self.step_ns(len(self.running), self.context_tokens, prefill_tokens)
                        if llm_busy else 0)
             batches = [(g, g.take_batch(start_ns, llm_busy)) for g in self.guests]
-            step_ns += sum(g.batch_ns(tokens) for g, (batch, tokens) in batches if batch)
+            step_ns += sum(gpu_ns for _, (_, gpu_ns) in batches)
             end_ns = start_ns + step_ns
             await _sleep_until(end_ns)
             now_ns = _monotonic_ns()
@@ -326,19 +326,20 @@ class LLMEngine(_EngineTask):
 class EmbeddingEngine(_EngineTask):
     """One embedding engine instance: runs one batch at a time, collecting the next meanwhile.
 
-    Requests admitted while a batch runs wait for the next batch; a batch holds at most
-    ``max_batch_inputs`` texts and ``max_batch_tokens`` tokens (a single request larger than
-    that runs alone). Batch time (``batch_ns``) = ``batch_base_ns`` + ``ns_per_token`` ×
-    tokens in the batch.
+    A batch holds at most ``max_batch_inputs`` texts and ``max_batch_tokens`` tokens; a
+    request larger than that runs as as many batches as it needs. Time of ``n`` batches
+    (``batch_ns``) = ``n`` × ``batch_base_ns`` + ``ns_per_token`` × their tokens.
 
-    Alone (no ``host``), the engine has a GPU of its own and starts the next batch as soon as
-    the current one ends. Co-located (``colocate_with``), it shares an LLM engine's GPU: the
-    host runs the batch inside its next step (``take_batch``). An eager guest hands over
-    whatever is pending at every step, as a server that runs whatever is ready; a patient one
-    (``patient``, set from the policy) lets the batch fill while the LLM engine is busy, until
-    it is full (a waiting request did not fit) or its oldest request has used
-    ``PATIENCE_FRACTION`` of its deadline -- fewer
-    batches, so less of the per-batch cost taken from decode steps.
+    Alone (no ``host``), the engine has a GPU of its own: requests admitted while a batch runs
+    wait for the next batch, which starts as soon as the current one ends. Co-located
+    (``colocate_with``), it shares an LLM engine's GPU: it takes every request offered, and
+    the host runs what is pending, as many batches as it takes, inside its next step
+    (``take_batch``), so embedding throughput is bounded by GPU time, as on a real shared GPU.
+    An eager guest hands over whatever is pending at every step, as a server that runs
+    whatever is ready; a patient one (``patient``, set from the policy) lets the batch fill
+    while the LLM engine is busy, until a full batch is pending or its oldest request has used
+    ``PATIENCE_FRACTION`` of the time to its deadline -- fewer batches, so less of the
+    per-batch cost taken from decode steps.
     """
 
     engine_kind = "embedding"
@@ -359,7 +360,8 @@ class EmbeddingEngine(_EngineTask):
         self.batches = 0
         self.host: LLMEngine | None = None
         self.patient = False
-        self.full = False   # a request waits that the next batch cannot take
+        self.full = False   # a full batch is pending, or a request waits that it cannot take
+        self._running_batches = 0
         self._wake = asyncio.Event()
         self._task: asyncio.Task[None] | None = None
 
@@ -382,9 +384,9 @@ class EmbeddingEngine(_EngineTask):
         return True
 
     def can_admit(self, req: Any) -> bool:
-        """Whether the request joins the next batch without overfilling it. A refusal marks
-        the batch full, so a patient host runs it at its next step."""
-        if not self.pending:
+        """Whether the request joins the next batch without overfilling it (co-located: always,
+        the host runs as many batches as are pending). A refusal marks the batch full."""
+        if not self.pending or self.host is not None:
             return True
         fits = (self.pending_inputs + req.n_inputs <= self.cfg.max_batch_inputs
                 and self.pending_tokens + req.prompt_tokens <= self.cfg.max_batch_tokens)
@@ -400,11 +402,19 @@ class EmbeddingEngine(_EngineTask):
         self.pending.append(req)
         self.pending_inputs += req.n_inputs
         self.pending_tokens += req.prompt_tokens
+        cfg = self.cfg
+        if (self.pending_inputs >= cfg.max_batch_inputs
+                or self.pending_tokens >= cfg.max_batch_tokens):
+            self.full = True
         (self.host._wake if self.host is not None else self._wake).set()
 
-    def batch_ns(self, tokens: int) -> int:
-        """Modelled time of a batch of ``tokens`` tokens."""
-        return self.cfg.batch_base_ns + tokens * self.cfg.ns_per_token
+    def batch_ns(self, tokens: int, batches: int = 1) -> int:
+        """Modelled time of ``batches`` batches holding ``tokens`` tokens in all."""
+        return batches * self.cfg.batch_base_ns + tokens * self.cfg.ns_per_token
+
+    def _batches(self, inputs: int, tokens: int) -> int:
+        cfg = self.cfg
+        return max(1, -(-inputs // cfg.max_batch_inputs), -(-tokens // cfg.max_batch_tokens))
 
     def min_service_ns(self, prompt_tokens: int, max_tokens: int) -> int:
         """Time of a batch holding only this request."""
@@ -415,17 +425,18 @@ class EmbeddingEngine(_EngineTask):
         return self.batch_ns(prompt_tokens)
 
     def take_batch(self, now_ns: int, host_busy: bool) -> tuple[list[Any], int]:
-        """The batch the host runs in the step starting at ``now_ns``, and its tokens; an
-        empty list when nothing is pending or a patient guest lets the batch fill."""
+        """The requests to run now (the step starting at ``now_ns``, for a host) and their GPU
+        time; nothing when nothing is pending or a patient guest lets the batch fill."""
         pending = self.pending
         if not pending:
             return [], 0
         if self.patient and host_busy and not self._due(now_ns):
             return [], 0
-        batch, tokens = pending, self.pending_tokens
+        batches = self._batches(self.pending_inputs, self.pending_tokens)
+        gpu_ns = self.batch_ns(self.pending_tokens, batches)
         self.pending, self.pending_inputs, self.pending_tokens = [], 0, 0
-        self.running, self.full = batch, False
-        return batch, tokens
+        self.running, self.full, self._running_batches = pending, False, batches
+        return pending, gpu_ns
 
     def _due(self, now_ns: int) -> bool:
         if self.full:
@@ -437,7 +448,7 @@ class EmbeddingEngine(_EngineTask):
     def finish_batch(self, batch: list[Any], now_ns: int) -> None:
         """The batch ran: answer its requests."""
         self.running = []
-        self.batches += 1
+        self.batches += self._running_batches
         for req in batch:
             req.finish(now_ns)
 
@@ -451,9 +462,9 @@ class EmbeddingEngine(_EngineTask):
             if not self.pending:
                 self._wake.clear()
                 await self._wake.wait()
-            batch, tokens = self.take_batch(0, False)
+            batch, gpu_ns = self.take_batch(0, False)
             # The queue may refill the next batch while this one runs.
             self.on_capacity()
-            await _sleep_until(_monotonic_ns() + self.batch_ns(tokens))
+            await _sleep_until(_monotonic_ns() + gpu_ns)
             self.finish_batch(batch, _monotonic_ns())
             self.on_capacity()
