@@ -73,7 +73,7 @@ def _ttft_p99_ms(run_dir: Path, priority: str) -> float:
 def test_priority_gives_high_a_lower_ttft_p99_than_low(comparison):
     high = _ttft_p99_ms(comparison["dir"] / "priority", "HIGH")
     low = _ttft_p99_ms(comparison["dir"] / "priority", "LOW")
-    assert high < low and high < 2000.0, (high, low)
+    assert high < low, (high, low)
     # Paired with the same requests under fifo, HIGH does better, with an interval that
     # excludes 0. (At this compression fifo's HIGH requests time out too often for a p99 to
     # exist; at --speed 1 the p99 interval itself excludes 0, see traces/README.md.)
