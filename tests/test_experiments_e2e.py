@@ -19,8 +19,8 @@ pytestmark = pytest.mark.integration
 
 ROOT = Path(__file__).resolve().parents[1]
 BURST = ROOT / "traces" / "burst.arrow"
-# LLM engine with 16 slots and 2 ms steps: the first burst of burst.arrow (173 LLM requests,
-# 92 embeddings in 1 s) queues at the control plane for seconds.
+# LLM engine with 16 slots and 2 ms steps: the first burst of burst.arrow (324 LLM requests,
+# 150 embeddings in 3 s) queues at the control plane for seconds.
 BURST_SIM = {"llm": [{"max_running_seqs": 16, "decode_base_ns": 2_000_000,
                       "decode_ns_per_seq": 0, "decode_ns_per_context_token": 0,
                       "prefill_ns_per_token": 1_000}]}

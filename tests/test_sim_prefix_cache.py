@@ -104,7 +104,7 @@ def test_engine_prefills_only_uncached_tokens():
             self.max_tokens = 1
             self.kv_tokens = self.prompt_tokens + 1
             self.prefix_hashes = block_hashes(words, 16)
-            self.cached_tokens = 0
+            self.cached_tokens = self.generated = 0
 
     async def go():
         engine = LLMEngine(LLMEngineConfig(), 0, lambda: None)

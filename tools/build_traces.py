@@ -42,23 +42,33 @@ TRACES: dict[str, tuple[str, dict]] = {
     "heavy": ("LLM only, gamma (gap CV 1.4) 36 req/s: ~120% of capacity, queues grow",
               dict(pattern="gamma", rate_rps=36.0, shape=0.5, mode="llm", chat_share=0.9,
                    seed=103)),
-    "balanced": ("hybrid 50/50, Poisson 40 req/s (20 LLM: ~65% + 20 embedding)",
-                 dict(pattern="poisson", rate_rps=40.0, mode="hybrid", llm_ratio=0.5,
-                      chat_share=0.9, seed=104)),
-    "llm_heavy": ("hybrid 80/20 LLM/embedding, Poisson 35 req/s (28 LLM: ~95% of capacity)",
-                  dict(pattern="poisson", rate_rps=35.0, mode="hybrid", llm_ratio=0.8,
-                       chat_share=0.9, seed=105)),
-    "embed_heavy": ("hybrid 20/80 LLM/embedding, Poisson 120 req/s (24 LLM + 96 embedding)",
-                    dict(pattern="poisson", rate_rps=120.0, mode="hybrid", llm_ratio=0.2,
-                         chat_share=0.9, seed=106)),
+    # The hybrid traces alternate a base load under capacity with 3-s bursts every 15 s
+    # (at 0, 15, 30 and 45 s) that bring more LLM requests than the engine holds at once
+    # (~220 sequences), so a queue forms in the control plane for several seconds and the
+    # policies decide who waits, who is admitted and who is preempted; the 12 s between
+    # bursts let the queue drain, so each burst starts from a near-idle engine.
+    "balanced": ("hybrid 50/50: Poisson 20 req/s (10 LLM: ~35% of capacity), bursts of "
+                 "180 req/s (90 LLM) for 3 s every 15 s",
+                 dict(pattern="burst", rate_rps=20.0, burst_rps=180.0, burst_s=3.0,
+                      period_s=15.0, mode="hybrid", llm_ratio=0.5, chat_share=0.9, seed=104)),
+    "llm_heavy": ("hybrid 80/20 LLM/embedding: Poisson 20 req/s (16 LLM: ~55% of capacity), "
+                  "bursts of 120 req/s (96 LLM) for 3 s every 15 s",
+                  dict(pattern="burst", rate_rps=20.0, burst_rps=120.0, burst_s=3.0,
+                       period_s=15.0, mode="hybrid", llm_ratio=0.8, chat_share=0.9, seed=105)),
+    "embed_heavy": ("hybrid 20/80 LLM/embedding: Poisson 60 req/s (12 LLM + 48 embedding), "
+                    "bursts of 300 req/s (60 LLM + 240 embedding) for 3 s every 15 s",
+                    dict(pattern="burst", rate_rps=60.0, burst_rps=300.0, burst_s=3.0,
+                         period_s=15.0, mode="hybrid", llm_ratio=0.2, chat_share=0.9,
+                         seed=106)),
     # On-off like the Azure 2023 code trace (gap CV ~13, most seconds idle, 1-s peaks ~26x
-    # the mean): near-silence (0.1 req/s) broken by 1-s bursts at 240 req/s every 20 s,
-    # mean ~12 req/s, 1-s peaks ~20x the mean; each burst brings ~170 LLM requests at once,
-    # past what the engine admits in a second. Poisson or gamma cannot produce this shape.
-    "burst": ("hybrid 70/30, on-off bursts: 240 req/s for 1 s every 20 s, 0.1 req/s "
-              "between (mean ~12 req/s, 1-s peak ~20x mean)",
-              dict(pattern="burst", rate_rps=0.1, burst_rps=240.0, burst_s=1.0,
-                   period_s=20.0, mode="hybrid", llm_ratio=0.7, chat_share=0.9, seed=107)),
+    # the mean): near-silence (0.2 req/s) broken by 3-s bursts at 150 req/s every 15 s; each
+    # burst brings ~315 LLM requests, past the ~220 sequences the engine holds, so ~100 wait
+    # in the control plane and the backlog takes ~9 s to clear. Poisson or gamma arrivals
+    # cannot produce this shape.
+    "burst": ("hybrid 70/30, on-off bursts: 150 req/s for 3 s every 15 s, 0.2 req/s between "
+              "(mean ~30 req/s, 1-s peak ~6x mean)",
+              dict(pattern="burst", rate_rps=0.2, burst_rps=150.0, burst_s=3.0,
+                   period_s=15.0, mode="hybrid", llm_ratio=0.7, chat_share=0.9, seed=107)),
 }
 
 # Traces with prefix structure (prefix_blocks), with lengths of their own. prefix: 6 shared

@@ -11,6 +11,7 @@ EPILOG = """examples:
   cpbench sim --fault-error-percent 2 --fault-error-statuses 429,503 --fault-stall-percent 1
   cpbench sim --fleet 4 --port 0 --ready-file /tmp/fleet.json   # 4 engine servers for a router
   cpbench sim --fleet 2 --no-prefix-cache --kv-cache-tokens 50000
+  cpbench sim --no-colocate --ttft-deadline-ms chat=2000,completion=2000
 
 switch the policy while it runs:
   curl -s -XPOST localhost:8000/admin/policy -d '{"policy": "priority"}'
@@ -44,13 +45,16 @@ def _sim(args: argparse.Namespace) -> int:
     from cpbench.sim.config import SimConfig, resolve_config
     from cpbench.sim.server import run
 
-    deadlines = None
+    deadlines = ttft_deadlines = None
     if args.deadline_ms:
         deadlines = {**SimConfig().deadline_ms, **args.deadline_ms}
+    if args.ttft_deadline_ms:
+        ttft_deadlines = {**SimConfig().ttft_deadline_ms, **args.ttft_deadline_ms}
     config = resolve_config(
         args.config,
         top={"policy": args.policy, "seed": args.seed, "report_timing": args.report_timing or None,
              "accept_any_model": args.accept_any_model or None, "deadline_ms": deadlines,
+             "ttft_deadline_ms": ttft_deadlines, "colocate": args.colocate,
              "default_max_tokens": args.default_max_tokens},
         llm={"model": args.llm_model, "instances": args.llm_instances,
              "max_running_seqs": args.max_running_seqs, "kv_cache_tokens": args.kv_cache_tokens,
@@ -103,6 +107,12 @@ def register(subparsers: argparse._SubParsersAction) -> None:
     p.add_argument("--default-max-tokens", type=int, help="max_tokens when a request has none")
     p.add_argument("--deadline-ms", type=_deadlines, metavar="KIND=MS,...",
                    help="default deadlines per kind (chat=5000,completion=5000,embedding=500)")
+    p.add_argument("--ttft-deadline-ms", type=_deadlines, metavar="KIND=MS,...",
+                   help="first-token deadlines per kind, which the deadline-aware policies "
+                        "also aim at (chat=1000,completion=1000,embedding=500)")
+    p.add_argument("--colocate", action=argparse.BooleanOptionalAction, default=None,
+                   help="run embedding batches on the LLM engine's GPU, inside its steps "
+                        "(default on; --no-colocate gives each embedding engine its own GPU)")
     g = p.add_argument_group("LLM engine (the first one; use --config for several models)")
     g.add_argument("--llm-model", help="model name (default cpbench-llm-7b)")
     g.add_argument("--llm-instances", type=int, help="engine instances (default 1)")

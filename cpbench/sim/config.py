@@ -8,8 +8,9 @@ fault rates are percents in [0, 100].
 JSON file shape (every key optional; unknown keys are an error so typos do not pass silently)::
 
     {"policy": "hybrid_slo", "seed": 7, "report_timing": true, "accept_any_model": false,
-     "default_max_tokens": 16, "max_wait_ms": 30000,
+     "default_max_tokens": 16, "max_wait_ms": 30000, "colocate": true,
      "deadline_ms": {"chat": 5000, "completion": 5000, "embedding": 500},
+     "ttft_deadline_ms": {"chat": 1000, "completion": 1000, "embedding": 500},
      "llm": [{"model": "cpbench-llm-7b", "instances": 2, "max_running_seqs": 256}],
      "embedding": [{"model": "cpbench-embed-bge", "max_batch_inputs": 32}],
      "faults": {"error_percent": 1.0, "error_statuses": [429, 503]}}
@@ -115,9 +116,22 @@ class FaultConfig:
 
 @dataclass
 class SimConfig:
-    """Everything ``build_app`` needs. Deadlines are per kind, relative to when a request arrived;
-    ``X-SLO-Deadline-Ms`` overrides them per request. ``max_wait_ms`` bounds how long a request
-    the deadline-aware policies set aside as already late may wait (no starvation)."""
+    """Everything ``build_app`` needs.
+
+    Deadlines are per kind, relative to when a request arrived: ``deadline_ms`` for the last
+    token (``X-SLO-Deadline-Ms`` overrides it per request) and ``ttft_deadline_ms`` for the
+    first; the defaults are the ones a replay judges by when a trace gives none
+    (``cpbench.rows.DEFAULT_SLO_MS``), so the deadline-aware policies aim at what is measured.
+    ``max_wait_ms`` bounds how long a request the deadline-aware policies set aside as already
+    late may wait (no starvation).
+
+    ``colocate`` (default on) puts each embedding engine on the GPU of an LLM engine of the
+    first LLM model (instance ``i`` on LLM instance ``i mod n``), as a hybrid control plane
+    serving both from one GPU does: embedding batches run inside decode steps and each delays
+    the other. The BGE weights (0.2 GB) would take ~0.4 % of the KV cache; the model ignores
+    that. Off, each embedding engine has a GPU of its own. A sim without both kinds of engine
+    behaves the same either way.
+    """
 
     llm: list[LLMEngineConfig] = field(default_factory=lambda: [LLMEngineConfig()])
     embedding: list[EmbeddingEngineConfig] = field(
@@ -130,6 +144,9 @@ class SimConfig:
     max_wait_ms: float = 30_000.0
     deadline_ms: dict[str, float] = field(
         default_factory=lambda: {"chat": 5000.0, "completion": 5000.0, "embedding": 500.0})
+    ttft_deadline_ms: dict[str, float] = field(
+        default_factory=lambda: {"chat": 1000.0, "completion": 1000.0, "embedding": 500.0})
+    colocate: bool = True
     faults: FaultConfig = field(default_factory=FaultConfig)
 
     def validate(self) -> SimConfig:
@@ -152,14 +169,18 @@ class SimConfig:
                         "max_input_tokens", "dimensions", "prefix_block_tokens"):
                 if getattr(engine, key, 1) < 1:
                     raise ConfigError(f"engine {engine.model!r}: {key} must be at least 1")
-        unknown = sorted(set(self.deadline_ms) - set(KINDS))
-        if unknown:
-            raise ConfigError(f"deadline_ms has unknown kind(s) {unknown}; kinds are "
-                              f"{', '.join(KINDS)}")
-        for kind in KINDS:
-            if float(self.deadline_ms.get(kind, 0)) <= 0:
-                raise ConfigError(f"deadline_ms.{kind} must be a positive number of "
-                                  f"milliseconds; got {self.deadline_ms.get(kind)!r}")
+        for name in ("deadline_ms", "ttft_deadline_ms"):
+            deadlines = getattr(self, name)
+            unknown = sorted(set(deadlines) - set(KINDS))
+            if unknown:
+                raise ConfigError(f"{name} has unknown kind(s) {unknown}; kinds are "
+                                  f"{', '.join(KINDS)}")
+            for kind in KINDS:
+                if not float(deadlines.get(kind, 0)) > 0:
+                    raise ConfigError(f"{name}.{kind} must be a positive number of "
+                                      f"milliseconds; got {deadlines.get(kind)!r}")
+        if not isinstance(self.colocate, bool):
+            raise ConfigError(f"colocate must be true or false; got {self.colocate!r}")
         if self.default_max_tokens < 1 or self.max_wait_ms <= 0:
             raise ConfigError("default_max_tokens must be >= 1 and max_wait_ms > 0")
         f = self.faults
@@ -207,8 +228,12 @@ def config_from_dict(data: dict[str, Any]) -> SimConfig:
         if "faults" in data:
             data["faults"] = _build(FaultConfig, data["faults"], "faults")
             data["faults"].error_statuses = tuple(int(s) for s in data["faults"].error_statuses)
-        if "deadline_ms" in data:
-            data["deadline_ms"] = {**SimConfig().deadline_ms, **data["deadline_ms"]}
+        for name in ("deadline_ms", "ttft_deadline_ms"):
+            if name in data:
+                if not isinstance(data[name], dict):
+                    raise ConfigError(f"{name} must be a JSON object of kind: milliseconds; "
+                                      f"got {data[name]!r}")
+                data[name] = {**getattr(SimConfig(), name), **data[name]}
         return SimConfig(**data).validate()
     except (TypeError, ValueError) as exc:
         if isinstance(exc, ConfigError):

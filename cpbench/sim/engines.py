@@ -9,6 +9,10 @@ Steps follow a fixed timeline: a step that starts at ``start_ns`` ends at ``star
 and the next one starts there, not when the event loop happened to wake, so timer jitter (the
 loop's timers have millisecond resolution) never accumulates into the token rate.
 
+An embedding engine either has a GPU of its own (its own task and timer) or is co-located
+with an LLM engine, whose steps then also run its batches (``LLMEngine.guests``), so the two
+kinds share one modelled GPU timeline.
+
 Engines hand on: tokens and completions to the requests (``wire.SimRequest``), and a call to
 ``on_capacity()`` after every step so the scheduler can admit waiting requests.
 """
@@ -68,14 +72,24 @@ class LLMEngine(_EngineTask):
     """One LLM engine instance: continuous batching over a KV cache of fixed size.
 
     A request is admitted when a sequence slot is free and its whole KV footprint (prompt plus
-    ``max_tokens``) fits in the cache; it is reserved at admission, so no sequence is ever
-    preempted. Each step runs every decoding sequence one token and at most
+    ``max_tokens``) fits in the cache; it is reserved at admission, so a sequence never runs out
+    of cache mid-way. A policy may still evict sequences to make room (``preempt_for``, vLLM's
+    priority preemption): the evicted sequence loses its KV cache and, when admitted again,
+    recomputes it -- its prefill covers its prompt and every token it already generated
+    (``prefill_tokens``), then it goes on generating where it stopped.
+
+    Each step runs every decoding sequence one token and at most
     ``max_prefill_tokens_per_step`` prompt tokens of admitted sequences (chunked prefill, in
-    admission order); a sequence whose prefill completes emits its first token at the end of
-    that step. Step time = ``decode_base_ns`` + ``decode_ns_per_seq`` × decoding sequences +
-    ``decode_ns_per_context_token`` × their context tokens + ``prefill_ns_per_token`` × prompt
-    tokens in the step. Prompt tokens found in the engine's prefix cache
-    (:class:`cpbench.sim.prefix_cache.PrefixCache`, looked up at admission) are not prefilled.
+    admission order); a sequence whose prefill completes emits its next token at the end of
+    that step. Step time (``step_ns``) = ``decode_base_ns`` + ``decode_ns_per_seq`` ×
+    decoding sequences + ``decode_ns_per_context_token`` × their context tokens +
+    ``prefill_ns_per_token`` × prompt tokens in the step. Prompt tokens found in the engine's
+    prefix cache (:class:`cpbench.sim.prefix_cache.PrefixCache`, looked up at admission) are
+    not prefilled.
+
+    Co-located embedding engines (``guests``) share this engine's GPU: a step also runs the
+    embedding batch a guest hands over (``EmbeddingEngine.take_batch``), and its time is added
+    to the step's, so each kind delays the other.
     """
 
     engine_kind = "llm"
@@ -87,9 +101,12 @@ class LLMEngine(_EngineTask):
         self.on_capacity = on_capacity
         self.running: list[Any] = []
         self.prefilling: deque[Any] = deque()
+        self.guests: list[EmbeddingEngine] = []
         self.kv_used_tokens = 0
         self.context_tokens = 0
         self.steps = 0
+        self.preemptions = 0
+        self.recomputed_tokens = 0
         # Pacing fidelity: modelled step time vs the time between the step's token writes.
         self.modelled_ns_total = 0
         self.actual_ns_total = 0
@@ -97,6 +114,33 @@ class LLMEngine(_EngineTask):
                                         cfg.prefix_cache)
         self._wake = asyncio.Event()
         self._task: asyncio.Task[None] | None = None
+
+    # -- the cost model ----------------------------------------------------------------------
+    def step_ns(self, decoding: int, context_tokens: int, prefill_tokens: int) -> int:
+        """Modelled time of one step (see the class docstring)."""
+        cfg = self.cfg
+        return (cfg.decode_base_ns + cfg.decode_ns_per_seq * decoding
+                + cfg.decode_ns_per_context_token * context_tokens
+                + cfg.prefill_ns_per_token * prefill_tokens)
+
+    def prefill_tokens(self, req: Any) -> int:
+        """Tokens to prefill when ``req`` is admitted: the one place prefill work is charged.
+
+        A fresh request prefills its prompt; one that was preempted recomputes the KV cache of
+        its prompt and of every token it already generated (vLLM's preemption by recompute).
+        Prompt tokens the prefix cache held at admission (``cached_tokens``) are not computed.
+        """
+        return max(req.prompt_tokens + req.generated - req.cached_tokens, 1)
+
+    def min_service_ns(self, prompt_tokens: int, max_tokens: int) -> int:
+        """Least time from admission to the last token, on an idle engine."""
+        cfg = self.cfg
+        return (prompt_tokens * cfg.prefill_ns_per_token
+                + max_tokens * (cfg.decode_base_ns + cfg.decode_ns_per_seq))
+
+    def min_ttft_ns(self, prompt_tokens: int) -> int:
+        """Least time from admission to the first token, on an idle engine."""
+        return prompt_tokens * self.cfg.prefill_ns_per_token + self.cfg.decode_base_ns
 
     # -- admission (called by the scheduler) --------------------------------------------------
     def load(self) -> int:
@@ -112,21 +156,85 @@ class LLMEngine(_EngineTask):
         return (len(self.running) + len(self.prefilling) < self.cfg.max_running_seqs
                 and self.kv_used_tokens + req.kv_tokens <= self.cfg.kv_cache_tokens)
 
+    def keeps_deadlines(self, req: Any, now_ns: int) -> bool:
+        """Whether admitting ``req`` keeps the batch on course: the batch cap the
+        deadline-aware policies apply.
+
+        A request with ``left`` tokens to go is predicted to finish after ``left`` steps of the
+        batch with ``req`` in it (context bounded above by the whole reserved KV cache) plus
+        the prefill work queued on the engine, ``req``'s included (chunked prefill runs inside
+        the same steps, so it delays everyone). ``req`` is admitted while at least half of the
+        running requests whose deadline is still ahead are predicted on time -- the median
+        request's time per output token is protected, not the tail's: a long answer whose
+        deadline needs a near-empty engine must not hold the whole batch back. ``req`` must
+        also be able to get its first token by its first-token deadline, unless that has
+        passed already (a late request set aside by the policy) or the engine is idle
+        (waiting cannot make it faster).
+        """
+        cfg = self.cfg
+        seqs = self.load()
+        if not seqs:
+            return True
+        prefill_ns = cfg.prefill_ns_per_token * (
+            sum(r.prefill_left for r in self.prefilling) + self.prefill_tokens(req))
+        if now_ns < req.ttft_deadline_ns < now_ns + prefill_ns + cfg.decode_base_ns:
+            return False   # it would miss a first-token deadline it can still make later
+        new_step_ns = self.step_ns(seqs + 1, self.kv_used_tokens + req.kv_tokens, 0)
+        ahead = late = 0
+        for group in (self.running, self.prefilling):
+            for r in group:
+                left = r.max_tokens - r.generated
+                time_left_ns = r.deadline_ns - now_ns
+                if left <= 0 or time_left_ns <= 0:
+                    continue
+                ahead += 1
+                if time_left_ns < left * new_step_ns + prefill_ns:
+                    late += 1
+        return 2 * late <= ahead
+
     def admit(self, req: Any) -> None:
         """Reserve KV cache and queue the request's prefill for the next step."""
         self.kv_used_tokens += req.kv_tokens
         # Prefill is charged only for the tokens the prefix cache does not hold.
         req.cached_tokens = self.prefix_cache.lookup(req.prefix_hashes, req.prompt_tokens)
         req.engine_index = self.index
-        req.prefill_left = max(req.prompt_tokens - req.cached_tokens, 1)
+        req.prefill_left = self.prefill_tokens(req)
+        if req.generated:
+            self.recomputed_tokens += req.prefill_left
         self.prefilling.append(req)
         self._wake.set()
 
-    def min_service_ns(self, prompt_tokens: int, max_tokens: int) -> int:
-        """Least time from admission to the last token, on an idle engine."""
-        cfg = self.cfg
-        return (prompt_tokens * cfg.prefill_ns_per_token
-                + max_tokens * (cfg.decode_base_ns + cfg.decode_ns_per_seq))
+    def preempt_for(self, req: Any) -> list[Any]:
+        """Evict decoding sequences of lower priority than ``req`` until it fits; return them.
+
+        Victims are taken lowest priority first, latest arrival first within a priority (the
+        ``max((priority, arrival))`` of vLLM's scheduler), and only if evicting them all makes
+        room; otherwise nothing is evicted and the list is empty. Each victim's KV cache is
+        freed; its tokens already sent stay sent. Sequences in prefill are not evicted: the
+        step in flight may be computing them.
+        """
+        key = (req.rank, req.seq)
+        candidates = sorted((r for r in self.running if (r.rank, r.seq) > key),
+                            key=lambda r: (r.rank, r.seq), reverse=True)
+        slots = self.cfg.max_running_seqs - self.load()
+        kv_free = self.cfg.kv_cache_tokens - self.kv_used_tokens
+        victims: list[Any] = []
+        for r in candidates:
+            if slots >= 1 and kv_free >= req.kv_tokens:
+                break
+            victims.append(r)
+            slots += 1
+            kv_free += r.kv_tokens
+        if not (slots >= 1 and kv_free >= req.kv_tokens):
+            return []
+        gone = set(map(id, victims))
+        self.running = [r for r in self.running if id(r) not in gone]
+        for r in victims:
+            self.kv_used_tokens -= r.kv_tokens
+            self.context_tokens -= r.prompt_tokens + r.generated
+            r.preemptions += 1
+        self.preemptions += len(victims)
+        return victims
 
     # -- the step loop -----------------------------------------------------------------------
     def _take_all(self) -> list[Any]:
@@ -135,21 +243,26 @@ class LLMEngine(_EngineTask):
         return taken
 
     async def _run(self) -> None:
-        cfg = self.cfg
         start_ns = _monotonic_ns()
         last_ns = start_ns
         while True:
-            if not self.running and not self.prefilling:
+            if not self.running and not self.prefilling and not any(
+                    g.pending for g in self.guests):
                 self._wake.clear()
                 await self._wake.wait()
                 start_ns = last_ns = _monotonic_ns()
             chunk, prefill_tokens = self._plan_prefill()
-            step_ns = (cfg.decode_base_ns + cfg.decode_ns_per_seq * len(self.running)
-                       + cfg.decode_ns_per_context_token * self.context_tokens
-                       + cfg.prefill_ns_per_token * prefill_tokens)
+            llm_busy = bool(self.running or chunk)
+            step_ns = (self.step_ns(len(self.running), self.context_tokens, prefill_tokens)
+                       if llm_busy else 0)
+            batches = [(g, g.take_batch(start_ns, llm_busy)) for g in self.guests]
+            step_ns += sum(gpu_ns for _, (_, gpu_ns) in batches)
             end_ns = start_ns + step_ns
             await _sleep_until(end_ns)
             now_ns = _monotonic_ns()
+            for guest, (batch, _) in batches:
+                if batch:
+                    guest.finish_batch(batch, now_ns)
             # First tokens go out before decode tokens: TTFT is what clients measure most.
             started = self._finish_prefill(chunk, now_ns)
             self._decode(now_ns)
@@ -223,13 +336,27 @@ class LLMEngine(_EngineTask):
 class EmbeddingEngine(_EngineTask):
     """One embedding engine instance: runs one batch at a time, collecting the next meanwhile.
 
-    Requests admitted while a batch runs wait for the next batch, which starts as soon as the
-    current one ends; a batch holds at most ``max_batch_inputs`` texts and ``max_batch_tokens``
-    tokens (a single request larger than that runs alone). Batch time = ``batch_base_ns`` +
-    ``ns_per_token`` × tokens in the batch.
+    A batch holds at most ``max_batch_inputs`` texts and ``max_batch_tokens`` tokens; a
+    request larger than that runs as as many batches as it needs. Time of ``n`` batches
+    (``batch_ns``) = ``n`` × ``batch_base_ns`` + ``ns_per_token`` × their tokens.
+
+    Alone (no ``host``), the engine has a GPU of its own: requests admitted while a batch runs
+    wait for the next batch, which starts as soon as the current one ends. Co-located
+    (``colocate_with``), it shares an LLM engine's GPU: it takes every request offered, and
+    the host runs what is pending, as many batches as it takes, inside its next step
+    (``take_batch``), so embedding throughput is bounded by GPU time, as on a real shared GPU.
+    An eager guest hands over whatever is pending at every step, as a server that runs
+    whatever is ready; a patient one (``patient``, set from the policy) lets the batch fill
+    while the LLM engine is busy, until a full batch is pending or its oldest request has used
+    ``PATIENCE_FRACTION`` of the time to its deadline -- fewer batches, so less of the
+    per-batch cost taken from decode steps.
     """
 
     engine_kind = "embedding"
+    #: A patient guest's batch waits until its oldest request has used this share of the time
+    #: to its deadline: what is left covers one more step (up to ~100 ms in a burst), the
+    #: batch and the HTTP round trip on a busy host.
+    PATIENCE_FRACTION = 0.25
 
     def __init__(self, cfg: EmbeddingEngineConfig, index: int,
                  on_capacity: Callable[[], None]) -> None:
@@ -241,8 +368,22 @@ class EmbeddingEngine(_EngineTask):
         self.pending_tokens = 0
         self.running: list[Any] = []
         self.batches = 0
+        self.host: LLMEngine | None = None
+        self.patient = False
+        self.full = False   # a full batch is pending, or a request waits that it cannot take
+        self._running_batches = 0
         self._wake = asyncio.Event()
         self._task: asyncio.Task[None] | None = None
+
+    def colocate_with(self, host: LLMEngine) -> None:
+        """Share ``host``'s GPU from now on (before ``start``)."""
+        self.host = host
+        host.guests.append(self)
+
+    def start(self) -> None:
+        """Start the batch loop, unless a host runs the batches."""
+        if self.host is None:
+            super().start()
 
     def load(self) -> int:
         """Requests on this engine, running or collected for the next batch."""
@@ -253,22 +394,73 @@ class EmbeddingEngine(_EngineTask):
         return True
 
     def can_admit(self, req: Any) -> bool:
-        """Whether the request joins the next batch without overfilling it."""
-        if not self.pending:
+        """Whether the request joins the next batch without overfilling it (co-located: always,
+        the host runs as many batches as are pending). A refusal marks the batch full."""
+        if not self.pending or self.host is not None:
             return True
-        return (self.pending_inputs + req.n_inputs <= self.cfg.max_batch_inputs
+        fits = (self.pending_inputs + req.n_inputs <= self.cfg.max_batch_inputs
                 and self.pending_tokens + req.prompt_tokens <= self.cfg.max_batch_tokens)
+        self.full = self.full or not fits
+        return fits
+
+    def keeps_deadlines(self, req: Any, now_ns: int) -> bool:
+        """Embedding batches are capped by size alone."""
+        return True
 
     def admit(self, req: Any) -> None:
         """Add the request to the next batch."""
         self.pending.append(req)
         self.pending_inputs += req.n_inputs
         self.pending_tokens += req.prompt_tokens
-        self._wake.set()
+        cfg = self.cfg
+        if (self.pending_inputs >= cfg.max_batch_inputs
+                or self.pending_tokens >= cfg.max_batch_tokens):
+            self.full = True
+        (self.host._wake if self.host is not None else self._wake).set()
+
+    def batch_ns(self, tokens: int, batches: int = 1) -> int:
+        """Modelled time of ``batches`` batches holding ``tokens`` tokens in all."""
+        return batches * self.cfg.batch_base_ns + tokens * self.cfg.ns_per_token
+
+    def _batches(self, inputs: int, tokens: int) -> int:
+        cfg = self.cfg
+        return max(1, -(-inputs // cfg.max_batch_inputs), -(-tokens // cfg.max_batch_tokens))
 
     def min_service_ns(self, prompt_tokens: int, max_tokens: int) -> int:
         """Time of a batch holding only this request."""
-        return self.cfg.batch_base_ns + prompt_tokens * self.cfg.ns_per_token
+        return self.batch_ns(prompt_tokens)
+
+    def min_ttft_ns(self, prompt_tokens: int) -> int:
+        """The result is the first (and only) answer: the time of a batch of its own."""
+        return self.batch_ns(prompt_tokens)
+
+    def take_batch(self, now_ns: int, host_busy: bool) -> tuple[list[Any], int]:
+        """The requests to run now (the step starting at ``now_ns``, for a host) and their GPU
+        time; nothing when nothing is pending or a patient guest lets the batch fill."""
+        pending = self.pending
+        if not pending:
+            return [], 0
+        if self.patient and host_busy and not self._due(now_ns):
+            return [], 0
+        batches = self._batches(self.pending_inputs, self.pending_tokens)
+        gpu_ns = self.batch_ns(self.pending_tokens, batches)
+        self.pending, self.pending_inputs, self.pending_tokens = [], 0, 0
+        self.running, self.full, self._running_batches = pending, False, batches
+        return pending, gpu_ns
+
+    def _due(self, now_ns: int) -> bool:
+        if self.full:
+            return True
+        oldest = min(self.pending, key=lambda r: r.deadline_ns)
+        used = now_ns - oldest.received_ns
+        return used >= self.PATIENCE_FRACTION * (oldest.deadline_ns - oldest.received_ns)
+
+    def finish_batch(self, batch: list[Any], now_ns: int) -> None:
+        """The batch ran: answer its requests."""
+        self.running = []
+        self.batches += self._running_batches
+        for req in batch:
+            req.finish(now_ns)
 
     def _take_all(self) -> list[Any]:
         taken = [*self.running, *self.pending]
@@ -280,16 +472,9 @@ class EmbeddingEngine(_EngineTask):
             if not self.pending:
                 self._wake.clear()
                 await self._wake.wait()
-            batch, tokens = self.pending, self.pending_tokens
-            self.pending, self.pending_inputs, self.pending_tokens = [], 0, 0
-            self.running = batch
+            batch, gpu_ns = self.take_batch(0, False)
             # The queue may refill the next batch while this one runs.
             self.on_capacity()
-            start_ns = _monotonic_ns()
-            await _sleep_until(start_ns + self.cfg.batch_base_ns + tokens * self.cfg.ns_per_token)
-            now_ns = _monotonic_ns()
-            self.running = []
-            self.batches += 1
-            for req in batch:
-                req.finish(now_ns)
+            await _sleep_until(_monotonic_ns() + gpu_ns)
+            self.finish_batch(batch, _monotonic_ns())
             self.on_capacity()

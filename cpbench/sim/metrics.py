@@ -119,7 +119,8 @@ class _LiveCollector:
                 running.add_metric(labels, len(engine.running))
                 waiting.add_metric(labels, len(engine.pending))
         yield from (running, waiting, kv_pct, kv_tok)
-        steps = CounterMetricFamily("cpbench_sim_engine_steps", "LLM decode steps run",
+        steps = CounterMetricFamily("cpbench_sim_engine_steps", "GPU steps run by an LLM engine "
+                                    "(decode steps, with any co-located embedding batch)",
                                     labels=["engine", "model"])
         modelled = CounterMetricFamily("cpbench_sim_engine_modelled_step_seconds", "Sum of the "
                                        "modelled step times", labels=["engine", "model"])
@@ -133,6 +134,19 @@ class _LiveCollector:
                 modelled.add_metric(labels, engine.modelled_ns_total / 1e9)
                 actual.add_metric(labels, engine.actual_ns_total / 1e9)
         yield from (steps, modelled, actual)
+        counts = sched.stats()
+        preempted = CounterMetricFamily("cpbench_sim_preemptions", "LLM sequences preempted "
+                                        "(KV cache freed, recomputed when admitted again)",
+                                        labels=["policy"])
+        for name, n in counts["preempted"].items():
+            preempted.add_metric([name], n)
+        hopeless = CounterMetricFamily("cpbench_sim_hopeless_requests", "Requests a "
+                                       "deadline-aware policy set aside as unable to meet their "
+                                       "deadline (served last)", labels=["policy", "kind"])
+        for name, kinds in counts["hopeless"].items():
+            for kind, n in kinds.items():
+                hopeless.add_metric([name, kind], n)
+        yield from (preempted, hopeless)
         faults = CounterMetricFamily("cpbench_sim_faults", "Faults injected, by mode",
                                      labels=["mode"])
         for mode, n in self._faults.counts.items():

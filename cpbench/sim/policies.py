@@ -8,9 +8,17 @@ be placed: dispatch is strictly in policy order, so head-of-line blocking is par
 policy means (a FIFO control plane really does make an embedding wait behind a chat request
 that no engine can take yet).
 
+Ordering is half of a policy; the other half is what it asks of the engines, read by the
+scheduler from three flags: ``preempts`` (a blocked request may evict running ones of lower
+priority, vLLM's priority scheduling), ``protects_deadlines`` (admission into the running batch
+is capped so the running requests stay on course for their deadlines) and
+``defers_embeddings`` (on a GPU shared by both engines, embedding batches wait to fill up while
+their deadlines allow). The rules, with their sources, are written down in ``docs/policies.md``.
+
 Requests need only these attributes: ``seq`` (arrival order), ``rank`` (0 HIGH, 1 NORMAL,
-2 LOW), ``deadline_ns`` (absolute, monotonic clock), ``received_ns``, ``engine_kind``
-(``"llm"`` or ``"embedding"``) and ``min_service_ns`` (the least time an engine needs for it).
+2 LOW), ``deadline_ns`` and ``ttft_deadline_ns`` (absolute, monotonic clock), ``received_ns``,
+``kind``, ``engine_kind`` (``"llm"`` or ``"embedding"``), ``min_service_ns`` and
+``min_ttft_ns`` (the least time an idle engine needs for all of it and for its first token).
 """
 from __future__ import annotations
 
@@ -69,20 +77,29 @@ class _PriorityQueue:
         return out
 
 
+def hopeless(req: Any, now_ns: int) -> bool:
+    """Whether ``req`` can no longer meet its deadline, or its first-token deadline, even on an
+    idle engine: ``now + min_service > deadline`` or ``now + min_ttft > ttft_deadline``."""
+    return (now_ns + req.min_service_ns > req.deadline_ns
+            or now_ns + req.min_ttft_ns > req.ttft_deadline_ns)
+
+
 class _EdfQueue:
     """Earliest deadline first among requests that can still meet their deadline.
 
-    A request that can no longer make it (``now + min_service > deadline``) is set aside in a
-    FIFO of late requests, served when no on-time request waits -- spending capacity on a lost
-    cause would make on-time requests late too (the EDF domino effect under overload). So that
+    A request that can no longer make it (``hopeless``) is set aside in a FIFO of late
+    requests, served when no on-time request waits -- spending capacity on a lost cause would
+    make on-time requests late too (the EDF domino effect under overload). Each one set aside
+    is counted per kind (``late_counts``, shown in ``/metrics`` and ``/admin/stats``). So that
     late requests are not starved under sustained overload, the oldest one goes first once it
     has waited ``max_wait_ns``.
     """
 
-    def __init__(self, max_wait_ns: int) -> None:
+    def __init__(self, max_wait_ns: int, late_counts: dict[str, int]) -> None:
         self._heap: list[tuple[int, int, Any]] = []
         self._late: deque[Any] = deque()
         self._max_wait_ns = max_wait_ns
+        self._late_counts = late_counts
 
     def push(self, req: Any) -> None:
         heapq.heappush(self._heap, (req.deadline_ns, req.seq, req))
@@ -96,9 +113,10 @@ class _EdfQueue:
                 late.popleft()
                 continue
             req = heap[0][2]
-            if now_ns + req.min_service_ns > req.deadline_ns:
+            if hopeless(req, now_ns):
                 heapq.heappop(heap)
                 late.append(req)
+                self._late_counts[req.kind] = self._late_counts.get(req.kind, 0) + 1
                 continue
             if not admit(req):
                 return
@@ -115,13 +133,20 @@ class _EdfQueue:
 
 
 class Policy:
-    """A named set of queues and the rule that routes a request to one of them."""
+    """A named set of queues, the rule that routes a request to one of them, and what the
+    policy asks of the engines (see the module docstring)."""
 
     name: str = ""
+    preempts: bool = False
+    protects_deadlines: bool = False
+    defers_embeddings: bool = False
 
-    def __init__(self, queues: dict[str, Any], route: Callable[[Any], str]) -> None:
+    def __init__(self, queues: dict[str, Any], route: Callable[[Any], str],
+                 late_counts: dict[str, int] | None = None) -> None:
         self._queues = queues
         self._route = route
+        #: Requests set aside as hopeless, per kind (deadline-aware policies only).
+        self.late_counts: dict[str, int] = late_counts if late_counts is not None else {}
 
     def push(self, req: Any) -> None:
         """Add one accepted request."""
@@ -147,27 +172,36 @@ class Policy:
         return out
 
 
-def make_policy(name: str, max_wait_ns: int) -> Policy:
-    """The policy called ``name`` (one of ``POLICY_NAMES``).
+def make_policy(name: str, max_wait_ns: int, late_counts: dict[str, int] | None = None) -> Policy:
+    """The policy called ``name`` (one of ``POLICY_NAMES``); hopeless requests are counted per
+    kind into ``late_counts`` (the caller's, so counts outlive a policy switch).
 
-    - ``fifo``: one queue in arrival order for every kind.
-    - ``priority``: one queue, HIGH before NORMAL before LOW, FIFO within a class.
-    - ``slo_aware``: one queue, earliest deadline first; hopeless requests set aside.
+    - ``fifo``: one queue in arrival order for every kind; no preemption, no cap.
+    - ``priority``: one queue, HIGH before NORMAL before LOW, FIFO within a class; a head that
+      no engine can take preempts running sequences of lower priority (recomputed later).
+    - ``slo_aware``: one queue, earliest deadline first; hopeless requests set aside and
+      counted; admission capped so running requests stay on course for their deadlines.
     - ``hybrid_slo``: separate embedding and LLM queues, each deadline-aware like ``slo_aware``,
-      so embeddings never wait behind LLM requests that no engine can take; the embedding
-      engines batch whatever is waiting while they run; LLM traffic is never starved because it
-      has its own queue and engines and its late requests age in after ``max_wait_ns``.
+      so embeddings never wait behind LLM requests that no engine can take; on a shared GPU,
+      embedding batches fill up while their deadlines allow instead of interrupting every
+      decode step; LLM traffic is never starved because it has its own queue and its late
+      requests age in after ``max_wait_ns``.
     """
+    late: dict[str, int] = {} if late_counts is None else late_counts
     if name == "fifo":
         policy = Policy({"global": _FifoQueue()}, lambda r: "global")
     elif name == "priority":
         policy = Policy({"global": _PriorityQueue()}, lambda r: "global")
+        policy.preempts = True
     elif name == "slo_aware":
-        policy = Policy({"global": _EdfQueue(max_wait_ns)}, lambda r: "global")
+        policy = Policy({"global": _EdfQueue(max_wait_ns, late)}, lambda r: "global", late)
+        policy.protects_deadlines = True
     elif name == "hybrid_slo":
         # Embeddings first: they are short, so they rarely delay an LLM admission measurably.
-        policy = Policy({"embedding": _EdfQueue(max_wait_ns), "llm": _EdfQueue(max_wait_ns)},
-                        lambda r: r.engine_kind)
+        policy = Policy({"embedding": _EdfQueue(max_wait_ns, late),
+                         "llm": _EdfQueue(max_wait_ns, late)}, lambda r: r.engine_kind, late)
+        policy.protects_deadlines = True
+        policy.defers_embeddings = True
     else:
         raise ValueError(f"policy must be one of {', '.join(POLICY_NAMES)}; got {name!r}")
     policy.name = name

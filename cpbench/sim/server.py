@@ -55,6 +55,7 @@ class _State:
         self.metrics = SimMetrics(self.scheduler, self.faults)
         self.seq = 0
         self.deadline_ns = {k: int(v * 1e6) for k, v in config.deadline_ms.items()}
+        self.ttft_deadline_ns = {k: int(v * 1e6) for k, v in config.ttft_deadline_ms.items()}
 
 
 STATE: web.AppKey[_State] = web.AppKey("cpbench_sim_state", _State)
@@ -121,7 +122,9 @@ def _new_request(state: _State, request: web.Request, *, kind: str, model: str,
     prefix = {"chat": "chatcmpl", "completion": "cmpl", "embedding": "embd"}[kind]
     return SimRequest(seq=state.seq, rid=f"{prefix}-{state.seq}", kind=kind, model=model,
                       policy=state.scheduler.policy.name, rank=rank, received_ns=received_ns,
-                      deadline_ns=received_ns + deadline_ns, prompt_tokens=prompt_tokens,
+                      deadline_ns=received_ns + deadline_ns,
+                      ttft_deadline_ns=received_ns + min(state.ttft_deadline_ns[kind], deadline_ns),
+                      prompt_tokens=prompt_tokens,
                       max_tokens=max_tokens, n_inputs=n_inputs, stream=stream,
                       include_usage=include_usage, report_timing=state.config.report_timing)
 
@@ -292,6 +295,11 @@ async def policy_set(request: web.Request) -> web.Response:
     return _json_response({"policy": name, "previous": previous, "available": list(POLICY_NAMES)})
 
 
+async def stats(request: web.Request) -> web.Response:
+    """``GET /admin/stats``: the scheduler's counts (``Scheduler.stats``) as JSON."""
+    return _json_response(request.app[STATE].scheduler.stats())
+
+
 def build_app(config: SimConfig | None = None) -> web.Application:
     """The sim as an aiohttp application; engines start and stop with the app."""
     app = web.Application(middlewares=[_errors_as_json], client_max_size=64 * 1024 * 1024)
@@ -315,6 +323,7 @@ def build_app(config: SimConfig | None = None) -> web.Application:
     app.router.add_get("/get_load", get_load)
     app.router.add_get("/admin/policy", policy_get)
     app.router.add_post("/admin/policy", policy_set)
+    app.router.add_get("/admin/stats", stats)
     return app
 
 

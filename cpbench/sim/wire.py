@@ -46,7 +46,8 @@ class SimRequest:
     """One request on its way through policy queue, engine and response."""
 
     __slots__ = ("seq", "rid", "kind", "engine_kind", "model", "policy", "rank", "deadline_ns",
-                 "received_ns", "admitted_ns", "first_token_ns", "done_ns", "min_service_ns",
+                 "ttft_deadline_ns", "received_ns", "admitted_ns", "first_token_ns", "done_ns",
+                 "min_service_ns", "min_ttft_ns", "preemptions",
                  "prompt_tokens", "max_tokens", "kv_tokens", "n_inputs", "prefill_left",
                  "generated", "slow_factor", "slow_count", "disconnect_at", "malformed_at",
                  "stream", "include_usage", "report_timing", "aborted", "done", "transport", "client",
@@ -54,16 +55,19 @@ class SimRequest:
                  "prefix_hashes", "cached_tokens", "engine_index")
 
     def __init__(self, *, seq: int, rid: str, kind: str, model: str, policy: str, rank: int,
-                 received_ns: int, deadline_ns: int, prompt_tokens: int, max_tokens: int,
-                 n_inputs: int, stream: bool, include_usage: bool, report_timing: bool) -> None:
+                 received_ns: int, deadline_ns: int, ttft_deadline_ns: int, prompt_tokens: int,
+                 max_tokens: int, n_inputs: int, stream: bool, include_usage: bool,
+                 report_timing: bool) -> None:
         self.seq, self.rid, self.kind, self.model, self.policy = seq, rid, kind, model, policy
         self.engine_kind = "embedding" if kind == "embedding" else "llm"
         self.rank, self.received_ns, self.deadline_ns = rank, received_ns, deadline_ns
+        self.ttft_deadline_ns = ttft_deadline_ns
         self.prompt_tokens, self.max_tokens, self.n_inputs = prompt_tokens, max_tokens, n_inputs
         self.kv_tokens = prompt_tokens + max_tokens
         self.stream, self.include_usage, self.report_timing = stream, include_usage, report_timing
         self.admitted_ns = self.first_token_ns = self.done_ns = 0
-        self.min_service_ns = self.prefill_left = self.generated = self.slow_count = 0
+        self.min_service_ns = self.min_ttft_ns = self.preemptions = 0
+        self.prefill_left = self.generated = self.slow_count = 0
         self.slow_factor = 1
         self.disconnect_at = self.malformed_at = -1
         self.aborted = False
