@@ -17,12 +17,13 @@ import json
 import math
 import re
 import sys
-from collections.abc import Iterator, Sequence
+from collections.abc import Iterator, Mapping, Sequence
 from pathlib import Path
 from typing import Any, TextIO
 
 from cpbench import __version__
 from cpbench.errors import ConfigError, OutputError
+from cpbench.manifest import redact_url
 from cpbench.experiments.control import (PolicyAdmin, Progress, embedded_sim, format_table,
                                          wait_idle)
 from cpbench.experiments.stats import (higher_is_better, load_run, metric_names,
@@ -231,7 +232,9 @@ def compare(trace: str | Path, *, policies: Sequence[str], out_dir: str | Path,
             seed: int = 0, sim_config: str | Path | None = None,
             replay_options: dict[str, Any] | None = None, quiet: bool = False,
             stdout: TextIO | None = None, experiment: str = "compare",
-            metric: str = "slo_attainment_pct", json_name: str = "comparison.json") -> dict:
+            metric: str = "slo_attainment_pct", json_name: str = "comparison.json",
+            targets: Mapping[str, str] | None = None, launch: Sequence[str] | None = None,
+            start_timeout_s: float = 60.0) -> dict:
     """Replay ``trace`` once per policy (and repeat) and compare the policies request by request.
 
     Parameters
@@ -258,6 +261,10 @@ def compare(trace: str | Path, *, policies: Sequence[str], out_dir: str | Path,
         JSON config of the embedded control plane (``cpbench sim --config``).
     replay_options
         Passed to ``cpbench.runner.run_replay`` (``speed``, ``workers``, ``timeout_s`` ...).
+    targets, launch, start_timeout_s
+        Compare deployments instead of policies (``experiments.targets``): {name: base URL}
+        and ``NAME=COMMAND with {port}`` lines cpbench starts, waits for (at most
+        ``start_timeout_s``) and stops; ``policies`` is then ignored.
     experiment, metric, json_name
         The name recorded in the JSON, the overall metric that picks the best policy
         (``stats.metric_names``; attainment higher is better, latencies lower), and the JSON
@@ -270,6 +277,9 @@ def compare(trace: str | Path, *, policies: Sequence[str], out_dir: str | Path,
     """
     if quiet:
         stdout = io.StringIO()  # --quiet: no progress, no answer table (see the JSON)
+    deploying = bool(targets or launch)
+    if deploying:
+        policies = target_names(targets, launch, url=url, policies=policies)
     policies = list(policies)
     if not policies:
         raise ConfigError("--policies needs at least one policy, like fifo,slo_aware")
@@ -280,7 +290,8 @@ def compare(trace: str | Path, *, policies: Sequence[str], out_dir: str | Path,
         raise ConfigError(f"metric must be one of {', '.join(metric_names())}; got {metric!r}")
     if baseline not in policies:
         raise ConfigError(f"--baseline {baseline!r} is not in --policies {policies}")
-    check_policies(policies, url=url, switch=switch)
+    if not deploying:
+        check_policies(policies, url=url, switch=switch)
     trace = Path(trace)
     if not trace.is_file():
         raise ConfigError(f"trace {str(trace)!r} does not exist; pass a trace file such as "
@@ -288,10 +299,17 @@ def compare(trace: str | Path, *, policies: Sequence[str], out_dir: str | Path,
     out = Path(out_dir)
     out.mkdir(parents=True, exist_ok=True)
     progress = Progress(len(policies) * repeat, quiet=quiet)
-    with control_plane(url, sim_config=sim_config) as target:
-        dirs = run_policies(trace, policies, out, url=target, repeat=repeat, switch=switch,
-                            policy_path=policy_path, drain_s=drain_s,
-                            replay_options=dict(replay_options or {}), progress=progress)
+    deployed: dict[str, dict] = {}
+    if deploying:
+        deployed, dirs = compare_deployments(trace, targets or {}, launch, out, repeat=repeat,
+                                             drain_s=drain_s, start_timeout_s=start_timeout_s,
+                                             replay_options=dict(replay_options or {}),
+                                             progress=progress)
+    else:
+        with control_plane(url, sim_config=sim_config) as target:
+            dirs = run_policies(trace, policies, out, url=target, repeat=repeat, switch=switch,
+                                policy_path=policy_path, drain_s=drain_s,
+                                replay_options=dict(replay_options or {}), progress=progress)
     stats, best = analyse(dirs, baseline=baseline, confidence=confidence,
                           n_resamples=n_resamples, seed=seed, metric=metric,
                           higher_better=higher_is_better(metric))
@@ -303,6 +321,10 @@ def compare(trace: str | Path, *, policies: Sequence[str], out_dir: str | Path,
         "answer": {"best_policy": best},
         "stats": stats,
     }
+    if deploying:  # which deployment each name was; launch commands are redacted
+        result["target"] = "deployments"
+        result["targets"] = {n: {"url": redact_url(d["url"]), "launch_command": d["command"]}
+                             for n, d in deployed.items()}
     write_json(out / json_name, result)
     try:
         (out / "comparison.md").write_text(differences_markdown(result), encoding="utf-8")
@@ -312,6 +334,32 @@ def compare(trace: str | Path, *, policies: Sequence[str], out_dir: str | Path,
                             title=f"cpbench {experiment}: {', '.join(policies)} on {trace.name}")
     print_answer(result, stdout)
     return result
+
+
+def target_names(targets: Mapping[str, str] | None, launch: Sequence[str] | None, *,
+                 url: str | None, policies: Sequence[str]) -> list[str]:
+    """The deployment names of ``--targets``/``--launch``, which replace ``--policies``."""
+    from cpbench.experiments.launch import parse_launches
+    from cpbench.experiments.targets import check_names
+    if url is not None:
+        raise ConfigError("--targets/--launch name every deployment; drop --url")
+    if list(policies):
+        raise ConfigError("--policies switches one control plane; --targets/--launch compare "
+                          "deployments, whose policy is fixed at start: pass one or the other")
+    return check_names(targets or {}, parse_launches(launch))
+
+
+def compare_deployments(trace: Path, targets: Mapping[str, str], launch: Sequence[str] | None,
+                        out: Path, *, repeat: int, drain_s: float, start_timeout_s: float,
+                        replay_options: dict[str, Any], progress: Progress
+                        ) -> tuple[dict[str, dict], dict[str, list[Path]]]:
+    """Start the launches, replay against every deployment, stop the launches."""
+    from cpbench.experiments.targets import deployments, run_targets
+    with deployments(targets, launch, start_timeout_s=start_timeout_s,
+                     log_dir=out / "launch-logs" if launch else None) as deployed:
+        dirs = run_targets(trace, deployed, out, repeat=repeat, drain_s=drain_s,
+                           replay_options=replay_options, progress=progress)
+    return deployed, dirs
 
 
 def differences_markdown(result: dict) -> str:
