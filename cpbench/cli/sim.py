@@ -9,6 +9,8 @@ EPILOG = """examples:
   cpbench sim --config sim.json --report-timing --seed 7
   cpbench sim --llm-instances 2 --max-running-seqs 64 --decode-step-ms 12
   cpbench sim --fault-error-percent 2 --fault-error-statuses 429,503 --fault-stall-percent 1
+  cpbench sim --fleet 4 --port 0 --ready-file /tmp/fleet.json   # 4 engine servers for a router
+  cpbench sim --fleet 2 --no-prefix-cache --kv-cache-tokens 50000
 
 switch the policy while it runs:
   curl -s -XPOST localhost:8000/admin/policy -d '{"policy": "priority"}'
@@ -54,7 +56,9 @@ def _sim(args: argparse.Namespace) -> int:
              "max_running_seqs": args.max_running_seqs, "kv_cache_tokens": args.kv_cache_tokens,
              "decode_base_ns": _ns(args.decode_step_ms, 1e6),
              "decode_ns_per_seq": _ns(args.decode_us_per_seq, 1e3),
-             "prefill_ns_per_token": _ns(args.prefill_us_per_token, 1e3)},
+             "prefill_ns_per_token": _ns(args.prefill_us_per_token, 1e3),
+             "prefix_cache": False if args.no_prefix_cache else None,
+             "prefix_block_tokens": args.prefix_block_tokens},
         embedding={"model": args.embed_model, "instances": args.embed_instances,
                    "max_batch_inputs": args.embed_max_batch,
                    "batch_base_ns": _ns(args.embed_batch_ms, 1e6),
@@ -66,6 +70,9 @@ def _sim(args: argparse.Namespace) -> int:
                 "disconnect_after_tokens": args.fault_disconnect_after_tokens,
                 "malformed_percent": args.fault_malformed_percent,
                 "slow_percent": args.fault_slow_percent, "slow_factor": args.fault_slow_factor})
+    if args.fleet is not None:
+        from cpbench.sim.fleet import run_fleet
+        return run_fleet(config, args.fleet, args.host, args.port, args.ready_file)
     return run(config, args.host, args.port, args.ready_file)
 
 
@@ -84,7 +91,10 @@ def register(subparsers: argparse._SubParsersAction) -> None:
     p.add_argument("--policy", choices=POLICY_NAMES, help="scheduling policy (default fifo)")
     p.add_argument("--config", metavar="FILE.json", help="sim configuration (engines, faults...)")
     p.add_argument("--ready-file", metavar="F", help='write {"url": ..., "pid": ...} here once '
-                   "listening (atomically)")
+                   'listening (atomically); with --fleet {"urls": [...], "pid": ...}')
+    p.add_argument("--fleet", type=int, metavar="N", help="run N independent engine servers "
+                   "(one LLM engine each, fifo) on ports --port..--port+N-1 (0: free ports) "
+                   "and print their URLs")
     p.add_argument("--report-timing", action="store_true", help="add cpbench_server_timing "
                    "(server monotonic stamps) to the final SSE chunk and JSON bodies")
     p.add_argument("--seed", type=int, help="seed of the fault generators (default 0)")
@@ -101,6 +111,10 @@ def register(subparsers: argparse._SubParsersAction) -> None:
     g.add_argument("--decode-step-ms", type=float, help="decode step base time (7 ms)")
     g.add_argument("--decode-us-per-seq", type=float, help="step time added per sequence (30 us)")
     g.add_argument("--prefill-us-per-token", type=float, help="prefill cost per token (28 us)")
+    g.add_argument("--no-prefix-cache", action="store_true", help="turn automatic prefix "
+                   "caching off (on by default, as in vLLM: cached prompt blocks skip prefill)")
+    g.add_argument("--prefix-block-tokens", type=int, help="prefix-cache block size in tokens "
+                   "(16, vLLM's default)")
     g = p.add_argument_group("embedding engine (the first one)")
     g.add_argument("--embed-model", help="model name (default cpbench-embed-bge)")
     g.add_argument("--embed-instances", type=int, help="engine instances (default 1)")

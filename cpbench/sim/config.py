@@ -57,6 +57,9 @@ class LLMEngineConfig:
     decode_base_ns: int = 7_000_000
     decode_ns_per_seq: int = 30_000
     decode_ns_per_context_token: int = 160
+    # Automatic prefix caching (vLLM v1 has it on by default; 16-token blocks).
+    prefix_cache: bool = True
+    prefix_block_tokens: int = 16
 
 
 @dataclass
@@ -144,7 +147,7 @@ class SimConfig:
                                       f"integer; got {value!r}")
             for key in ("instances", "max_running_seqs", "kv_cache_tokens", "max_model_len",
                         "max_prefill_tokens_per_step", "max_batch_inputs", "max_batch_tokens",
-                        "max_input_tokens", "dimensions"):
+                        "max_input_tokens", "dimensions", "prefix_block_tokens"):
                 if getattr(engine, key, 1) < 1:
                     raise ConfigError(f"engine {engine.model!r}: {key} must be at least 1")
         unknown = sorted(set(self.deadline_ms) - set(KINDS))

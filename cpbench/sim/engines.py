@@ -20,6 +20,7 @@ from collections import deque
 from typing import Any, Callable
 
 from cpbench.sim.config import EmbeddingEngineConfig, LLMEngineConfig
+from cpbench.sim.prefix_cache import PrefixCache
 
 _monotonic_ns = time.monotonic_ns
 # Timers fire on whole milliseconds; asking for half a millisecond more centres the wake-up
@@ -80,6 +81,7 @@ class LLMEngine(_EngineTask):
 
     def __init__(self, cfg: LLMEngineConfig, index: int, on_capacity: Callable[[], None]) -> None:
         self.cfg = cfg
+        self.index = index
         self.name = f"{cfg.model}/{index}"
         self.on_capacity = on_capacity
         self.running: list[Any] = []
@@ -90,6 +92,8 @@ class LLMEngine(_EngineTask):
         # Pacing fidelity: modelled step time vs the time between the step's token writes.
         self.modelled_ns_total = 0
         self.actual_ns_total = 0
+        self.prefix_cache = PrefixCache(cfg.kv_cache_tokens, cfg.prefix_block_tokens,
+                                        cfg.prefix_cache)
         self._wake = asyncio.Event()
         self._task: asyncio.Task[None] | None = None
 
@@ -110,7 +114,10 @@ class LLMEngine(_EngineTask):
     def admit(self, req: Any) -> None:
         """Reserve KV cache and queue the request's prefill for the next step."""
         self.kv_used_tokens += req.kv_tokens
-        req.prefill_left = max(req.prompt_tokens, 1)
+        # Prefill is charged only for the tokens the prefix cache does not hold.
+        req.cached_tokens = self.prefix_cache.lookup(req.prefix_hashes, req.prompt_tokens)
+        req.engine_index = self.index
+        req.prefill_left = max(req.prompt_tokens - req.cached_tokens, 1)
         self.prefilling.append(req)
         self._wake.set()
 

@@ -3,7 +3,15 @@
 Counters and latency histograms are updated once per finished request; queue depths, running
 sequences, KV-cache use and fault counts are read from the live scheduler at scrape time, so
 the hot path pays nothing for them. Each app has its own registry (several sims may share a
-process in tests). Percents are in [0, 100]; latencies are seconds, as Prometheus expects.
+process in tests). cpbench's own ``cpbench_sim_*`` percents are in [0, 100]; latencies are
+seconds, as Prometheus expects.
+
+Each LLM engine also reports under vLLM's names and labels (``model_name``, ``engine``), so
+a router or dashboard built for vLLM reads the sim unchanged (vllm/v1/metrics/loggers.py,
+``PrometheusStatLogger``): ``vllm:num_requests_running``, ``vllm:num_requests_waiting``,
+``vllm:kv_cache_usage_perc`` (a fraction, 1 = full, as vLLM's), the counters
+``vllm:prefix_cache_queries_total`` and ``vllm:prefix_cache_hits_total`` (tokens) and the
+``vllm:time_to_first_token_seconds`` histogram with vLLM's buckets.
 """
 from __future__ import annotations
 
@@ -14,6 +22,62 @@ from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily
 
 CONTENT_TYPE = "text/plain; version=0.0.4; charset=utf-8"
 _BUCKETS_S = (0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0, 30.0, 60.0)
+# vLLM's buckets for vllm:time_to_first_token_seconds.
+_VLLM_TTFT_BUCKETS_S = (0.001, 0.005, 0.01, 0.02, 0.04, 0.06, 0.08, 0.1, 0.25, 0.5, 0.75, 1.0,
+                        2.5, 5.0, 7.5, 10.0, 20.0, 40.0, 80.0, 160.0, 640.0, 2560.0)
+_VLLM_LABELS = ["model_name", "engine"]
+
+
+def llm_waiting(scheduler: Any, model: str) -> int:
+    """Requests for ``model`` waiting in the control plane (vLLM's waiting queue).
+
+    The sim's policy queue is shared by every model; it is attributed to a model exactly when
+    the sim serves one LLM model and nothing else (a fleet engine), else to the first LLM model.
+    """
+    llm = [name for name, kind in scheduler.models() if kind == "llm"]
+    return len(scheduler.policy) if llm and model == llm[0] else 0
+
+
+class _VllmCollector:
+    """vLLM's gauges and prefix-cache counters, read from the LLM engines when scraped."""
+
+    def __init__(self, scheduler: Any) -> None:
+        self._scheduler = scheduler
+
+    def collect(self) -> Iterator[Any]:
+        sched = self._scheduler
+        running = GaugeMetricFamily("vllm:num_requests_running", "Number of requests in model "
+                                    "execution batches.", labels=_VLLM_LABELS)
+        waiting = GaugeMetricFamily("vllm:num_requests_waiting", "Number of requests waiting "
+                                    "to be processed.", labels=_VLLM_LABELS)
+        usage = GaugeMetricFamily("vllm:kv_cache_usage_perc", "KV-cache usage. 1 means 100 "
+                                  "percent usage.", labels=_VLLM_LABELS)
+        queries = CounterMetricFamily("vllm:prefix_cache_queries", "Prefix cache queries, in "
+                                      "terms of number of queried tokens.", labels=_VLLM_LABELS)
+        hits = CounterMetricFamily("vllm:prefix_cache_hits", "Prefix cache hits, in terms of "
+                                   "number of cached tokens.", labels=_VLLM_LABELS)
+        for engine in sched.all_engines():
+            if engine.engine_kind != "llm":
+                continue
+            labels = [engine.cfg.model, str(engine.index)]
+            running.add_metric(labels, engine.load())
+            waiting.add_metric(labels, llm_waiting(sched, engine.cfg.model)
+                               if engine.index == 0 else 0)
+            usage.add_metric(labels, engine.kv_used_tokens / engine.cfg.kv_cache_tokens)
+            if engine.prefix_cache.enabled:
+                queries.add_metric(labels, engine.prefix_cache.queries_tokens)
+                hits.add_metric(labels, engine.prefix_cache.hits_tokens)
+        yield from (running, waiting, usage, queries, hits)
+        evictions = CounterMetricFamily("cpbench_sim_prefix_cache_evictions", "Prefix-cache "
+                                        "blocks evicted (LRU)", labels=["engine", "model"])
+        blocks = GaugeMetricFamily("cpbench_sim_prefix_cache_blocks", "Prefix-cache blocks "
+                                   "held", labels=["engine", "model"])
+        for engine in sched.all_engines():
+            if engine.engine_kind == "llm" and engine.prefix_cache.enabled:
+                labels = [engine.name, engine.cfg.model]
+                evictions.add_metric(labels, engine.prefix_cache.evictions_blocks)
+                blocks.add_metric(labels, len(engine.prefix_cache))
+        yield from (evictions, blocks)
 
 
 class _LiveCollector:
@@ -88,6 +152,10 @@ class SimMetrics:
                                  "token or embedding result), e2e", ["kind", "policy", "phase"],
                                  buckets=_BUCKETS_S, registry=self.registry)
         self.registry.register(_LiveCollector(scheduler, faults))
+        self.registry.register(_VllmCollector(scheduler))
+        self.vllm_ttft = Histogram("vllm:time_to_first_token_seconds", "Histogram of time to "
+                                   "first token in seconds.", _VLLM_LABELS,
+                                   buckets=_VLLM_TTFT_BUCKETS_S, registry=self.registry)
         # Label lookups cost more than the updates; the label sets are few, so keep them.
         self._children: dict[tuple[str, str], tuple[Any, Any, Any, Any, Any]] = {}
 
@@ -110,7 +178,10 @@ class SimMetrics:
         received = req.received_ns
         if req.admitted_ns:
             queue.observe((req.admitted_ns - received) / 1e9)
-        ttft.observe(((req.first_token_ns or req.done_ns) - received) / 1e9)
+        ttft_s = ((req.first_token_ns or req.done_ns) - received) / 1e9
+        ttft.observe(ttft_s)
+        if req.engine_kind == "llm":
+            self.vllm_ttft.labels(req.model, str(req.engine_index)).observe(ttft_s)
         e2e.observe((req.done_ns - received) / 1e9)
 
     def rejected(self, kind: str, policy: str, status: int) -> None:

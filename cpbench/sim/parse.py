@@ -10,7 +10,7 @@ the same rule the trace tools use to build prompts.
 """
 from __future__ import annotations
 
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from typing import Any, Mapping
 
 from cpbench.prompts import count_tokens
@@ -43,6 +43,8 @@ class LLMCall:
     stream: bool
     include_usage: bool
     body_priority: int | None
+    # The prompt as tokens (whitespace words; token ids as strings): the prefix cache's input.
+    words: list[str] = field(default_factory=list)
 
 
 @dataclass
@@ -118,13 +120,15 @@ def parse_chat(body: Any) -> LLMCall:
         raise ApiError(422, "'messages' must be a list of message objects", param="messages")
     if not messages:
         raise ApiError(400, "'messages' must not be empty", param="messages")
-    tokens = 0
+    words: list[str] = []
     for i, message in enumerate(messages):
         if not isinstance(message, dict) or not isinstance(message.get("role"), str):
             raise ApiError(422, f"messages[{i}] must be an object with a 'role' string",
                            param="messages")
-        tokens += count_tokens(_content_text(message.get("content"), i))
-    return LLMCall(model, tokens, max_tokens, stream, include_usage, priority)
+        # The contents in order, as the engine's prompt: a growing message list is a growing
+        # prefix (cpbench's count_tokens rule: whitespace words).
+        words.extend(_content_text(message.get("content"), i).split())
+    return LLMCall(model, len(words), max_tokens, stream, include_usage, priority, words)
 
 
 def parse_completion(body: Any) -> LLMCall:
@@ -136,16 +140,16 @@ def parse_completion(body: Any) -> LLMCall:
     if isinstance(prompt, list) and len(prompt) == 1 and isinstance(prompt[0], (str, list)):
         prompt = prompt[0]
     if isinstance(prompt, str):
-        tokens = count_tokens(prompt)
+        words = prompt.split()
     elif isinstance(prompt, list) and all(isinstance(t, int) and not isinstance(t, bool)
                                           for t in prompt):
-        tokens = len(prompt)
+        words = [str(t) for t in prompt]
     elif isinstance(prompt, list):
         raise ApiError(400, "only one prompt per request is supported; send a string",
                        param="prompt")
     else:
         raise ApiError(422, "'prompt' must be a string or a list of token ids", param="prompt")
-    return LLMCall(model, tokens, max_tokens, stream, include_usage, priority)
+    return LLMCall(model, len(words), max_tokens, stream, include_usage, priority, words)
 
 
 def parse_embeddings(body: Any, max_input_tokens: int | None = None) -> EmbeddingCall:

@@ -27,8 +27,9 @@ from aiohttp import web
 from cpbench.errors import ConfigError
 from cpbench.sim.config import POLICY_NAMES, SimConfig
 from cpbench.sim.faults import FaultInjector
-from cpbench.sim.metrics import CONTENT_TYPE, SimMetrics
+from cpbench.sim.metrics import CONTENT_TYPE, SimMetrics, llm_waiting
 from cpbench.sim.parse import ApiError, parse_chat, parse_completion, parse_embeddings, parse_hints
+from cpbench.sim.prefix_cache import block_hashes
 from cpbench.sim.scheduler import Scheduler
 from cpbench.sim.wire import SimRequest
 
@@ -140,8 +141,10 @@ async def _llm(request: web.Request, kind: str) -> web.StreamResponse:
                        max_tokens=max_tokens, n_inputs=1, stream=call.stream,
                        include_usage=call.include_usage, body_priority=call.body_priority,
                        received_ns=received_ns)
+    cfg = sched.engines[model][0].cfg
+    if cfg.prefix_cache:
+        req.prefix_hashes = block_hashes(call.words, cfg.prefix_block_tokens)
     if not sched.engines[model][0].fits_ever(req):
-        cfg = sched.engines[model][0].cfg
         raise ApiError(400, f"prompt ({call.prompt_tokens} tokens) plus max_tokens "
                        f"({max_tokens}) exceeds this model's limit of "
                        f"{min(cfg.max_model_len, cfg.kv_cache_tokens)} tokens",
@@ -255,6 +258,21 @@ async def metrics(request: web.Request) -> web.Response:
     return web.Response(body=body, headers={"Content-Type": CONTENT_TYPE})
 
 
+async def get_load(request: web.Request) -> web.Response:
+    """``GET /get_load``: SGLang's load report, one object per LLM engine (SGLang: per DP rank;
+    python/sglang/srt/managers/io_struct.py ``GetLoadReqOutput``). ``num_reqs`` counts running
+    and waiting requests, ``num_tokens`` the KV cache reserved on the engine."""
+    sched = request.app[STATE].scheduler
+    out = []
+    for engine in sched.all_engines():
+        if engine.engine_kind == "llm":
+            waiting = llm_waiting(sched, engine.cfg.model) if engine.index == 0 else 0
+            out.append({"dp_rank": engine.index, "num_reqs": engine.load() + waiting,
+                        "num_waiting_reqs": waiting, "num_tokens": engine.kv_used_tokens})
+    return web.Response(body=json.dumps(out, separators=(",", ":")).encode(),
+                        content_type="application/json")
+
+
 async def policy_get(request: web.Request) -> web.Response:
     """``GET /admin/policy``: the active policy and the choices."""
     name = request.app[STATE].scheduler.policy.name
@@ -294,6 +312,7 @@ def build_app(config: SimConfig | None = None) -> web.Application:
     app.router.add_get("/v1/models", models)
     app.router.add_get("/health", health)
     app.router.add_get("/metrics", metrics)
+    app.router.add_get("/get_load", get_load)
     app.router.add_get("/admin/policy", policy_get)
     app.router.add_post("/admin/policy", policy_set)
     return app
@@ -393,11 +412,12 @@ class SimThread:
             self._thread.join(30)
 
 
-def _write_ready_file(path: str, url: str) -> None:
+def write_ready_file(path: str, payload: dict[str, Any]) -> None:
+    """Write ``payload`` as JSON to ``path`` atomically (a reader never sees half of it)."""
     target = Path(path)
     tmp = target.with_name(f".{target.name}.{os.getpid()}.tmp")
     try:
-        tmp.write_text(json.dumps({"url": url, "pid": os.getpid()}), encoding="utf-8")
+        tmp.write_text(json.dumps(payload), encoding="utf-8")
         os.replace(tmp, target)
     except OSError as exc:
         raise ConfigError(f"cannot write the ready file {path!r}: {exc.strerror}; "
@@ -414,7 +434,7 @@ async def serve(config: SimConfig, host: str = "127.0.0.1", port: int = 0,
         loop.add_signal_handler(sig, stop.set)
     try:
         if ready_file:
-            _write_ready_file(ready_file, server.url)
+            write_ready_file(ready_file, {"url": server.url, "pid": os.getpid()})
         print(server.url, flush=True)
         await stop.wait()
     finally:

@@ -50,7 +50,8 @@ class SimRequest:
                  "prompt_tokens", "max_tokens", "kv_tokens", "n_inputs", "prefill_left",
                  "generated", "slow_factor", "slow_count", "disconnect_at", "malformed_at",
                  "stream", "include_usage", "report_timing", "aborted", "done", "transport", "client",
-                 "writer", "created", "_prefix", "_token_frame", "_first_frame")
+                 "writer", "created", "_prefix", "_token_frame", "_first_frame",
+                 "prefix_hashes", "cached_tokens", "engine_index")
 
     def __init__(self, *, seq: int, rid: str, kind: str, model: str, policy: str, rank: int,
                  received_ns: int, deadline_ns: int, prompt_tokens: int, max_tokens: int,
@@ -72,6 +73,9 @@ class SimRequest:
         self.writer: Any = None
         self.created = int(time.time())
         self._prefix = self._token_frame = self._first_frame = b""
+        self.prefix_hashes: list[int] = []     # chained block hashes (sim.prefix_cache)
+        self.cached_tokens = 0
+        self.engine_index = 0                   # the LLM engine instance that served it
 
     # -- streaming ------------------------------------------------------------------------------
     def attach_stream(self, transport: Any, writer: Any) -> None:
