@@ -418,6 +418,10 @@ def _write_outputs(out: Path, run: dict, pool: WorkerPool, o: dict, monitors) ->
     if monitors is not None:
         monitors.write(out / "monitor.arrow")
         summary["monitor"] = monitors.status()
+        # Per-engine requests/tokens/prefix hits from the engines' counters (issue 18).
+        from cpbench.monitor.engines import balance_from_monitor
+        if (engines := balance_from_monitor(monitors.table())) is not None:
+            summary["engines"] = engines
     write_summary(summary, out / "summary.json")
     if not o["quiet"]:
         print(format_summary(summary, out))

@@ -100,26 +100,33 @@ def parse_launches(items: Sequence[str] | None) -> list[Launch]:
 def redact_argv(argv: Sequence[str]) -> str:
     """The command line as one string, with secrets replaced by ``<redacted>``.
 
-    The value of an option named like a secret (``--api-key X``, ``--token=X``) is replaced,
-    as are URL credentials, bearer tokens and the values of secret-named environment
-    variables (``manifest.scrub``).
+    The value of an option named like a secret (``--api-key X``, ``--token=X``) or of such an
+    environment assignment (``env HF_TOKEN=X cmd``) is replaced, as are URL credentials,
+    bearer tokens and the values of secret-named environment variables (``manifest.scrub``).
     """
+    return shlex.join(_redacted(argv)[0])
+
+
+def _redacted(argv: Sequence[str]) -> tuple[list[str], list[str]]:
+    """(the arguments with secrets replaced, the secret values found)."""
     out: list[str] = []
+    hidden: list[str] = []
     hide_next = False
     for arg in argv:
         if hide_next:
             out.append(REDACTED)
+            hidden.append(arg)
             hide_next = False
             continue
-        if arg.startswith("-"):
-            flag, eq, value = arg.partition("=")
-            secret = scrub("x", name=flag.lstrip("-")) == REDACTED
-            if secret and eq:
-                out.append(f"{flag}={REDACTED}")
-                continue
-            hide_next = secret
+        flag, eq, value = arg.partition("=")
+        secret = scrub("x", name=flag.lstrip("-")) == REDACTED
+        if secret and eq:  # --token=X, or an environment assignment API_KEY=X (env ...)
+            out.append(f"{flag}={REDACTED}")
+            hidden.append(value)
+            continue
+        hide_next = secret and arg.startswith("-")
         out.append(str(scrub(arg)))
-    return shlex.join(out)
+    return out, [h for h in hidden if h]
 
 
 def free_port(host: str = "127.0.0.1") -> int:
@@ -141,12 +148,16 @@ def _answers(url: str, timeout_s: float) -> bool:
     return False
 
 
-def _log_tail(log: Path) -> str:
+def _log_tail(log: Path, hidden: Sequence[str]) -> str:
+    """The log's last line, without the secrets the command line carried (it may echo them)."""
     try:
         lines = log.read_text(encoding="utf-8", errors="replace").strip().splitlines()
     except OSError:
         return ""
-    return lines[-1][:300] if lines else ""
+    tail = lines[-1] if lines else ""
+    for secret in sorted(hidden, key=len, reverse=True):
+        tail = tail.replace(secret, REDACTED)
+    return str(scrub(tail))[:300]
 
 
 def stop_process(proc: subprocess.Popen, grace_s: float = _STOP_GRACE_S) -> None:
@@ -184,20 +195,21 @@ def start(launch: Launch, log_dir: Path, *, start_timeout_s: float = 60.0,
         raise LaunchError(f"--launch {launch.name}: cannot start {argv[0]!r}: "
                           f"{exc.strerror or exc}; is it installed and on PATH?") from None
     url = f"http://{host}:{port}"
+    shown, hidden = _redacted(argv)
     running = Running(launch.name, url,
                       f"http://{host}:{metrics_port}/metrics" if metrics_port else None,
-                      redact_argv(argv), proc.pid)
+                      shlex.join(shown), proc.pid)
     deadline = time.monotonic() + start_timeout_s
     while True:
         if proc.poll() is not None:
-            tail = _log_tail(log)
+            tail = _log_tail(log, hidden)
             raise LaunchError(f"--launch {launch.name} exited with status {proc.returncode} "
                               f"before it answered on {url}" + (f": {tail}" if tail else ""))
         if _answers(url, timeout_s=1.0):
             return proc, running
         if time.monotonic() >= deadline:
             stop_process(proc)
-            tail = _log_tail(log)
+            tail = _log_tail(log, hidden)
             raise LaunchError(f"--launch {launch.name} did not answer 200 on {url}/health or "
                               f"/v1/models within {start_timeout_s:g} s"
                               + (f"; last log line: {tail}" if tail else ""))

@@ -91,6 +91,10 @@ class PeriodicSampler:
             self.teardown()
         return ended
 
+    def sample_now(self) -> None:
+        """Take one sample on the caller's thread (a final one after ``stop``)."""
+        self._sample_guarded()
+
     @property
     def running(self) -> bool:
         return self._thread is not None and self._thread.is_alive()
