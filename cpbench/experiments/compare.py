@@ -218,11 +218,15 @@ def analyse(dirs: dict[str, list[Path]], *, baseline: str, confidence: float,
     return stats, best
 
 
-def write_comparison_report(dirs: Sequence[Path], out_dir: Path, title: str) -> Path:
-    """``DIR/report.html`` and ``DIR/report.md`` over every run directory."""
+def write_comparison_report(dirs: Sequence[Path], out_dir: Path, title: str,
+                            stats: dict | None = None) -> Path:
+    """``DIR/report.html`` and ``DIR/report.md`` over every run directory; with ``stats``
+    the HTML leads with the paired differences."""
+    from cpbench.reporting.fleet import paired_table
     from cpbench.reporting.html import write_report
     return write_report(list(dirs), out_dir / "report.html",
-                        markdown_path=out_dir / "report.md", title=title)
+                        markdown_path=out_dir / "report.md", title=title,
+                        leading_tables=[paired_table(stats)] if stats else None)
 
 
 def compare(trace: str | Path, *, policies: Sequence[str], out_dir: str | Path,
@@ -331,7 +335,8 @@ def compare(trace: str | Path, *, policies: Sequence[str], out_dir: str | Path,
     except OSError as exc:
         raise OutputError(f"cannot write {str(out / 'comparison.md')!r}: {exc.strerror}") from exc
     write_comparison_report([d for ds in dirs.values() for d in ds], out,
-                            title=f"cpbench {experiment}: {', '.join(policies)} on {trace.name}")
+                            title=f"cpbench {experiment}: {', '.join(policies)} on {trace.name}",
+                            stats=stats)
     print_answer(result, stdout)
     return result
 
