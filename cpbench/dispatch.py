@@ -215,7 +215,8 @@ class Dispatcher:
         out = col.output_tokens[j]
         body = request_body(KINDS[kind], self._models_json[col.model[j]], row,
                             col.input_tokens[j], None if out < 0 else out, col.batch_size[j],
-                            prompt, PRIORITY_VALUES[prio], hints)
+                            prompt, PRIORITY_VALUES[prio], hints,
+                            col.messages[j] if col.messages is not None else None)
         head = self._heads.get((kind, prio)) or self._head(kind, prio)
         if hints == "sagellm":
             # The static headers are cached; only the per-request hints are formatted.
@@ -418,10 +419,11 @@ class _Columns:
     one gives a Python number, with no conversion up front and nothing for the garbage
     collector to walk."""
 
-    __slots__ = (*COLUMNS, "prompts")
+    __slots__ = (*COLUMNS, "prompts", "messages")
 
     def __init__(self, plan: Plan) -> None:
         for name, dtype in COLUMNS.items():
             # The memoryview holds its array.
             setattr(self, name, memoryview(np.ascontiguousarray(getattr(plan, name), dtype)))
         self.prompts = plan.prompts
+        self.messages = plan.messages

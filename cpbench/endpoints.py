@@ -81,12 +81,14 @@ def request_body(
     prompt: str | None,
     priority: str,
     hints: str,
+    messages_json: str | None = None,
 ) -> bytes:
     """The JSON body of one request, as bytes.
 
     ``model_json`` is the model name already JSON-quoted (the caller caches it per model).
     ``prompt`` null means a prompt of ``input_tokens`` words built by
-    :func:`cpbench.prompts.build_prompt`, tagged with the trace ``row``.
+    :func:`cpbench.prompts.build_prompt`, tagged with the trace ``row``. ``messages_json``
+    (chat only) is a ready JSON array of messages (a session's turns), sent as it is.
     """
     extra = f',"priority":{VLLM_PRIORITY.get(priority, 1)}' if hints == "vllm" else ""
     if kind == "embedding":
@@ -95,7 +97,9 @@ def request_body(
         return f'{{"model":{model_json},"input":[{inputs}]{extra}}}'.encode()
     text = _json_str(build_prompt(input_tokens, row) if prompt is None else prompt)
     max_tokens = "" if output_tokens is None else f',"max_tokens":{int(output_tokens)}'
-    if kind == "chat":
+    if kind == "chat" and messages_json is not None:
+        head = f'{{"model":{model_json},"messages":{messages_json}'
+    elif kind == "chat":
         head = f'{{"model":{model_json},"messages":[{{"role":"user","content":{text}}}]'
     else:
         head = f'{{"model":{model_json},"prompt":{text}'

@@ -78,6 +78,8 @@ class Plan:
     warmup: np.ndarray
     prompts: PromptColumn | None       # None: every prompt is built from input_tokens
     models: list[str] = field(default_factory=list)
+    # Chat rows continuing a session: the JSON array of their messages (prompts.render_rows).
+    messages: PromptColumn | None = None
 
     def __len__(self) -> int:
         return len(self.rows)
@@ -91,11 +93,15 @@ def save_plan(plan: Plan, folder: Path) -> None:
     folder.mkdir(parents=True, exist_ok=True)
     for name, dtype in COLUMNS.items():
         _save(folder / f"{name}.bin", getattr(plan, name), dtype)
-    meta = {"rows": len(plan), "models": plan.models, "prompts": plan.prompts is not None}
-    if plan.prompts is not None:
-        (folder / "prompts.bin").write_bytes(bytes(plan.prompts.data))
-        _save(folder / "prompt_offsets.bin", plan.prompts.offsets, np.int64)
-        _save(folder / "prompt_valid.bin", plan.prompts.valid, np.bool_)
+    meta = {"rows": len(plan), "models": plan.models, "prompts": plan.prompts is not None,
+            "messages": plan.messages is not None}
+    for name in ("prompts", "messages"):
+        texts = getattr(plan, name)
+        if texts is not None:
+            stem = name[:-1]               # prompt_*, message_*
+            (folder / f"{name}.bin").write_bytes(bytes(texts.data))
+            _save(folder / f"{stem}_offsets.bin", texts.offsets, np.int64)
+            _save(folder / f"{stem}_valid.bin", texts.valid, np.bool_)
     (folder / "plan.json").write_text(json.dumps(meta))
 
 
@@ -104,15 +110,19 @@ def load_plan(folder: Path) -> Plan:
     meta = json.loads((folder / "plan.json").read_text())
     n = int(meta["rows"])
     cols = {name: _map(folder / f"{name}.bin", dtype, n) for name, dtype in COLUMNS.items()}
-    prompts = None
-    if meta["prompts"]:
+    texts: dict[str, PromptColumn | None] = {}
+    for name in ("prompts", "messages"):
+        texts[name] = None
+        if not meta.get(name):
+            continue
+        stem = name[:-1]
         data: bytes | mmap.mmap = b""
-        if (folder / "prompts.bin").stat().st_size:
-            with open(folder / "prompts.bin", "rb") as f:
+        if (folder / f"{name}.bin").stat().st_size:
+            with open(folder / f"{name}.bin", "rb") as f:
                 data = mmap.mmap(f.fileno(), 0, access=mmap.ACCESS_READ)
-        prompts = PromptColumn(data, _map(folder / "prompt_offsets.bin", np.int64, n + 1),
-                               _map(folder / "prompt_valid.bin", np.bool_, n))
-    return Plan(**cols, prompts=prompts, models=list(meta["models"]))
+        texts[name] = PromptColumn(data, _map(folder / f"{stem}_offsets.bin", np.int64, n + 1),
+                                   _map(folder / f"{stem}_valid.bin", np.bool_, n))
+    return Plan(**cols, **texts, models=list(meta["models"]))
 
 
 def _save(path: Path, values: np.ndarray, dtype) -> None:

@@ -409,7 +409,7 @@ def _start_monitors(o: dict, sim_url: str | None, start_ns: int):
 
 
 def _write_outputs(out: Path, run: dict, pool: WorkerPool, o: dict, monitors) -> None:
-    from cpbench.summary import summarize, write_summary
+    from cpbench.summary import add_monitor, summarize, write_summary
     release_unused_memory()     # what the batches of the run left in the allocators
     results = read_results(out / "results.arrow")
     summary = summarize(results, itl_hist=pool.merged_itl(), run=run)
@@ -417,7 +417,7 @@ def _write_outputs(out: Path, run: dict, pool: WorkerPool, o: dict, monitors) ->
     release_unused_memory()
     if monitors is not None:
         monitors.write(out / "monitor.arrow")
-        summary["monitor"] = monitors.status()
+        add_monitor(summary, monitors.table(), monitors.status())
         # Per-engine requests/tokens/prefix hits from the engines' counters (issue 18).
         from cpbench.monitor.engines import balance_from_monitor
         if (engines := balance_from_monitor(monitors.table())) is not None:
@@ -465,5 +465,8 @@ def format_summary(summary: dict, out: Path) -> str:
         share = slo.get("attainment")
         shown = "-" if share is None else f"{100.0 * share:.1f}%"
         lines.append(f"SLO        attainment {shown}  goodput {slo.get('goodput_rps') or 0:,.1f} rps")
+    if "prefix_cache" in summary:
+        from cpbench.monitor.prefix import format_prefix_cache
+        lines.append(format_prefix_cache(summary))
     lines.append(f"results    {out}")
     return "\n".join(lines)

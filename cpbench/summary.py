@@ -278,6 +278,15 @@ def summarize(results: pa.Table, *, itl_hist: Histogram | None = None, run: dict
     }
 
 
+def add_monitor(summary: dict[str, Any], monitor: pa.Table, status: dict[str, Any]) -> None:
+    """Add what the run's monitors saw: ``"monitor"`` (their status) and, where the targets
+    expose vLLM's prefix-cache counters, ``prefix_hit_ratio`` and ``prefix_cache``
+    (:func:`cpbench.monitor.prefix.prefix_cache_summary`)."""
+    from cpbench.monitor.prefix import prefix_cache_summary
+    summary["monitor"] = status
+    summary.update(prefix_cache_summary(monitor))
+
+
 def decode_histogram(summary: dict[str, Any], name: str) -> Histogram:
     """The histogram ``name`` of a summary (e.g. ``"e2e_from_intended"``), decoded."""
     return Histogram.decode(base64.b64decode(summary["histograms"][name]))
@@ -310,5 +319,5 @@ def load_summary(path: str | os.PathLike) -> dict[str, Any]:
     return summary
 
 
-__all__ = ["PERCENTILES", "decode_histogram", "histogram_stats_ms", "load_summary",
+__all__ = ["PERCENTILES", "add_monitor", "decode_histogram", "histogram_stats_ms", "load_summary",
            "percent_key", "summarize", "write_summary"]

@@ -23,6 +23,7 @@ import pyarrow.compute as pc
 import pyarrow.ipc as ipc
 import pyarrow.parquet as pq
 
+from cpbench import blocks as prefix_blocks
 from cpbench.errors import TraceError
 
 TRACE_VERSION = "1"
@@ -43,11 +44,13 @@ SCHEMA = pa.schema([
     ("slo_e2e_ms", pa.float32()),
     ("prompt", pa.string()),
     ("session", pa.string()),
+    ("prefix_blocks", pa.list_(pa.int64())),
 ])
 REQUIRED_COLUMNS: tuple[str, ...] = (
     "arrival_ns", "kind", "model", "input_tokens", "output_tokens", "batch_size", "priority")
 # Filled with nulls when absent: null means "the run's default" / "build from the corpus".
-OPTIONAL_COLUMNS: tuple[str, ...] = ("slo_ttft_ms", "slo_e2e_ms", "prompt", "session")
+OPTIONAL_COLUMNS: tuple[str, ...] = ("slo_ttft_ms", "slo_e2e_ms", "prompt", "session",
+                                     "prefix_blocks")
 
 # Bounds beyond which a value is a unit mistake or a corrupt file, not a workload.
 MAX_TOKENS = 10_000_000
@@ -58,7 +61,7 @@ MAX_SLO_MS = 86_400_000.0
 MAX_DECODED_BYTES = 8 << 30
 
 _META_PREFIX = "cpbench."
-_META_KEYS = ("generator", "params", "seed", "source")
+_META_KEYS = ("generator", "params", "seed", "source", "block_tokens")
 
 _INT_COLUMNS = {"arrival_ns", "input_tokens", "output_tokens", "batch_size"}
 _STR_COLUMNS = {"kind", "model", "priority", "prompt", "session"}
@@ -194,15 +197,20 @@ def extra_columns(table: pa.Table) -> list[str]:
     return [name for name in table.column_names if name not in known]
 
 
-def validate_table(table: pa.Table, *, source: str = "<table>") -> list[str]:
+def validate_table(table: pa.Table, *, source: str = "<table>",
+                   block_tokens: int | None = None) -> list[str]:
     """Every problem a replay would trip on, one line each (empty list: the trace is good).
 
     Checks column presence and types, nested types, and per-row values: sorted, non-negative
     ``arrival_ns``; known ``kind`` and ``priority``; LLM rows with ``output_tokens``; embedding
-    rows with ``batch_size`` >= 1; absurd lengths or batch sizes; deadlines > 0.
+    rows with ``batch_size`` >= 1; absurd lengths or batch sizes; deadlines > 0;
+    ``prefix_blocks`` (:func:`cpbench.blocks.row_problems`) against the block size in the
+    schema metadata, or ``block_tokens`` when given (a table about to be written).
     """
     problems: list[str] = []
     for field in table.schema:
+        if field.name == "prefix_blocks":
+            continue                    # the one list column: _type_problem checks it
         if pa.types.is_nested(field.type) or pa.types.is_union(field.type):
             problems.append(f"{source}: column '{field.name}' has nested type {field.type}; "
                             "traces hold flat columns only")
@@ -222,10 +230,25 @@ def validate_table(table: pa.Table, *, source: str = "<table>") -> list[str]:
     cols = {name: _plain(table.column(name)) for name in table.column_names
             if name in SCHEMA.names}
     problems.extend(f"{source}: {p}" for p in _row_problems(cols))
+    if "prefix_blocks" in cols and not problems:
+        raw = (table.schema.metadata or {}).get(prefix_blocks.META_KEY)
+        size = prefix_blocks.block_tokens_of(table.schema.metadata)
+        if block_tokens is not None:
+            size, raw = int(block_tokens), str(block_tokens).encode()
+        prompt = cols.get("prompt")
+        given = (~prompt.is_null().to_numpy(zero_copy_only=False) if prompt is not None
+                 else np.zeros(table.num_rows, bool))
+        problems.extend(f"{source}: {p}" for p in prefix_blocks.row_problems(
+            cols["prefix_blocks"], _ints(cols["input_tokens"])[0],
+            pc.not_equal(cols["kind"], "embedding").to_numpy(zero_copy_only=False),
+            given, size, raw))
     return problems
 
 
 def _type_problem(name: str, typ: pa.DataType) -> str | None:
+    if name == "prefix_blocks":
+        return None if prefix_blocks.is_block_list(typ) else (
+            f"column 'prefix_blocks' has type {typ}, expected list<int64> (block ids)")
     if pa.types.is_dictionary(typ):
         typ = typ.value_type
     if name in _INT_COLUMNS:
@@ -391,12 +414,13 @@ def write_trace(table: pa.Table, path: str | os.PathLike[str], *,
     ----------
     metadata
         Provenance: ``generator`` (str), ``params`` (JSON-able dict), ``seed`` (int or None),
-        ``source`` (str). Stored under ``cpbench.*`` keys with ``cpbench.trace.version``.
+        ``source`` (str); and ``block_tokens`` (int), the size of a ``prefix_blocks`` block,
+        for traces that have them. Stored under ``cpbench.*`` keys with ``cpbench.trace.version``.
         Nothing time- or host-dependent is added, so the same table and metadata give the same
         bytes.
     """
     target = os.fspath(path)
-    problems = validate_table(table, source=target)
+    problems = validate_table(table, source=target, block_tokens=metadata.get("block_tokens"))
     if problems:
         raise TraceError(problems[0])
     unknown = set(metadata) - set(_META_KEYS)
@@ -408,9 +432,15 @@ def write_trace(table: pa.Table, path: str | os.PathLike[str], *,
         value = metadata.get(key)
         if key == "params":
             meta[_META_PREFIX + key] = json.dumps(value or {}, sort_keys=True)
+        elif key == "block_tokens":
+            if value is not None:       # only traces with prefix blocks carry a block size
+                meta[_META_PREFIX + key] = str(int(value))
         else:
             meta[_META_PREFIX + key] = "" if value is None else str(value)
     out = normalize(table.select([c for c in table.column_names if c in SCHEMA.names]))
+    if out.column("prefix_blocks").null_count == out.num_rows:
+        # A trace without prefix blocks is written as before the column existed: same bytes.
+        out = out.drop_columns(["prefix_blocks"])
     out = out.replace_schema_metadata(meta)
     tmp = f"{target}.tmp-{os.getpid()}"
     try:
@@ -444,6 +474,8 @@ def trace_metadata(table: pa.Table) -> dict[str, Any]:
                 out["params"] = text
         elif k == "seed":
             out["seed"] = int(text) if text.lstrip("-").isdigit() else (text or None)
+        elif k == "block_tokens":
+            out["block_tokens"] = int(text) if text.isdigit() else text
         else:
             out[k] = text
     return out
@@ -498,6 +530,10 @@ def describe(table: pa.Table, *, percents: tuple[float, ...] = (50.0, 90.0, 99.0
             lengths[label] = stats
     info["lengths"] = lengths
     info["metadata"] = trace_metadata(table)
+    column = table.column("prefix_blocks") if "prefix_blocks" in table.column_names else None
+    size = prefix_blocks.block_tokens_of(table.schema.metadata)
+    if column is not None and size and column.null_count < n:
+        info["prefix"] = prefix_blocks.reuse(column.to_pylist(), np.where(llm, tin, 0), size)
     return info
 
 
@@ -535,6 +571,16 @@ def format_description(source: str, info: Mapping[str, Any]) -> str:
         cells = ", ".join(f"{k} {v:g}" if k != "mean" else f"mean {v:.1f}"
                           for k, v in stats.items())
         lines.append(f"{label:<27}{cells}")
+    prefix = info.get("prefix")
+    if prefix:
+        lines.append(
+            f"prefix reuse {prefix['reuse_percent']:.1f}% of prompt tokens in blocks seen "
+            f"before ({prefix['reused_tokens']} of {prefix['prompt_tokens']}; "
+            f"{prefix['block_tokens']} tokens per block)")
+        lines.append(f"prefix blocks {prefix['distinct_blocks']} distinct of "
+                     f"{prefix['blocks']} in {prefix['requests_with_blocks']} requests")
+        lines.append("top blocks   " + ", ".join(
+            f"{b}: {c} ({pct:.1f}%)" for b, c, pct in prefix["top_blocks"]))
     meta = info.get("metadata") or {}
     if meta:
         lines.append(f"generator    {meta.get('generator', '')} (seed {meta.get('seed')}, "

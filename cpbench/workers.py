@@ -90,9 +90,17 @@ def build_plan(table: pa.Table, sel: Selection, worker: int, n_workers: int) -> 
         defaults = np.array([DEFAULT_SLO_MS[k][i] for k in KIND_VALUES])[kind]
         given = pc.fill_null(sub.column(name), np.nan).to_numpy().astype(np.float64)
         slos.append(np.where(np.isnan(given), defaults, given))
-    prompts = None
+    prompts = messages = None
     if "prompt" in sub.column_names and sub.column("prompt").null_count < sub.num_rows:
         prompts = PromptColumn.from_texts(sub.column("prompt").to_pylist())
+    rendered = render_block_prompts(table, rows)
+    if rendered is not None:
+        # Literal prompts and blocks never share a row (trace validation): merge the two.
+        texts, chats = rendered
+        given = [prompts[j] for j in range(len(rows))] if prompts is not None \
+            else [None] * len(rows)
+        prompts = PromptColumn.from_texts([g if t is None else t for g, t in zip(given, texts)])
+        messages = PromptColumn.from_texts(chats) if any(c is not None for c in chats) else None
     return Plan(
         rows=rows, intended_ns=sel.intended_ns[pos], kind=kind,
         priority=_codes(sub.column("priority"), list(PRIORITY_VALUES)),
@@ -102,7 +110,25 @@ def build_plan(table: pa.Table, sel: Selection, worker: int, n_workers: int) -> 
         batch_size=nums("batch_size", 1, np.int32),
         slo_ttft_ms=slos[0], slo_e2e_ms=slos[1],
         warmup=sel.warmup[pos].astype(np.int32), prompts=prompts, models=models,
+        messages=messages,
     )
+
+
+def render_block_prompts(table: pa.Table, rows: np.ndarray) -> tuple[list, list] | None:
+    """Prompts of ``rows`` rendered from ``prefix_blocks`` ahead of the run (None when the
+    trace has no blocks): :func:`cpbench.prompts.render_rows` over the whole trace's columns."""
+    from cpbench.blocks import BlockLists, block_tokens_of
+    from cpbench.prompts import render_rows
+
+    if "prefix_blocks" not in table.column_names or \
+            table.column("prefix_blocks").null_count == table.num_rows:
+        return None
+    kinds = pc.cast(table.column("kind"), pa.string()).to_pylist()
+    return render_rows(rows.tolist(), BlockLists(table.column("prefix_blocks")),
+                       table.column("input_tokens").to_pylist(),
+                       table.column("output_tokens").to_pylist(),
+                       table.column("session").to_pylist(), [k == "chat" for k in kinds],
+                       block_tokens_of(table.schema.metadata) or 1)
 
 
 class WorkerPool:

@@ -181,3 +181,21 @@ def test_bad_options_and_sources(tmp_path, capsys):
     sg.write_text("0,abc,1,Gamma,1,1\n")
     with pytest.raises(TraceError, match="line 1"):
         import_trace("servegen", str(sg))
+
+
+@pytest.mark.parametrize("name", ["mooncake_conversation.sample.jsonl",
+                                  "mooncake_synthetic.sample.jsonl"])
+def test_mooncake_hash_ids_kept_exactly(tmp_path, name):
+    """Every hash_ids list of the shared samples survives the import as prefix_blocks, in
+    order, with the 512-token block size in the metadata (parsed here with json, not Arrow)."""
+    path = os.path.join(PUBLIC, name)
+    with open(path) as fh:
+        rows = [json.loads(line) for line in fh if line.strip()]
+    # the importer keeps equal timestamps in file order when it sorts
+    rows = [r for _, r in sorted(enumerate(rows), key=lambda x: (x[1]["timestamp"], x[0]))]
+    out = tmp_path / "m.arrow"
+    assert main(["record", "import", "mooncake", path, "-o", str(out)]) == 0
+    table = read_trace(out)
+    assert trace_metadata(table)["block_tokens"] == 512
+    assert table.column("prefix_blocks").to_pylist() == [r["hash_ids"] for r in rows]
+    assert table.column("input_tokens").to_pylist() == [r["input_length"] for r in rows]

@@ -266,8 +266,10 @@ def test_scrape_cpbench_sim_under_load(tmp_path):
     status = monitors.status()["prometheus"][0]
     assert status["url"] == url + "/metrics" and status["failures"] == 0
     rows = [r for r in monitors.table().to_pylist() if r["source"] == status["url"]]
-    # The default selection finds the sim's queue-depth, running, KV-cache and policy series.
-    sim_defaults = {s for s in DEFAULT_SERIES if s.startswith("cpbench")}
+    # The default selection finds the sim's queue-depth, running, KV-cache and policy series,
+    # and the vLLM-named ones every sim LLM engine exposes (not the pre-0.10 gpu_cache name).
+    sim_defaults = {s for s in DEFAULT_SERIES if s.startswith("cpbench")
+                    or (s.startswith("vllm:") and s != "vllm:gpu_cache_usage_perc")}
     assert sim_defaults and sim_defaults == {r["metric"].split("{")[0] for r in rows}
     policy = {r["metric"] for r in rows if r["metric"].startswith("cpbench_sim_policy{")}
     assert policy == {'cpbench_sim_policy{policy="fifo"}'}

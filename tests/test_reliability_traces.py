@@ -197,6 +197,23 @@ def _zero_rows(tmp: Path) -> Path:
     return write_raw(cols, tmp / "zero_rows.arrow")
 
 
+def _blocks(tmp: Path, name: str, rows: dict[int, list | None], block_tokens: bytes | None = b"4",
+            typ: pa.DataType = pa.list_(pa.int64()), prompt_row: int | None = None) -> Path:
+    """A trace whose ``prefix_blocks`` has ``rows`` (others null), block size in metadata."""
+    cols = good_columns()
+    cols["prefix_blocks"] = pa.array([rows.get(i) for i in range(N_ROWS)], typ)
+    if prompt_row is not None:
+        prompts = [None] * N_ROWS
+        prompts[prompt_row] = "a literal prompt"
+        cols["prompt"] = pa.array(prompts, pa.string())
+    table = pa.table(cols)
+    if block_tokens is not None:
+        table = table.replace_schema_metadata({b"cpbench.block_tokens": block_tokens})
+    with pa.OSFile(str(tmp / name), "wb") as sink, ipc.new_file(sink, table.schema) as writer:
+        writer.write_table(table)
+    return tmp / name
+
+
 # (case id, builder(tmp) -> path, words the message must contain: column, row, value)
 CASES = [
     ("not_arrow", lambda t: _bytes(t / "notes.arrow", b"arrival_ns,kind\n1,chat\n"),
@@ -263,6 +280,24 @@ CASES = [
     ("declared_2gb_buffer", _declared_2gb, ["2147483648"]),
     ("directory", lambda t: (t / "adir.arrow").mkdir() or t / "adir.arrow", ["adir.arrow"]),
     ("missing_file", lambda t: t / "no_such.arrow", ["no_such.arrow", "No such file"]),
+    # prefix_blocks (block size 4, input_tokens 8: at most 2 blocks per row)
+    ("prefix_negative_id", lambda t: _blocks(t, "pneg.arrow", {0: [1, 2], 5: [3, -7]}),
+     ["prefix_blocks", "row 5", "-7"]),
+    ("prefix_null_id", lambda t: _blocks(t, "pnull.arrow", {3: [1, None]}),
+     ["prefix_blocks", "row 3", "null"]),
+    ("prefix_too_many_blocks", lambda t: _blocks(t, "plong.arrow", {1: [1], 4: [1, 2, 3]}),
+     ["prefix_blocks", "row 4", "3 blocks", "input_tokens 8"]),
+    ("prefix_without_block_tokens", lambda t: _blocks(t, "pmeta.arrow", {6: [1]}, None),
+     ["prefix_blocks", "row 6", "cpbench.block_tokens", "absent"]),
+    ("prefix_bad_block_tokens", lambda t: _blocks(t, "pmeta2.arrow", {0: [1]}, b"zero"),
+     ["prefix_blocks", "cpbench.block_tokens", "'zero'"]),
+    ("prefix_on_embedding", lambda t: _blocks(t, "pemb.arrow", {2: [1]}),
+     ["prefix_blocks", "row 2", "embedding"]),
+    ("prefix_and_prompt", lambda t: _blocks(t, "pboth.arrow", {0: [1]}, prompt_row=0),
+     ["row 0", "prompt", "prefix_blocks"]),
+    ("prefix_strings", lambda t: _blocks(t, "pstr.arrow", {0: ["a"]},
+                                         typ=pa.list_(pa.string())),
+     ["prefix_blocks", "string", "list<int64>"]),
 ]
 
 

@@ -138,7 +138,7 @@ def test_cli_bad_spec_exits_2_with_one_line(tmp_path, capsys):
     assert status == 2 and len(err) == 1 and "--input-tokens must be" in err[0]
 
 
-SHIPPED = ("light", "medium", "heavy", "balanced", "llm_heavy", "embed_heavy", "burst")
+SHIPPED = ("light", "medium", "heavy", "balanced", "llm_heavy", "embed_heavy", "burst", "prefix")
 
 
 def test_shipped_traces_are_valid_small_and_rebuild_byte_for_byte(tmp_path):
@@ -156,7 +156,10 @@ def test_shipped_traces_are_valid_small_and_rebuild_byte_for_byte(tmp_path):
         info = describe(read_trace(path))
         assert 45 <= info["duration_s"] <= 60
         kinds = set(info["by_kind"])
-        assert ("embedding" in kinds) == (name not in ("light", "medium", "heavy"))
+        assert ("embedding" in kinds) == (name not in ("light", "medium", "heavy", "prefix"))
+        assert ("prefix" in info) == (name == "prefix")
+    prefix = describe(read_trace(os.path.join(ROOT, "traces", "prefix.arrow")))["prefix"]
+    assert prefix["reuse_percent"] >= 50
     burst = describe(read_trace(os.path.join(ROOT, "traces", "burst.arrow")))
     assert burst["gap_cv"] > 5 and burst["idle_1s_bins_percent"] > 60
 
@@ -190,3 +193,50 @@ def test_ttft_deadline_applies_to_its_class_only():
     assert set(ttft[kinds != "embedding"]) == {300.0}
     assert set(ttft[kinds == "embedding"]) == {None}
     assert set(t["slo_e2e_ms"].to_numpy()[kinds == "embedding"]) == {250.0}
+
+
+def test_prefix_groups_and_sessions_are_reproducible_and_valid(tmp_path):
+    """Prefix workloads: same seed, same bytes; groups share their leading blocks; session
+    turns extend the previous turn by its answer and new text."""
+    from cpbench.prompts import answer_blocks
+    from cpbench.record.synth import synth_to_file
+    from cpbench.trace import read_trace, trace_metadata
+
+    kw = dict(rate_rps=20.0, requests=120, seed=11, prefix_groups=3, prefix_tokens=40,
+              prefix_zipf=1.5, input_tokens="uniform:1,30")
+    synth_to_file(str(tmp_path / "a.arrow"), **kw)
+    synth_to_file(str(tmp_path / "b.arrow"), **kw)
+    assert (tmp_path / "a.arrow").read_bytes() == (tmp_path / "b.arrow").read_bytes()
+    table = read_trace(tmp_path / "a.arrow")
+    meta = trace_metadata(table)
+    assert meta["block_tokens"] == 16 and meta["params"]["prefix_groups"] == 3
+    blocks = table.column("prefix_blocks").to_pylist()
+    tin = table.column("input_tokens").to_pylist()
+    groups = {tuple(b) for b in blocks}
+    assert groups <= {(0, 1), (2, 3), (4, 5)}               # 40 tokens -> 2 whole blocks
+    counts = sorted((sum(tuple(b) == g for b in blocks) for g in groups), reverse=True)
+    assert counts[0] > counts[-1]                            # Zipf: the first group leads
+    assert all(32 < n <= 62 for n in tin)
+
+    synth_to_file(str(tmp_path / "s.arrow"), rate_rps=20.0, requests=40, seed=12, turns=4,
+                  block_tokens=8, chat_share=0.5)
+    t = read_trace(tmp_path / "s.arrow")
+    rows = t.to_pylist()
+    by_session: dict[str, list[dict]] = {}
+    for r in rows:
+        by_session.setdefault(r["session"], []).append(r)
+    assert len(by_session) == 10 and all(len(v) == 4 for v in by_session.values())
+    for turns in by_session.values():
+        for prev, cur in zip(turns, turns[1:]):
+            n = len(prev["prefix_blocks"])
+            assert cur["prefix_blocks"][:n] == prev["prefix_blocks"]
+            assert len(cur["prefix_blocks"]) > n + answer_blocks(prev["output_tokens"], 8)
+            assert cur["input_tokens"] == 8 * len(cur["prefix_blocks"])
+
+
+def test_prefix_flags_reject_bad_values():
+    from cpbench.record.synth import synthesize
+    with pytest.raises(ConfigError, match="--prefix-tokens must be at least one block"):
+        synthesize(rate_rps=5.0, requests=10, seed=1, prefix_groups=2, prefix_tokens=3)
+    with pytest.raises(ConfigError, match="--turns must be >= 1"):
+        synthesize(rate_rps=5.0, requests=10, seed=1, turns=0)

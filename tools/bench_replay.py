@@ -11,6 +11,12 @@ a few seconds. Prints a table and writes JSON.
     python tools/bench_replay.py --kinds chat --rates 2000,4000 --workers 2 --seconds 3
     chrt -f 5 python tools/bench_replay.py --rates 2000,4000 --wire   # on a busy host
     python tools/bench_replay.py --kinds chat --rates 2000 --workers 2 --hogs 2 --realtime 0,1
+    python tools/bench_replay.py --prefix --rates 4000 --workers 2     # prefix-block prompts
+
+``--prefix`` compares, point by point, chat requests with ~1,000-token prompts rendered from
+prefix blocks ahead of the send (``chat+blocks``: 62 blocks of 16 tokens from 8 shared
+prefixes, then a request-unique tail) with chat requests of the same body size built at the
+send as today (``chat``), so the cost of rendering shows in lag and CPU per request.
 
 On a host shared with other work the lag tail is the scheduler's, not the dispatcher's: the
 ``preempt`` column counts the workers' involuntary context switches. ``--hogs N`` makes the
@@ -44,6 +50,54 @@ SEED = 20_260_601
 def make_trace(path: Path, kind: str, rate_rps: float, seconds: float, seed: int) -> int:
     """The same seeded one-kind Poisson trace `cpbench calibrate` probes with."""
     return poisson_trace(path, kind, rate_rps, seconds, seed)
+
+
+PREFIX_TOKENS = 1000
+PREFIX_BLOCK_TOKENS = 16
+
+
+def make_prefix_traces(folder: Path, rate_rps: float, seconds: float,
+                       seed: int) -> tuple[Path, Path, int, int]:
+    """Two chat traces with the same arrivals: ~1,000-token prompts from prefix blocks, and
+    prompts of the same byte size built at the send. Returns both paths and body sizes."""
+    import pyarrow as pa
+
+    from cpbench.prompts import BlockRenderer, build_prompt
+    from cpbench.trace import read_trace, write_trace
+
+    base = folder / f"chat-{rate_rps:g}.arrow"
+    make_trace(base, "chat", rate_rps, seconds, seed)
+    table = read_trace(base)
+    n = table.num_rows
+    per = PREFIX_TOKENS // PREFIX_BLOCK_TOKENS                 # 62 whole blocks
+    blocks = [list(range((i % 8) * per, (i % 8 + 1) * per)) for i in range(n)]
+    with_blocks = table.set_column(table.schema.get_field_index("input_tokens"), "input_tokens",
+                                   pa.array(np.full(n, PREFIX_TOKENS, np.int32)))
+    with_blocks = with_blocks.set_column(with_blocks.schema.get_field_index("prefix_blocks"),
+                                         "prefix_blocks", pa.array(blocks, pa.list_(pa.int64())))
+    meta = {"generator": "tools/bench_replay.py", "params": {"rate_rps": rate_rps},
+            "seed": seed, "source": "synthetic"}
+    blk = folder / f"chat-blocks-{rate_rps:g}.arrow"
+    write_trace(with_blocks, blk, metadata={**meta, "block_tokens": PREFIX_BLOCK_TOKENS})
+    size = len(BlockRenderer(PREFIX_BLOCK_TOKENS).text(blocks[0], PREFIX_TOKENS, 12345))
+    words = PREFIX_TOKENS
+    while len(build_prompt(words, 12345)) > size:        # the same prompt bytes, built today
+        words -= 1
+    plain = table.set_column(table.schema.get_field_index("input_tokens"), "input_tokens",
+                             pa.array(np.full(n, words, np.int32)))
+    write_trace(plain, base, metadata=meta)
+    return base, blk, size, len(build_prompt(words, 12345))
+
+
+def plan_build_s(trace: Path) -> float:
+    """Seconds to build one worker's plan of the whole trace (rendering included)."""
+    from cpbench.trace import read_trace
+    from cpbench.workers import build_plan, select_rows
+
+    table = read_trace(trace)
+    t0 = time.perf_counter()
+    build_plan(table, select_rows(table), 0, 1)
+    return time.perf_counter() - t0
 
 
 def start_nginx(prefix: Path) -> tuple[int, str]:
@@ -157,6 +211,9 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--realtime", default="0",
                     help="comma-separated SCHED_FIFO priorities to measure each point with "
                          "(0 = normal scheduling), e.g. 0,1")
+    ap.add_argument("--prefix", action="store_true",
+                    help="chat with ~1,000-token prompts from prefix blocks vs the same body "
+                         "size built at the send (see the module docstring)")
     ap.add_argument("-o", "--output", type=Path, default=Path("bench_replay.json"))
     args = ap.parse_args(argv)
     ladders = {"chat": [1000, 2000, 4000, 6000], "embedding": [1000, 2000, 5000, 7000],
@@ -166,18 +223,30 @@ def main(argv: list[str] | None = None) -> int:
         tmp = Path(tmp)
         pid, url = (None, args.url) if args.url else start_nginx(tmp / "nginx")
         try:
-            for kind in args.kinds.split(","):
+            for kind in (["chat"] if args.prefix else args.kinds.split(",")):
                 rates = [float(r) for r in args.rates.split(",")] if args.rates else ladders[kind]
                 for rate in rates:
                     trace = tmp / f"{kind}-{rate:g}.arrow"
-                    make_trace(trace, kind, rate, args.seconds, SEED)
+                    variants = [(kind, trace)]
+                    if args.prefix:
+                        plain, blk, size_blk, size_plain = make_prefix_traces(
+                            tmp, rate, args.seconds, SEED)
+                        print(f"# prompt bytes: {size_blk} from blocks, {size_plain} built at "
+                              f"the send; plan build (before the run, 1 worker's share of "
+                              f"all rows): {plan_build_s(blk):.3f} s with blocks, "
+                              f"{plan_build_s(plain):.3f} s without", flush=True)
+                        variants = [("chat", plain), ("chat+blocks", blk)]
+                    else:
+                        make_trace(trace, kind, rate, args.seconds, SEED)
                     for w in (int(x) for x in args.workers.split(",")):
                         for rt in (int(x) for x in args.realtime.split(",")):
-                            r = measure(trace, tmp / f"out-{kind}-{rate:g}-{w}-{rt}", url, w,
-                                        args.loop, args.wire, args.hogs, rt)
-                            r.update({"kind": kind, "rate_rps": rate, "workers": w})
-                            rows.append(r)
-                            print(_row(r), flush=True)
+                            # Interleaved: both variants of a point run back to back.
+                            for label, path in variants:
+                                r = measure(path, tmp / f"out-{label}-{rate:g}-{w}-{rt}", url,
+                                            w, args.loop, args.wire, args.hogs, rt)
+                                r.update({"kind": label, "rate_rps": rate, "workers": w})
+                                rows.append(r)
+                                print(_row(r), flush=True)
         finally:
             if pid is not None:
                 os.kill(pid, signal.SIGTERM)
@@ -189,14 +258,14 @@ def main(argv: list[str] | None = None) -> int:
     return 0
 
 
-HEADER = (f"{'kind':<10}{'workers':>8}{'target':>9}{'achieved':>10}{'short%':>8}"
+HEADER = (f"{'kind':<12}{'workers':>8}{'target':>9}{'achieved':>10}{'short%':>8}"
           f"{'lag p50':>9}{'lag p99':>9}{'lag max':>9}{'gap CV':>8}{'cpu us/req':>11}"
           f"{'rss MB':>8}{'errors':>7}{'preempt':>8}{'wire CV':>8}{'hogs':>5}{'rt':>3}")
 
 
 def _row(r: dict) -> str:
     short = 100.0 * (1 - r["achieved_rps"] / r["target_rps"])
-    return (f"{r['kind']:<10}{r['workers']:>8}{r['target_rps']:>9.0f}{r['achieved_rps']:>10.0f}"
+    return (f"{r['kind']:<12}{r['workers']:>8}{r['target_rps']:>9.0f}{r['achieved_rps']:>10.0f}"
             f"{short:>8.2f}{r['lag_p50_ms']:>9.3f}{r['lag_p99_ms']:>9.3f}{r['lag_max_ms']:>9.2f}"
             f"{r['send_gap_cv']:>8.3f}{r['cpu_us_per_request']:>11.1f}{r['peak_rss_mb']:>8.0f}"
             f"{r['errors']:>7}{r['preempted']:>8}"

@@ -12,6 +12,9 @@ EPILOG = """examples:
       --burst-rps 100 --burst-s 0.75 --period-s 15 --duration-s 60 --seed 7 -o burst.arrow
   cpbench record synth --pattern gamma --shape 0.25 --rate 5 --requests 1000 \\
       --input-tokens empirical:azure_conv.csv:input_tokens --seed 3 -o gamma.arrow
+  cpbench record synth --rate 10 --duration-s 60 --prefix-groups 8 --prefix-tokens 1024 \
+      --prefix-zipf 1.1 --seed 5 -o shared_system_prompts.arrow
+  cpbench record synth --rate 6 --duration-s 60 --turns 4 --seed 6 -o chat_sessions.arrow
   cpbench record import azure AzureLLMInferenceTrace_conv.csv --start-s 0 --end-s 600 -o conv.arrow
   cpbench record import mooncake conversation_trace.jsonl --speed 2 -o mooncake.arrow
   cpbench record import servegen chunk-0-trace.csv --end-s 3600 --seed 1 -o servegen.arrow
@@ -66,6 +69,17 @@ def _add_synth(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--burst-s", type=float, default=1.0, help="burst: burst length")
     p.add_argument("--period-s", type=float, default=10.0, help="burst: period")
     p.add_argument("--end-rps", type=float, help="ramp: final rate")
+    g = p.add_argument_group("prefix sharing (fills prefix_blocks; see docs/formats.md)")
+    g.add_argument("--prefix-groups", type=int, default=0, metavar="G",
+                   help="shared system prompts: each LLM prompt opens with one of G prefixes")
+    g.add_argument("--prefix-tokens", type=int, default=0, metavar="N",
+                   help="length of a shared prefix (whole blocks); --input-tokens follow it")
+    g.add_argument("--prefix-zipf", type=float, default=1.0, metavar="S",
+                   help="group popularity ~ 1/rank^S (0: uniform; default 1)")
+    g.add_argument("--turns", type=int, default=1, metavar="K",
+                   help="multi-turn sessions of K turns (fills session): each prompt is the "
+                        "previous one + its answer + new text")
+    g.add_argument("--block-tokens", type=int, default=16, help="tokens per block (16)")
     p.add_argument("--seed", type=int, required=True, help="random seed (stored in the trace)")
     p.add_argument("-o", "--output", required=True, help="trace file to write (.arrow)")
     p.set_defaults(func=_synth)
@@ -83,7 +97,9 @@ def _synth(args: argparse.Namespace) -> int:
         slo_ttft_ms={"llm": args.slo_ttft_ms, "embedding": None},
         models={"llm": args.llm_model, "embedding": args.embed_model}, seed=args.seed,
         shape=args.shape, burst_rps=args.burst_rps, burst_s=args.burst_s,
-        period_s=args.period_s, end_rps=args.end_rps)
+        period_s=args.period_s, end_rps=args.end_rps, prefix_groups=args.prefix_groups,
+        prefix_tokens=args.prefix_tokens, prefix_zipf=args.prefix_zipf, turns=args.turns,
+        block_tokens=args.block_tokens)
     print(f"wrote {args.output}: {table.num_rows} requests")
     return 0
 

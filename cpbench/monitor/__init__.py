@@ -116,11 +116,6 @@ class MonitorSet:
         deadline = time.monotonic() + timeout_s
         for sampler in self._samplers():
             sampler.stop(max(0.0, deadline - time.monotonic()))
-        # One last scrape once the run is over: counters then hold every request it sent, so
-        # their change over the run (prefix hit ratio, requests per engine) misses none.
-        for scraper in self.scrapers:
-            if not scraper.running:
-                scraper.sample_now()
 
     def table(self) -> pa.Table:
         """Every sample so far, sorted by ``t_ns``, with :data:`MONITOR_SCHEMA`."""

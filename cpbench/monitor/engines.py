@@ -18,6 +18,7 @@ from collections.abc import Iterable, Mapping
 import numpy as np
 import pyarrow as pa
 
+from cpbench.monitor.prefix import _increase as counter_increase  # resets as Prometheus does
 from cpbench.monitor.prometheus import SeriesSelector, metrics_url, parse_selected
 
 # Figure name -> counter (summed over its label sets: model, engine index, finish reason).
@@ -53,11 +54,8 @@ def totals(samples: Iterable[tuple[str, float]]) -> dict[str, float]:
 
 def delta(before: Mapping[str, float], after: Mapping[str, float]) -> dict[str, float]:
     """Counter change between two scrapes (a counter that went down restarted: its value)."""
-    out = {}
-    for name, end in after.items():
-        start = before.get(name, 0.0)
-        out[name] = end - start if end >= start else end
-    return out
+    return {name: counter_increase(np.array([before.get(name, 0.0), end]))
+            for name, end in after.items()}
 
 
 def balance(per_engine: Mapping[str, Mapping[str, float]]) -> dict | None:
@@ -109,22 +107,18 @@ def balance_from_monitor(table: pa.Table) -> dict | None:
     sources = sub.column("source").to_pylist()
     names = sub.column("metric").to_pylist()
     values = sub.column("value").to_numpy(zero_copy_only=False)
-    series: dict[tuple[str, str], tuple[int, float, int, float]] = {}
+    series: dict[tuple[str, str], list[tuple[int, float]]] = {}
     for t, src, name, value in zip(t_ns, sources, names, values):
-        first = series.get((src, name))
-        if first is None:
-            series[(src, name)] = (t, value, t, value)
-        else:
-            t0, v0, t1, v1 = first
-            series[(src, name)] = (*((t, value) if t < t0 else (t0, v0)),
-                                   *((t, value) if t >= t1 else (t1, v1)))
+        series.setdefault((src, name), []).append((int(t), float(value)))
     per_engine: dict[str, dict[str, float]] = {}
-    for (src, name), (t0, v0, _, v1) in series.items():
-        if t0 > first_scrape[src]:
-            v0 = 0.0
-        figures = per_engine.setdefault(src, {})
+    for (src, name), points in series.items():
+        points.sort()
+        v = np.array([p[1] for p in points])
+        if points[0][0] > first_scrape[src]:
+            v = np.concatenate(([0.0], v))
         figure = _BY_COUNTER[_base(name)]
-        figures[figure] = figures.get(figure, 0.0) + (v1 - v0 if v1 >= v0 else v1)
+        figures = per_engine.setdefault(src, {})
+        figures[figure] = figures.get(figure, 0.0) + counter_increase(v)
     return balance(per_engine)
 
 

@@ -31,6 +31,8 @@ DEFAULT_SERIES: tuple[str, ...] = (
     "vllm:num_requests_waiting",
     "vllm:gpu_cache_usage_perc",
     "vllm:kv_cache_usage_perc",
+    "vllm:prefix_cache_queries_total",      # the run's prefix hit ratio (monitor/prefix.py)
+    "vllm:prefix_cache_hits_total",
     "sglang:num_running_reqs",
     "sglang:num_queue_reqs",
     "sglang:token_usage",
@@ -40,10 +42,8 @@ DEFAULT_SERIES: tuple[str, ...] = (
     "cpbench_sim_kv_cache_usage_percent",
     "cpbench_sim_policy",
 ) + (
-    # Per-engine counters, so the run's prefix hit ratio and each engine's share of requests
-    # and tokens (a router's balance) come from the engines (vllm/v1/metrics/loggers.py).
-    "vllm:prefix_cache_queries_total",
-    "vllm:prefix_cache_hits_total",
+    # Per-engine counters, so each engine's share of requests and tokens (a router's balance)
+    # comes from the engines (vllm/v1/metrics/loggers.py).
     "vllm:request_success_total",
     "vllm:prompt_tokens_total",
     "vllm:generation_tokens_total",

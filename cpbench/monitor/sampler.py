@@ -91,10 +91,6 @@ class PeriodicSampler:
             self.teardown()
         return ended
 
-    def sample_now(self) -> None:
-        """Take one sample on the caller's thread (a final one after ``stop``)."""
-        self._sample_guarded()
-
     @property
     def running(self) -> bool:
         return self._thread is not None and self._thread.is_alive()
@@ -119,3 +115,5 @@ class PeriodicSampler:
                 self.skipped_ticks += missed
                 next_ns += missed * self.interval_ns
             self._stop.wait((next_ns - now) / 1e9)
+        # One last sample at the stop, so counters (prefix-cache hits) cover the whole run.
+        self._sample_guarded()

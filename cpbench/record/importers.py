@@ -28,6 +28,8 @@ from cpbench.record.synth import DEFAULT_MODELS, DEFAULT_SLO_E2E_MS, parse_lengt
 FORMATS = ("azure", "mooncake", "burstgpt", "servegen")
 PRIORITIES = ("HIGH", "NORMAL", "LOW")
 NS_PER_S = 1_000_000_000
+# Mooncake's hash_ids name 512-token blocks of the prompt (kvcache-ai/Mooncake, FAST'25 traces).
+MOONCAKE_BLOCK_TOKENS = 512
 
 
 # --- readers: source file -> (arrival_ns absolute-ish int64, input, output, model or None) ----
@@ -52,18 +54,23 @@ def read_azure(path: str) -> dict[str, np.ndarray]:
 
 def read_mooncake(path: str) -> dict[str, np.ndarray]:
     """Mooncake FAST'25 JSONL: ``timestamp`` (ms from trace start), ``input_length``,
-    ``output_length`` (``hash_ids`` is ignored)."""
+    ``output_length`` and ``hash_ids`` (the prompt's 512-token blocks, kept exactly as
+    ``prefix_blocks``)."""
     schema = pa.schema([("timestamp", pa.int64()), ("input_length", pa.int64()),
-                        ("output_length", pa.int64())])
+                        ("output_length", pa.int64()), ("hash_ids", pa.list_(pa.int64()))])
     try:
         table = pjson.read_json(path, parse_options=pjson.ParseOptions(
             explicit_schema=schema, unexpected_field_behavior="ignore"))
     except (pa.ArrowInvalid, pa.ArrowException, OSError) as exc:
         raise TraceError(f"{path}: not a Mooncake JSONL trace (timestamp, input_length, "
                          f"output_length): {' '.join(str(exc).split())[:200]}") from None
-    return {"t_ns": table["timestamp"].to_numpy(zero_copy_only=False) * 1_000_000,
-            "input": table["input_length"].to_numpy(zero_copy_only=False),
-            "output": table["output_length"].to_numpy(zero_copy_only=False)}
+    out = {"t_ns": table["timestamp"].to_numpy(zero_copy_only=False) * 1_000_000,
+           "input": table["input_length"].to_numpy(zero_copy_only=False),
+           "output": table["output_length"].to_numpy(zero_copy_only=False)}
+    hash_ids = table["hash_ids"].combine_chunks()
+    if hash_ids.null_count < len(hash_ids):
+        out["prefix_blocks"] = hash_ids
+    return out
 
 
 def read_burstgpt(path: str) -> dict[str, np.ndarray]:
@@ -153,7 +160,7 @@ def build_table(src: dict[str, Any], *, kind: str, model: str | None, priority: 
             raise TraceError(f"{path}: {name} token count {values[bad]} at source row {bad} "
                              "is out of range")
     e2e = DEFAULT_SLO_E2E_MS["llm"] if slo_e2e_ms is None else slo_e2e_ms
-    return pa.table({
+    table = pa.table({
         "arrival_ns": pa.array(src["t_ns"], pa.int64()),
         "kind": _const_dict(n, kind),
         "model": models,
@@ -165,6 +172,9 @@ def build_table(src: dict[str, Any], *, kind: str, model: str | None, priority: 
         else pa.array(np.full(n, slo_ttft_ms, np.float32)),
         "slo_e2e_ms": pa.array(np.full(n, e2e, np.float32)),
     })
+    if "prefix_blocks" in src:
+        table = table.append_column("prefix_blocks", src["prefix_blocks"])
+    return table
 
 
 def import_trace(fmt: str, path: str, *, kind: str = "chat", model: str | None = None,
@@ -246,7 +256,9 @@ def import_to_file(fmt: str, path: str, out: str, **options: Any) -> pa.Table:
     params["source_sha256"] = sha256_file(path)
     write_trace(table, out, metadata={"generator": f"cpbench record import {fmt}",
                                       "params": params, "seed": params.get("seed"),
-                                      "source": os.path.basename(path)})
+                                      "source": os.path.basename(path),
+                                      "block_tokens": MOONCAKE_BLOCK_TOKENS
+                                      if "prefix_blocks" in table.column_names else None})
     return table
 
 

@@ -29,7 +29,9 @@ DEFAULT_PRIORITY_MIX = {"HIGH": 0.2, "NORMAL": 0.6, "LOW": 0.2}
 
 # Stream index per random quantity: fixed forever (append, never reorder).
 _STREAMS = ("arrivals", "kind", "llm_kind", "priority", "input_tokens", "output_tokens",
-            "embed_batch", "embed_tokens")
+            "embed_batch", "embed_tokens", "prefix_group")
+DEFAULT_BLOCK_TOKENS = 16
+_PREFIX_PARAMS = ("prefix_groups", "prefix_tokens", "prefix_zipf", "turns", "block_tokens")
 
 
 @dataclasses.dataclass(frozen=True)
@@ -175,7 +177,9 @@ def synthesize(*, pattern: str = "poisson", rate_rps: float, requests: int | Non
                slo_ttft_ms: Mapping[str, float | None] | None = None,
                models: Mapping[str, str] | None = None, seed: int,
                shape: float = 1.0, burst_rps: float | None = None, burst_s: float = 1.0,
-               period_s: float = 10.0, end_rps: float | None = None) -> pa.Table:
+               period_s: float = 10.0, end_rps: float | None = None, prefix_groups: int = 0,
+               prefix_tokens: int = 0, prefix_zipf: float = 1.0, turns: int = 1,
+               block_tokens: int = DEFAULT_BLOCK_TOKENS) -> pa.Table:
     """A synthetic trace as a table (write it with ``cpbench.trace.write_trace``).
 
     Parameters
@@ -199,6 +203,19 @@ def synthesize(*, pattern: str = "poisson", rate_rps: float, requests: int | Non
         Model names per class ``llm``/``embedding``.
     seed
         Required; see the module's reproducibility promise.
+    prefix_groups, prefix_tokens, prefix_zipf
+        Shared system prompts: each LLM request opens with one of ``prefix_groups`` prefixes
+        of ``prefix_tokens`` tokens (whole blocks, rounded down), group ``g`` drawn with
+        probability proportional to ``1 / (g + 1) ** prefix_zipf`` (0: uniform); its
+        ``input_tokens`` draw is then the text after the prefix.
+    turns
+        Multi-turn sessions of ``turns`` LLM requests (``session`` column): LLM request ``i``
+        is turn ``i // S`` of session ``i % S`` (``S`` sessions), so a session's turns are
+        ``S`` requests apart; a turn's prompt is the previous turn's prompt, the previous
+        answer (``output_tokens`` rounded up to blocks) and its own new text (its
+        ``input_tokens`` draw rounded up to blocks).
+    block_tokens
+        Block size of ``prefix_blocks`` (the column exists only with prefix groups or turns).
     """
     if mode not in MODES:
         raise ConfigError(f"--mode must be one of {', '.join(MODES)}; got {mode!r}")
@@ -247,7 +264,65 @@ def synthesize(*, pattern: str = "poisson", rate_rps: float, requests: int | Non
         else pa.array(ttft_col, pa.float32(), from_pandas=True),   # NaN -> null
         "slo_e2e_ms": pa.array(e2e_col, pa.float32()),
     })
+    if prefix_groups or turns != 1:
+        blocks, tin, sessions = _prefix_structure(
+            is_llm, draw["input_tokens"], draw["output_tokens"], rngs["prefix_group"],
+            groups=prefix_groups, group_tokens=prefix_tokens, zipf=prefix_zipf, turns=turns,
+            block_tokens=block_tokens)
+        table = table.set_column(table.schema.get_field_index("input_tokens"), "input_tokens",
+                                 pa.array(np.where(is_llm, tin, table.column(
+                                     "input_tokens").to_numpy()), pa.int32()))
+        table = table.append_column("session", pa.array(sessions, pa.string()))
+        table = table.append_column("prefix_blocks", pa.array(blocks, pa.list_(pa.int64())))
     return table
+
+
+def _prefix_structure(is_llm: np.ndarray, own_tokens: np.ndarray, output_tokens: np.ndarray,
+                      rng: np.random.Generator, *, groups: int, group_tokens: int, zipf: float,
+                      turns: int, block_tokens: int) -> tuple[list, np.ndarray, list]:
+    """Block ids, prompt lengths and session names of every row (see ``synthesize``)."""
+    b = int(block_tokens)
+    if b < 1 or groups < 0 or turns < 1 or zipf < 0 or not math.isfinite(zipf):
+        raise ConfigError(f"--block-tokens and --turns must be >= 1, --prefix-groups and "
+                          f"--prefix-zipf >= 0; got {b}, {turns}, {groups}, {zipf}")
+    per_group = group_tokens // b if groups else 0
+    if groups and per_group < 1:
+        raise ConfigError(f"--prefix-tokens must be at least one block ({b} tokens) with "
+                          f"--prefix-groups; got {group_tokens}")
+    n = len(is_llm)
+    llm_rows = np.flatnonzero(is_llm)
+    weights = 1.0 / np.arange(1, groups + 1, dtype=np.float64) ** zipf if groups else None
+    group = rng.choice(groups, size=len(llm_rows), p=weights / weights.sum()) \
+        if groups else np.zeros(len(llm_rows), np.int64)
+    next_id = groups * per_group                   # ids below are the groups' prefixes
+    blocks: list[list[int] | None] = [None] * n
+    sessions: list[str | None] = [None] * n
+    tin = np.zeros(n, np.int64)
+    n_sessions = -(-len(llm_rows) // turns)
+    last: dict[int, int] = {}                      # session -> its latest row
+    for i, row in enumerate(llm_rows.tolist()):
+        own = int(own_tokens[row])
+        if turns == 1:
+            g = int(group[i])
+            blocks[row] = list(range(g * per_group, (g + 1) * per_group))
+            tin[row] = per_group * b + own
+            continue
+        sid = i % n_sessions
+        prev = last.get(sid)
+        if prev is None:
+            g = int(group[i])
+            head = list(range(g * per_group, (g + 1) * per_group))
+        else:
+            answer = -(-int(output_tokens[prev]) // b)
+            head = blocks[prev] + list(range(next_id, next_id + answer))
+            next_id += answer
+        new = max(-(-own // b), 1)
+        blocks[row] = head + list(range(next_id, next_id + new))
+        next_id += new
+        tin[row] = len(blocks[row]) * b
+        sessions[row] = f"s{sid}"
+        last[sid] = row
+    return blocks, tin, sessions
 
 
 def synth_params(**kwargs: Any) -> dict[str, Any]:
@@ -269,7 +344,13 @@ def synth_to_file(path: str, **kwargs: Any) -> pa.Table:
     # Record every effective parameter, defaults included, so the metadata alone rebuilds it.
     bound = inspect.signature(synthesize).bind(**kwargs)
     bound.apply_defaults()
-    params = synth_params(**{k: v for k, v in bound.arguments.items() if k != "seed"})
+    has_blocks = "prefix_blocks" in table.column_names
+    # The prefix parameters are recorded only when used: their defaults build the same table
+    # as before they existed, so traces built without them keep their bytes (and sha256).
+    params = synth_params(**{k: v for k, v in bound.arguments.items() if k != "seed"
+                             and (has_blocks or k not in _PREFIX_PARAMS)})
     write_trace(table, path, metadata={"generator": "cpbench record synth", "params": params,
-                                       "seed": kwargs.get("seed"), "source": "synthetic"})
+                                       "seed": kwargs.get("seed"), "source": "synthetic",
+                                       "block_tokens": params["block_tokens"] if has_blocks
+                                       else None})
     return table

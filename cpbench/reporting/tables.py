@@ -86,6 +86,9 @@ def run_facts_rows(run: RunData) -> list[tuple[str, str]]:
         rows.append(("Client CPU", f"cpbench {cpu['mean_pct']:.0f} % mean, "
                                    f"{cpu.get('max_pct', float('nan')):.0f} % max of the host"
                                    + host))
+    if "prefix_cache" in s:
+        from cpbench.monitor.prefix import format_prefix_cache
+        rows.append(("Prefix cache", format_prefix_cache(s).split("  ", 1)[1]))
     options = info.get("options") or {}
     if options:
         rows.append(("Options", ", ".join(f"{k}={v}" for k, v in sorted(options.items()))))
