@@ -21,6 +21,7 @@ import routerlab  # noqa: E402  (tools/ is not a package)
 
 pytestmark = [pytest.mark.integration, pytest.mark.slow]
 REQUESTS = 6 * 12
+PREFIX_TRACE = ROOT / "traces" / "prefix.arrow"
 
 
 @functools.lru_cache(maxsize=1)
@@ -61,7 +62,11 @@ def test_prefix_trace_through_the_router_completes_and_cache_aware_hits_more(tmp
     rr, ca = _trace(tmp_path, "a"), _trace(tmp_path, "b")
     lab = _lab({"fleet": 4, "routers": {"rr": [kind, "round_robin"], "ca": [kind, "cache_aware"]},
                 "fleet_args": ["--decode-step-ms", "2"],
-                "steps": [_replay(rr, "rr", "rr"), _replay(ca, "ca", "ca")]}, tmp_path / "lab")
+                "steps": [_replay(rr, "rr", "rr"), _replay(ca, "ca", "ca"),
+                          # The shipped prefix trace (shared system prompts, multi-turn
+                          # sessions), its first seconds, last: its prompts are not salted.
+                          [*_replay(PREFIX_TRACE, "ca", "shipped"), "--duration", "6"]]},
+               tmp_path / "lab")
     ratios = {}
     for step, name in zip(lab["steps"], ("rr", "ca")):
         assert step["rc"] == 0, step["stderr"]
@@ -72,6 +77,13 @@ def test_prefix_trace_through_the_router_completes_and_cache_aware_hits_more(tmp
         assert sum(r["requests"] for r in engines["per_engine"]) == REQUESTS
         ratios[name] = engines["fleet_prefix_hit_ratio"]
     # round robin spreads every group over the 4 engines; cache-aware keeps a group on one.
+    shipped = lab["steps"][2]
+    assert shipped["rc"] == 0, shipped["stderr"]
+    summary = json.loads((tmp_path / "lab" / "shipped" / "summary.json").read_text())
+    assert summary["requests"]["sent"] > 0 and summary["requests"]["errors"] == 0
+    assert summary["requests"]["completed"] == summary["requests"]["sent"]
+    assert sum(r["requests"] for r in shipped["engines"]["per_engine"]) \
+        == summary["requests"]["sent"]
     rr_rows = lab["steps"][0]["engines"]["per_engine"]
     assert [r["requests"] for r in rr_rows] == [REQUESTS // 4] * 4
     assert ratios["ca"] > ratios["rr"], ratios
