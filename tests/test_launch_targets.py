@@ -153,9 +153,11 @@ def test_compare_launch_and_targets_write_runs_stats_report_and_stop_by_pid(tmp_
                                          prefix_words=32, gap_ms=5)
     out = tmp_path / "cmp"
     sim = f"{sys.executable} -m cpbench sim --port {{port}} --decode-step-ms 1"
-    proc = cpbench("compare", trace, "--targets", f"fleet0={fleet2[0]}", "--launch",
+    config = tmp_path / "compare.toml"  # targets from the config file, launch on the line
+    config.write_text(f'targets = ["fleet0={fleet2[0]}"]\nrepeat = 2\n')
+    proc = cpbench("compare", trace, "--config", config, "--launch",
                    f"own=env CPBENCH_TOKEN=s3cr3t-value {sim}",
-                   "--repeat", "2", "--workers", "1", "--drain-s", "0", "-o", out)
+                   "--workers", "1", "--drain-s", "0", "-o", out)
     assert proc.returncode == 0, proc.stderr
     result = json.loads((out / "comparison.json").read_text())
     assert result["policies"] == ["fleet0", "own"] and result["repeat"] == 2

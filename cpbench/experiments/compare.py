@@ -282,7 +282,8 @@ def compare(trace: str | Path, *, policies: Sequence[str], out_dir: str | Path,
     if quiet:
         stdout = io.StringIO()  # --quiet: no progress, no answer table (see the JSON)
     deploying = bool(targets or launch)
-    if deploying:
+    if deploying:  # deployments (experiments.targets) take the place of policies
+        from cpbench.experiments.targets import compare_deployments, target_names
         policies = target_names(targets, launch, url=url, policies=policies)
     policies = list(policies)
     if not policies:
@@ -339,32 +340,6 @@ def compare(trace: str | Path, *, policies: Sequence[str], out_dir: str | Path,
                             stats=stats)
     print_answer(result, stdout)
     return result
-
-
-def target_names(targets: Mapping[str, str] | None, launch: Sequence[str] | None, *,
-                 url: str | None, policies: Sequence[str]) -> list[str]:
-    """The deployment names of ``--targets``/``--launch``, which replace ``--policies``."""
-    from cpbench.experiments.launch import parse_launches
-    from cpbench.experiments.targets import check_names
-    if url is not None:
-        raise ConfigError("--targets/--launch name every deployment; drop --url")
-    if list(policies):
-        raise ConfigError("--policies switches one control plane; --targets/--launch compare "
-                          "deployments, whose policy is fixed at start: pass one or the other")
-    return check_names(targets or {}, parse_launches(launch))
-
-
-def compare_deployments(trace: Path, targets: Mapping[str, str], launch: Sequence[str] | None,
-                        out: Path, *, repeat: int, drain_s: float, start_timeout_s: float,
-                        replay_options: dict[str, Any], progress: Progress
-                        ) -> tuple[dict[str, dict], dict[str, list[Path]]]:
-    """Start the launches, replay against every deployment, stop the launches."""
-    from cpbench.experiments.targets import deployments, run_targets
-    with deployments(targets, launch, start_timeout_s=start_timeout_s,
-                     log_dir=out / "launch-logs" if launch else None) as deployed:
-        dirs = run_targets(trace, deployed, out, repeat=repeat, drain_s=drain_s,
-                           replay_options=replay_options, progress=progress)
-    return deployed, dirs
 
 
 def differences_markdown(result: dict) -> str:

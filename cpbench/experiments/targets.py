@@ -108,3 +108,26 @@ def run_targets(trace: Path, deployed: Mapping[str, Mapping[str, Any]], out_dir:
             wait_idle(info["url"], drain_s=drain_s)
             progress.finish()
     return dirs
+
+
+def target_names(targets: Mapping[str, str] | None, launch: Sequence[str] | None, *,
+                 url: str | None, policies: Sequence[str]) -> list[str]:
+    """The deployment names of ``--targets``/``--launch``, which replace ``--policies``."""
+    if url is not None:
+        raise ConfigError("--targets/--launch name every deployment; drop --url")
+    if list(policies):
+        raise ConfigError("--policies switches one control plane; --targets/--launch compare "
+                          "deployments, whose policy is fixed at start: pass one or the other")
+    return check_names(targets or {}, parse_launches(launch))
+
+
+def compare_deployments(trace: Path, targets: Mapping[str, str], launch: Sequence[str] | None,
+                        out: Path, *, repeat: int, drain_s: float, start_timeout_s: float,
+                        replay_options: dict[str, Any], progress: Progress
+                        ) -> tuple[dict[str, dict], dict[str, list[Path]]]:
+    """Start the launches, replay against every deployment, stop the launches."""
+    with deployments(targets, launch, start_timeout_s=start_timeout_s,
+                     log_dir=out / "launch-logs" if launch else None) as deployed:
+        dirs = run_targets(trace, deployed, out, repeat=repeat, drain_s=drain_s,
+                           replay_options=replay_options, progress=progress)
+    return deployed, dirs
