@@ -145,6 +145,11 @@ def test_replay_summary_has_requests_and_prefix_hits_per_engine(tmp_path, fleet2
     # 2 groups x 64 prefix words = 4 blocks of 16 each; every later request hits its group's.
     assert by_engine[first]["prefix_hit_tokens"] == 10 * 64
     assert (engines["requests_max"], engines["requests_min"]) == (12, 0)
+    # The report shows the balance and the per-engine table.
+    from cpbench.reporting import write_report
+    html = write_report([out], tmp_path / "report.html").read_text()
+    assert "Engines behind the target" in html and "Requests and tokens per engine" in html
+    assert "Prefix-cache hit ratio per engine" in html
 
 
 @pytest.mark.integration

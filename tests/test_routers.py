@@ -65,7 +65,7 @@ def test_prefix_trace_through_the_router_completes_and_cache_aware_hits_more(tmp
                 "steps": [_replay(rr, "rr", "rr"), _replay(ca, "ca", "ca"),
                           # The shipped prefix trace (shared system prompts, multi-turn
                           # sessions), its first seconds, last: its prompts are not salted.
-                          [*_replay(PREFIX_TRACE, "ca", "shipped"), "--duration", "6"]]},
+                          [*_replay(PREFIX_TRACE, "ca", "shipped"), "--duration", "4"]]},
                tmp_path / "lab")
     ratios = {}
     for step, name in zip(lab["steps"], ("rr", "ca")):
