@@ -80,7 +80,8 @@ class Trace:
 
         meta = self.metadata
         write_trace(self.table, path, metadata={k: meta.get(k) for k in
-                                                ("generator", "params", "seed", "source")})
+                                                ("generator", "params", "seed", "source",
+                                                 "block_tokens")})
         self.path = Path(path)
         return self
 
@@ -120,7 +121,8 @@ def synthesize(*, seed: int, path: PathLike | None = None, **options: Any) -> Tr
         ``priority_mix`` (a dict or ``"HIGH=0.2,NORMAL=0.6,LOW=0.2"``), ``input_tokens``,
         ``output_tokens``, ``embed_tokens``, ``embed_batch``, ``slo_e2e_ms``,
         ``slo_ttft_ms``, ``embed_slo_ms``, ``llm_model``, ``embed_model``, ``shape``,
-        ``burst_rps``, ``burst_s``, ``period_s``, ``end_rps``.
+        ``burst_rps``, ``burst_s``, ``period_s``, ``end_rps``, ``prefix_groups``,
+        ``prefix_tokens``, ``prefix_zipf``, ``turns``, ``block_tokens``.
 
     Raises
     ------
@@ -150,7 +152,8 @@ def synthesize(*, seed: int, path: PathLike | None = None, **options: Any) -> Tr
         slo_ttft_ms={"llm": ns.slo_ttft_ms, "embedding": None},
         models={"llm": ns.llm_model, "embedding": ns.embed_model}, seed=ns.seed,
         shape=ns.shape, burst_rps=ns.burst_rps, burst_s=ns.burst_s, period_s=ns.period_s,
-        end_rps=ns.end_rps)
+        end_rps=ns.end_rps, prefix_groups=ns.prefix_groups, prefix_tokens=ns.prefix_tokens,
+        prefix_zipf=ns.prefix_zipf, turns=ns.turns, block_tokens=ns.block_tokens)
     if path is not None:
         synth_to_file(os.fspath(path), **kwargs)
         return load_trace(path)

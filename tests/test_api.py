@@ -70,6 +70,20 @@ def test_synthesize_matches_record_synth_byte_for_byte(tmp_path):
     assert on_disk.to_table().equals(trace.to_table())
 
 
+def test_synthesize_with_prefix_blocks_matches_record_synth(tmp_path):
+    """The prefix options reach the generator (not accepted and dropped), and a trace with
+    blocks saves with its block size."""
+    cli = _cli("record", "synth", "--rate", "20", "--requests", "30", "--prefix-groups", "2",
+               "--prefix-tokens", "32", "--turns", "2", "--seed", "9",
+               "-o", str(tmp_path / "cli.arrow"))
+    assert cli.returncode == 0, cli.stderr
+    trace = api.synthesize(rate=20, requests=30, prefix_groups=2, prefix_tokens=32, turns=2,
+                           seed=9)
+    assert trace.metadata["block_tokens"] == 16
+    trace.save(tmp_path / "api.arrow")
+    assert (tmp_path / "api.arrow").read_bytes() == (tmp_path / "cli.arrow").read_bytes()
+
+
 @pytest.mark.parametrize("kwargs, match", [
     ({"rate": 5, "requests": 5, "rte": 1}, r"synthesize\(\): unknown key 'rte'"),
     ({"rate": "fast", "requests": 5}, r"key 'rate' expects a number"),

@@ -74,4 +74,5 @@ def format_prefix_cache(summary: dict[str, Any]) -> str:
     ratio = pc_["hit_ratio"]
     shown = "-" if ratio is None else f"{100.0 * ratio:.1f}%"
     return (f"prefix cache  hit ratio {shown}  ({pc_['hits_tokens']:,} of "
-            f"{pc_['queries_tokens']:,} prompt tokens, {pc_['instances']} instances)")
+            f"{pc_['queries_tokens']:,} prompt tokens, {pc_['instances']} "
+            f"instance{'s' if pc_['instances'] != 1 else ''})")

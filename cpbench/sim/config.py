@@ -44,7 +44,9 @@ class LLMEngineConfig:
       ≈ 28 µs per prompt token (``prefill_ns_per_token``), i.e. ~35k prompt tokens/s;
     - KV capacity: 0.9 × 80 GB − 13.5 GB weights ≈ 58 GB / 512 KiB ≈ 110k tokens;
     - ``max_running_seqs`` 256 and a 2048-token chunked-prefill budget per step are vLLM's
-      defaults (``max_num_seqs``, ``max_num_batched_tokens`` with chunked prefill).
+      defaults (``max_num_seqs``, ``max_num_batched_tokens`` with chunked prefill);
+    - automatic prefix caching is on, as in vLLM v1, over 16-token blocks (vLLM's default
+      ``--block-size``), bounded by the KV cache (``sim/prefix_cache.py``).
     """
 
     model: str = "cpbench-llm-7b"

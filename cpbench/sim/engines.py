@@ -74,7 +74,8 @@ class LLMEngine(_EngineTask):
     admission order); a sequence whose prefill completes emits its first token at the end of
     that step. Step time = ``decode_base_ns`` + ``decode_ns_per_seq`` × decoding sequences +
     ``decode_ns_per_context_token`` × their context tokens + ``prefill_ns_per_token`` × prompt
-    tokens in the step.
+    tokens in the step. Prompt tokens found in the engine's prefix cache
+    (:class:`cpbench.sim.prefix_cache.PrefixCache`, looked up at admission) are not prefilled.
     """
 
     engine_kind = "llm"
