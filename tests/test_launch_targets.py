@@ -192,6 +192,15 @@ def test_a_launch_that_never_comes_up_is_one_line_exit_1(tmp_path):
     lines = proc.stderr.strip().splitlines()
     assert len(lines) == 1 and "exited with status 4" in lines[0] and "cannot bind" in lines[0]
     assert "sk-0x42" not in proc.stderr  # the log echoes the key; the message does not
+    # One that stays up without answering is stopped (its group) after --start-timeout-s.
+    pid_file = tmp_path / "pid"
+    proc = cpbench("compare", trace, "--start-timeout-s", "1", "--launch",
+                   f"mute=sh -c 'echo $$ > {pid_file}; exec sleep 60' {{port}}",
+                   "-o", tmp_path / "y")
+    assert proc.returncode == 1 and len(proc.stderr.strip().splitlines()) == 1
+    assert "did not answer 200" in proc.stderr
+    with pytest.raises(ProcessLookupError):
+        os.kill(int(pid_file.read_text()), 0)
     proc = cpbench("compare", trace, "--policies", "fifo", "--targets", "a=http://127.0.0.1:1")
     assert proc.returncode == 2 and "one or the other" in proc.stderr
     proc = cpbench("compare", trace)
