@@ -117,11 +117,11 @@ def write_prefix_trace(path: Path, *, groups: int = 6, per_group: int = 16,
 
 def _start_fleet(n: int, args: list[str], tmp: Path) -> tuple[subprocess.Popen, list[str]]:
     ready = tmp / "fleet.json"
-    log = open(tmp / "fleet.log", "wb")
-    proc = subprocess.Popen([sys.executable, "-m", "cpbench", "sim", "--fleet", str(n),
-                             "--port", "0", "--ready-file", str(ready), *args],
-                            stdout=subprocess.DEVNULL, stderr=log, stdin=subprocess.DEVNULL,
-                            cwd=ROOT)
+    with open(tmp / "fleet.log", "wb") as log:
+        proc = subprocess.Popen([sys.executable, "-m", "cpbench", "sim", "--fleet", str(n),
+                                 "--port", "0", "--ready-file", str(ready), *args],
+                                stdout=subprocess.DEVNULL, stderr=log, stdin=subprocess.DEVNULL,
+                                cwd=ROOT)
     deadline = time.monotonic() + 30
     while time.monotonic() < deadline:
         if ready.is_file():
@@ -129,7 +129,7 @@ def _start_fleet(n: int, args: list[str], tmp: Path) -> tuple[subprocess.Popen, 
         if proc.poll() is not None:
             break
         time.sleep(0.05)
-    proc.kill()
+    stop_fleet(proc)
     raise RuntimeError(f"cpbench sim --fleet {n} did not come up: "
                        f"{(tmp / 'fleet.log').read_text(errors='replace')[-500:]}")
 
@@ -187,11 +187,11 @@ def _inside(spec: dict, out: Path) -> dict:
         finally:
             for proc in reversed(procs):
                 stop_process(proc)
-            stop_process_plain(fleet)
+            stop_fleet(fleet)
     return lab
 
 
-def stop_process_plain(proc: subprocess.Popen) -> None:
+def stop_fleet(proc: subprocess.Popen) -> None:
     """SIGTERM the fleet by its PID, SIGKILL after 5 s."""
     if proc.poll() is None:
         proc.terminate()
