@@ -304,12 +304,17 @@ def summarize(results: pa.Table, *, itl_hist: Histogram | None = None, run: dict
 
 
 def add_monitor(summary: dict[str, Any], monitor: pa.Table, status: dict[str, Any]) -> None:
-    """Add what the run's monitors saw: ``"monitor"`` (their status) and, where the targets
+    """Add what the run's monitors saw: ``"monitor"`` (their status); where the targets
     expose vLLM's prefix-cache counters, ``prefix_hit_ratio`` and ``prefix_cache``
-    (:func:`cpbench.monitor.prefix.prefix_cache_summary`)."""
+    (:func:`cpbench.monitor.prefix.prefix_cache_summary`); where they expose vLLM's request
+    and token counters per engine, ``engines`` (:func:`cpbench.monitor.engines.balance_from_monitor`:
+    requests, tokens and prefix hits per engine and how evenly they were spread)."""
+    from cpbench.monitor.engines import balance_from_monitor
     from cpbench.monitor.prefix import prefix_cache_summary
     summary["monitor"] = status
     summary.update(prefix_cache_summary(monitor))
+    if (engines := balance_from_monitor(monitor)) is not None:
+        summary["engines"] = engines
 
 
 def decode_histogram(summary: dict[str, Any], name: str) -> Histogram:

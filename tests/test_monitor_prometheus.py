@@ -49,6 +49,8 @@ def test_parse_selected_defaults_and_globs():
         'vllm:num_requests_running{engine="0",model_name="m"}': 3.0,
         'vllm:num_requests_waiting{engine="0",model_name="m"}': 5.0,
         'vllm:kv_cache_usage_perc{engine="0",model_name="m"}': 0.25,
+        # per-engine token counters are selected too: a router's balance (monitor/engines.py)
+        'vllm:prompt_tokens_total{engine="0",model_name="m"}': 1234.0,
     }
     rows = dict(parse_selected(page, SeriesSelector(["vllm:e2e_*", "*_total"])))
     assert rows['vllm:e2e_request_latency_seconds_bucket{le="+Inf",model_name="m"}'] == 7.0
@@ -173,7 +175,7 @@ def test_scrape_values_stamps_and_credentials(server):
     assert t_ns == sorted(t_ns) and t_ns[0] >= 0
     status = scraper.status()
     assert status["url"] == server.url and status["failures"] == 0
-    assert status["series"] == 3 and status["scrapes"] == len(rows)
+    assert status["series"] == 4 and status["scrapes"] == len(rows)  # 3 gauges + prompt tokens
     assert "s3cret" not in json.dumps(status)
 
 

@@ -17,6 +17,10 @@ EPILOG = """examples:
   cpbench compare --policies fifo,edf traces/medium.arrow --url http://127.0.0.1:8000 \\
       --policy-path /v1/admin/policy --drain-s 5
   cpbench compare --policies a,b traces/light.arrow --url http://cp:8080 --no-switch
+  cpbench compare traces/prefix.arrow --targets rr=http://127.0.0.1:8001,cache=http://127.0.0.1:8002
+  cpbench compare traces/prefix.arrow --repeat 3 \
+      --launch rr='vllm-router --port {port} --policy round_robin --worker-urls http://127.0.0.1:9001 http://127.0.0.1:9002' \
+      --launch cache='vllm-router --port {port} --prometheus-port {metrics_port} --policy cache_aware --worker-urls http://127.0.0.1:9001 http://127.0.0.1:9002'
 """
 
 
@@ -98,8 +102,9 @@ def register(subparsers) -> None:
                     "write DIR/<policy>/, DIR/comparison.json and DIR/report.html.",
         epilog=EPILOG, formatter_class=argparse.RawDescriptionHelpFormatter)
     p.add_argument("trace", type=Path, metavar="TRACE", help="cpbench trace (.arrow)")
-    p.add_argument("--policies", required=True, metavar="A,B,...",
+    p.add_argument("--policies", default=None, metavar="A,B,...",
                    help="policies to compare, comma-separated; the first is the baseline")
+    add_deployment_args(p)
     p.add_argument("--baseline", default=None, metavar="P",
                    help="policy the others are compared with (default: the first)")
     p.add_argument("--repeat", type=int, default=1, metavar="K",
@@ -112,10 +117,32 @@ def register(subparsers) -> None:
     p.set_defaults(func=run)
 
 
+def add_deployment_args(p: argparse.ArgumentParser) -> None:
+    """--targets and --launch: compare deployments (routers) instead of policies."""
+    g = p.add_argument_group("deployments (instead of --policies)")
+    g.add_argument("--targets", default=None, metavar="NAME=URL,...",
+                   help="compare deployments: the trace against each base URL, comma-separated; "
+                        "the first is the baseline")
+    g.add_argument("--launch", action="append", default=None, metavar="NAME='CMD {port}'",
+                   help="start CMD (with {port}, optionally {metrics_port} for its Prometheus "
+                        "page), wait for /health or /v1/models, compare it as NAME, stop it "
+                        "(repeatable)")
+    g.add_argument("--start-timeout-s", type=float, default=60.0, metavar="S",
+                   help="how long a --launch may take to answer (default 60)")
+
+
 def run(args: argparse.Namespace) -> int:
     from cpbench.experiments.compare import compare, parse_list
+    from cpbench.experiments.targets import parse_targets
 
-    compare(args.trace, policies=parse_list(args.policies, what="--policies"),
+    deploying = bool(args.targets or args.launch)
+    if not deploying and args.policies is None:
+        from cpbench.errors import ConfigError
+        raise ConfigError("compare needs --policies A,B, or --targets NAME=URL,... and/or "
+                          "--launch NAME='CMD {port}'")
+    policies = [] if args.policies is None else parse_list(args.policies, what="--policies")
+    compare(args.trace, policies=policies, targets=parse_targets(args.targets),
+            launch=args.launch, start_timeout_s=args.start_timeout_s,
             out_dir=args.output or default_dir("compare"), repeat=args.repeat,
             baseline=args.baseline, confidence=args.confidence, n_resamples=args.resamples,
             seed=args.seed, **target_kwargs(args))

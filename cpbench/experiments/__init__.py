@@ -3,7 +3,8 @@
 ``stats`` holds the arithmetic (paired bootstrap, repeat spread, knee search), ``control`` the
 control plane as experiments see it (embedded sim, policy switch, drain, progress),
 ``compare``, ``sweep`` and ``named`` drive runs of ``cpbench.replaying.run`` against one control
-plane and hand their result directories to ``cpbench.reporting``.
+plane and hand their result directories to ``cpbench.reporting``; ``targets`` and ``launch``
+let ``compare`` replay against several deployments instead (``--targets``, ``--launch``).
 
 What they write (beside one result directory per run and ``report.html``/``report.md``):
 
@@ -17,6 +18,8 @@ What they write (beside one result directory per run and ``report.html``/``repor
   ``candidate``, ``diff``, ``ci_low``, ``ci_high``, ``repeats_overlap``, ``verdict`` in
   better | worse | indistinguishable | insufficient data). Metrics: ``slo_attainment_pct``
   and ``{ttft,e2e}_from_intended_p{50,99}_ms``; kind and priority ``all`` pool the rows.
+  With ``--targets``/``--launch`` the names are the deployments' and ``targets`` maps each
+  to ``{url, launch_command}`` (command line with secrets redacted).
 - ``comparison.md``: the same differences as a Markdown table.
 - ``experiment.json`` of a sweep / throughput run: ``trace_rate_rps``, ``points[]`` (per rate:
   ``rate_rps``, ``rate_scale``, ``dir`` and the metrics above) and ``knee`` (``knee_rps``,

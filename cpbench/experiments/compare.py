@@ -17,12 +17,13 @@ import json
 import math
 import re
 import sys
-from collections.abc import Iterator, Sequence
+from collections.abc import Iterator, Mapping, Sequence
 from pathlib import Path
 from typing import Any, TextIO
 
 from cpbench import __version__
 from cpbench.errors import ConfigError, OutputError
+from cpbench.redact import redact_url
 from cpbench.experiments.control import (PolicyAdmin, Progress, embedded_sim, format_table,
                                          wait_idle)
 from cpbench.experiments.stats import (higher_is_better, load_run, metric_names,
@@ -217,11 +218,15 @@ def analyse(dirs: dict[str, list[Path]], *, baseline: str, confidence: float,
     return stats, best
 
 
-def write_comparison_report(dirs: Sequence[Path], out_dir: Path, title: str) -> Path:
-    """``DIR/report.html`` and ``DIR/report.md`` over every run directory."""
+def write_comparison_report(dirs: Sequence[Path], out_dir: Path, title: str,
+                            stats: dict | None = None) -> Path:
+    """``DIR/report.html`` and ``DIR/report.md`` over every run directory; with ``stats``
+    the HTML leads with the paired differences."""
+    from cpbench.reporting.fleet import paired_table
     from cpbench.reporting.html import write_report
     return write_report(list(dirs), out_dir / "report.html",
-                        markdown_path=out_dir / "report.md", title=title)
+                        markdown_path=out_dir / "report.md", title=title,
+                        leading_tables=[paired_table(stats)] if stats else None)
 
 
 def compare(trace: str | Path, *, policies: Sequence[str], out_dir: str | Path,
@@ -231,7 +236,9 @@ def compare(trace: str | Path, *, policies: Sequence[str], out_dir: str | Path,
             seed: int = 0, sim_config: str | Path | None = None,
             replay_options: dict[str, Any] | None = None, quiet: bool = False,
             stdout: TextIO | None = None, experiment: str = "compare",
-            metric: str = "slo_attainment_pct", json_name: str = "comparison.json") -> dict:
+            metric: str = "slo_attainment_pct", json_name: str = "comparison.json",
+            targets: Mapping[str, str] | None = None, launch: Sequence[str] | None = None,
+            start_timeout_s: float = 60.0) -> dict:
     """Replay ``trace`` once per policy (and repeat) and compare the policies request by request.
 
     Parameters
@@ -258,6 +265,10 @@ def compare(trace: str | Path, *, policies: Sequence[str], out_dir: str | Path,
         JSON config of the embedded control plane (``cpbench sim --config``).
     replay_options
         Passed to ``cpbench.replaying.run.run_replay`` (``speed``, ``workers``, ``timeout_s`` ...).
+    targets, launch, start_timeout_s
+        Compare deployments instead of policies (``experiments.targets``): {name: base URL}
+        and ``NAME=COMMAND with {port}`` lines cpbench starts, waits for (at most
+        ``start_timeout_s``) and stops; ``policies`` is then ignored.
     experiment, metric, json_name
         The name recorded in the JSON, the overall metric that picks the best policy
         (``stats.metric_names``; attainment higher is better, latencies lower), and the JSON
@@ -270,6 +281,10 @@ def compare(trace: str | Path, *, policies: Sequence[str], out_dir: str | Path,
     """
     if quiet:
         stdout = io.StringIO()  # --quiet: no progress, no answer table (see the JSON)
+    deploying = bool(targets or launch)
+    if deploying:  # deployments (experiments.targets) take the place of policies
+        from cpbench.experiments.targets import compare_deployments, target_names
+        policies = target_names(targets, launch, url=url, policies=policies)
     policies = list(policies)
     if not policies:
         raise ConfigError("--policies needs at least one policy, like fifo,slo_aware")
@@ -280,7 +295,8 @@ def compare(trace: str | Path, *, policies: Sequence[str], out_dir: str | Path,
         raise ConfigError(f"metric must be one of {', '.join(metric_names())}; got {metric!r}")
     if baseline not in policies:
         raise ConfigError(f"--baseline {baseline!r} is not in --policies {policies}")
-    check_policies(policies, url=url, switch=switch)
+    if not deploying:
+        check_policies(policies, url=url, switch=switch)
     trace = Path(trace)
     if not trace.is_file():
         raise ConfigError(f"trace {str(trace)!r} does not exist; pass a trace file such as "
@@ -288,10 +304,17 @@ def compare(trace: str | Path, *, policies: Sequence[str], out_dir: str | Path,
     out = Path(out_dir)
     out.mkdir(parents=True, exist_ok=True)
     progress = Progress(len(policies) * repeat, quiet=quiet)
-    with control_plane(url, sim_config=sim_config) as target:
-        dirs = run_policies(trace, policies, out, url=target, repeat=repeat, switch=switch,
-                            policy_path=policy_path, drain_s=drain_s,
-                            replay_options=dict(replay_options or {}), progress=progress)
+    deployed: dict[str, dict] = {}
+    if deploying:
+        deployed, dirs = compare_deployments(trace, targets or {}, launch, out, repeat=repeat,
+                                             drain_s=drain_s, start_timeout_s=start_timeout_s,
+                                             replay_options=dict(replay_options or {}),
+                                             progress=progress)
+    else:
+        with control_plane(url, sim_config=sim_config) as target:
+            dirs = run_policies(trace, policies, out, url=target, repeat=repeat, switch=switch,
+                                policy_path=policy_path, drain_s=drain_s,
+                                replay_options=dict(replay_options or {}), progress=progress)
     stats, best = analyse(dirs, baseline=baseline, confidence=confidence,
                           n_resamples=n_resamples, seed=seed, metric=metric,
                           higher_better=higher_is_better(metric))
@@ -303,13 +326,18 @@ def compare(trace: str | Path, *, policies: Sequence[str], out_dir: str | Path,
         "answer": {"best_policy": best},
         "stats": stats,
     }
+    if deploying:  # which deployment each name was; launch commands are redacted
+        result["target"] = "deployments"
+        result["targets"] = {n: {"url": redact_url(d["url"]), "launch_command": d["command"]}
+                             for n, d in deployed.items()}
     write_json(out / json_name, result)
     try:
         (out / "comparison.md").write_text(differences_markdown(result), encoding="utf-8")
     except OSError as exc:
         raise OutputError(f"cannot write {str(out / 'comparison.md')!r}: {exc.strerror}") from exc
     write_comparison_report([d for ds in dirs.values() for d in ds], out,
-                            title=f"cpbench {experiment}: {', '.join(policies)} on {trace.name}")
+                            title=f"cpbench {experiment}: {', '.join(policies)} on {trace.name}",
+                            stats=stats)
     print_answer(result, stdout)
     return result
 

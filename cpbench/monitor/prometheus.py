@@ -42,6 +42,23 @@ DEFAULT_SERIES: tuple[str, ...] = (
     "cpbench_sim_engine_waiting",
     "cpbench_sim_kv_cache_usage_percent",
     "cpbench_sim_policy",
+) + (
+    # Per-engine counters, so each engine's share of requests and tokens (a router's balance)
+    # comes from the engines (vllm/v1/metrics/loggers.py).
+    "vllm:request_success_total",
+    "vllm:prompt_tokens_total",
+    "vllm:generation_tokens_total",
+    # Routers' own series: vllm-router (vllm-project/router src/metrics.rs) and sglang-router
+    # 0.3 (the SGLang Model Gateway, smg_*): requests per worker, in flight, errors.
+    "vllm_router_requests_total",
+    "vllm_router_processed_requests_total",
+    "vllm_router_request_errors_total",
+    "vllm_router_running_requests",
+    "vllm_router_worker_load",
+    "smg_router_requests_total",
+    "smg_worker_requests_active",
+    "smg_worker_cb_outcomes_total",
+    "smg_http_responses_total",
 )
 
 # A /metrics page of a large vLLM deployment is a few hundred KB; more is a misconfiguration.

@@ -374,5 +374,7 @@ def single_run_sections(run: RunData) -> list[Section]:
     if (hybrid := hybrid_section(run, x_range)) is not None:
         sections.append(hybrid)
     sections += monitor_sections(run, x_range)
+    from cpbench.reporting.fleet import fleet_sections  # late: fleet imports this module
+    sections += fleet_sections(run, x_range)
     sections.append(lag_section(run, x_range))
     return [s for s in sections if s.figures or s.notes]

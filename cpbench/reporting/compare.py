@@ -213,4 +213,7 @@ def comparison_sections(runs: list[RunData], labels: list[str]) -> list[Section]
                 slo_section(runs, labels, colors)]
     if (ratio := ratio_section(runs, labels, colors)) is not None:
         sections.append(ratio)
+    from cpbench.reporting.fleet import fleet_comparison_section  # late: fleet imports charts
+    if (fleet := fleet_comparison_section(runs, labels, colors)) is not None:
+        sections.append(fleet)
     return [s for s in sections if s.figures or s.notes]

@@ -18,6 +18,7 @@ from cpbench.atomic import atomic_write
 from cpbench.errors import ConfigError, OutputError
 from cpbench.reporting.charts import single_run_sections
 from cpbench.reporting.compare import comparison_sections
+from cpbench.reporting.fleet import engine_table
 from cpbench.reporting.load import RunData, load_run, run_labels
 from cpbench.reporting.markdown import write_markdown
 from cpbench.reporting.tables import comparison_table, run_facts_rows, run_tables
@@ -34,8 +35,12 @@ def _environment() -> jinja2.Environment:
         lstrip_blocks=True)
 
 
-def render_html(runs: list[RunData], title: str | None = None) -> str:
-    """The report of ``runs`` as one HTML document (several runs: a comparison report)."""
+def render_html(runs: list[RunData], title: str | None = None,
+                leading_tables: list | None = None) -> str:
+    """The report of ``runs`` as one HTML document (several runs: a comparison report).
+
+    ``leading_tables`` (a comparison's paired differences) come before the others.
+    """
     labels = run_labels(runs)
     for run, label in zip(runs, labels):
         run.label = label
@@ -49,6 +54,9 @@ def render_html(runs: list[RunData], title: str | None = None) -> str:
         tables = [comparison_table(runs, labels)]
         default_title = f"cpbench comparison of {len(runs)} runs"
         subtitle = "Runs keep one colour in every chart: " + ", ".join(labels)
+    if (engines := engine_table(runs, labels)) is not None:  # a fleet behind the target
+        tables.append(engines)
+    tables = list(leading_tables or []) + tables
     figures = [fig for s in sections for fig in s.figures]
     script, divs = components(figures) if figures else ("", [])
     it = iter(divs)
@@ -69,7 +77,7 @@ def _write_atomic(path: Path, text: str) -> None:
 
 
 def write_report(result_dirs: list[Path], html_path: Path, *, markdown_path: Path | None = None,
-                 title: str | None = None) -> Path:
+                 title: str | None = None, leading_tables: list | None = None) -> Path:
     """Write the HTML report (and optionally the Markdown one) of one or several result dirs.
 
     Parameters
@@ -83,6 +91,8 @@ def write_report(result_dirs: list[Path], html_path: Path, *, markdown_path: Pat
         Where the Markdown summary goes; ``None`` writes none.
     title
         Report title; by default derived from the policy or the number of runs.
+    leading_tables
+        Tables placed first (``reporting.fleet.paired_table`` of a comparison).
 
     Returns
     -------
@@ -99,7 +109,7 @@ def write_report(result_dirs: list[Path], html_path: Path, *, markdown_path: Pat
     if not result_dirs:
         raise ConfigError("no result directory given; pass at least one `cpbench replay -o` DIR")
     runs = [load_run(Path(d)) for d in result_dirs]
-    html = render_html(runs, title)
+    html = render_html(runs, title, leading_tables)
     try:
         _write_atomic(Path(html_path), html)
         if markdown_path is not None:

@@ -24,7 +24,7 @@ from pathlib import Path
 from typing import Any
 
 from cpbench.errors import ConfigError
-from cpbench.vocab import KINDS, POLICIES
+from cpbench.vocab import DEFAULT_SLO_MS, KINDS, POLICIES
 
 POLICY_NAMES = POLICIES
 
@@ -121,7 +121,7 @@ class SimConfig:
     Deadlines are per kind, relative to when a request arrived: ``deadline_ms`` for the last
     token (``X-SLO-Deadline-Ms`` overrides it per request) and ``ttft_deadline_ms`` for the
     first; the defaults are the ones a replay judges by when a trace gives none
-    (``cpbench.rows.DEFAULT_SLO_MS``), so the deadline-aware policies aim at what is measured.
+    (``cpbench.vocab.DEFAULT_SLO_MS``), so the deadline-aware policies aim at what is measured.
     ``max_wait_ms`` bounds how long a request the deadline-aware policies set aside as already
     late may wait (no starvation).
 
@@ -143,9 +143,9 @@ class SimConfig:
     default_max_tokens: int = 16
     max_wait_ms: float = 30_000.0
     deadline_ms: dict[str, float] = field(
-        default_factory=lambda: {"chat": 5000.0, "completion": 5000.0, "embedding": 500.0})
+        default_factory=lambda: {kind: e2e for kind, (_, e2e) in DEFAULT_SLO_MS.items()})
     ttft_deadline_ms: dict[str, float] = field(
-        default_factory=lambda: {"chat": 1000.0, "completion": 1000.0, "embedding": 500.0})
+        default_factory=lambda: {kind: ttft for kind, (ttft, _) in DEFAULT_SLO_MS.items()})
     colocate: bool = True
     faults: FaultConfig = field(default_factory=FaultConfig)
 

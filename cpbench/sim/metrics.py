@@ -170,6 +170,15 @@ class SimMetrics:
         self.vllm_ttft = Histogram("vllm:time_to_first_token_seconds", "Histogram of time to "
                                    "first token in seconds.", _VLLM_LABELS,
                                    buckets=_VLLM_TTFT_BUCKETS_S, registry=self.registry)
+        # vLLM's counters (vllm/v1/metrics/loggers.py): per engine, success by finish reason.
+        self.vllm_success = Counter("vllm:request_success", "Count of successfully processed "
+                                    "requests.", _VLLM_LABELS + ["finished_reason"],
+                                    registry=self.registry)
+        self.vllm_prompt_tokens = Counter("vllm:prompt_tokens", "Number of prefill tokens "
+                                          "processed.", _VLLM_LABELS, registry=self.registry)
+        self.vllm_generation_tokens = Counter("vllm:generation_tokens", "Number of generation "
+                                              "tokens processed.", _VLLM_LABELS,
+                                              registry=self.registry)
         # Label lookups cost more than the updates; the label sets are few, so keep them.
         self._children: dict[tuple[str, str], tuple[Any, Any, Any, Any, Any]] = {}
 
@@ -196,7 +205,17 @@ class SimMetrics:
         ttft.observe(ttft_s)
         if req.engine_kind == "llm":
             self.vllm_ttft.labels(req.model, str(req.engine_index)).observe(ttft_s)
+            self._vllm_finished(req)
         e2e.observe((req.done_ns - received) / 1e9)
+
+    def _vllm_finished(self, req: Any) -> None:
+        """vLLM's per-engine request and token counters, so a router's balance across a fleet
+        is read from the engines (requests and tokens each one served), as from real vLLM."""
+        engine = (req.model, str(req.engine_index))
+        reason = "length" if req.generated >= req.max_tokens else "stop"
+        self.vllm_success.labels(*engine, reason).inc()
+        self.vllm_prompt_tokens.labels(*engine).inc(req.prompt_tokens)
+        self.vllm_generation_tokens.labels(*engine).inc(req.generated)
 
     def rejected(self, kind: str, policy: str, status: int) -> None:
         """Count one request answered with an error status."""
