@@ -25,3 +25,10 @@ What they write (beside one result directory per run and ``report.html``/``repor
   ``knee_rps`` per policy and ``best_policy``; mixed_ratio lists ``points[]`` per LLM ratio.
 """
 from __future__ import annotations
+
+# The knee search's vocabulary, here so the CLI's --help needs none of the heavy modules.
+# What a probe must hold (--knee-by): SLO attainment (the deadlines users care about) or
+# keep-up (the control plane completes what arrives: its capacity); the value is the point's key.
+KNEE_CRITERIA = {"slo": "slo_attainment_pct", "throughput": "keep_up_pct"}
+# Seconds of load per probe: several times the seconds an LLM request takes near capacity.
+DEFAULT_PROBE_S = 30.0

@@ -25,8 +25,8 @@ from cpbench import __version__
 from cpbench.errors import ConfigError, OutputError
 from cpbench.experiments.control import (PolicyAdmin, Progress, embedded_sim, format_table,
                                          wait_idle)
-from cpbench.experiments.stats import (higher_is_better, load_run, metric_names,
-                                       paired_comparison)
+from cpbench.experiments.stats import (higher_is_better, load_run, metric_label,
+                                       metric_names, paired_comparison)
 
 _NAME_RE = re.compile(r"^[A-Za-z0-9_.-]+$")
 
@@ -112,6 +112,21 @@ def run_dir(out_dir: Path, policy: str, repeat_index: int, repeats: int) -> Path
     return base if repeats == 1 else base / f"{policy}-r{repeat_index + 1}"
 
 
+def output_dir(path: str | Path) -> Path:
+    """Create the output directory ``path`` (and its parents); one clear error when it cannot
+    be, e.g. when ``-o`` names an existing file."""
+    out = Path(path)
+    if out.exists() and not out.is_dir():
+        raise ConfigError(f"-o {str(out)!r} is an existing file, not a directory; pass a "
+                          f"directory for the results")
+    try:
+        out.mkdir(parents=True, exist_ok=True)
+    except OSError as exc:
+        raise OutputError(f"cannot create the output directory {str(out)!r}: "
+                          f"{exc.strerror}; check the path") from exc
+    return out
+
+
 def write_json(path: Path, data: dict) -> None:
     """Write JSON atomically (temporary file + rename) so a reader never sees half of it."""
     tmp = path.with_name(path.name + ".tmp")
@@ -177,7 +192,8 @@ def best_policy(runs: dict[str, list], stats: dict, metric: str, *, higher_bette
                              n_resamples=n_resamples, seed=seed)
     d = next(x for x in pair["differences"] if x["kind"] == "all" and x["metric"] == metric)
     return {**best, "runner_up": second, "diff": d["diff"], "ci_low": d["ci_low"],
-            "ci_high": d["ci_high"], "verdict": d["verdict"]}
+            "ci_high": d["ci_high"], "verdict": d["verdict"],
+            "distinguishable": d["verdict"] == "better"}
 
 
 def _fmt(v: float | None, digits: int = 1) -> str:
@@ -268,6 +284,7 @@ def compare(trace: str | Path, *, policies: Sequence[str], out_dir: str | Path,
     dict
         What ``comparison.json`` holds.
     """
+    answer_stream = stdout if stdout is not None else sys.stdout
     if quiet:
         stdout = io.StringIO()  # --quiet: no progress, no answer table (see the JSON)
     policies = list(policies)
@@ -285,8 +302,7 @@ def compare(trace: str | Path, *, policies: Sequence[str], out_dir: str | Path,
     if not trace.is_file():
         raise ConfigError(f"trace {str(trace)!r} does not exist; pass a trace file such as "
                           f"traces/burst.arrow")
-    out = Path(out_dir)
-    out.mkdir(parents=True, exist_ok=True)
+    out = output_dir(out_dir)
     progress = Progress(len(policies) * repeat, quiet=quiet)
     with control_plane(url, sim_config=sim_config) as target:
         dirs = run_policies(trace, policies, out, url=target, repeat=repeat, switch=switch,
@@ -311,7 +327,14 @@ def compare(trace: str | Path, *, policies: Sequence[str], out_dir: str | Path,
     write_comparison_report([d for ds in dirs.values() for d in ds], out,
                             title=f"cpbench {experiment}: {', '.join(policies)} on {trace.name}")
     print_answer(result, stdout)
+    if experiment == "compare":  # quiet or not, say where the answer is
+        print_where(out / json_name, out, answer_stream)
     return result
+
+
+def print_where(json_path: Path, out: Path, stream: TextIO) -> None:
+    """The line every multi-run command ends with, ``--quiet`` included: where its files are."""
+    print(f"results: {json_path}; report {out / 'report.html'}", file=stream)
 
 
 def differences_markdown(result: dict) -> str:
@@ -337,15 +360,23 @@ def differences_markdown(result: dict) -> str:
 
 
 def print_answer(result: dict, stdout: TextIO | None = None) -> None:
-    """The answer table and the best-policy line of a comparison."""
+    """The answer table and the best-policy line of a comparison: a best policy only where the
+    paired interval tells it from the runner-up, else that no policy is distinguishable."""
     stream = stdout if stdout is not None else sys.stdout
     best = result["answer"]["best_policy"]
     print(answer_table(result["stats"]), file=stream)
-    what = "SLO attainment" if best["metric"] == "slo_attainment_pct" else best["metric"]
+    what = metric_label(best["metric"])
     unit = "%" if best["metric"] == "slo_attainment_pct" else "ms"
-    line = f"best policy on {what}: {best['policy']} ({_fmt(best['value'])} {unit})"
-    if best.get("runner_up"):
-        diff_unit = "pp" if unit == "%" else "ms"
-        line += (f"; vs {best['runner_up']}: {best['diff']:+.1f} {diff_unit} "
-                 f"[{_fmt(best['ci_low'])}, {_fmt(best['ci_high'])}], {best['verdict']}")
-    print(line, file=stream)
+    if not best.get("runner_up"):
+        print(f"only policy: {best['policy']} ({what} {_fmt(best['value'])} {unit})",
+              file=stream)
+        return
+    diff_unit = "pp" if unit == "%" else "ms"
+    interval = (f"{best['policy']} vs {best['runner_up']}: {best['diff']:+.1f} {diff_unit} "
+                f"[{_fmt(best['ci_low'])}, {_fmt(best['ci_high'])}]")
+    if best["verdict"] == "better":
+        print(f"best policy on {what}: {best['policy']} ({_fmt(best['value'])} {unit}); "
+              f"{interval}", file=stream)
+    else:
+        print(f"no policy is distinguishable on {what}: the leader and the runner-up differ "
+              f"by {interval}, {best['verdict']}", file=stream)
