@@ -195,6 +195,13 @@ def test_compare_switches_one_server_and_no_switch_leaves_it(tmp_path, capsys):
     # ... but still said where its results went.
     assert f"results: {labelled / 'comparison.json'}; report {labelled / 'report.html'}" \
         in captured.out
+    # The report leads with the paired differences; one trace at one rate draws no
+    # "Throughput vs offered rate" (its points would be timer noise).
+    md = (labelled / "report.md").read_text()
+    assert md.index("Paired differences vs run-a") < md.index("## Run")
+    assert "| run-b | SLO attainment |" in md
+    html = (labelled / "report.html").read_text()
+    assert "Paired differences vs run-a" in html and "Throughput vs offered rate" not in html
     assert captured.err.count("run 1 of 2") == 1
 
 

@@ -178,3 +178,49 @@ def test_experiment_throughput_knee_per_policy(tmp_path, capsys):
         assert (out / policy / "experiment.json").is_file()
     assert answer["best_policy"] in ("fifo", "slo_aware")
     assert "best policy on throughput" in captured.out
+
+
+def _documented_llm_capacity_rps() -> float:
+    """The LLM capacity traces/README.md documents for the default sim (**~30 LLM requests/s**)."""
+    import re
+    text = (ROOT / "traces" / "README.md").read_text()
+    return float(re.search(r"\*\*~(\d+) LLM requests/s\*\*", text).group(1))
+
+
+@pytest.mark.slow
+def test_throughput_knee_against_the_default_sim_is_near_its_capacity(tmp_path, capsys):
+    """Issue 22: 150 requests squeezed into ever shorter probes gave a knee of 2,385 req/s.
+    Each probe now lasts --probe-s and the knee is where the sim stops keeping up."""
+    out = tmp_path / "thr"
+    status = main(["experiment", "--name", "throughput", "--policies", "fifo", "--mode", "llm",
+                   "--rate", "20", "--requests", "150", "--rates", "20,40", "--rel-tol", "0.1",
+                   "--max-probes", "3", "--probe-s", "20", "--drain-s", "0.2", "-o", str(out)])
+    captured = capsys.readouterr()
+    assert status == 0, captured.err
+    capacity = _documented_llm_capacity_rps()
+    result = json.loads((out / "fifo" / "experiment.json").read_text())
+    knee = result["knee"]["knee_rps"]
+    assert knee is not None and abs(knee - capacity) <= 0.25 * capacity, result["knee"]
+    # The requested rate is the rate run and named; every probe held its duration.
+    assert (out / "fifo" / "rate-20" / "results.arrow").is_file()
+    assert result["points"][0]["rate_rps"] == 20.0
+    assert all(p["window_s"] > 15 for p in result["points"])
+    assert f"knee: {knee:.2f} rps" in captured.out
+
+
+def test_a_probe_too_short_for_a_steady_state_never_gives_the_knee(tmp_path, capsys):
+    """150 LLM requests at 300 req/s are half a second of load: every deadline is met, and the
+    probe says it proves nothing."""
+    trace = tmp_path / "short.arrow"
+    assert main(["record", "synth", "--rate", "20", "--requests", "150", "--seed", "1",
+                 "-o", str(trace)]) == 0
+    out = tmp_path / "sweep"
+    status = main(["sweep", str(trace), "--rates", "300", "--knee", "--max-probes", "1",
+                   "--drain-s", "0.2", "-o", str(out)])
+    captured = capsys.readouterr()
+    assert status == 0, captured.err
+    result = json.loads((out / "experiment.json").read_text())
+    point = result["points"][0]
+    assert point["rate_rps"] == 300.0 and point["too_short"], point
+    assert all(p["rate_rps"] < 300.0 for p in result["knee"]["probes"] if p["passed"])
+    assert "rate 300 rps: too short for a steady state" in captured.out

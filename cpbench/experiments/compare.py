@@ -233,11 +233,33 @@ def analyse(dirs: dict[str, list[Path]], *, baseline: str, confidence: float,
     return stats, best
 
 
-def write_comparison_report(dirs: Sequence[Path], out_dir: Path, title: str) -> Path:
-    """``DIR/report.html`` and ``DIR/report.md`` over every run directory."""
+def write_comparison_report(dirs: Sequence[Path], out_dir: Path, title: str,
+                            stats: dict | None = None) -> Path:
+    """``DIR/report.html`` and ``DIR/report.md`` over every run directory, led by the paired
+    differences of ``stats`` (``paired_comparison``) when given."""
     from cpbench.reporting.html import write_report
+    lead = None if stats is None else [differences_table(stats)]
     return write_report(list(dirs), out_dir / "report.html",
-                        markdown_path=out_dir / "report.md", title=title)
+                        markdown_path=out_dir / "report.md", title=title, lead=lead)
+
+
+def differences_table(stats: dict):
+    """The paired differences over all requests, one row per policy and metric, as a report
+    table: what a comparison's reader came for, so the report leads with it."""
+    from cpbench.reporting.tables import Table
+    rows = [[d["policy"], metric_label(d["metric"]), _fmt(d["baseline"]), _fmt(d["candidate"]),
+             f"{d['diff']:+.1f}" if math.isfinite(d["diff"]) else "-",
+             f"[{_fmt(d['ci_low'])}, {_fmt(d['ci_high'])}]", d["verdict"]]
+            for d in stats["differences"] if d["kind"] == "all" and d["priority"] == "all"]
+    return Table(
+        f"Paired differences vs {stats['baseline']}",
+        ["policy", "metric", stats["baseline"], "policy value", "difference",
+         f"{100 * stats['confidence']:g}% CI", "verdict"], rows,
+        note=f"{stats['paired_rows']} requests paired on the trace row; percentile-bootstrap "
+             f"intervals ({stats['n_resamples']} resamples, seed {stats['seed']}). "
+             f"Indistinguishable: the interval holds 0. Attainment in percentage points, "
+             f"latencies in ms from the intended send time; per kind and priority in "
+             f"comparison.md.")
 
 
 def compare(trace: str | Path, *, policies: Sequence[str], out_dir: str | Path,
@@ -325,7 +347,8 @@ def compare(trace: str | Path, *, policies: Sequence[str], out_dir: str | Path,
     except OSError as exc:
         raise OutputError(f"cannot write {str(out / 'comparison.md')!r}: {exc.strerror}") from exc
     write_comparison_report([d for ds in dirs.values() for d in ds], out,
-                            title=f"cpbench {experiment}: {', '.join(policies)} on {trace.name}")
+                            title=f"cpbench {experiment}: {', '.join(policies)} on {trace.name}",
+                            stats=stats)
     print_answer(result, stdout)
     if experiment == "compare":  # quiet or not, say where the answer is
         print_where(out / json_name, out, answer_stream)

@@ -20,7 +20,7 @@ from cpbench.reporting.charts import single_run_sections
 from cpbench.reporting.compare import comparison_sections
 from cpbench.reporting.load import RunData, load_run, run_labels
 from cpbench.reporting.markdown import write_markdown
-from cpbench.reporting.tables import comparison_table, run_facts_rows, run_tables
+from cpbench.reporting.tables import Table, comparison_table, run_facts_rows, run_tables
 
 # Only the core BokehJS bundle: the report uses no widgets, tables, WebGL or MathJax, and the
 # full INLINE set would add 2.6 MB to every report for nothing.
@@ -34,8 +34,10 @@ def _environment() -> jinja2.Environment:
         lstrip_blocks=True)
 
 
-def render_html(runs: list[RunData], title: str | None = None) -> str:
-    """The report of ``runs`` as one HTML document (several runs: a comparison report)."""
+def render_html(runs: list[RunData], title: str | None = None,
+                lead: list[Table] | None = None) -> str:
+    """The report of ``runs`` as one HTML document (several runs: a comparison report);
+    ``lead`` tables come first (a comparison's paired differences: what the reader came for)."""
     labels = run_labels(runs)
     for run, label in zip(runs, labels):
         run.label = label
@@ -59,7 +61,7 @@ def render_html(runs: list[RunData], title: str | None = None) -> str:
     return _environment().get_template("report.html.j2").render(
         title=title or default_title, subtitle=subtitle, version=__version__,
         resources=RESOURCES.render(), script=script, sections=section_ctx, runs=run_ctx,
-        tables=tables, plot_count=len(figures))
+        tables=tables, lead=lead or [], plot_count=len(figures))
 
 
 def _write_atomic(path: Path, text: str) -> None:
@@ -69,7 +71,7 @@ def _write_atomic(path: Path, text: str) -> None:
 
 
 def write_report(result_dirs: list[Path], html_path: Path, *, markdown_path: Path | None = None,
-                 title: str | None = None) -> Path:
+                 title: str | None = None, lead: list[Table] | None = None) -> Path:
     """Write the HTML report (and optionally the Markdown one) of one or several result dirs.
 
     Parameters
@@ -83,6 +85,8 @@ def write_report(result_dirs: list[Path], html_path: Path, *, markdown_path: Pat
         Where the Markdown summary goes; ``None`` writes none.
     title
         Report title; by default derived from the policy or the number of runs.
+    lead
+        Tables shown before everything else (``compare`` passes its paired differences).
 
     Returns
     -------
@@ -99,11 +103,11 @@ def write_report(result_dirs: list[Path], html_path: Path, *, markdown_path: Pat
     if not result_dirs:
         raise ConfigError("no result directory given; pass at least one `cpbench replay -o` DIR")
     runs = [load_run(Path(d)) for d in result_dirs]
-    html = render_html(runs, title)
+    html = render_html(runs, title, lead)
     try:
         _write_atomic(Path(html_path), html)
         if markdown_path is not None:
-            write_markdown(runs, Path(markdown_path), title=title)
+            write_markdown(runs, Path(markdown_path), title=title, lead=lead)
     except OSError as exc:
         raise OutputError(f"cannot write the report: {exc}; check the path and free space") from exc
     return Path(html_path)

@@ -31,13 +31,16 @@ def md_table(table: Table) -> list[str]:
     return lines + [""]
 
 
-def render_markdown(runs: list[RunData], title: str | None = None) -> str:
-    """The Markdown report of ``runs`` (several runs: a comparison)."""
+def render_markdown(runs: list[RunData], title: str | None = None,
+                    lead: list[Table] | None = None) -> str:
+    """The Markdown report of ``runs`` (several runs: a comparison); ``lead`` tables first."""
     labels = run_labels(runs)
     if title is None:
         title = (f"cpbench report: {runs[0].run.get('policy') or runs[0].path.name}"
                  if len(runs) == 1 else f"cpbench comparison of {len(runs)} runs")
     lines = [f"# {md_escape(title)}", ""]
+    for table in lead or []:
+        lines += md_table(table)
     if len(runs) > 1:
         lines += md_table(comparison_table(runs, labels))
     for run, label in zip(runs, labels):
@@ -58,8 +61,9 @@ def render_markdown(runs: list[RunData], title: str | None = None) -> str:
     return "\n".join(lines).rstrip() + "\n"
 
 
-def write_markdown(runs: list[RunData], path: Path, *, title: str | None = None) -> Path:
-    """Write ``render_markdown(runs)`` to ``path`` and return it."""
+def write_markdown(runs: list[RunData], path: Path, *, title: str | None = None,
+                   lead: list[Table] | None = None) -> Path:
+    """Write ``render_markdown(runs, title, lead)`` to ``path`` and return it."""
     path.parent.mkdir(parents=True, exist_ok=True)
-    path.write_text(render_markdown(runs, title), encoding="utf-8")
+    path.write_text(render_markdown(runs, title, lead), encoding="utf-8")
     return path
