@@ -49,6 +49,11 @@ REQUIRED_COLUMNS: tuple[str, ...] = (
 # Filled with nulls when absent: null means "the run's default" / "build from the corpus".
 OPTIONAL_COLUMNS: tuple[str, ...] = ("slo_ttft_ms", "slo_e2e_ms", "prompt", "session")
 
+# Per-row provenance, kept only where the writer records it (a capture says where each
+# input_tokens came from), so every other trace stays byte-identical: column -> allowed values.
+PROVENANCE_COLUMNS: dict[str, tuple[str, ...]] = {
+    "input_tokens_source": ("usage", "words", "token_ids")}
+
 # Bounds beyond which a value is a unit mistake or a corrupt file, not a workload.
 MAX_TOKENS = 10_000_000
 MAX_BATCH = 100_000
@@ -190,7 +195,7 @@ def _one_line(exc: BaseException) -> str:
 
 def extra_columns(table: pa.Table) -> list[str]:
     """Columns the schema does not know (accepted, ignored)."""
-    known = set(SCHEMA.names)
+    known = set(SCHEMA.names) | set(PROVENANCE_COLUMNS)
     return [name for name in table.column_names if name not in known]
 
 
@@ -222,6 +227,16 @@ def validate_table(table: pa.Table, *, source: str = "<table>") -> list[str]:
     cols = {name: _plain(table.column(name)) for name in table.column_names
             if name in SCHEMA.names}
     problems.extend(f"{source}: {p}" for p in _row_problems(cols))
+    for name, allowed in PROVENANCE_COLUMNS.items():
+        if name in table.column_names:
+            col = _plain(table.column(name))
+            bad = _not_in(col, allowed) & ~_nulls(col) if not pa.types.is_null(col.type) \
+                else np.zeros(len(col), bool)
+            if bad.any():
+                i = _first(bad)
+                problems.append(f"{source}: column '{name}' has unknown value "
+                                f"{col[i].as_py()!r} at row {i}; expected one of "
+                                f"{', '.join(allowed)} (or null)")
     return problems
 
 
@@ -380,7 +395,13 @@ def normalize(table: pa.Table) -> pa.Table:
         else:
             array = array.cast(field.type)
         arrays.append(array)
-    return pa.Table.from_arrays(arrays, schema=SCHEMA.with_metadata(table.schema.metadata))
+    schema = SCHEMA
+    for name in PROVENANCE_COLUMNS:
+        if name in table.column_names:
+            arrays.append(pc.dictionary_encode(_plain(table.column(name)).cast(pa.string()))
+                          .cast(_DICT))
+            schema = schema.append(pa.field(name, _DICT))
+    return pa.Table.from_arrays(arrays, schema=schema.with_metadata(table.schema.metadata))
 
 
 def write_trace(table: pa.Table, path: str | os.PathLike[str], *,
@@ -410,7 +431,8 @@ def write_trace(table: pa.Table, path: str | os.PathLike[str], *,
             meta[_META_PREFIX + key] = json.dumps(value or {}, sort_keys=True)
         else:
             meta[_META_PREFIX + key] = "" if value is None else str(value)
-    out = normalize(table.select([c for c in table.column_names if c in SCHEMA.names]))
+    out = normalize(table.select([c for c in table.column_names
+                                  if c in SCHEMA.names or c in PROVENANCE_COLUMNS]))
     out = out.replace_schema_metadata(meta)
     tmp = f"{target}.tmp-{os.getpid()}"
     try:
