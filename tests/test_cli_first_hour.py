@@ -180,3 +180,24 @@ def test_help_examples_that_need_no_server_run(tmp_path, monkeypatch, capsys):
             assert main(argv) == 0, (argv, capsys.readouterr().err)
             ran += 1
     assert ran >= 4
+
+
+@pytest.mark.integration
+def test_sage_cp_bench_compare_and_visualize_lines_work(tmp_path, capsys):
+    """sage-cp-bench's `compare --mode llm --policies ... --requests N` (no trace file) and
+    `visualize --input ... --output DIR` run here as they read."""
+    out = tmp_path / "cmp"
+    assert main(["compare", "--mode", "llm", "--policies", "fifo,priority", "--requests", "20",
+                 "--rate", "40", "--seed", "3", "--drain-s", "0.2", "--resamples", "100",
+                 "-o", str(out)]) == 0
+    import json
+    from cpbench.trace import read_trace, trace_metadata
+    result = json.loads((out / "comparison.json").read_text())
+    assert result["trace"] == str(out / "trace.arrow") and result["stats"]["paired_rows"] == 20
+    meta = trace_metadata(read_trace(out / "trace.arrow"))
+    assert meta["seed"] == 3 and meta["params"]["mode"] == "llm"
+    charts = tmp_path / "charts"
+    assert main(["visualize", "--input", str(out / "fifo"), str(out / "priority"),
+                 "--output", str(charts)]) == 0
+    assert (charts / "report.html").stat().st_size > 10_000 and (charts / "report.md").is_file()
+    assert f"results: {out / 'comparison.json'}" in capsys.readouterr().out

@@ -209,18 +209,22 @@ def test_throughput_knee_against_the_default_sim_is_near_its_capacity(tmp_path, 
 
 
 def test_a_probe_too_short_for_a_steady_state_never_gives_the_knee(tmp_path, capsys):
-    """150 LLM requests at 300 req/s are half a second of load: every deadline is met, and the
-    probe says it proves nothing."""
+    """40 LLM requests at 300 req/s are 0.13 s of load: every deadline is met, and the probe
+    says it proves nothing (the knee search treats it as not passing)."""
     trace = tmp_path / "short.arrow"
-    assert main(["record", "synth", "--rate", "20", "--requests", "150", "--seed", "1",
-                 "-o", str(trace)]) == 0
+    assert main(["record", "synth", "--rate", "20", "--requests", "40", "--seed", "1",
+                 "--output-tokens", "fixed:16", "-o", str(trace)]) == 0
     out = tmp_path / "sweep"
     status = main(["sweep", str(trace), "--rates", "300", "--knee", "--max-probes", "1",
                    "--drain-s", "0.2", "-o", str(out)])
     captured = capsys.readouterr()
     assert status == 0, captured.err
     result = json.loads((out / "experiment.json").read_text())
-    point = result["points"][0]
-    assert point["rate_rps"] == 300.0 and point["too_short"], point
-    assert all(p["rate_rps"] < 300.0 for p in result["knee"]["probes"] if p["passed"])
+    points = {p["rate_rps"]: p for p in result["points"]}
+    assert points[300.0]["slo_attainment_pct"] >= 95.0 and points[300.0]["too_short"]
+    passed = [p["rate_rps"] for p in result["knee"]["probes"] if p["passed"]]
+    assert 300.0 not in passed and all(not points[r]["too_short"] for r in passed)
+    assert result["knee"]["knee_rps"] in passed + [None]
     assert "rate 300 rps: too short for a steady state" in captured.out
+    note = result["knee"]["note"]
+    assert "too short to reach a steady state (at " in note and "300 rps)" in note

@@ -33,3 +33,40 @@ def test_offered_rates_differ_only_beyond_timer_noise():
     assert not offered_rates_differ([16.40675, 16.40705, 16.4069, 16.407])
     assert not offered_rates_differ([16.4, None])
     assert offered_rates_differ([10.0, 20.0, 40.0])
+
+
+def _run_dir(tmp_path, **run):
+    import json
+    import sys
+    from pathlib import Path
+    sys.path.insert(0, str(Path(__file__).parent))
+    from report_fixtures import make_result_dir
+    d = make_result_dir(tmp_path / "run")
+    summary = json.loads((d / "summary.json").read_text())
+    summary["run"].update(run)
+    (d / "summary.json").write_text(json.dumps(summary))
+    return d
+
+
+def test_report_header_items(tmp_path):
+    """Titles equal in HTML and Markdown; no `policy=None` under Policy; our own `code`
+    stays a code span in Markdown (it read as a literal backslash-escaped `cpbench calibrate`)."""
+    from cpbench.cli import main
+    d = _run_dir(tmp_path, policy="fifo", calibration=None,
+                 options={"policy": None, "rate_scale": 2.0, "speed": None})
+    assert main(["report", str(d / "summary.json"), "-o", str(tmp_path / "r.html"),
+                 "--markdown", str(tmp_path / "r.md")]) == 0
+    html = (tmp_path / "r.html").read_text()
+    md = (tmp_path / "r.md").read_text()
+    title = md.splitlines()[0].removeprefix("# ")
+    assert f"<title>{title}</title>" in html and f"<h1>{title}</h1>" in html
+    assert "policy=None" not in html and "speed=None" not in html
+    assert "rate_scale=2.0" in html
+    assert "`cpbench calibrate`" in md and "\\`" not in md
+
+
+def test_md_escape_keeps_code_spans_and_escapes_the_rest():
+    from cpbench.reporting.markdown import md_escape
+    assert md_escape("run `cpbench calibrate` now") == "run `cpbench calibrate` now"
+    assert md_escape("a_b | `x|y`") == "a\\_b \\| `x\\|y`"
+    assert md_escape("<b>`") == "&lt;b&gt;\\`"   # unpaired: everything escaped

@@ -16,7 +16,7 @@ from cpbench.errors import CpbenchError
 # Module names under cpbench.cli, in the order `cpbench --help` lists them.
 COMMANDS: tuple[str, ...] = (
     "record", "validate", "info",            # traces
-    "sim", "replay", "report",               # the main job
+    "sim", "replay", "report", "visualize",  # the main job (visualize: report, sage-cp-bench's way)
     "run", "compare", "sweep", "experiment", # experiments over policies and load
     "calibrate", "config", "verify",         # the client host, config files, reproducibility
 )

@@ -262,20 +262,22 @@ def differences_table(stats: dict):
              f"comparison.md.")
 
 
-def compare(trace: str | Path, *, policies: Sequence[str], out_dir: str | Path,
+def compare(trace: str | Path | None, *, policies: Sequence[str], out_dir: str | Path,
             url: str | None = None, repeat: int = 1, switch: bool = True,
             policy_path: str = "/admin/policy", baseline: str | None = None,
             drain_s: float = 1.0, confidence: float = 0.95, n_resamples: int = 1000,
             seed: int = 0, sim_config: str | Path | None = None,
             replay_options: dict[str, Any] | None = None, quiet: bool = False,
             stdout: TextIO | None = None, experiment: str = "compare",
-            metric: str = "slo_attainment_pct", json_name: str = "comparison.json") -> dict:
+            metric: str = "slo_attainment_pct", json_name: str = "comparison.json",
+            synth: dict[str, Any] | None = None) -> dict:
     """Replay ``trace`` once per policy (and repeat) and compare the policies request by request.
 
     Parameters
     ----------
     trace
-        The trace every policy replays.
+        The trace every policy replays; ``None`` synthesizes one from ``synth``
+        (``sweep.synth_trace`` arguments) into ``DIR/trace.arrow``.
     policies
         Policy names, in display order; the first is the baseline unless ``baseline`` says.
     out_dir
@@ -320,11 +322,16 @@ def compare(trace: str | Path, *, policies: Sequence[str], out_dir: str | Path,
     if baseline not in policies:
         raise ConfigError(f"--baseline {baseline!r} is not in --policies {policies}")
     check_policies(policies, url=url, switch=switch)
-    trace = Path(trace)
-    if not trace.is_file():
+    if trace is None and synth is None:
+        raise ConfigError("compare needs a TRACE, or workload options to synthesize one")
+    if trace is not None and not Path(trace).is_file():
         raise ConfigError(f"trace {str(trace)!r} does not exist; pass a trace file such as "
                           f"traces/burst.arrow")
     out = output_dir(out_dir)
+    if trace is None:
+        from cpbench.experiments.sweep import synth_trace  # sweep imports this module
+        trace = synth_trace(out / "trace.arrow", **(synth or {}))
+    trace = Path(trace)
     progress = Progress(len(policies) * repeat, quiet=quiet)
     with control_plane(url, sim_config=sim_config) as target:
         dirs = run_policies(trace, policies, out, url=target, repeat=repeat, switch=switch,

@@ -330,9 +330,7 @@ def monitor_sections(run: RunData, x_range) -> list[Section]:
     client = Section("Client host")
     monitor = run.summary.get("monitor") or {}
     gpu_info = monitor.get("gpu") or {}
-    if gpu_info.get("available") is False:
-        gpu.notes.append("GPU monitoring was unavailable: "
-                         f"{gpu_info.get('reason') or 'no reason recorded'}.")
+    # An unavailable GPU monitor (every CPU-only host) is said once, in the run facts.
     for scrape in monitor.get("prometheus") or []:
         if isinstance(scrape, dict) and scrape.get("failures"):
             server.notes.append(f"{scrape.get('url', '?')}: {scrape['failures']} of "

@@ -18,7 +18,7 @@ from cpbench.atomic import atomic_write
 from cpbench.errors import ConfigError, OutputError
 from cpbench.reporting.charts import single_run_sections
 from cpbench.reporting.compare import comparison_sections
-from cpbench.reporting.load import RunData, load_run, run_labels
+from cpbench.reporting.load import RunData, load_run, report_title, run_labels
 from cpbench.reporting.markdown import write_markdown
 from cpbench.reporting.tables import Table, comparison_table, run_facts_rows, run_tables
 
@@ -44,12 +44,10 @@ def render_html(runs: list[RunData], title: str | None = None,
     if len(runs) == 1:
         sections = single_run_sections(runs[0])
         tables = run_tables(runs[0])
-        default_title = f"cpbench report: {runs[0].run.get('policy') or runs[0].path.name}"
         subtitle = f"One run from {runs[0].path}"
     else:
         sections = comparison_sections(runs, labels)
         tables = [comparison_table(runs, labels)]
-        default_title = f"cpbench comparison of {len(runs)} runs"
         subtitle = "Runs keep one colour in every chart: " + ", ".join(labels)
     figures = [fig for s in sections for fig in s.figures]
     script, divs = components(figures) if figures else ("", [])
@@ -59,7 +57,7 @@ def render_html(runs: list[RunData], title: str | None = None,
     run_ctx = [{"heading": f"Run: {label}" if len(runs) > 1 else "Run", "notes": run.notes,
                 "facts": run_facts_rows(run)} for run, label in zip(runs, labels)]
     return _environment().get_template("report.html.j2").render(
-        title=title or default_title, subtitle=subtitle, version=__version__,
+        title=title or report_title(runs), subtitle=subtitle, version=__version__,
         resources=RESOURCES.render(), script=script, sections=section_ctx, runs=run_ctx,
         tables=tables, lead=lead or [], plot_count=len(figures))
 

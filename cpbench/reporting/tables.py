@@ -86,9 +86,14 @@ def run_facts_rows(run: RunData) -> list[tuple[str, str]]:
         rows.append(("Client CPU", f"cpbench {cpu['mean_pct']:.0f} % mean, "
                                    f"{cpu.get('max_pct', float('nan')):.0f} % max of the host"
                                    + host))
-    options = info.get("options") or {}
+    # Options the run set; the policy has its own row (an unset option is not an option).
+    options = {k: v for k, v in (info.get("options") or {}).items()
+               if v is not None and k != "policy"}
     if options:
         rows.append(("Options", ", ".join(f"{k}={v}" for k, v in sorted(options.items()))))
+    gpu = (s.get("monitor") or {}).get("gpu") or {}
+    if gpu.get("available") is False:
+        rows.append(("GPU monitoring", f"unavailable ({gpu.get('reason') or 'no reason'})"))
     if run.models:
         rows.append(("Models", ", ".join(f"{m} ({n:,})" for m, n in run.models)))
     return rows
