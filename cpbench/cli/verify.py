@@ -40,8 +40,10 @@ def _check_side(text: str) -> None:
     if path.is_file() and path.name != MANIFEST_NAME:
         raise ConfigError(f"{text!r} is a file but not a run's {MANIFEST_NAME}; pass the result "
                           f"directory or its {MANIFEST_NAME}")
-    if path.is_dir() and not any(path.glob(f"{MANIFEST_NAME}")) and not any(
-            p for depth in ("*", "*/*", "*/*/*") for p in path.glob(f"{depth}/{MANIFEST_NAME}")):
+    # A run, or a directory of runs up to three levels down (as manifest.verify matches them).
+    patterns = (MANIFEST_NAME, f"*/{MANIFEST_NAME}", f"*/*/{MANIFEST_NAME}",
+                f"*/*/*/{MANIFEST_NAME}")
+    if path.is_dir() and not any(next(path.glob(p), None) for p in patterns):
         raise ConfigError(f"{text!r} holds no {MANIFEST_NAME}; it is not a result directory "
                           f"or a directory of runs")
 

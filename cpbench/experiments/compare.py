@@ -404,9 +404,15 @@ def print_answer(result: dict, stdout: TextIO | None = None) -> None:
     diff_unit = "pp" if unit == "%" else "ms"
     interval = (f"{best['policy']} vs {best['runner_up']}: {best['diff']:+.1f} {diff_unit} "
                 f"[{_fmt(best['ci_low'])}, {_fmt(best['ci_high'])}]")
+    vs_baseline = [d["verdict"] for d in result["stats"]["differences"]
+                   if d["kind"] == "all" and d["priority"] == "all"
+                   and d["metric"] == best["metric"]]
     if best["verdict"] == "better":
         print(f"best policy on {what}: {best['policy']} ({_fmt(best['value'])} {unit}); "
               f"{interval}", file=stream)
+    elif any(v in ("better", "worse") for v in vs_baseline):
+        print(f"best policy on {what}: none alone, {best['policy']} and {best['runner_up']} "
+              f"lead; {interval}, {best['verdict']}", file=stream)
     else:
-        print(f"no policy is distinguishable on {what}: the leader and the runner-up differ "
-              f"by {interval}, {best['verdict']}", file=stream)
+        print(f"no policy is distinguishable on {what}: every difference's interval holds 0 "
+              f"(leader {interval})", file=stream)
