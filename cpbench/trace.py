@@ -50,6 +50,11 @@ REQUIRED_COLUMNS: tuple[str, ...] = (
 OPTIONAL_COLUMNS: tuple[str, ...] = ("slo_ttft_ms", "slo_e2e_ms", "prompt", "session",
                                      "prefix_blocks")
 
+# Per-row provenance, kept only where the writer records it (a capture says where each
+# input_tokens came from), so every other trace stays byte-identical: column -> allowed values.
+PROVENANCE_COLUMNS: dict[str, tuple[str, ...]] = {
+    "input_tokens_source": ("usage", "words", "token_ids")}
+
 # Bounds beyond which a value is a unit mistake or a corrupt file, not a workload.
 MAX_TOKENS = 10_000_000
 MAX_BATCH = 100_000
@@ -191,7 +196,7 @@ def _one_line(exc: BaseException) -> str:
 
 def extra_columns(table: pa.Table) -> list[str]:
     """Columns the schema does not know (accepted, ignored)."""
-    known = set(SCHEMA.names)
+    known = set(SCHEMA.names) | set(PROVENANCE_COLUMNS)
     return [name for name in table.column_names if name not in known]
 
 
@@ -240,6 +245,16 @@ def validate_table(table: pa.Table, *, source: str = "<table>",
             cols["prefix_blocks"], _ints(cols["input_tokens"])[0],
             pc.not_equal(cols["kind"], "embedding").to_numpy(zero_copy_only=False),
             given, size, raw))
+    for name, allowed in PROVENANCE_COLUMNS.items():
+        if name in table.column_names:
+            col = _plain(table.column(name))
+            bad = _not_in(col, allowed) & ~_nulls(col) if not pa.types.is_null(col.type) \
+                else np.zeros(len(col), bool)
+            if bad.any():
+                i = _first(bad)
+                problems.append(f"{source}: column '{name}' has unknown value "
+                                f"{col[i].as_py()!r} at row {i}; expected one of "
+                                f"{', '.join(allowed)} (or null)")
     return problems
 
 
@@ -401,7 +416,13 @@ def normalize(table: pa.Table) -> pa.Table:
         else:
             array = array.cast(field.type)
         arrays.append(array)
-    return pa.Table.from_arrays(arrays, schema=SCHEMA.with_metadata(table.schema.metadata))
+    schema = SCHEMA
+    for name in PROVENANCE_COLUMNS:
+        if name in table.column_names:
+            arrays.append(pc.dictionary_encode(_plain(table.column(name)).cast(pa.string()))
+                          .cast(_DICT))
+            schema = schema.append(pa.field(name, _DICT))
+    return pa.Table.from_arrays(arrays, schema=schema.with_metadata(table.schema.metadata))
 
 
 def write_trace(table: pa.Table, path: str | os.PathLike[str], *,
@@ -435,7 +456,8 @@ def write_trace(table: pa.Table, path: str | os.PathLike[str], *,
                 meta[_META_PREFIX + key] = str(int(value))
         else:
             meta[_META_PREFIX + key] = "" if value is None else str(value)
-    out = normalize(table.select([c for c in table.column_names if c in SCHEMA.names]))
+    out = normalize(table.select([c for c in table.column_names
+                                  if c in SCHEMA.names or c in PROVENANCE_COLUMNS]))
     if out.column("prefix_blocks").null_count == out.num_rows:
         # A trace without prefix blocks is written as before the column existed: same bytes.
         out = out.drop_columns(["prefix_blocks"])

@@ -89,7 +89,7 @@ def test_synthesize_with_prefix_blocks_matches_record_synth(tmp_path):
     ({"rate": "fast", "requests": 5}, r"key 'rate' expects a number"),
     ({"requests": 5}, r"missing required option\(s\) rate"),
     ({"rate": 5}, r"requests=N or duration_s=S"),
-    ({"rate": 5, "requests": 5, "mode": "vision"}, r"--mode must be one of"),
+    ({"rate": 5, "requests": 5, "mode": "vision"}, r"key 'mode' must be one of llm, hybrid"),
 ])
 def test_synthesize_checks_options_like_the_cli(kwargs, match):
     with pytest.raises(ConfigError, match=match):

@@ -13,12 +13,13 @@ import time
 import urllib.request
 
 import aiohttp
+import pyarrow as pa
 import pytest
 from aiohttp import web
 
 from cpbench.prompts import build_prompt
-from cpbench.record.capture import describe_request, public_url
-from cpbench.trace import read_trace
+from cpbench.record.capture import Recorder, describe_request, public_url
+from cpbench.trace import read_trace, validate_table
 
 pytestmark = pytest.mark.integration
 
@@ -36,10 +37,25 @@ SCHEDULE = [
 ]
 
 
-def _sse_body(n_tokens: int) -> bytes:
+# The upstream's tokenizer: two tokens per word, so a row that took the response's usage
+# differs from one that counted the body's words.
+TOKENS_PER_WORD = 2
+
+
+def _usage_prompt_tokens(body: dict) -> int:
+    if "messages" in body:
+        texts = [m["content"] for m in body["messages"]]
+    elif "prompt" in body:
+        texts = [body["prompt"]]
+    else:
+        texts = body["input"] if isinstance(body["input"], list) else [body["input"]]
+    return TOKENS_PER_WORD * sum(len(str(t).split()) for t in texts)
+
+
+def _sse_body(n_tokens: int, prompt_tokens: int) -> bytes:
     chunks = [b'data: {"choices":[{"delta":{"content":"tok "}}]}\n\n'] * n_tokens
-    usage = b'data: {"choices":[],"usage":{"prompt_tokens":1,"completion_tokens":%d}}\n\n' \
-        % n_tokens
+    usage = b'data: {"choices":[],"usage":{"prompt_tokens":%d,"completion_tokens":%d}}\n\n' \
+        % (prompt_tokens, n_tokens)
     return b"".join(chunks) + usage + b"data: [DONE]\n\n"
 
 
@@ -57,7 +73,7 @@ class UpstreamApp:
             await asyncio.sleep(float(request.headers["X-Test-Stall-Ms"]) / 1000)
         resp = web.StreamResponse(headers={"Content-Type": "text/event-stream"})
         await resp.prepare(request)
-        data = _sse_body(body["max_tokens"])
+        data = _sse_body(body["max_tokens"], _usage_prompt_tokens(body))
         for i in range(0, len(data), 40):   # several writes, as a real server streams
             await resp.write(data[i:i + 40])
             await asyncio.sleep(0.002)
@@ -71,7 +87,8 @@ class UpstreamApp:
         data = [{"object": "embedding", "index": i, "embedding": [0.5, 0.25]}
                 for i in range(count)] if "input" in body else []
         return web.json_response({"object": "list", "data": data, "model": body["model"],
-                                  "usage": {"prompt_tokens": 1, "completion_tokens": 2}})
+                                  "usage": {"prompt_tokens": _usage_prompt_tokens(body),
+                                            "completion_tokens": 2}})
 
     async def _models(self, request: web.Request) -> web.Response:
         return web.json_response({"data": [{"id": "m"}]})
@@ -222,9 +239,9 @@ def _capture_once(tmp_path, upstream: Upstream, sig: int) -> list[int]:
     assert proc.returncode == 0, stderr.decode()
     assert f"{len(SCHEDULE)} requests".encode() in stderr
     # Responses were relayed unchanged (SSE bytes included) and the key reached the upstream.
-    for (_, kind, _, max_tokens, _, _), body in zip(SCHEDULE, bodies):
+    for (_, kind, n_in, max_tokens, _, _), body in zip(SCHEDULE, bodies):
         if kind == "chat":
-            assert body == _sse_body(max_tokens)
+            assert body == _sse_body(max_tokens, TOKENS_PER_WORD * n_in)
         else:
             assert json.loads(body)["usage"]["completion_tokens"] == 2
     assert upstream.seen_auth().count(f"Bearer {KEY}") == len(SCHEDULE)
@@ -236,7 +253,9 @@ def _capture_once(tmp_path, upstream: Upstream, sig: int) -> list[int]:
     assert sorted(range(len(SCHEDULE)), key=lambda i: sent_ns[i]) == list(range(len(SCHEDULE)))
     for i, (_, kind, n_in, max_tokens, batch, prio) in enumerate(SCHEDULE):
         assert table["kind"][i] == kind
-        assert table["input_tokens"][i] == n_in
+        # The server's count (its usage, per text for embeddings) wins over the word count.
+        assert table["input_tokens"][i] == TOKENS_PER_WORD * n_in
+        assert table["input_tokens_source"][i] == "usage"
         assert table["batch_size"][i] == batch
         assert table["output_tokens"][i] == (max_tokens if kind != "embedding" else None)
         assert table["priority"][i] == (prio or "NORMAL")
@@ -286,9 +305,9 @@ def test_signal_during_request_drains_and_keeps_row(tmp_path, upstream):
     finally:
         _, stderr = proc.communicate(timeout=30)
     assert proc.returncode == 0, stderr.decode()
-    assert body == _sse_body(3)
+    assert body == _sse_body(3, TOKENS_PER_WORD * 5)
     table = read_trace(out)
-    assert table.num_rows == 1 and table["input_tokens"][0].as_py() == 5
+    assert table.num_rows == 1 and table["input_tokens"][0].as_py() == TOKENS_PER_WORD * 5
 
 
 def test_describe_request_forms():
@@ -302,6 +321,28 @@ def test_describe_request_forms():
     row = describe_request("chat", {"messages": [{"role": "user", "content": [
         {"type": "text", "text": "one two"}, {"type": "image_url"}]}]}, {})
     assert (row["model"], row["input_tokens"], row["output_tokens"]) == ("unknown", 2, None)
+    assert row["input_tokens_source"] == "words"
+
+
+def test_usage_prompt_tokens_beat_the_word_count_and_the_source_is_recorded():
+    """aiperf's 64-token prompts were recorded as 19 words; the server's usage is the truth."""
+    rec = Recorder()
+    words = rec.add(0, describe_request("chat", {"messages": [
+        {"role": "user", "content": "a b c"}], "max_tokens": 4}, {}))
+    ids = rec.add(1, describe_request("completion", {"prompt": [1, 2, 3, 4, 5],
+                                                     "max_tokens": 4}, {}))
+    told = rec.add(2, describe_request("embedding", {"input": ["a b", "c d"]}, {}))
+    rec.fill_from_usage(told, b'{"usage":{"prompt_tokens":64,"total_tokens":64}}')
+    table = rec.table()
+    assert table["input_tokens"].to_pylist() == [3, 5, 32]
+    assert table["input_tokens_source"].to_pylist() == ["words", "token_ids", "usage"]
+    assert (words, ids) == (0, 1)
+    # The column round-trips through the trace schema, which validates its values.
+    assert validate_table(table) == []
+    bad = table.set_column(table.schema.get_field_index("input_tokens_source"),
+                           "input_tokens_source", pa.array(["words", "guess", None]))
+    assert "column 'input_tokens_source' has unknown value 'guess' at row 1" in \
+        validate_table(bad)[0]
 
 
 def test_public_url_drops_credentials():
@@ -332,7 +373,8 @@ def test_openai_sdk_through_the_proxy(tmp_path, upstream):
     assert KEY.encode() not in open(out, "rb").read()
     rows = read_trace(out).to_pylist()
     assert [(r["kind"], r["input_tokens"], r["output_tokens"], r["batch_size"], r["priority"])
-            for r in rows] == [("chat", 21, 3, 1, "LOW"), ("embedding", 2, None, 2, "NORMAL")]
+            for r in rows] == [("chat", 42, 3, 1, "LOW"), ("embedding", 5, None, 2, "NORMAL")]
+    assert [r["input_tokens_source"] for r in rows] == ["usage", "usage"]
 
 
 def test_nothing_captured_and_port_in_use(tmp_path, upstream):

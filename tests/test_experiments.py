@@ -189,7 +189,19 @@ def test_compare_switches_one_server_and_no_switch_leaves_it(tmp_path, capsys):
         summary = json.loads((labelled / "run-b" / "summary.json").read_text())
         assert summary["run"]["policy"] == "run-b"
     captured = capsys.readouterr()
-    assert captured.out.count("best policy on SLO attainment") == 1  # --quiet printed none
+    # Two runs of one workload: no policy is distinguishable, and --quiet printed no table ...
+    assert captured.out.count("on SLO attainment") == 1
+    assert "best policy" not in captured.out
+    # ... but still said where its results went.
+    assert f"results: {labelled / 'comparison.json'}; report {labelled / 'report.html'}" \
+        in captured.out
+    # The report leads with the paired differences; one trace at one rate draws no
+    # "Throughput vs offered rate" (its points would be timer noise).
+    md = (labelled / "report.md").read_text()
+    assert md.index("Paired differences vs run-a") < md.index("## Run")
+    assert "| run-b | SLO attainment |" in md
+    html = (labelled / "report.html").read_text()
+    assert "Paired differences vs run-a" in html and "Throughput vs offered rate" not in html
     assert captured.err.count("run 1 of 2") == 1
 
 
@@ -223,14 +235,18 @@ def test_sigint_stops_the_whole_comparison(tmp_path):
 def test_sweep_without_trace_synthesizes_one(tmp_path, capsys):
     out = tmp_path / "sweep"
     assert main(["sweep", "--rates", "20", "--requests", "20", "--mode", "llm", "--policy",
-                 "priority", "--drain-s", "0", "-o", str(out)]) == 0
+                 "priority", "--drain-s", "0", "--probe-s", "1", "-o", str(out)]) == 0
     result = json.loads((out / "experiment.json").read_text())
     assert (out / "trace.arrow").is_file() and result["trace"] == str(out / "trace.arrow")
     assert result["policy"] == "priority" and len(result["points"]) == 1
     point = result["points"][0]
-    assert point["rate_rps"] == 20.0 and point["requests"] == 20
+    # The workload is sized for --probe-s at 4x the rate; the probe sends its first second.
+    assert result["trace_requests"] == 80 and result["probe_s"] == 1.0
+    assert point["rate_rps"] == 20.0 and 5 <= point["requests"] <= 40
     assert point["rate_scale"] == pytest.approx(20.0 / result["trace_rate_rps"])
-    assert "20.00" in capsys.readouterr().out
+    assert (out / "rate-20" / "results.arrow").is_file()
+    stdout = capsys.readouterr().out
+    assert "20.00" in stdout and f"results: {out / 'experiment.json'}" in stdout
 
 
 def test_config_file_supplies_options_and_the_command_line_wins(tmp_path, capsys):

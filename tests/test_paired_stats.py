@@ -243,3 +243,65 @@ def test_large_groups_rescaled_subsample_matches_full_bootstrap():
     est = np.percentile(b, 50) - np.percentile(a, 50)
     assert sub[0] < est < sub[1]
     assert abs((sub[1] - sub[0]) - (full[1] - full[0])) < 0.35 * (full[1] - full[0])
+
+
+def test_print_answer_names_no_best_policy_when_none_is_distinguishable():
+    """`experiment --name latency` named a best policy when every difference held 0."""
+    import io
+
+    from cpbench.experiments.compare import print_answer
+    from cpbench.experiments.stats import metric_label
+    assert metric_label("e2e_from_intended_p99_ms") == "E2E p99"
+    assert metric_label("ttft_from_intended_p50_ms") == "TTFT p50"
+    assert metric_label("slo_attainment_pct") == "SLO attainment"
+    m = {"n": 1, "mean": 10.0, "std": 0.0, "min": 10.0, "max": 10.0}
+    stats = {"confidence": 0.95, "differences": [], "policies": {
+        p: {"repeats": 1, "groups": [{"metrics": {
+            "slo_attainment_pct": m, "ttft_from_intended_p99_ms": m,
+            "e2e_from_intended_p99_ms": m}}]} for p in ("fifo", "priority")}}
+    best = {"metric": "e2e_from_intended_p99_ms", "policy": "priority", "value": 10.0,
+            "runner_up": "fifo", "diff": -1.5, "ci_low": -4.0, "ci_high": 1.0,
+            "verdict": "indistinguishable"}
+    out = io.StringIO()
+    print_answer({"answer": {"best_policy": best}, "stats": stats}, out)
+    text = out.getvalue()
+    assert "no policy is distinguishable on E2E p99" in text and "best policy" not in text
+    assert "[-4.0, 1.0]" in text and "e2e_from_intended" not in text
+    out = io.StringIO()
+    print_answer({"answer": {"best_policy": {**best, "verdict": "better", "ci_high": -0.5}},
+                  "stats": stats}, out)
+    assert "best policy on E2E p99: priority (10.0 ms)" in out.getvalue()
+    # Both beat the baseline but not each other: two leaders, not "none".
+    stats["differences"] = [{"kind": "all", "priority": "all", "policy": "priority",
+                             "metric": "e2e_from_intended_p99_ms", "verdict": "better"}]
+    out = io.StringIO()
+    print_answer({"answer": {"best_policy": best}, "stats": stats}, out)
+    assert "best policy on E2E p99: none alone, priority and fifo lead" in out.getvalue()
+
+
+def test_find_knee_runs_rounded_rates_and_never_passes_a_nan_probe():
+    """A too-short probe measures NaN: it never passes, so it never becomes the knee; each rate
+    measured is the rate recorded (rounded before the run, as the sweep names it)."""
+    from cpbench.experiments.sweep import probe_rate
+    seen = []
+
+    def measure(rate):
+        seen.append(rate)
+        return math.nan if rate >= 40 else (100.0 if rate <= 30.8 else 0.0)
+
+    res = find_knee(measure, start_rps=20.0, rel_tol=0.01, max_probes=12, round_rate=probe_rate)
+    assert [p["rate_rps"] for p in res.probes] == seen
+    assert all(r == probe_rate(r) for r in seen)
+    assert (res.knee_rps, res.high_rps, res.converged) == (30.6, 30.9, True)
+    assert {p["value_pct"] for p in res.probes if p["rate_rps"] >= 40} == {None}
+    assert probe_rate(18.6358) == 18.6 and probe_rate(2385.38) == 2390.0
+
+
+def test_keep_up_counts_completions_per_send_in_the_second_half():
+    from cpbench.experiments.steady import keep_up_pct
+    sent = np.arange(0, 100, dtype=np.int64) * 10**9         # one send a second for 100 s
+    kept = sent + 2 * 10**9                                   # each done 2 s later
+    assert keep_up_pct(sent, kept) == 100.0                   # 50 sent in [49.5, 99], 50 done
+    behind = np.where(sent >= 50 * 10**9, -1, kept)           # nothing sent later completes
+    assert keep_up_pct(sent, behind) == pytest.approx(100.0 * 2 / 50)
+    assert math.isnan(keep_up_pct(np.array([], np.int64), np.array([], np.int64)))

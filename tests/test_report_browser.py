@@ -14,6 +14,7 @@ import os
 import shutil
 import signal
 import subprocess
+import sys
 import time
 from pathlib import Path
 
@@ -53,7 +54,17 @@ PROBE_JS = """
     if (n > 0) drawnPlots++;
   });
   const docs = (window.Bokeh && Bokeh.documents) || [];
+  // Per latency-over-time figure: the points its marker renderers draw (values whose
+  // neighbouring slices are empty, which a line alone leaves blank).
+  const latencyPoints = {};
+  docs.forEach((d) => d.roots().forEach((root) => {
+    const title = root.title && root.title.text;
+    if (!title || !title.includes('by scheduled time')) return;
+    latencyPoints[title] = (root.renderers || []).reduce((n, r) =>
+      n + (r.glyph && r.glyph.marker != null ? (r.data_source.data.x || []).length : 0), 0);
+  }));
   return JSON.stringify({
+    latencyPoints: latencyPoints,
     bokeh: !!window.Bokeh, documents: docs.length,
     roots: docs.reduce((a, d) => a + d.roots().length, 0),
     canvases: canvases.length, plotDivs: plots.length, drawnPlots: drawnPlots,
@@ -225,6 +236,24 @@ def test_report_of_a_real_replay_renders_in_chromium(chromium, tmp_path):
     html = write_report([out], out / "report.html")
     probe = _check_in_browser(chromium, html, tmp_path, "replay")
     assert probe["roots"] >= 15
+
+
+@pytest.mark.integration
+@pytest.mark.slow
+def test_burst_report_latency_over_time_is_not_blank_in_chromium(chromium, tmp_path):
+    """The quick start's trace: one busy second every 20 s between empty ones. Its "Latency
+    over time" drew no line segment at all; the lone seconds are points now."""
+    root = Path(__file__).resolve().parent.parent
+    out = tmp_path / "burst"
+    proc = subprocess.run([sys.executable, "-m", "cpbench", "replay",
+                           str(root / "traces" / "burst.arrow"), "--speed", "2", "--duration",
+                           "22", "--quiet", "--no-report", "-o", str(out)],
+                          capture_output=True, text=True, timeout=180, cwd=root)
+    assert proc.returncode == 0, proc.stderr[-2000:]
+    html = write_report([out], out / "report.html")
+    probe = _check_in_browser(chromium, html, tmp_path, "burst")
+    points = probe["latencyPoints"]
+    assert len(points) == 2 and all(n >= 2 for n in points.values()), points
 
 
 def test_the_harness_sees_console_errors_exceptions_and_remote_requests(chromium, tmp_path):

@@ -29,7 +29,7 @@ def test_same_args_and_seed_give_identical_bytes(tmp_path):
     assert sha256_file(tmp_path / "a.arrow") != sha256_file(tmp_path / "c.arrow")
     meta = trace_metadata(read_trace(tmp_path / "a.arrow"))
     assert meta["seed"] == 42 and meta["params"]["pattern"] == "gamma"
-    assert meta["params"]["output_tokens"] == "lognormal:128,0.6,1024"   # defaults recorded
+    assert meta["params"]["output_tokens"] == "lognormal:128,0.6,512"   # defaults recorded
 
 
 def test_cli_synth_is_reproducible_across_processes(tmp_path):
@@ -121,7 +121,7 @@ def test_lengths_are_capped_and_parsed():
     (dict(mode="hybrid", llm_ratio=1.5), "--llm-ratio must be in"),
     (dict(priority_mix={"URGENT": 1}), "--priority-mix takes weights"),
     (dict(pattern="burst"), "needs --burst-rps"),
-    (dict(rate_rps=-3), "rate_rps must be finite and > 0"),
+    (dict(rate_rps=-3), "--rate must be requests/s > 0"),
     (dict(seed=-1), "--seed must be a non-negative integer"),
 ])
 def test_bad_specs_are_config_errors(kwargs, message):

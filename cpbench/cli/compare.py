@@ -13,6 +13,7 @@ from cpbench.outdir import default_dir
 
 EPILOG = """examples:
   cpbench compare --policies fifo,priority,slo_aware,hybrid_slo traces/burst.arrow -o results/cmp
+  cpbench compare --mode llm --policies fifo,priority,slo_aware --requests 500   # synthesized
   cpbench compare --policies fifo,slo_aware traces/burst.arrow --speed 2 --duration 10 --repeat 3
   cpbench compare --policies fifo,edf traces/medium.arrow --url http://127.0.0.1:8000 \\
       --policy-path /v1/admin/policy --drain-s 5
@@ -101,7 +102,9 @@ def register(subparsers) -> None:
                     "request by request (paired bootstrap intervals per kind and priority) and "
                     "write DIR/<policy>/, DIR/comparison.json and DIR/report.html.",
         epilog=EPILOG, formatter_class=argparse.RawDescriptionHelpFormatter)
-    p.add_argument("trace", type=Path, metavar="TRACE", help="cpbench trace (.arrow)")
+    p.add_argument("trace", type=Path, metavar="TRACE", nargs="?", default=None,
+                   help="cpbench trace (.arrow); without it a workload is synthesized from "
+                        "the options below (as `cpbench run`) into DIR/trace.arrow")
     p.add_argument("--policies", default=None, metavar="A,B,...",
                    help="policies to compare, comma-separated; the first is the baseline")
     add_deployment_args(p)
@@ -111,6 +114,10 @@ def register(subparsers) -> None:
                    help="runs per policy, interleaved; shows each metric's spread (default 1)")
     p.add_argument("-o", "--output", type=Path, default=None, metavar="DIR",
                    help="output directory (default: cpbench-results/compare-<UTC time>/)")
+    g = p.add_argument_group("synthesized workload (without TRACE; --seed seeds it too)")
+    g.add_argument("--rate", type=float, default=20.0, metavar="RPS",
+                   help="mean arrival rate (default 20)")
+    add_synth_args(g, requests_help="requests (default 600)")
     add_target_args(p)
     add_stats_args(p)
     add_config_option(p)
@@ -141,9 +148,13 @@ def run(args: argparse.Namespace) -> int:
         raise ConfigError("compare needs --policies A,B, or --targets NAME=URL,... and/or "
                           "--launch NAME='CMD {port}'")
     policies = [] if args.policies is None else parse_list(args.policies, what="--policies")
+    synth = None
+    if args.trace is None:
+        synth = {"rate_rps": args.rate, "requests": args.requests, "pattern": args.pattern,
+                 "mode": args.mode, "llm_ratio": args.llm_ratio, "seed": args.seed}
     compare(args.trace, policies=policies, targets=parse_targets(args.targets),
             launch=args.launch, start_timeout_s=args.start_timeout_s,
             out_dir=args.output or default_dir("compare"), repeat=args.repeat,
             baseline=args.baseline, confidence=args.confidence, n_resamples=args.resamples,
-            seed=args.seed, **target_kwargs(args))
+            seed=args.seed, synth=synth, **target_kwargs(args))
     return 0

@@ -8,6 +8,7 @@ from cpbench.cli.compare import (add_stats_args, add_synth_args, add_target_args
                                  target_kwargs)
 from cpbench.outdir import default_dir
 from cpbench.config import add_config_option
+from cpbench.experiments import DEFAULT_PROBE_S, KNEE_CRITERIA
 
 EPILOG = """examples:
   cpbench experiment --name slo -o results/slo                 # 4 policies, synthesized load
@@ -47,9 +48,18 @@ def register(subparsers) -> None:
                    help="mixed_ratio: LLM shares to sweep (default 0,0.25,0.5,0.75,1)")
     g = p.add_argument_group("throughput")
     g.add_argument("--rates", default="", metavar="R1,R2,...",
-                   help="rates measured before the knee search (default: the trace's rate)")
+                   help="rates measured before the knee search (default: --rate, or the "
+                        "trace's rate with --trace)")
+    g.add_argument("--knee-by", choices=tuple(KNEE_CRITERIA), default="throughput",
+                   help="what a rate must hold: throughput = the control plane completes "
+                        "--target-pct of the load it is offered (its capacity), slo = SLO "
+                        "attainment >= --target-pct (default throughput)")
     g.add_argument("--target-pct", type=float, default=95.0, metavar="P",
-                   help="SLO attainment the knee must hold, percent (default 95)")
+                   help="percent the knee must hold (default 95)")
+    g.add_argument("--probe-s", type=float, default=DEFAULT_PROBE_S, metavar="S",
+                   help=f"seconds of load per rate; a probe too short to reach a steady "
+                        f"state never passes (default {DEFAULT_PROBE_S:g}; the synthesized "
+                        f"workload grows to fill it)")
     g.add_argument("--rel-tol", type=float, default=0.05, metavar="F",
                    help="knee bracket width relative to the rate (default 0.05)")
     g.add_argument("--max-probes", type=int, default=8, metavar="N",
@@ -79,5 +89,6 @@ def run(args: argparse.Namespace) -> int:
                mode=args.mode, llm_ratio=args.llm_ratio, ratios=ratios,
                target_pct=args.target_pct, seed=args.seed, repeat=args.repeat,
                confidence=args.confidence, n_resamples=args.resamples, rel_tol=args.rel_tol,
-               max_probes=args.max_probes, **options)
+               max_probes=args.max_probes, knee_by=args.knee_by, probe_s=args.probe_s,
+               **options)
     return 0

@@ -22,6 +22,17 @@ def _ns(value: float | None, scale: float) -> int | None:
     return None if value is None else int(round(value * scale))
 
 
+def _port(text: str) -> int:
+    """A TCP port, 0 (any free one) to 65535; the kernel would otherwise wrap 99999 silently."""
+    try:
+        port = int(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"expected a port number 0-65535; got {text!r}")
+    if not 0 <= port <= 65535:
+        raise argparse.ArgumentTypeError(f"a port is 0-65535 (0: any free port); got {port}")
+    return port
+
+
 def _statuses(text: str) -> tuple[int, ...]:
     try:
         return tuple(int(s) for s in text.split(",") if s.strip())
@@ -91,7 +102,7 @@ def register(subparsers: argparse._SubParsersAction) -> None:
                     "Prometheus metrics. Unset flags keep the config file's (or default) values.",
         epilog=EPILOG, formatter_class=argparse.RawDescriptionHelpFormatter)
     p.add_argument("--host", default="127.0.0.1", help="address to bind (default 127.0.0.1)")
-    p.add_argument("--port", type=int, default=8000, help="port; 0 picks a free one")
+    p.add_argument("--port", type=_port, default=8000, help="port; 0 picks a free one")
     p.add_argument("--policy", choices=POLICY_NAMES, help="scheduling policy (default fifo)")
     p.add_argument("--config", metavar="FILE.json", help="sim configuration (engines, faults...)")
     p.add_argument("--ready-file", metavar="F", help='write {"url": ..., "pid": ...} here once '

@@ -7,6 +7,7 @@ from pathlib import Path
 from cpbench.cli.compare import add_synth_args, add_target_args, target_kwargs
 from cpbench.outdir import default_dir
 from cpbench.config import add_config_option
+from cpbench.experiments import DEFAULT_PROBE_S, KNEE_CRITERIA
 
 EPILOG = """examples:
   cpbench sweep --rates 10,50,100,200 --policy hybrid_slo     # synthesized hybrid workload
@@ -33,8 +34,16 @@ def register(subparsers) -> None:
                    help="policy set once through the admin API (default: leave as is)")
     p.add_argument("--knee", action="store_true",
                    help="search the saturation knee after the fixed rates")
+    p.add_argument("--knee-by", choices=tuple(KNEE_CRITERIA), default="slo",
+                   help="what a rate must hold: slo = SLO attainment >= --target-pct, "
+                        "throughput = the control plane completes --target-pct of the load "
+                        "(its capacity) (default slo)")
     p.add_argument("--target-pct", type=float, default=95.0, metavar="P",
-                   help="SLO attainment the knee must hold, percent (default 95)")
+                   help="percent the knee must hold (default 95)")
+    p.add_argument("--probe-s", type=float, default=DEFAULT_PROBE_S, metavar="S",
+                   help=f"seconds of load per rate (the trace's first S seconds at that rate); "
+                        f"a probe too short to reach a steady state never passes "
+                        f"(default {DEFAULT_PROBE_S:g})")
     p.add_argument("--rel-tol", type=float, default=0.05, metavar="F",
                    help="stop bisecting when the bracket is narrower than F x rate (0.05)")
     p.add_argument("--max-probes", type=int, default=8, metavar="N",
@@ -56,7 +65,7 @@ def run(args: argparse.Namespace) -> int:
     rates = parse_floats(args.rates, what="--rates") if args.rates or not args.knee else []
     sweep(args.trace, rates_rps=rates, out_dir=args.output or default_dir("sweep"),
           policy=args.policy, knee=args.knee, target_pct=args.target_pct, rel_tol=args.rel_tol,
-          max_probes=args.max_probes,
+          max_probes=args.max_probes, knee_by=args.knee_by, probe_s=args.probe_s,
           synth={"requests": args.requests, "pattern": args.pattern, "mode": args.mode,
                  "llm_ratio": args.llm_ratio, "seed": args.seed}, **target_kwargs(args))
     return 0

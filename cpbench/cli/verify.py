@@ -26,9 +26,33 @@ def register(subparsers: argparse._SubParsersAction) -> None:
     parser.set_defaults(func=_verify)
 
 
+def _check_side(text: str) -> None:
+    """Bad input is exit 2 with what is wrong, never a "workload differs" about a typo."""
+    from pathlib import Path
+
+    from cpbench.errors import ConfigError
+    from cpbench.manifest import MANIFEST_NAME
+
+    path = Path(text)
+    if not path.exists():
+        raise ConfigError(f"{text!r} does not exist; pass a result directory (cpbench replay "
+                          f"-o DIR) or its {MANIFEST_NAME}")
+    if path.is_file() and path.name != MANIFEST_NAME:
+        raise ConfigError(f"{text!r} is a file but not a run's {MANIFEST_NAME}; pass the result "
+                          f"directory or its {MANIFEST_NAME}")
+    # A run, or a directory of runs up to three levels down (as manifest.verify matches them).
+    patterns = (MANIFEST_NAME, f"*/{MANIFEST_NAME}", f"*/*/{MANIFEST_NAME}",
+                f"*/*/*/{MANIFEST_NAME}")
+    if path.is_dir() and not any(next(path.glob(p), None) for p in patterns):
+        raise ConfigError(f"{text!r} holds no {MANIFEST_NAME}; it is not a result directory "
+                          f"or a directory of runs")
+
+
 def _verify(args: argparse.Namespace) -> int:
     from cpbench.manifest import verify
 
+    _check_side(args.a)
+    _check_side(args.b)
     differences = verify(args.a, args.b)
     if not differences:
         print(f"same workload: {args.a} and {args.b}")

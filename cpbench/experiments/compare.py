@@ -26,8 +26,8 @@ from cpbench.errors import ConfigError, OutputError
 from cpbench.redact import redact_url
 from cpbench.experiments.control import (PolicyAdmin, Progress, embedded_sim, format_table,
                                          wait_idle)
-from cpbench.experiments.stats import (higher_is_better, load_run, metric_names,
-                                       paired_comparison)
+from cpbench.experiments.stats import (higher_is_better, load_run, metric_label,
+                                       metric_names, paired_comparison)
 
 _NAME_RE = re.compile(r"^[A-Za-z0-9_.-]+$")
 
@@ -113,6 +113,21 @@ def run_dir(out_dir: Path, policy: str, repeat_index: int, repeats: int) -> Path
     return base if repeats == 1 else base / f"{policy}-r{repeat_index + 1}"
 
 
+def output_dir(path: str | Path) -> Path:
+    """Create the output directory ``path`` (and its parents); one clear error when it cannot
+    be, e.g. when ``-o`` names an existing file."""
+    out = Path(path)
+    if out.exists() and not out.is_dir():
+        raise ConfigError(f"-o {str(out)!r} is an existing file, not a directory; pass a "
+                          f"directory for the results")
+    try:
+        out.mkdir(parents=True, exist_ok=True)
+    except OSError as exc:
+        raise OutputError(f"cannot create the output directory {str(out)!r}: "
+                          f"{exc.strerror}; check the path") from exc
+    return out
+
+
 def write_json(path: Path, data: dict) -> None:
     """Write JSON atomically (temporary file + rename) so a reader never sees half of it."""
     tmp = path.with_name(path.name + ".tmp")
@@ -178,7 +193,8 @@ def best_policy(runs: dict[str, list], stats: dict, metric: str, *, higher_bette
                              n_resamples=n_resamples, seed=seed)
     d = next(x for x in pair["differences"] if x["kind"] == "all" and x["metric"] == metric)
     return {**best, "runner_up": second, "diff": d["diff"], "ci_low": d["ci_low"],
-            "ci_high": d["ci_high"], "verdict": d["verdict"]}
+            "ci_high": d["ci_high"], "verdict": d["verdict"],
+            "distinguishable": d["verdict"] == "better"}
 
 
 def _fmt(v: float | None, digits: int = 1) -> str:
@@ -220,16 +236,34 @@ def analyse(dirs: dict[str, list[Path]], *, baseline: str, confidence: float,
 
 def write_comparison_report(dirs: Sequence[Path], out_dir: Path, title: str,
                             stats: dict | None = None) -> Path:
-    """``DIR/report.html`` and ``DIR/report.md`` over every run directory; with ``stats``
-    the HTML leads with the paired differences."""
-    from cpbench.reporting.fleet import paired_table
+    """``DIR/report.html`` and ``DIR/report.md`` over every run directory, led by the paired
+    differences of ``stats`` (``paired_comparison``) when given."""
     from cpbench.reporting.html import write_report
+    lead = None if stats is None else [differences_table(stats)]
     return write_report(list(dirs), out_dir / "report.html",
-                        markdown_path=out_dir / "report.md", title=title,
-                        leading_tables=[paired_table(stats)] if stats else None)
+                        markdown_path=out_dir / "report.md", title=title, lead=lead)
 
 
-def compare(trace: str | Path, *, policies: Sequence[str], out_dir: str | Path,
+def differences_table(stats: dict):
+    """The paired differences over all requests, one row per policy and metric, as a report
+    table: what a comparison's reader came for, so the report leads with it."""
+    from cpbench.reporting.tables import Table
+    rows = [[d["policy"], metric_label(d["metric"]), _fmt(d["baseline"]), _fmt(d["candidate"]),
+             f"{d['diff']:+.1f}" if math.isfinite(d["diff"]) else "-",
+             f"[{_fmt(d['ci_low'])}, {_fmt(d['ci_high'])}]", d["verdict"]]
+            for d in stats["differences"] if d["kind"] == "all" and d["priority"] == "all"]
+    return Table(
+        f"Paired differences vs {stats['baseline']}",
+        ["policy", "metric", stats["baseline"], "policy value", "difference",
+         f"{100 * stats['confidence']:g}% CI", "verdict"], rows,
+        note=f"{stats['paired_rows']} requests paired on the trace row; percentile-bootstrap "
+             f"intervals ({stats['n_resamples']} resamples, seed {stats['seed']}). "
+             f"Indistinguishable: the interval holds 0. Attainment in percentage points, "
+             f"latencies in ms from the intended send time; per kind and priority in "
+             f"comparison.md.")
+
+
+def compare(trace: str | Path | None, *, policies: Sequence[str], out_dir: str | Path,
             url: str | None = None, repeat: int = 1, switch: bool = True,
             policy_path: str = "/admin/policy", baseline: str | None = None,
             drain_s: float = 1.0, confidence: float = 0.95, n_resamples: int = 1000,
@@ -238,13 +272,14 @@ def compare(trace: str | Path, *, policies: Sequence[str], out_dir: str | Path,
             stdout: TextIO | None = None, experiment: str = "compare",
             metric: str = "slo_attainment_pct", json_name: str = "comparison.json",
             targets: Mapping[str, str] | None = None, launch: Sequence[str] | None = None,
-            start_timeout_s: float = 60.0) -> dict:
+            start_timeout_s: float = 60.0, synth: dict[str, Any] | None = None) -> dict:
     """Replay ``trace`` once per policy (and repeat) and compare the policies request by request.
 
     Parameters
     ----------
     trace
-        The trace every policy replays.
+        The trace every policy replays; ``None`` synthesizes one from ``synth``
+        (``sweep.synth_trace`` arguments) into ``DIR/trace.arrow``.
     policies
         Policy names, in display order; the first is the baseline unless ``baseline`` says.
     out_dir
@@ -279,6 +314,7 @@ def compare(trace: str | Path, *, policies: Sequence[str], out_dir: str | Path,
     dict
         What ``comparison.json`` holds.
     """
+    answer_stream = stdout if stdout is not None else sys.stdout
     if quiet:
         stdout = io.StringIO()  # --quiet: no progress, no answer table (see the JSON)
     deploying = bool(targets or launch)
@@ -297,12 +333,16 @@ def compare(trace: str | Path, *, policies: Sequence[str], out_dir: str | Path,
         raise ConfigError(f"--baseline {baseline!r} is not in --policies {policies}")
     if not deploying:
         check_policies(policies, url=url, switch=switch)
-    trace = Path(trace)
-    if not trace.is_file():
+    if trace is None and synth is None:
+        raise ConfigError("compare needs a TRACE, or workload options to synthesize one")
+    if trace is not None and not Path(trace).is_file():
         raise ConfigError(f"trace {str(trace)!r} does not exist; pass a trace file such as "
                           f"traces/burst.arrow")
-    out = Path(out_dir)
-    out.mkdir(parents=True, exist_ok=True)
+    out = output_dir(out_dir)
+    if trace is None:
+        from cpbench.experiments.sweep import synth_trace  # sweep imports this module
+        trace = synth_trace(out / "trace.arrow", **(synth or {}))
+    trace = Path(trace)
     progress = Progress(len(policies) * repeat, quiet=quiet)
     deployed: dict[str, dict] = {}
     if deploying:
@@ -339,7 +379,14 @@ def compare(trace: str | Path, *, policies: Sequence[str], out_dir: str | Path,
                             title=f"cpbench {experiment}: {', '.join(policies)} on {trace.name}",
                             stats=stats)
     print_answer(result, stdout)
+    if experiment == "compare":  # quiet or not, say where the answer is
+        print_where(out / json_name, out, answer_stream)
     return result
+
+
+def print_where(json_path: Path, out: Path, stream: TextIO) -> None:
+    """The line every multi-run command ends with, ``--quiet`` included: where its files are."""
+    print(f"results: {json_path}; report {out / 'report.html'}", file=stream)
 
 
 def differences_markdown(result: dict) -> str:
@@ -365,15 +412,29 @@ def differences_markdown(result: dict) -> str:
 
 
 def print_answer(result: dict, stdout: TextIO | None = None) -> None:
-    """The answer table and the best-policy line of a comparison."""
+    """The answer table and the best-policy line of a comparison: a best policy only where the
+    paired interval tells it from the runner-up, else that no policy is distinguishable."""
     stream = stdout if stdout is not None else sys.stdout
     best = result["answer"]["best_policy"]
     print(answer_table(result["stats"]), file=stream)
-    what = "SLO attainment" if best["metric"] == "slo_attainment_pct" else best["metric"]
+    what = metric_label(best["metric"])
     unit = "%" if best["metric"] == "slo_attainment_pct" else "ms"
-    line = f"best policy on {what}: {best['policy']} ({_fmt(best['value'])} {unit})"
-    if best.get("runner_up"):
-        diff_unit = "pp" if unit == "%" else "ms"
-        line += (f"; vs {best['runner_up']}: {best['diff']:+.1f} {diff_unit} "
-                 f"[{_fmt(best['ci_low'])}, {_fmt(best['ci_high'])}], {best['verdict']}")
-    print(line, file=stream)
+    if not best.get("runner_up"):
+        print(f"only policy: {best['policy']} ({what} {_fmt(best['value'])} {unit})",
+              file=stream)
+        return
+    diff_unit = "pp" if unit == "%" else "ms"
+    interval = (f"{best['policy']} vs {best['runner_up']}: {best['diff']:+.1f} {diff_unit} "
+                f"[{_fmt(best['ci_low'])}, {_fmt(best['ci_high'])}]")
+    vs_baseline = [d["verdict"] for d in result["stats"]["differences"]
+                   if d["kind"] == "all" and d["priority"] == "all"
+                   and d["metric"] == best["metric"]]
+    if best["verdict"] == "better":
+        print(f"best policy on {what}: {best['policy']} ({_fmt(best['value'])} {unit}); "
+              f"{interval}", file=stream)
+    elif any(v in ("better", "worse") for v in vs_baseline):
+        print(f"best policy on {what}: none alone, {best['policy']} and {best['runner_up']} "
+              f"lead; {interval}, {best['verdict']}", file=stream)
+    else:
+        print(f"no policy is distinguishable on {what}: every difference's interval holds 0 "
+              f"(leader {interval})", file=stream)

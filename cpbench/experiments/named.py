@@ -23,11 +23,12 @@ from typing import TextIO
 from cpbench import __version__
 from cpbench.errors import ConfigError
 from cpbench.experiments.compare import (analyse, check_policies, compare, control_plane,
-                                         replay_one, run_policies, write_comparison_report,
-                                         write_json)
+                                         output_dir, print_where, replay_one, run_policies,
+                                         write_comparison_report, write_json)
 from cpbench.experiments.control import Progress, format_table
 from cpbench.experiments.stats import PRIORITIES
-from cpbench.experiments.sweep import active_policy, sweep, synth_trace
+from cpbench.experiments.sweep import (DEFAULT_PROBE_S, active_policy, sweep, synth_requests,
+                                       synth_trace)
 
 EXPERIMENTS = ("throughput", "latency", "slo", "mixed_ratio")
 DEFAULT_RATIOS = (0.0, 0.25, 0.5, 0.75, 1.0)
@@ -95,8 +96,8 @@ def _mixed_ratio(out: Path, policies: Sequence[str], ratios: Sequence[float], sy
                            "best_policy": best,
                            "runs": {p: [str(d) for d in ds] for p, ds in dirs.items()}})
     rows = [[f"{p['llm_ratio']:g}", *(_fmt(p["attainment_pct"][q]) for q in policies),
-             p["best_policy"]["policy"] + ("" if p["best_policy"]["verdict"] in
-                                           ("better", "only policy") else " (tie)")]
+             p["best_policy"]["policy"] if p["best_policy"]["verdict"] in
+             ("better", "only policy") else "none distinguishable"]
             for p in points]
     print(format_table(["LLM ratio", *(f"{q} SLO %" for q in policies), "best policy"], rows),
           file=stdout or sys.stdout)
@@ -115,23 +116,32 @@ def experiment(name: str, *, out_dir: str | Path, trace: str | Path | None = Non
                policy_path: str = "/admin/policy", drain_s: float = 1.0,
                sim_config: str | Path | None = None, replay_options: dict | None = None,
                confidence: float = 0.95, n_resamples: int = 1000, rel_tol: float = 0.05,
-               max_probes: int = 8, quiet: bool = False, stdout: TextIO | None = None) -> dict:
+               max_probes: int = 8, knee_by: str = "throughput",
+               probe_s: float = DEFAULT_PROBE_S, quiet: bool = False,
+               stdout: TextIO | None = None) -> dict:
     """Run one predefined experiment; returns what ``DIR/experiment.json`` holds.
 
     ``trace`` replaces the synthesized workload (``rate_rps``, ``requests``, ``pattern``,
     ``mode``, ``llm_ratio``, ``seed``); ``mixed_ratio`` always synthesizes one per ratio.
+    The throughput experiment probes ``rates_rps`` (default: ``rate_rps`` when synthesized,
+    the trace's rate otherwise), then searches the knee by ``knee_by`` (``throughput``: the
+    control plane keeps up with ``target_pct`` of the load; ``slo``: attainment), each probe
+    lasting ``probe_s``; its synthesized workload is sized for that (``sweep.synth_requests``).
     ``policies`` defaults to the four policies of the embedded control plane (throughput: the
     configured one, no switching). Other parameters as in ``compare`` and ``sweep``.
     """
+    answer_stream = stdout if stdout is not None else sys.stdout
     if quiet:
         stdout = io.StringIO()  # --quiet: no progress, no answer table (see the JSON)
     from cpbench.sim.config import POLICY_NAMES
     if name not in EXPERIMENTS:
         raise ConfigError(f"--name must be one of {', '.join(EXPERIMENTS)}; got {name!r}")
     check_policies(list(policies or []), url=url, switch=switch)
-    out = Path(out_dir)
-    out.mkdir(parents=True, exist_ok=True)
+    out = output_dir(out_dir)
     synth = {"rate_rps": rate_rps, "requests": requests, "pattern": pattern, "seed": seed}
+    if name == "throughput" and trace is None:
+        rates_rps = list(rates_rps) or [rate_rps]  # a requested rate is the rate run
+        synth["requests"] = synth_requests(requests, rates_rps, probe_s)
     if name != "mixed_ratio":
         trace = Path(trace) if trace is not None else synth_trace(
             out / "trace.arrow", mode=mode, llm_ratio=llm_ratio, **synth)
@@ -142,7 +152,8 @@ def experiment(name: str, *, out_dir: str | Path, trace: str | Path | None = Non
         body = _throughput(trace, out, list(policies) if policies else [None], rates_rps,
                            {**common, "replay_options": replay_options},
                            {"target_pct": target_pct, "rel_tol": rel_tol,
-                            "max_probes": max_probes}, stdout)
+                            "max_probes": max_probes, "knee_by": knee_by, "probe_s": probe_s},
+                           stdout)
         answer = body["answer"]
         if len(body["policies"]) > 1:
             rows = [[p, _fmt(k)] for p, k in answer["knee_rps"].items()]
@@ -158,6 +169,7 @@ def experiment(name: str, *, out_dir: str | Path, trace: str | Path | None = Non
         if name == "slo":
             print(format_table(["policy", *(f"{p} SLO %" for p in PRIORITIES)],
                                _slo_by_priority(body)), file=stdout or sys.stdout)
+        print_where(out / "experiment.json", out, answer_stream)
         return body
     else:
         body = _mixed_ratio(out, list(policies or POLICY_NAMES), ratios, synth,
@@ -167,6 +179,7 @@ def experiment(name: str, *, out_dir: str | Path, trace: str | Path | None = Non
     result = {"cpbench_version": __version__, "experiment": name,
               "trace": None if trace is None else str(trace), **body}
     write_json(out / "experiment.json", result)
+    print_where(out / "experiment.json", out, answer_stream)
     return result
 
 
@@ -181,7 +194,7 @@ def run(*, out_dir: str | Path, policy: str | None, requests: int, rate_rps: flo
     summary, one source: no second table re-derived from the results).
     """
     check_policies([policy], url=url, switch=switch)
-    out = Path(out_dir)
+    out = output_dir(out_dir)
     trace = synth_trace(out / "trace.arrow", rate_rps=rate_rps, requests=requests,
                         pattern=pattern, mode=mode, llm_ratio=llm_ratio, seed=seed,
                         **(synth_options or {}))

@@ -113,6 +113,16 @@ def metric_names() -> list[str]:
     return names
 
 
+def metric_label(metric: str) -> str:
+    """A metric key as the answer table and the report name it: ``E2E p99``, ``SLO attainment``."""
+    if metric == "slo_attainment_pct":
+        return "SLO attainment"
+    for name, label in (("ttft_from_intended", "TTFT"), ("e2e_from_intended", "E2E")):
+        if metric.startswith(name + "_p") and metric.endswith("_ms"):
+            return f"{label} {metric[len(name) + 1:-3]}"
+    return metric
+
+
 def higher_is_better(metric: str) -> bool:
     """Attainment improves upward; every latency improves downward."""
     return metric.startswith("slo_attainment")
@@ -412,7 +422,8 @@ class KneeResult:
 
 def find_knee(measure: Callable[[float], float], *, start_rps: float, target_pct: float = 95.0,
               rel_tol: float = 0.05, max_probes: int = 12, min_rps: float = 0.0,
-              max_rps: float = math.inf, upper_rps: float | None = None) -> KneeResult:
+              max_rps: float = math.inf, upper_rps: float | None = None,
+              round_rate: Callable[[float], float] | None = None) -> KneeResult:
     """The saturation knee: the highest rate whose SLO attainment stays >= ``target_pct``.
 
     Brackets first — doubling from ``start_rps`` while the target holds, halving while it
@@ -422,6 +433,8 @@ def find_knee(measure: Callable[[float], float], *, start_rps: float, target_pct
     never loops. Stops after ``max_probes`` measurements whatever happened (``converged``
     False). ``upper_rps``, a rate already seen failing, caps the doubling so a sweep's fixed
     points serve as the bracket (a caching ``measure`` then costs nothing for it).
+    ``round_rate`` maps each rate before it is measured (the rate run is the rate reported);
+    a NaN measurement (a probe that cannot tell) counts as not passing.
     """
     if not (start_rps > 0 and 0.0 <= target_pct <= 100.0 and 0 < rel_tol < 1 and max_probes >= 2
             and 0.0 <= min_rps < max_rps):
@@ -432,30 +445,37 @@ def find_knee(measure: Callable[[float], float], *, start_rps: float, target_pct
     low = high = None
 
     def probe(rate: float) -> bool:
-        attained = float(measure(rate))
-        ok = attained >= target_pct
-        probes.append({"rate_rps": rate, "attainment_pct": attained, "passed": ok})
+        value = float(measure(rate))
+        ok = value >= target_pct
+        probes.append({"rate_rps": rate, "value_pct": value if math.isfinite(value) else None,
+                       "passed": ok})
         return ok
 
-    rate = min(max(start_rps, min_rps), max_rps)
+    def rounded(rate: float) -> float:
+        return rate if round_rate is None else round_rate(rate)
+
+    rate = rounded(min(max(start_rps, min_rps), max_rps))
     while len(probes) < max_probes and (low is None or high is None):
         if probe(rate):
             low = rate
             if rate >= max_rps:
                 return KneeResult(low, low, None, False, probes,
-                                  f"attainment still >= {target_pct:g}% at max_rps {max_rps:g}")
+                                  f"still >= {target_pct:g}% at max_rps {max_rps:g}")
             rate = min(rate * 2.0, max_rps)
             if upper_rps is not None and upper_rps > low:
                 rate = min(rate, upper_rps)
+            rate = rounded(rate)
         else:
             high = rate
             if low is None and rate / 2.0 <= min_rps:
                 return KneeResult(None, None, high, False, probes,
-                                  f"attainment < {target_pct:g}% even at {rate:g} rps")
-            rate = max(rate / 2.0, min_rps) if low is None else rate
+                                  f"below {target_pct:g}% even at {rate:g} rps")
+            rate = rounded(max(rate / 2.0, min_rps)) if low is None else rate
     while len(probes) < max_probes and low is not None and high is not None \
             and high - low > rel_tol * low:
-        mid = 0.5 * (low + high)
+        mid = rounded(0.5 * (low + high))
+        if mid in (low, high):
+            return KneeResult(low, low, high, True, probes, "")  # rounding cannot split it
         if probe(mid):
             low = mid
         else:

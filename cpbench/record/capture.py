@@ -3,11 +3,15 @@
 Every request is forwarded to ``upstream`` unchanged (headers, body, query) and its response
 streamed back unchanged, byte for byte (SSE included; no decompression). For each POST to
 ``/v1/chat/completions``, ``/v1/completions`` or ``/v1/embeddings`` one row is recorded *when
-it arrives* (``time.monotonic_ns()`` at the handler's start): kind, model, input tokens counted
-from the body (cpbench's word count; token-id inputs by length), ``max_tokens``, embedding
-batch size, priority (``X-Request-Priority`` header, else vLLM's body ``priority``), deadline
+it arrives* (``time.monotonic_ns()`` at the handler's start): kind, model, input tokens,
+``max_tokens``, embedding batch size, priority (``X-Request-Priority`` header, else vLLM's body ``priority``), deadline
 (``X-SLO-Deadline-Ms``) and session (``X-Session-ID``). The response's ``usage`` fills what the
 body lacks (no ``max_tokens``: the completion tokens the server produced).
+
+Input tokens: the upstream's ``usage.prompt_tokens`` is the truth (its tokenizer; every
+vLLM/SGLang server reports it, in a stream when asked with ``stream_options.include_usage``);
+without it, the body's count (cpbench's whitespace word count, or the length of a token-id
+list). Each row's ``input_tokens_source`` says which: ``usage``, ``words`` or ``token_ids``.
 
 Privacy: no header other than those three is read into the record, prompts are not stored,
 and the upstream URL is stored without credentials or query. On SIGINT/SIGTERM the proxy
@@ -54,8 +58,8 @@ class Recorder:
     def __init__(self) -> None:
         self.arrival_ns: list[int] = []
         self.cols: dict[str, list[Any]] = {k: [] for k in (
-            "kind", "model", "input_tokens", "output_tokens", "batch_size", "priority",
-            "slo_e2e_ms", "session")}
+            "kind", "model", "input_tokens", "input_tokens_source", "output_tokens",
+            "batch_size", "priority", "slo_e2e_ms", "session")}
         self.skipped_unparsable = 0
         self.guessed_output = 0
 
@@ -70,9 +74,10 @@ class Recorder:
         cols = self.cols
         prompt = _PROMPT_RE.findall(tail)
         completion = _COMPLETION_RE.findall(tail)
-        if cols["input_tokens"][index] is None and prompt:
+        if prompt:  # the server's tokenizer beats the word count of the body
             per_text = int(prompt[-1]) / max(cols["batch_size"][index] or 1, 1)
             cols["input_tokens"][index] = int(round(per_text))
+            cols["input_tokens_source"][index] = "usage"
         if cols["kind"][index] != "embedding" and cols["output_tokens"][index] is None \
                 and completion:
             cols["output_tokens"][index] = max(int(completion[-1]), 1)
@@ -95,6 +100,8 @@ class Recorder:
             "kind": pa.array(kinds, pa.string()).dictionary_encode(),
             "model": pa.array(c["model"], pa.string()).dictionary_encode(),
             "input_tokens": pa.array(c["input_tokens"], pa.int32()),
+            "input_tokens_source": pa.array(c["input_tokens_source"],
+                                            pa.string()).dictionary_encode(),
             "output_tokens": pa.array([None if k == "embedding" else v
                                        for k, v in zip(kinds, c["output_tokens"])], pa.int32()),
             "batch_size": pa.array(c["batch_size"], pa.int16()),
@@ -108,9 +115,13 @@ def _text_tokens(value: Any) -> int | None:
     """Tokens of one prompt/input: words of a string, length of a token-id list."""
     if isinstance(value, str):
         return count_tokens(value)
-    if isinstance(value, list) and all(isinstance(x, int) for x in value):
+    if _is_token_ids(value):
         return len(value)
     return None
+
+
+def _is_token_ids(value: Any) -> bool:
+    return isinstance(value, list) and all(isinstance(x, int) for x in value)
 
 
 def _chat_tokens(messages: Any) -> int | None:
@@ -167,6 +178,11 @@ def describe_request(kind: str, body: dict, headers: Any) -> dict[str, Any]:
     except ValueError:
         row["slo_e2e_ms"] = None
     row["session"] = headers.get("X-Session-ID") or None
+    if row.get("input_tokens") is not None:
+        body_input = body.get("input") if kind == "embedding" else body.get("prompt")
+        first = body_input[0] if isinstance(body_input, list) and body_input else None
+        ids = _is_token_ids(body_input) or _is_token_ids(first)
+        row["input_tokens_source"] = "token_ids" if ids and kind != "chat" else "words"
     return row
 
 

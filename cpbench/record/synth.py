@@ -26,6 +26,10 @@ MODES = ("llm", "hybrid")
 DEFAULT_MODELS = {"llm": "cpbench-llm-7b", "embedding": "cpbench-embed-bge"}
 DEFAULT_SLO_E2E_MS = {"llm": 5000.0, "embedding": 500.0}
 DEFAULT_PRIORITY_MIX = {"HIGH": 0.2, "NORMAL": 0.6, "LOW": 0.2}
+# Length specs (parse_length), those of the shipped traces (traces/README.md).
+DEFAULT_LENGTHS = {"input_tokens": "lognormal:256,0.8,4096",
+                   "output_tokens": "lognormal:128,0.6,512",
+                   "embed_tokens": "lognormal:96,0.5,512", "embed_batch": "uniform:1,16"}
 
 # Stream index per random quantity: fixed forever (append, never reorder).
 _STREAMS = ("arrivals", "kind", "llm_kind", "priority", "input_tokens", "output_tokens",
@@ -86,6 +90,12 @@ def parse_length(text: str | LengthSpec, *, what: str, low: int = 1,
     name, _, rest = raw.partition(":")
     if not rest and name.isdigit():
         name, rest = "fixed", name
+    head, sep, tail = rest.rpartition(":")
+    if name == "empirical" and sep and head and not os.path.exists(rest) \
+            and tail not in ("input_tokens", "output_tokens"):
+        raise ConfigError(f"{what} empirical:PATH:COLUMN takes COLUMN input_tokens or "
+                          f"output_tokens (cpbench's names, also for an Azure CSV's "
+                          f"ContextTokens/GeneratedTokens); got {tail!r}")
     try:
         if name == "empirical":
             path, _, column = rest.rpartition(":") if rest.endswith(
@@ -129,6 +139,14 @@ def arrivals(pattern: str, *, rate_rps: float, requests: int | None, duration_s:
     between bursts and ``ramp`` moves from ``rate_rps`` to ``end_rps``."""
     if pattern not in PATTERNS:
         raise ConfigError(f"--pattern must be one of {', '.join(PATTERNS)}; got {pattern!r}")
+    # Checked here, in the options' own names, before the kernels say "rate_rps".
+    low_ok = rate_rps > 0 or (rate_rps == 0 and pattern == "burst")  # burst: 0 between bursts
+    if not (math.isfinite(rate_rps) and low_ok):
+        raise ConfigError(f"--rate must be requests/s > 0 (burst: >= 0); got {rate_rps:g}")
+    if requests is not None and requests < 1:
+        raise ConfigError(f"--requests must be at least 1; got {requests}")
+    if duration_s is not None and not duration_s > 0:
+        raise ConfigError(f"--duration-s must be positive seconds; got {duration_s:g}")
     extent = {"count": requests, "duration_s": duration_s}
     try:
         if pattern == "uniform":
@@ -154,8 +172,10 @@ def _check_mix(mix: Mapping[str, float], allowed: tuple[str, ...], what: str) ->
     unknown = set(mix) - set(allowed)
     weights = np.array([float(mix.get(k, 0.0)) for k in allowed])
     if unknown or (weights < 0).any() or not math.isfinite(weights.sum()) or weights.sum() <= 0:
+        shown = ",".join(f"{k}={v:g}" if isinstance(v, (int, float)) else f"{k}={v}"
+                         for k, v in mix.items())
         raise ConfigError(f"{what} takes weights >= 0 for {', '.join(allowed)} with a positive "
-                          f"sum; got {dict(mix)!r}")
+                          f"sum, like HIGH=0.2,NORMAL=0.6,LOW=0.2; got {shown}")
     return weights / weights.sum()
 
 
@@ -169,10 +189,10 @@ def _check_fraction(name: str, value: float) -> float:
 def synthesize(*, pattern: str = "poisson", rate_rps: float, requests: int | None = None,
                duration_s: float | None = None, mode: str = "llm", llm_ratio: float = 1.0,
                chat_share: float = 1.0, priority_mix: Mapping[str, float] | None = None,
-               input_tokens: str | LengthSpec = "lognormal:256,0.8,4096",
-               output_tokens: str | LengthSpec = "lognormal:128,0.6,1024",
-               embed_tokens: str | LengthSpec = "lognormal:96,0.5,512",
-               embed_batch: str | LengthSpec = "uniform:1,16",
+               input_tokens: str | LengthSpec = DEFAULT_LENGTHS["input_tokens"],
+               output_tokens: str | LengthSpec = DEFAULT_LENGTHS["output_tokens"],
+               embed_tokens: str | LengthSpec = DEFAULT_LENGTHS["embed_tokens"],
+               embed_batch: str | LengthSpec = DEFAULT_LENGTHS["embed_batch"],
                slo_e2e_ms: Mapping[str, float] | None = None,
                slo_ttft_ms: Mapping[str, float | None] | None = None,
                models: Mapping[str, str] | None = None, seed: int,

@@ -65,14 +65,30 @@ def finish_legend(fig: figure) -> figure:
     return fig
 
 
+def lone_points(y: np.ndarray) -> np.ndarray:
+    """Mask of the finite values whose neighbours on both sides are missing (NaN or none)."""
+    finite = np.isfinite(y)
+    before = np.concatenate(([False], finite[:-1]))
+    after = np.concatenate((finite[1:], [False]))
+    return finite & ~before & ~after
+
+
 def add_lines(fig: figure, x: np.ndarray, series: list[tuple[str, np.ndarray, str]],
               value_format: str = "{0,0.00}", unit: str = "") -> figure:
     """Lines of ``(label, y, colour)`` over a shared ``x`` with a vertical-line hover."""
     renderers = []
+    x = np.asarray(x, float)
     for label, y, color in series:
-        src = ColumnDataSource({"x": np.asarray(x, float), "y": np.asarray(y, float)})
+        y = np.asarray(y, float)
+        src = ColumnDataSource({"x": x, "y": y})
         renderers.append(fig.line("x", "y", source=src, legend_label=label, color=color,
                                   line_width=2, name=label))
+        # A line needs two neighbours: a slice with data between empty ones (a burst every
+        # 20 s) would draw nothing. Those values get a marker of their own.
+        lone = lone_points(y)
+        if lone.any():
+            renderers.append(fig.scatter(x[lone], y[lone], legend_label=label, color=color,
+                                         size=6, name=label))
     fig.add_tools(HoverTool(renderers=renderers, mode="vline", tooltips=[
         ("series", "$name"), ("x", "@x{0,0.0}"), ("value", f"@y{value_format} {unit}".strip())]))
     return finish_legend(fig)
@@ -314,9 +330,7 @@ def monitor_sections(run: RunData, x_range) -> list[Section]:
     client = Section("Client host")
     monitor = run.summary.get("monitor") or {}
     gpu_info = monitor.get("gpu") or {}
-    if gpu_info.get("available") is False:
-        gpu.notes.append("GPU monitoring was unavailable: "
-                         f"{gpu_info.get('reason') or 'no reason recorded'}.")
+    # An unavailable GPU monitor (every CPU-only host) is said once, in the run facts.
     for scrape in monitor.get("prometheus") or []:
         if isinstance(scrape, dict) and scrape.get("failures"):
             server.notes.append(f"{scrape.get('url', '?')}: {scrape['failures']} of "

@@ -1,10 +1,10 @@
-"""The engines behind a router, in the report: balance, prefix hits over time, paired table.
+"""The engines behind a router, in the report: balance, prefix hits over time.
 
 Reads what a run already holds: ``summary.json``'s ``"engines"`` entry (requests, tokens and
 prefix hits per engine, from the engines' own counters: ``cpbench.monitor.engines``) and the
 scraped series in ``monitor.arrow``. Hands ``html.py`` sections for a run (``fleet_sections``),
-a balance chart across runs (``fleet_comparison_section``) and the tables of a comparison
-(``paired_table``, ``engine_table``). Charts of the raw scraped series (running and waiting
+a balance chart across runs (``fleet_comparison_section``) and the per-engine table
+(``engine_table``). Charts of the raw scraped series (running and waiting
 per engine, the router's own counters) stay with the generic server-metrics section.
 """
 from __future__ import annotations
@@ -146,20 +146,3 @@ def engine_table(runs: list[RunData], labels: list[str]) -> Table | None:
     return Table("Requests and tokens per engine", ["run", "engine",
                  *(title for _, title in BALANCE_FIGURES), "prefix hit ratio"], rows,
                  note="changes of each engine's own counters (vLLM names) over the run.")
-
-
-def paired_table(stats: dict) -> Table:
-    """The paired differences of a comparison (``stats.paired_comparison``), overall rows."""
-    rows = []
-    for d in stats.get("differences") or []:
-        if d.get("kind") != "all" or d.get("priority") not in (None, "all"):
-            continue
-        rows.append([d["policy"], d["metric"], str(d["rows"]), _fmt(d["baseline"]),
-                     _fmt(d["candidate"]), _fmt(d["diff"]),
-                     f"[{_fmt(d['ci_low'])}, {_fmt(d['ci_high'])}]", d["verdict"]])
-    note = (f"vs baseline {stats.get('baseline')}; {stats.get('paired_rows')} requests paired "
-            f"on the trace row; {100 * stats.get('confidence', 0.95):g}% percentile-bootstrap "
-            f"intervals ({stats.get('n_resamples')} resamples, seed {stats.get('seed')}); "
-            f"per kind and priority in comparison.md.")
-    return Table("Paired differences", ["run", "metric", "requests", "baseline", "value",
-                                        "difference", "interval", "verdict"], rows, note=note)

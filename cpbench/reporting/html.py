@@ -19,9 +19,9 @@ from cpbench.errors import ConfigError, OutputError
 from cpbench.reporting.charts import single_run_sections
 from cpbench.reporting.compare import comparison_sections
 from cpbench.reporting.fleet import engine_table
-from cpbench.reporting.load import RunData, load_run, run_labels
+from cpbench.reporting.load import RunData, load_run, report_title, run_labels
 from cpbench.reporting.markdown import write_markdown
-from cpbench.reporting.tables import comparison_table, run_facts_rows, run_tables
+from cpbench.reporting.tables import Table, comparison_table, run_facts_rows, run_tables
 
 # Only the core BokehJS bundle: the report uses no widgets, tables, WebGL or MathJax, and the
 # full INLINE set would add 2.6 MB to every report for nothing.
@@ -36,27 +36,22 @@ def _environment() -> jinja2.Environment:
 
 
 def render_html(runs: list[RunData], title: str | None = None,
-                leading_tables: list | None = None) -> str:
-    """The report of ``runs`` as one HTML document (several runs: a comparison report).
-
-    ``leading_tables`` (a comparison's paired differences) come before the others.
-    """
+                lead: list[Table] | None = None) -> str:
+    """The report of ``runs`` as one HTML document (several runs: a comparison report);
+    ``lead`` tables come first (a comparison's paired differences: what the reader came for)."""
     labels = run_labels(runs)
     for run, label in zip(runs, labels):
         run.label = label
     if len(runs) == 1:
         sections = single_run_sections(runs[0])
         tables = run_tables(runs[0])
-        default_title = f"cpbench report: {runs[0].run.get('policy') or runs[0].path.name}"
         subtitle = f"One run from {runs[0].path}"
     else:
         sections = comparison_sections(runs, labels)
         tables = [comparison_table(runs, labels)]
-        default_title = f"cpbench comparison of {len(runs)} runs"
         subtitle = "Runs keep one colour in every chart: " + ", ".join(labels)
     if (engines := engine_table(runs, labels)) is not None:  # a fleet behind the target
         tables.append(engines)
-    tables = list(leading_tables or []) + tables
     figures = [fig for s in sections for fig in s.figures]
     script, divs = components(figures) if figures else ("", [])
     it = iter(divs)
@@ -65,9 +60,9 @@ def render_html(runs: list[RunData], title: str | None = None,
     run_ctx = [{"heading": f"Run: {label}" if len(runs) > 1 else "Run", "notes": run.notes,
                 "facts": run_facts_rows(run)} for run, label in zip(runs, labels)]
     return _environment().get_template("report.html.j2").render(
-        title=title or default_title, subtitle=subtitle, version=__version__,
+        title=title or report_title(runs), subtitle=subtitle, version=__version__,
         resources=RESOURCES.render(), script=script, sections=section_ctx, runs=run_ctx,
-        tables=tables, plot_count=len(figures))
+        tables=tables, lead=lead or [], plot_count=len(figures))
 
 
 def _write_atomic(path: Path, text: str) -> None:
@@ -77,7 +72,7 @@ def _write_atomic(path: Path, text: str) -> None:
 
 
 def write_report(result_dirs: list[Path], html_path: Path, *, markdown_path: Path | None = None,
-                 title: str | None = None, leading_tables: list | None = None) -> Path:
+                 title: str | None = None, lead: list[Table] | None = None) -> Path:
     """Write the HTML report (and optionally the Markdown one) of one or several result dirs.
 
     Parameters
@@ -91,8 +86,8 @@ def write_report(result_dirs: list[Path], html_path: Path, *, markdown_path: Pat
         Where the Markdown summary goes; ``None`` writes none.
     title
         Report title; by default derived from the policy or the number of runs.
-    leading_tables
-        Tables placed first (``reporting.fleet.paired_table`` of a comparison).
+    lead
+        Tables shown before everything else (``compare`` passes its paired differences).
 
     Returns
     -------
@@ -109,11 +104,11 @@ def write_report(result_dirs: list[Path], html_path: Path, *, markdown_path: Pat
     if not result_dirs:
         raise ConfigError("no result directory given; pass at least one `cpbench replay -o` DIR")
     runs = [load_run(Path(d)) for d in result_dirs]
-    html = render_html(runs, title, leading_tables)
+    html = render_html(runs, title, lead)
     try:
         _write_atomic(Path(html_path), html)
         if markdown_path is not None:
-            write_markdown(runs, Path(markdown_path), title=title)
+            write_markdown(runs, Path(markdown_path), title=title, lead=lead)
     except OSError as exc:
         raise OutputError(f"cannot write the report: {exc}; check the path and free space") from exc
     return Path(html_path)

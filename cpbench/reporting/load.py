@@ -284,7 +284,12 @@ def _trace_info(run: dict, result_dir: Path) -> dict[str, str]:
 def load_run(path: Path) -> RunData:
     """Read one result directory; raises ``ConfigError`` naming what is missing."""
     path = Path(path)
+    if path.is_file() and (path.parent / "summary.json").is_file():
+        path = path.parent  # summary.json, results.arrow ...: the run they belong to
     summary_path = path / "summary.json"
+    if path.is_file():
+        raise ConfigError(f"{path} is a file, not a result directory; pass the directory "
+                          "written by `cpbench replay -o DIR`")
     if not summary_path.is_file():
         raise ConfigError(f"{path} is not a result directory (no summary.json); pass a "
                           "directory written by `cpbench replay -o DIR`")
@@ -410,6 +415,13 @@ def run_facts(run: RunData) -> dict[str, str]:
     if isinstance(ratio, (int, float)) and not isinstance(ratio, bool):
         facts["llm_ratio"] = f"llm {ratio:g}"
     return facts
+
+
+def report_title(runs: list[RunData]) -> str:
+    """The default title of a report, the same in its HTML and its Markdown."""
+    if len(runs) == 1:
+        return f"cpbench report: {runs[0].run.get('policy') or runs[0].path.name}"
+    return f"cpbench comparison of {len(runs)} runs"
 
 
 def run_labels(runs: list[RunData]) -> list[str]:

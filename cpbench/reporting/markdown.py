@@ -9,7 +9,7 @@ from __future__ import annotations
 from pathlib import Path
 
 from cpbench.calibration import calibration_warnings
-from cpbench.reporting.load import RunData, run_labels
+from cpbench.reporting.load import RunData, report_title, run_labels
 from cpbench.reporting.tables import Table, comparison_table, run_facts_rows, run_tables
 
 _ESCAPES = {"&": "&amp;", "<": "&lt;", ">": "&gt;", "|": "\\|", "`": "\\`", "*": "\\*",
@@ -17,8 +17,22 @@ _ESCAPES = {"&": "&amp;", "<": "&lt;", ">": "&gt;", "|": "\\|", "`": "\\`", "*":
 
 
 def md_escape(text: str) -> str:
-    """Escape one table cell or line of Markdown."""
-    return "".join(_ESCAPES.get(ch, ch) for ch in str(text))
+    """Escape one table cell or line of Markdown; a `code span` of our own text stays one.
+
+    Inside a code span Markdown interprets nothing (no markup, no HTML), so only the table's
+    ``|`` and line breaks need care there; everywhere else every markup character is escaped.
+    """
+    parts = str(text).split("`")
+    if len(parts) % 2 == 0:  # an unpaired backtick: no code spans, escape it all
+        return "".join(_ESCAPES.get(ch, ch) for ch in str(text))
+    out = []
+    for i, part in enumerate(parts):
+        if i % 2:
+            out.append("`" + part.replace("|", "\\|").replace("\r", " ").replace("\n", " ")
+                       + "`")
+        else:
+            out.append("".join(_ESCAPES.get(ch, ch) for ch in part))
+    return "".join(out)
 
 
 def md_table(table: Table) -> list[str]:
@@ -31,13 +45,14 @@ def md_table(table: Table) -> list[str]:
     return lines + [""]
 
 
-def render_markdown(runs: list[RunData], title: str | None = None) -> str:
-    """The Markdown report of ``runs`` (several runs: a comparison)."""
+def render_markdown(runs: list[RunData], title: str | None = None,
+                    lead: list[Table] | None = None) -> str:
+    """The Markdown report of ``runs`` (several runs: a comparison); ``lead`` tables first."""
     labels = run_labels(runs)
-    if title is None:
-        title = (f"cpbench report: {runs[0].run.get('policy') or runs[0].path.name}"
-                 if len(runs) == 1 else f"cpbench comparison of {len(runs)} runs")
+    title = title or report_title(runs)
     lines = [f"# {md_escape(title)}", ""]
+    for table in lead or []:
+        lines += md_table(table)
     if len(runs) > 1:
         lines += md_table(comparison_table(runs, labels))
     for run, label in zip(runs, labels):
@@ -48,18 +63,15 @@ def render_markdown(runs: list[RunData], title: str | None = None) -> str:
         lines += ["| fact | value |", "|---|---|"]
         lines += [f"| {md_escape(k)} | {md_escape(v)} |" for k, v in run_facts_rows(run)]
         lines.append("")
-        gpu = (run.summary.get("monitor") or {}).get("gpu") or {}
-        if gpu.get("available") is False:
-            lines += [f"GPU monitoring was unavailable: "
-                      f"{md_escape(gpu.get('reason') or 'no reason recorded')}.", ""]
         if len(runs) == 1:
             for table in run_tables(run):
                 lines += md_table(table)
     return "\n".join(lines).rstrip() + "\n"
 
 
-def write_markdown(runs: list[RunData], path: Path, *, title: str | None = None) -> Path:
-    """Write ``render_markdown(runs)`` to ``path`` and return it."""
+def write_markdown(runs: list[RunData], path: Path, *, title: str | None = None,
+                   lead: list[Table] | None = None) -> Path:
+    """Write ``render_markdown(runs, title, lead)`` to ``path`` and return it."""
     path.parent.mkdir(parents=True, exist_ok=True)
-    path.write_text(render_markdown(runs, title), encoding="utf-8")
+    path.write_text(render_markdown(runs, title, lead), encoding="utf-8")
     return path

@@ -89,9 +89,14 @@ def run_facts_rows(run: RunData) -> list[tuple[str, str]]:
     if "prefix_cache" in s:
         from cpbench.monitor.prefix import format_prefix_cache
         rows.append(("Prefix cache", format_prefix_cache(s).split("  ", 1)[1]))
-    options = info.get("options") or {}
+    # Options the run set; the policy has its own row (an unset option is not an option).
+    options = {k: v for k, v in (info.get("options") or {}).items()
+               if v is not None and k != "policy"}
     if options:
         rows.append(("Options", ", ".join(f"{k}={v}" for k, v in sorted(options.items()))))
+    gpu = (s.get("monitor") or {}).get("gpu") or {}
+    if gpu.get("available") is False:
+        rows.append(("GPU monitoring", f"unavailable ({gpu.get('reason') or 'no reason'})"))
     if run.models:
         rows.append(("Models", ", ".join(f"{m} ({n:,})" for m, n in run.models)))
     return rows
