@@ -74,6 +74,8 @@ def _check_options(o: dict) -> None:
         raise ConfigError(f"--realtime priority must be 1-99; got {o['realtime']}")
     if o["loop"] not in ("uvloop", "asyncio"):
         raise ConfigError(f"--loop must be uvloop or asyncio; got {o['loop']!r}")
+    if o["workers_per_node"] is not None and not o["ray"]:
+        raise ConfigError("--workers-per-node places actors on Ray nodes; add --ray [ADDRESS]")
 
 
 # -- the target ------------------------------------------------------------------------
@@ -162,7 +164,9 @@ def run_replay(trace_path: str | os.PathLike[str], *, url: str | None = None,
         ``hints`` (sagellm|vllm|none), ``policy`` (embedded sim only), ``quiet``,
         ``max_error_ratio``, ``loop`` (uvloop|asyncio), ``connections`` (per worker),
         ``grace_s``, ``realtime`` (SCHED_FIFO priority of the workers, 0 = normal scheduling),
-        ``report`` (write the report), ``monitor`` (GPU, client CPU and
+        ``ray`` (a Ray cluster address or ``"auto"``: replay from dispatcher actors on
+        every node, see docs/distributed.md), ``workers_per_node`` (with ``ray``; default the
+        node's CPUs minus one), ``report`` (write the report), ``monitor`` (GPU, client CPU and
         Prometheus sampling into ``monitor.arrow``), ``metrics_urls`` (extra ``/metrics`` to
         scrape; the embedded sim's is scraped by default).
 
@@ -187,12 +191,14 @@ def run_replay(trace_path: str | os.PathLike[str], *, url: str | None = None,
          "rate_scale": 1.0, "duration_s": None, "warmup": None, "timeout_s": 60.0,
          "hints": "sagellm", "policy": None, "quiet": False, "max_error_ratio": None,
          "loop": "uvloop", "connections": 32, "grace_s": 5.0, "report": True, "realtime": 0,
-         "monitor": True, "metrics_urls": None}
+         "monitor": True, "metrics_urls": None, "ray": None, "workers_per_node": None}
     unknown = set(options) - set(o)
     if unknown:
         raise ConfigError(f"unknown replay option(s): {', '.join(sorted(unknown))}")
     o.update({k: v for k, v in options.items() if v is not None})
     _check_options(o)
+    if o["ray"] and options.get("workers") is not None:
+        raise ConfigError("--workers counts local processes; with --ray use --workers-per-node")
     warmup_s, warmup_requests = parse_warmup(o["warmup"])
     trace_path = Path(trace_path)
     table = read_trace(trace_path)
@@ -207,6 +213,11 @@ def run_replay(trace_path: str | os.PathLike[str], *, url: str | None = None,
     except OSError as exc:
         raise OutputError(f"cannot create {out}: {exc.strerror or exc}; choose another -o") \
             from None
+    cluster = None
+    if o["ray"]:
+        from cpbench.replay.cluster import RayCluster
+        cluster = RayCluster(str(o["ray"]), o["workers_per_node"])
+        o["workers"] = cluster.n_actors         # one dispatcher actor per client core
     with tempfile.TemporaryDirectory(prefix="cpbench-replay-") as tmp:
         plans = _save_plans(table, sel, _worker_count(o, len(sel.rows)), Path(tmp))
         intended_ns = sel.intended_ns
@@ -221,10 +232,12 @@ def run_replay(trace_path: str | os.PathLike[str], *, url: str | None = None,
             record_run(out, options={**o, "url": url}, trace_path=trace_path,
                        target_url=target_url)
             return _run(trace_path, sha256_file(trace_path), target_url, sim is not None,
-                        out, o, intended_ns, models, plans)
+                        out, o, intended_ns, models, plans, cluster)
         finally:
             if sim is not None:
                 sim.stop()
+            if cluster is not None:
+                cluster.disconnect()
 
 
 def _worker_count(o: dict, n_requests: int) -> int:
@@ -255,7 +268,8 @@ def release_unused_memory() -> None:
 
 
 def _run(trace_path: Path, trace_sha: str, url: str, embedded: bool, out: Path, o: dict,
-         intended_ns: np.ndarray, models: list[str], plans: list[Path]) -> Path:
+         intended_ns: np.ndarray, models: list[str], plans: list[Path],
+         cluster=None) -> Path:
     cap = int(o["max_concurrency"])
     n_workers = len(plans)
     run = {"trace": str(trace_path), "trace_sha256": trace_sha,
@@ -281,7 +295,7 @@ def _run(trace_path: Path, trace_sha: str, url: str, embedded: bool, out: Path, 
                      "realtime": int(o["realtime"]),
                      "dispatch": dict(dispatch_base, max_concurrency=share)})
     writer = ResultsWriter(out / "results.arrow", run)
-    pool = WorkerPool(cfgs, n_workers, models)
+    pool = cluster.pool(cfgs, models) if cluster else WorkerPool(cfgs, n_workers, models)
     failed_write: list[OutputError] = []
 
     def write(batch) -> None:
@@ -306,6 +320,9 @@ def _run(trace_path: Path, trace_sha: str, url: str, embedded: bool, out: Path, 
     monitors = None
     try:
         pool.wait_ready()
+        if cluster is not None:
+            run["cluster"] = pool.cluster_facts()
+            _record_cluster(out, run["cluster"])
         start_ns = time.monotonic_ns() + 250_000_000
         monitors = _start_monitors(o, url if embedded else None, start_ns)
         pool.start(start_ns)
@@ -342,9 +359,14 @@ def _run(trace_path: Path, trace_sha: str, url: str, embedded: bool, out: Path, 
     lost = [w for w, f in enumerate(pool.finals) if f is None]
     if lost and stop["why"] is None:
         # Its record batches so far are in results.arrow; the run is marked, not dropped.
+        where = getattr(pool, "lost", {})      # a Ray actor: which node it ran on
         print(f"cpbench: warning: worker(s) {lost} exited before finishing; their unsent "
-              "requests are missing from the results", file=sys.stderr)
+              "requests are missing from the results" + "".join(f"; {v}" for v in
+                                                                where.values()),
+              file=sys.stderr)
         stop["why"] = "worker-exited"
+        if where:
+            run["lost_workers"] = list(where.values())
     run.update({"duration_s": round(duration_s, 3), "interrupted": stop["why"] is not None,
                 "stop_reason": stop["why"], "scheduled": int(len(intended_ns)),
                 "client": {"worker_cpu_s": sum(f["cpu_s"] for f in finals),
@@ -408,11 +430,19 @@ def _start_monitors(o: dict, sim_url: str | None, start_ns: int):
     return monitors
 
 
+def _record_cluster(out: Path, cluster: dict) -> None:
+    # manifest.json was written before the actors existed; it gains the cluster block.
+    from cpbench.manifest import read_manifest, write_manifest
+    write_manifest(out, {**read_manifest(out), "cluster": cluster})
+
+
 def _write_outputs(out: Path, run: dict, pool: WorkerPool, o: dict, monitors) -> None:
-    from cpbench.summary import summarize, write_summary
+    from cpbench.summary import dispatch_lag_of_workers, summarize, write_summary
     release_unused_memory()     # what the batches of the run left in the allocators
     results = read_results(out / "results.arrow")
     summary = summarize(results, itl_hist=pool.merged_itl(), run=run)
+    for node in summary["run"].get("cluster", {}).get("nodes", []):
+        node["dispatch_lag_ms"] = dispatch_lag_of_workers(results, node["workers"])
     del results                 # unmaps results.arrow before the report maps it again
     release_unused_memory()
     if monitors is not None:
@@ -449,6 +479,12 @@ def format_summary(summary: dict, out: Path) -> str:
     lag = summary.get("dispatch_lag_ms", {})
     lines.append("dispatch lag ms  " + "  ".join(
         f"{k} {_ms(lag, k)}" for k in ("p50", "p99", "p99.9", "max")))
+    for node in run.get("cluster", {}).get("nodes", []):
+        lag, clock = node.get("dispatch_lag_ms", {}), node.get("clock") or {}
+        lines.append(f"  node {node['address']} ({node['actors']} actors, clock "
+                     f"{clock.get('offset_ns', 0) / 1e6:+,.3f} ± "
+                     f"{clock.get('uncertainty_ns', 0) / 1e6:.3f} ms)  lag  " + "  ".join(
+                         f"{k} {_ms(lag, k)}" for k in ("p50", "p99", "max")))
     cols = ("count", "p50", "p90", "p99", "p99.9", "max")
     lines.append(f"{'latency ms':<20}" + "".join(f"{c:>11}" for c in cols))
     for name, d in summary.get("latency_ms", {}).items():

@@ -12,6 +12,7 @@ EPILOG = """examples:
   cpbench replay traces/heavy.arrow --url http://cp:8080 --max-concurrency 64 --warmup 10s
   cpbench replay traces/light.arrow --speed 4 --duration 30 --timeout 20 --quiet
   sudo cpbench replay traces/heavy.arrow --url http://cp:8080 --realtime   # busy client host
+  cpbench replay traces/heavy.arrow --url http://cp:8080 --ray    # every node of a Ray cluster
 """
 
 
@@ -42,6 +43,13 @@ def register(subparsers) -> None:
                    help="per-request limit in seconds (default 60)")
     p.add_argument("--workers", type=int, default=None, metavar="N",
                    help="client processes (default: all cores)")
+    p.add_argument("--ray", nargs="?", const="auto", default=None, metavar="ADDRESS",
+                   help="replay from dispatcher actors on every node of a Ray cluster: ADDRESS "
+                        "as for `ray.init` (default auto: RAY_ADDRESS, a cluster started here "
+                        "with `ray start`, else a local one); needs pip install "
+                        "\"cpbench[ray]\"; see docs/distributed.md")
+    p.add_argument("--workers-per-node", type=int, default=None, metavar="N",
+                   help="with --ray: dispatcher actors per node (default: its CPUs minus one)")
     p.add_argument("--hints", choices=("sagellm", "vllm", "none"), default="sagellm",
                    help="priority/deadline hints: sageLLM headers (default), vLLM body field "
                         "`priority`, or none")
@@ -74,7 +82,8 @@ def run(args: argparse.Namespace) -> int:
                rate_scale=args.rate_scale, duration_s=args.duration_s, warmup=args.warmup,
                timeout_s=args.timeout_s, workers=args.workers, hints=args.hints,
                policy=args.policy, max_error_ratio=args.max_error_ratio, quiet=args.quiet,
-               report=not args.no_report, loop=args.loop, realtime=args.realtime)
+               report=not args.no_report, loop=args.loop, realtime=args.realtime,
+               ray=args.ray, workers_per_node=args.workers_per_node)
     summary = json.loads((out / "summary.json").read_text())
     # Everything is written either way; the status tells a script the run was cut short.
     return 130 if summary["run"].get("interrupted") else 0
