@@ -70,13 +70,11 @@ def loopback_only(ray) -> list[str]:
 
 def kill_one_actor_later(delay_s: float, seen: dict) -> threading.Thread:
     """SIGKILL one DispatchActor process once it runs (a crash, as a lost node looks)."""
-    import psutil
 
     def body() -> None:
         deadline = time.monotonic() + 60
         while time.monotonic() < deadline:
-            pids = [p.pid for p in psutil.process_iter(["cmdline"])
-                    if "DispatchActor" in " ".join(p.info["cmdline"] or [])]
+            pids = sorted(pid for pid in _pids() if "DispatchActor" in _cmdline(pid))
             if len(pids) >= 2:
                 time.sleep(delay_s)
                 os.kill(pids[0], signal.SIGKILL)
@@ -86,6 +84,18 @@ def kill_one_actor_later(delay_s: float, seen: dict) -> threading.Thread:
     thread = threading.Thread(target=body, daemon=True)
     thread.start()
     return thread
+
+
+def _pids() -> list[int]:
+    return [int(d) for d in os.listdir("/proc") if d.isdigit()]
+
+
+def _cmdline(pid: int) -> str:
+    # Ray names an actor's process after its class (ray::DispatchActor...).
+    try:
+        return Path(f"/proc/{pid}/cmdline").read_bytes().replace(b"\0", b" ").decode()
+    except OSError:
+        return ""
 
 
 def main(scenario: str, out: Path) -> None:
