@@ -5,9 +5,10 @@ trace replayed with ``--workers N`` (local processes) and with ``--ray`` (N disp
 on this host's local Ray instance): achieved rate, dispatch lag p99, client CPU per request
 and the peak resident memory of all client processes. "Client processes" are this process
 (the driver) and every process under it: the local workers, or Ray's gcs_server, raylet,
-its worker processes and the actors; CPU comes from /proc (utime + stime, with reaped
-children's time through cutime + cstime), RSS is the sum over those processes sampled every
-50 ms. nginx (a daemon, not under this process) is excluded.
+its worker processes and the actors. CPU comes from /proc over the sending window (from the
+run's start instant for the run's duration; set-up and tear-down are not counted, as in
+tools/bench_replay.py); RSS is the sum over those processes, sampled every 50 ms over the
+whole invocation. nginx (a daemon, not under this process) is excluded.
 
 Then the ingest ceiling: result rows per second the driver turns into record batches and
 writes to results.arrow (a) from packed row buffers in memory (the local parent's path) and
@@ -79,12 +80,12 @@ def tree() -> dict[int, tuple[float, int]]:
 
 
 class Sampler:
-    """The client process tree's cumulative CPU seconds, sampled every 50 ms, and its peak
-    summed RSS.
+    """The client process tree's CPU seconds, sampled every 50 ms, and its peak summed RSS.
 
-    The cumulative figure is the sum over live processes of utime + stime + cutime + cstime:
-    a process that ends is reaped by a live ancestor (this process, or Ray's raylet for its
-    workers), whose cutime then carries it, so the sum only grows.
+    The CPU figure is the sum over live processes of utime + stime + cutime + cstime. It is
+    read over the sending window only, when every client process is alive: outside it
+    processes come and go, and one reaped with SIGCHLD ignored (as Ray's are) leaves no
+    trace in its parent's cutime.
     """
 
     def __init__(self) -> None:
@@ -109,14 +110,12 @@ class Sampler:
         self._thread.join()
         self._sample()
 
-    def cpu_s(self, t0_ns: int | None = None, t1_ns: int | None = None) -> float:
-        """CPU seconds between two instants (linear between samples; default: all)."""
+    def cpu_s(self, t0_ns: int, t1_ns: int) -> float:
+        """CPU seconds between two instants (linear between samples)."""
         import numpy as np
         t = np.array([x for x, _ in self.series], dtype=np.float64)
         c = np.array([y for _, y in self.series])
-        lo = t[0] if t0_ns is None else t0_ns
-        hi = t[-1] if t1_ns is None else t1_ns
-        return float(np.interp(hi, t, c) - np.interp(lo, t, c))
+        return float(np.interp(t1_ns, t, c) - np.interp(t0_ns, t, c))
 
 
 _starts: list[int] = []
@@ -141,6 +140,15 @@ def start_nginx(prefix: Path) -> tuple[int, str]:
     return int(out[0]), out[1]
 
 
+def measure_median(repeat: int, trace: Path, out: Path, url: str, **options) -> dict:
+    """``repeat`` runs of one point; each figure is the median over them (a shared host's
+    neighbours disturb single runs)."""
+    import numpy as np
+    runs = [measure(trace, out.with_name(f"{out.name}-{i}"), url, **options)
+            for i in range(repeat)]
+    return {k: float(np.median([r[k] for r in runs])) for k in runs[0]}
+
+
 def measure(trace: Path, out: Path, url: str, **options) -> dict:
     from cpbench.runner import run_replay
     sampler = Sampler()
@@ -154,7 +162,9 @@ def measure(trace: Path, out: Path, url: str, **options) -> dict:
     return {"rate_rps": s["rates"]["scheduled_rps"], "achieved_rps": s["rates"]["achieved_rps"],
             "lag_p99_ms": s["dispatch_lag_ms"]["p99"], "errors": s["requests"]["errors"],
             "sent": sent, "cpu_us_per_req": 1e6 * window_cpu_s / max(1, sent),
-            "all_cpu_us_per_req": 1e6 * sampler.cpu_s() / max(1, sent),
+            # The dispatcher processes alone (workers or actors, as each reports its own CPU
+            # while sending): what one client core spends per request.
+            "sender_us_per_req": 1e6 * s["run"]["client"]["worker_cpu_s"] / max(1, sent),
             "peak_rss_mb": sampler.peak_rss_kb / 1024,
             "actors": len(s["run"].get("cluster", {}).get("nodes", [{}])[0].get("workers", []))
             if "cluster" in s["run"] else 0}
@@ -219,8 +229,8 @@ def ingest_ray(n_rows: int, out: Path, n_actors: int) -> float:
 
 def _row(name: str, r: dict) -> str:
     return (f"{name:<8}{r['rate_rps']:>9,.0f}{r['achieved_rps']:>10,.0f}{r['lag_p99_ms']:>9.3f}"
-            f"{r['cpu_us_per_req']:>12.1f}{r['all_cpu_us_per_req']:>12.1f}"
-            f"{r['peak_rss_mb']:>9.0f}{r['errors']:>7}")
+            f"{r['cpu_us_per_req']:>12.1f}{r['sender_us_per_req']:>10.1f}"
+            f"{r['peak_rss_mb']:>9.0f}{r['errors']:>7.0f}")
 
 
 def bench(args: argparse.Namespace) -> dict:
@@ -232,7 +242,7 @@ def bench(args: argparse.Namespace) -> dict:
     _note_start(RayPool)
     tmp = Path(tempfile.mkdtemp(prefix="cpbench-bench-ray-"))
     pid, url = start_nginx(tmp / "nginx")
-    report: dict = {"seconds": args.seconds, "workers": args.workers,
+    report: dict = {"seconds": args.seconds, "workers": args.workers, "repeat": args.repeat,
                     "realtime": args.realtime, "points": []}
     try:
         traces = {}
@@ -240,12 +250,13 @@ def bench(args: argparse.Namespace) -> dict:
             traces[rate] = tmp / f"chat-{rate}.arrow"
             poisson_trace(traces[rate], "chat", rate, args.seconds, SEED)
         print(f"{'client':<8}{'rate':>9}{'achieved':>10}{'lag p99':>9}{'CPU µs/req':>12}"
-              f"{'+setup':>12}{'peak MB':>9}{'errors':>7}")
-        print(f"{'':<8}{'req/s':>9}{'req/s':>10}{'ms':>9}{'sending':>12}{'µs/req':>12}"
+              f"{'sender':>10}{'peak MB':>9}{'errors':>7}")
+        print(f"{'':<8}{'req/s':>9}{'req/s':>10}{'ms':>9}{'all procs':>12}{'µs/req':>10}"
               f"{'all':>9}")
         results: dict = {}
         for rate in args.rates:              # local first: no Ray processes exist yet
-            results[("local", rate)] = measure(traces[rate], tmp / f"local-{rate}", url,
+            results[("local", rate)] = measure_median(args.repeat, traces[rate],
+                                                      tmp / f"local-{rate}", url,
                                                workers=args.workers, realtime=args.realtime)
             print(_row("local", results[("local", rate)]), flush=True)
         ray.init(num_cpus=args.workers + 1, include_dashboard=False, logging_level="WARNING")
@@ -253,8 +264,13 @@ def bench(args: argparse.Namespace) -> dict:
         if set(addresses) != {"127.0.0.1"}:
             raise SystemExit(f"Ray reports node addresses {addresses}; refusing to measure "
                              "off loopback")
+        # Unreported warm-up: Ray starts its idle worker processes after init; their start-up
+        # would otherwise land in the first point's sending window.
+        measure(traces[args.rates[0]], tmp / "ray-warmup", url, ray="auto",
+                workers_per_node=args.workers, duration_s=0.5)
         for rate in args.rates:
-            results[("ray", rate)] = measure(traces[rate], tmp / f"ray-{rate}", url, ray="auto",
+            results[("ray", rate)] = measure_median(args.repeat, traces[rate],
+                                                    tmp / f"ray-{rate}", url, ray="auto",
                                              workers_per_node=args.workers,
                                              realtime=args.realtime)
             print(_row("ray", results[("ray", rate)]), flush=True)
@@ -283,6 +299,7 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--seconds", type=float, default=3.0, help="trace length per point")
     p.add_argument("--workers", type=int, default=1,
                    help="local worker processes = Ray actors on this host (default 1)")
+    p.add_argument("--repeat", type=int, default=3, help="runs per point (median shown)")
     p.add_argument("--realtime", type=int, default=0, metavar="PRIO",
                    help="replay with --realtime PRIO (SCHED_FIFO senders) on a busy host")
     p.add_argument("--ingest-rows", type=int, default=400_000)

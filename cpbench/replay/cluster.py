@@ -461,7 +461,9 @@ class RayPool:
                 "python_version": f["python_version"], "ray_version": f["ray_version"],
                 "workers": []})
             node["workers"].append(w)
+        ray_cpus = {n.node_id: n.cpus for n in self.cluster.nodes}
         for node in nodes.values():
+            node["ray_cpus"] = ray_cpus.get(node["node_id"])   # Ray's logical CPU count
             node["actors"] = len(node["workers"])
             clock = self.clocks.get(node["node_id"])
             node["clock"] = clock.as_dict() if clock else None
