@@ -7,7 +7,7 @@ starts the aiohttp test server and a Ray instance (local or a simulated two-node
 and only then runs the real ``cpbench replay`` CLI against them; it writes what it saw to
 ``OUT/scenario.json`` for the test to check.
 
-    python tests/ray_scenarios.py local|cluster|kill OUT
+    python tests/ray_scenarios.py local|cluster|kill|sigint OUT
 """
 from __future__ import annotations
 
@@ -104,6 +104,32 @@ def main(scenario: str, out: Path) -> None:
     os.environ["RAY_USAGE_STATS_ENABLED"] = "0"
     server = ServerThread().start()
     seen: dict = {"scenario": scenario}
+    if scenario == "sigint":
+        # The CLI starts its own local Ray instance (--ray, nothing running here) in a new
+        # process group; SIGINT to the whole group is what Ctrl-C in a terminal sends.
+        trace = make_trace(out / "sigint.arrow", n=1500, gap_ms=4.0)      # 6 s
+        proc = subprocess.Popen(
+            [sys.executable, "-m", "cpbench", "replay", str(trace), "--url", server.url,
+             "-o", str(out / "ray"), "--quiet", "--no-report", "--ray"],
+            stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, start_new_session=True)
+        # results.arrow is opened before the actors exist; it grows with the first batch.
+        results = out / "ray" / "results.arrow"
+        deadline = time.monotonic() + 90
+        while time.monotonic() < deadline and not results.exists():
+            time.sleep(0.05)
+        opened = results.stat().st_size
+        while time.monotonic() < deadline and results.stat().st_size == opened:
+            time.sleep(0.05)
+        time.sleep(0.5)
+        os.killpg(proc.pid, signal.SIGINT)
+        seen["ray"] = finish(proc)
+        seen["actors_left"] = [pid for pid in _pids() if "DispatchActor" in _cmdline(pid)]
+        # The CLI's own instance: the addresses its actors reported before the start.
+        summary = json.loads((out / "ray" / "summary.json").read_text())
+        seen["addresses"] = [n["address"] for n in summary["run"]["cluster"]["nodes"]]
+        server.stop()
+        (out / "scenario.json").write_text(json.dumps(seen))
+        return
     if scenario == "cluster":
         from ray.cluster_utils import Cluster
         cluster = Cluster(initialize_head=True, head_node_args={"num_cpus": 2})

@@ -112,6 +112,21 @@ def test_a_killed_actor_keeps_partial_results_and_names_its_node(tmp_path):
     assert summary["requests"]["sent"] == results.num_rows
 
 
+@pytest.mark.integration
+@pytest.mark.slow
+@needs_netns
+def test_ctrl_c_stops_every_actor_and_keeps_the_rows(tmp_path):
+    # SIGINT to the CLI's whole process group (a terminal's Ctrl-C), its own local Ray.
+    seen = scenario("sigint", tmp_path)
+    assert seen["ray"]["rc"] == 130, seen["ray"]
+    assert seen["actors_left"] == []
+    out = tmp_path / "ray"
+    summary = json.loads((out / "summary.json").read_text())
+    assert summary["run"]["stop_reason"] == "SIGINT"
+    results = read_results(out / "results.arrow")
+    assert 0 < results.num_rows < 1500 and summary["requests"]["sent"] == results.num_rows
+
+
 def test_without_ray_one_line_names_the_extra(tmp_path):
     # Ray made unimportable: the CLI says how to install it, exit 2, no traceback.
     from cpbench.calibrate import poisson_trace
