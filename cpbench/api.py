@@ -263,6 +263,8 @@ def _prepare(command: str, trace: Trace | PathLike, options: dict[str, Any],
         out = Path("cpbench-results") / f"{name}-{stamp}"
     out = Path(out)
     options.setdefault("quiet", True)  # a library call prints nothing unless asked
+    if command == "replay" and "cluster" in options:  # the API's name for --ray ADDRESS
+        options["ray"] = options.pop("cluster")
     ns = namespace_from(parser, options, source=f"cpbench.{source}()")
     ns.trace = _trace_path(trace, out)
     setattr(ns, dest, out)
@@ -283,7 +285,9 @@ def replay(trace: Trace | PathLike, url: str | None = None, **options: Any) -> R
         directory; default ``cpbench-results/<trace>-<UTC time>``), ``max_concurrency``,
         ``speed``, ``rate_scale``, ``duration``, ``warmup``, ``timeout``, ``workers``,
         ``hints``, ``policy``, ``max_error_ratio``, ``quiet`` (default True here),
-        ``no_report``; ``config`` reads them from a TOML file first.
+        ``no_report``; ``cluster`` (``--ray``: a Ray address or ``"auto"``) and
+        ``workers_per_node`` (docs/distributed.md); ``config`` reads them from a TOML file
+        first.
 
     Returns
     -------

@@ -68,19 +68,27 @@ def loopback_only(ray) -> list[str]:
     return addresses
 
 
-def kill_one_actor_later(delay_s: float, seen: dict) -> threading.Thread:
-    """SIGKILL one DispatchActor process once it runs (a crash, as a lost node looks)."""
+def wait_first_batch(results: Path, then_s: float = 0.5) -> None:
+    """Until the run is sending: results.arrow is opened before the actors exist and grows
+    with the first batch of rows."""
+    deadline = time.monotonic() + 90
+    while time.monotonic() < deadline and not results.exists():
+        time.sleep(0.05)
+    opened = results.stat().st_size
+    while time.monotonic() < deadline and results.stat().st_size == opened:
+        time.sleep(0.05)
+    time.sleep(then_s)
+
+
+def kill_one_actor_later(results: Path, seen: dict) -> threading.Thread:
+    """SIGKILL one DispatchActor process once the run sends (a crash, as a lost node looks)."""
 
     def body() -> None:
-        deadline = time.monotonic() + 60
-        while time.monotonic() < deadline:
-            pids = sorted(pid for pid in _pids() if "DispatchActor" in _cmdline(pid))
-            if len(pids) >= 2:
-                time.sleep(delay_s)
-                os.kill(pids[0], signal.SIGKILL)
-                seen["killed_pid"] = pids[0]
-                return
-            time.sleep(0.1)
+        wait_first_batch(results)
+        pids = sorted(pid for pid in _pids() if "DispatchActor" in _cmdline(pid))
+        if len(pids) >= 2:
+            os.kill(pids[0], signal.SIGKILL)
+            seen["killed_pid"] = pids[0]
     thread = threading.Thread(target=body, daemon=True)
     thread.start()
     return thread
@@ -112,15 +120,7 @@ def main(scenario: str, out: Path) -> None:
             [sys.executable, "-m", "cpbench", "replay", str(trace), "--url", server.url,
              "-o", str(out / "ray"), "--quiet", "--no-report", "--ray"],
             stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, start_new_session=True)
-        # results.arrow is opened before the actors exist; it grows with the first batch.
-        results = out / "ray" / "results.arrow"
-        deadline = time.monotonic() + 90
-        while time.monotonic() < deadline and not results.exists():
-            time.sleep(0.05)
-        opened = results.stat().st_size
-        while time.monotonic() < deadline and results.stat().st_size == opened:
-            time.sleep(0.05)
-        time.sleep(0.5)
+        wait_first_batch(out / "ray" / "results.arrow")
         os.killpg(proc.pid, signal.SIGINT)
         seen["ray"] = finish(proc)
         seen["actors_left"] = [pid for pid in _pids() if "DispatchActor" in _cmdline(pid)]
@@ -143,10 +143,10 @@ def main(scenario: str, out: Path) -> None:
     seen["addresses"] = loopback_only(ray)
     if scenario == "kill":
         trace = make_trace(out / "kill.arrow", n=1500, gap_ms=4.0)      # 6 s
-        killer = kill_one_actor_later(1.5, seen)
+        killer = kill_one_actor_later(out / "ray" / "results.arrow", seen)
         seen["ray"] = finish(replay(trace, server.url, out / "ray", "--ray", address,
                                     "--workers-per-node", "2"))
-        killer.join(5)
+        killer.join(10)
     else:
         trace = make_trace(out / "trace.arrow", n=400, gap_ms=2.0)
         seen["local"] = finish(replay(trace, server.url, out / "local", "--workers", "2"))
