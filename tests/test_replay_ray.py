@@ -168,7 +168,9 @@ def test_a_version_mismatch_is_one_line():
 
 def test_api_cluster_and_config_ray_reach_the_ray_option(tmp_path, monkeypatch):
     # cluster= (API) and ray = "..." (config file) are --ray: without Ray, the same one line.
-    import cpbench
+    # cpbench.api.replay, not cpbench.replay: importing the cpbench.replay subpackage
+    # (cluster.py) rebinds that package attribute to the subpackage.
+    from cpbench.api import replay
     from cpbench.calibrate import poisson_trace
     from cpbench.cli import main
     from cpbench.errors import ConfigError
@@ -176,7 +178,7 @@ def test_api_cluster_and_config_ray_reach_the_ray_option(tmp_path, monkeypatch):
     trace = tmp_path / "t.arrow"
     poisson_trace(trace, "chat", 100.0, 0.1, 1)
     with pytest.raises(ConfigError, match=r'pip install "cpbench\[ray\]"'):
-        cpbench.replay(trace, "http://127.0.0.1:9", cluster="auto", output=tmp_path / "a")
+        replay(trace, "http://127.0.0.1:9", cluster="auto", output=tmp_path / "a")
     config = tmp_path / "run.toml"
     config.write_text('ray = "127.0.0.1:6379"\nworkers-per-node = 1\n')
     assert main(["replay", str(trace), "--url", "http://127.0.0.1:9", "--config", str(config),
