@@ -90,9 +90,10 @@ class _Outbox:
 class DispatchActor:
     """One client core: the child's dispatcher loop in a thread, steered by pipe as today.
 
-    Methods run in two concurrency groups: ``dispatch`` (one thread: :meth:`run`, the loop) and
-    ``control`` (:meth:`poll`, :meth:`start`, :meth:`stop`, facts and clock), so the driver
-    can poll and stop while the loop runs.
+    Methods run in two concurrency groups: the default one (one thread: :meth:`run`, the loop)
+    and ``control`` (:meth:`poll`, :meth:`start`, :meth:`stop`, facts, clock and plan), so the
+    driver can poll and stop while the loop runs. A plain class: Ray wraps it at run time
+    (Ray is optional), and the tests use it as it is.
     """
 
     def __init__(self, worker: int, n_workers: int) -> None:
