@@ -150,6 +150,23 @@ def test_workers_per_node_without_ray_is_refused(tmp_path):
     assert main(["replay", str(trace), "--workers-per-node", "2", "--quiet"]) == 2
 
 
+def test_an_unreachable_cluster_is_one_line_not_a_hang(tmp_path, capsys):
+    # Ray would retry a dead GCS address for minutes; cpbench probes it first.
+    pytest.importorskip("ray")
+    from cpbench.calibrate import poisson_trace
+    from cpbench.cli import main
+    trace = tmp_path / "t.arrow"
+    poisson_trace(trace, "chat", 100.0, 0.1, 1)
+    import socket
+    with socket.socket() as s:                  # a port nothing listens on
+        s.bind(("127.0.0.1", 0))
+        port = s.getsockname()[1]
+    assert main(["replay", str(trace), "--url", "http://127.0.0.1:9", "--ray",
+                 f"127.0.0.1:{port}", "--quiet", "-o", str(tmp_path / "o")]) == 1
+    lines = capsys.readouterr().err.strip().splitlines()
+    assert len(lines) == 1 and f"cannot reach the Ray cluster at 127.0.0.1:{port}" in lines[0]
+
+
 def test_a_version_mismatch_is_one_line():
     from cpbench import __version__
     from cpbench.errors import ConfigError

@@ -29,6 +29,7 @@ from __future__ import annotations
 import os
 import platform
 import shutil
+import socket
 import sys
 import tempfile
 import threading
@@ -50,6 +51,7 @@ POLL_S = 0.5                    # an actor's long poll: answer at once with rows
 SILENT_S = 30.0                 # no answer to a poll this long: the actor counts as lost
 READY_S = 120.0                 # placement, actor start, plan hand-over and connections
 CALL_S = 30.0                   # any other single call (facts, clock, start)
+PROBE_S = 5.0                   # the TCP connect to an explicit cluster address
 
 
 def import_ray():
@@ -200,14 +202,19 @@ class RayCluster:
         self.ray = ray = import_ray()
         self.owned = not ray.is_initialized()
         if self.owned:
+            _probe(address)
             try:
                 ray.init(address=None if address in ("auto", "") else address,
                          include_dashboard=False, log_to_driver=True,
                          logging_level="WARNING", configure_logging=True)
             except (ConnectionError, ValueError, RuntimeError) as exc:
-                raise TargetError(f"cannot join the Ray cluster at {address!r}: "
-                                  f"{str(exc).splitlines()[0]}; check `ray status` or --ray") \
-                    from None
+                first = str(exc).strip().splitlines()[0] if str(exc).strip() else repr(exc)
+                if "version mismatch" in str(exc).lower():
+                    # Ray refuses a driver whose Python or Ray differs from the cluster's.
+                    raise ConfigError(f"the Ray cluster at {address!r} runs another Python or "
+                                      f"Ray: {first}; install the same on every node") from None
+                raise TargetError(f"cannot join the Ray cluster at {address!r}: {first}; "
+                                  "check `ray status` or --ray") from None
         self.nodes = [_slots(n, workers_per_node) for n in ray.nodes() if n.get("Alive")]
         if not self.nodes:
             self.disconnect()
@@ -231,6 +238,20 @@ class RayCluster:
         stops with it); a connection the caller made is left alone."""
         if self.owned and self.ray.is_initialized():
             self.ray.shutdown()
+
+
+def _probe(address: str) -> None:
+    """One TCP connect to an explicit ``host:port`` (or ``ray://host:port``) address: Ray
+    itself retries an unreachable GCS for minutes."""
+    host, _, port = address.removeprefix("ray://").rpartition(":")
+    if not host or not port.isdigit():
+        return                                  # "auto" or a form Ray resolves itself
+    try:
+        socket.create_connection((host.strip("[]"), int(port)), timeout=PROBE_S).close()
+    except OSError as exc:
+        raise TargetError(f"cannot reach the Ray cluster at {address}: "
+                          f"{exc.strerror or exc}; start it (`ray start --head`) or fix "
+                          "--ray") from None
 
 
 def _slots(node: dict, workers_per_node: int | None) -> NodeSlots:
