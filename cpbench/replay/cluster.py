@@ -420,7 +420,7 @@ class RayPool:
             w = refs[ref]
             try:
                 msgs = ray.get(ref)
-            except ray.exceptions.RayActorError as exc:
+            except ray.exceptions.RayError as exc:   # the actor, its node or its answer lost
                 self._lose(w, f"actor died ({type(exc).__name__})")
                 continue
             self.answered[w] = now
