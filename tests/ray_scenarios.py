@@ -7,7 +7,7 @@ starts the aiohttp test server and a Ray instance (local or a simulated two-node
 and only then runs the real ``cpbench replay`` CLI against them; it writes what it saw to
 ``OUT/scenario.json`` for the test to check.
 
-    python tests/ray_scenarios.py local|cluster|kill|sigint OUT
+    python tests/ray_scenarios.py local|cluster|node|kill|sigint OUT
 """
 from __future__ import annotations
 
@@ -130,10 +130,10 @@ def main(scenario: str, out: Path) -> None:
         server.stop()
         (out / "scenario.json").write_text(json.dumps(seen))
         return
-    if scenario == "cluster":
+    if scenario in ("cluster", "node"):
         from ray.cluster_utils import Cluster
         cluster = Cluster(initialize_head=True, head_node_args={"num_cpus": 2})
-        cluster.add_node(num_cpus=2)
+        second = cluster.add_node(num_cpus=2)
         cluster.wait_for_nodes()
         address = cluster.address
         ray.init(address=address)
@@ -141,7 +141,14 @@ def main(scenario: str, out: Path) -> None:
         ctx = ray.init(num_cpus=2 if scenario == "local" else 3, include_dashboard=False)
         address = ctx.address_info["gcs_address"]
     seen["addresses"] = loopback_only(ray)
-    if scenario == "kill":
+    if scenario == "node":
+        # The second node goes away mid-run, its raylet and actor with it.
+        trace = make_trace(out / "node.arrow", n=1500, gap_ms=4.0)      # 6 s
+        proc = replay(trace, server.url, out / "ray", "--ray", address)
+        wait_first_batch(out / "ray" / "results.arrow")
+        cluster.remove_node(second, allow_graceful=False)
+        seen["ray"] = finish(proc)
+    elif scenario == "kill":
         trace = make_trace(out / "kill.arrow", n=1500, gap_ms=4.0)      # 6 s
         killer = kill_one_actor_later(out / "ray" / "results.arrow", seen)
         seen["ray"] = finish(replay(trace, server.url, out / "ray", "--ray", address,
@@ -152,7 +159,7 @@ def main(scenario: str, out: Path) -> None:
         seen["local"] = finish(replay(trace, server.url, out / "local", "--workers", "2"))
         seen["ray"] = finish(replay(trace, server.url, out / "ray", "--ray", address))
     ray.shutdown()
-    if scenario == "cluster":
+    if scenario in ("cluster", "node"):
         cluster.shutdown()
     server.stop()
     (out / "scenario.json").write_text(json.dumps(seen))

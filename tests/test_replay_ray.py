@@ -94,9 +94,11 @@ def test_ray_replay_matches_the_local_one(name, n_nodes, tmp_path):
 @pytest.mark.integration
 @pytest.mark.slow
 @needs_netns
-def test_a_killed_actor_keeps_partial_results_and_names_its_node(tmp_path):
-    seen = scenario("kill", tmp_path)
-    assert "killed_pid" in seen
+@pytest.mark.parametrize("name", ["kill", "node"])
+def test_a_lost_actor_keeps_partial_results_and_names_its_node(name, tmp_path):
+    # kill: one actor process SIGKILLed; node: a node of the simulated cluster removed.
+    seen = scenario(name, tmp_path)
+    assert name == "node" or "killed_pid" in seen
     # Interrupted runs exit 130 (docs/cli.md) with everything written.
     assert seen["ray"]["rc"] == 130, seen["ray"]
     assert "on node 127.0.0.1" in seen["ray"]["stderr"]
