@@ -46,7 +46,7 @@ BATCH_ROWS = 1_000
 # -- measuring the client processes --------------------------------------------------------
 
 def _stat(pid: int) -> tuple[int, float, int] | None:
-    """(ppid, cpu seconds incl. reaped children, rss KiB) from /proc, None when gone."""
+    """(ppid, cpu seconds of its own threads, rss KiB) from /proc, None when gone."""
     try:
         raw = Path(f"/proc/{pid}/stat").read_text()
         fields = raw[raw.rindex(")") + 2:].split()
@@ -55,7 +55,7 @@ def _stat(pid: int) -> tuple[int, float, int] | None:
         return None
     if b"nginx" in cmd:
         return None
-    cpu = sum(int(v) for v in fields[11:15]) / TICK_S     # utime stime cutime cstime
+    cpu = (int(fields[11]) + int(fields[12])) / TICK_S     # utime + stime
     return int(fields[1]), cpu, int(fields[21]) * PAGE_KB
 
 
@@ -82,14 +82,15 @@ def tree() -> dict[int, tuple[float, int]]:
 class Sampler:
     """The client process tree's CPU seconds, sampled every 50 ms, and its peak summed RSS.
 
-    The CPU figure is the sum over live processes of utime + stime + cutime + cstime. It is
-    read over the sending window only, when every client process is alive: outside it
-    processes come and go, and one reaped with SIGCHLD ignored (as Ray's are) leaves no
-    trace in its parent's cutime.
+    The CPU figure is the sum over every process seen of its own utime + stime, a process
+    that has gone counting with its last sample: Ray reaps its workers with SIGCHLD ignored,
+    so their time never reaches a parent's cutime. It is read over the sending window,
+    when every client process is alive.
     """
 
     def __init__(self) -> None:
         self.series: list[tuple[int, float]] = []
+        self.cpu_last: dict[int, float] = {}
         self.peak_rss_kb = 0
         self._stop = threading.Event()
         self._sample()
@@ -98,7 +99,8 @@ class Sampler:
 
     def _sample(self) -> None:
         now = tree()
-        self.series.append((time.monotonic_ns(), sum(c for c, _ in now.values())))
+        self.cpu_last.update({pid: c for pid, (c, _) in now.items()})
+        self.series.append((time.monotonic_ns(), sum(self.cpu_last.values())))
         self.peak_rss_kb = max(self.peak_rss_kb, sum(r for _, r in now.values()))
 
     def _run(self) -> None:

@@ -107,6 +107,7 @@ class DispatchActor:
         self.outbox = _Outbox()
         self.folder = tempfile.mkdtemp(prefix=f"cpbench-plan-{worker}-")
         self.cfg: dict | None = None
+        self.realtime_threads: set[int] = set()
 
     def facts(self) -> dict:
         """Where this actor runs and which versions it runs."""
@@ -155,6 +156,13 @@ class DispatchActor:
     def poll(self, wait_s: float) -> list:
         """The loop's messages since the last poll (``ready``, ``rows``, ``progress``,
         ``warning``, ``error``, ``done``), waiting up to ``wait_s`` for one."""
+        if self.cfg and self.cfg.get("realtime") and \
+                threading.get_ident() not in self.realtime_threads:
+            # The poll thread takes the GIL the loop needs: at normal priority on a busy host
+            # it could be preempted holding it while a real-time send waits (inversion).
+            from cpbench.worker import set_realtime
+            set_realtime(int(self.cfg["realtime"]))
+            self.realtime_threads.add(threading.get_ident())
         return self.outbox.take(wait_s)
 
 
