@@ -61,3 +61,24 @@ def test_actors_per_node_default_to_cpus_minus_one():
     assert _slots(node, 3).actors == 3
     assert _slots(node, 20).actors == 8              # a bundle needs a CPU of its own
     assert _slots({**node, "Resources": {}}, None).actors == 0      # no CPU: no actor
+
+
+def test_with_realtime_each_poll_thread_asks_for_sched_fifo_once(monkeypatch):
+    # A normal-priority poll thread preempted while holding the GIL would delay the real-time
+    # loop's sends: with --realtime the poll threads are real-time too.
+    import cpbench.worker
+    asked = []
+    monkeypatch.setattr(cpbench.worker, "set_realtime", lambda prio: asked.append(prio))
+    actor = DispatchActor(0, 1)
+    actor.cfg = {"realtime": 3}
+    actor.poll(0.0)
+    actor.poll(0.0)
+    other = threading.Thread(target=actor.poll, args=(0.0,))
+    other.start()
+    other.join(10)
+    assert asked == [3, 3]                          # once per thread
+    actor.cfg = {"realtime": 0}
+    actor.realtime_threads.clear()
+    actor.poll(0.0)
+    assert asked == [3, 3]
+    shutil.rmtree(actor.folder)
