@@ -28,6 +28,7 @@ from __future__ import annotations
 import argparse
 import json
 import os
+import shutil
 import signal
 import subprocess
 import sys
@@ -292,6 +293,8 @@ def bench(args: argparse.Namespace) -> dict:
         ray.shutdown()
     finally:
         os.kill(pid, signal.SIGTERM)
+        time.sleep(0.2)                     # nginx removes its pid file on the way out
+        shutil.rmtree(tmp, ignore_errors=True)
     return report
 
 
