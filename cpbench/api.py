@@ -315,7 +315,9 @@ def replay(trace: Trace | PathLike, url: str | None = None, **options: Any) -> R
         ``cpbench-results/<trace>-<UTC time>``), ``overwrite``, ``max_concurrency``,
         ``speed``, ``rate_scale``, ``duration_s``, ``warmup``, ``timeout_s``, ``workers``,
         ``hints``, ``policy``, ``max_error_ratio``, ``metrics_urls``, ``quiet`` (default True
-        here), ``report``; ``config`` reads them from a TOML file first.
+        here), ``report``; ``cluster`` (or ``ray``: a Ray address or ``"auto"``) and
+        ``workers_per_node`` (docs/distributed.md); ``config`` reads them from a TOML file
+        first.
 
     Returns
     -------

@@ -317,6 +317,17 @@ def add_monitor(summary: dict[str, Any], monitor: pa.Table, status: dict[str, An
         summary["engines"] = engines
 
 
+def dispatch_lag_of_workers(results: pa.Table, workers: Sequence[int],
+                            percentiles: Sequence[float] = (50.0, 99.0)) -> dict[str, Any]:
+    """Dispatch lag (ms) of the sent, non-warm-up rows of some workers (a Ray node's)."""
+    mine = np.isin(_int_col(results, "worker"), np.asarray(workers, dtype=np.int64))
+    mine &= ~_bool_col(results, "warmup") & (_int_col(results, "sent_ns") >= 0)
+    lag = _int_col(results, "sent_ns")[mine] - _int_col(results, "intended_ns")[mine]
+    stats = histogram_stats_ms(_histogram(np.maximum(lag, 0), "dispatch lag", lowest_ns=0),
+                               percentiles)
+    return {k: stats[k] for k in ("count", *map(percent_key, percentiles), "max")}
+
+
 def decode_histogram(summary: dict[str, Any], name: str) -> Histogram:
     """The histogram ``name`` of a summary (e.g. ``"e2e_from_intended"``), decoded."""
     return Histogram.decode(base64.b64decode(summary["histograms"][name]))

@@ -17,6 +17,7 @@ EPILOG = """examples:
   cpbench replay traces/light.arrow --speed 4 --duration 30 --timeout 20 --quiet
   cpbench replay traces/medium.arrow --url http://router:8000 --metrics-url http://engine-0:8001/metrics
   sudo cpbench replay traces/heavy.arrow --url http://cp:8080 --realtime   # busy client host
+  cpbench replay traces/heavy.arrow --url http://cp:8080 --ray    # every node of a Ray cluster
 """
 
 

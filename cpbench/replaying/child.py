@@ -16,6 +16,7 @@ import os
 import resource
 import signal
 import sys
+import threading
 import time
 from multiprocessing.connection import Connection
 from pathlib import Path
@@ -68,9 +69,11 @@ def peak_rss_kb() -> int:
 def worker_main(cfg: dict, worker: int, ctl: Connection, out: Connection) -> None:
     """Body of worker process ``worker``: map its plan, connect, wait for the start, run,
     report."""
-    # The parent coordinates stopping (it forwards SIGINT/SIGTERM as a "stop" message).
-    signal.signal(signal.SIGINT, signal.SIG_IGN)
-    signal.signal(signal.SIGTERM, signal.SIG_IGN)
+    # The parent coordinates stopping (it forwards SIGINT/SIGTERM as a "stop" message). In a
+    # Ray actor (cpbench.replaying.cluster) this runs in a thread and Ray owns the signals.
+    if threading.current_thread() is threading.main_thread():
+        signal.signal(signal.SIGINT, signal.SIG_IGN)
+        signal.signal(signal.SIGTERM, signal.SIG_IGN)
     loop = _new_loop(cfg["loop"])
     asyncio.set_event_loop(loop)
     tighten_timer_slack()

@@ -65,6 +65,12 @@ def format_summary(summary: dict, out: Path) -> str:
     lag = summary.get("dispatch_lag_ms", {})
     lines.append("dispatch lag ms  " + "  ".join(
         f"{k} {_ms(lag, k)}" for k in ("p50", "p99", "p99.9", "max")))
+    for node in run.get("cluster", {}).get("nodes", []):     # a --ray replay: per node
+        lag, clock = node.get("dispatch_lag_ms", {}), node.get("clock") or {}
+        lines.append(f"  node {node['address']} ({node['actors']} actors, clock "
+                     f"{clock.get('offset_ns', 0) / 1e6:+,.3f} ± "
+                     f"{clock.get('uncertainty_ns', 0) / 1e6:.3f} ms)  lag  " + "  ".join(
+                         f"{k} {_ms(lag, k)}" for k in ("p50", "p99", "max")))
     cols = ("count", "p50", "p90", "p99", "p99.9", "max")
     lines.append(f"{'latency ms':<20}" + "".join(f"{c:>11}" for c in cols))
     for name, d in summary.get("latency_ms", {}).items():

@@ -77,6 +77,14 @@ class ReplayOptions:
         type=float)
     workers: int | None = _opt(
         "--workers", "client processes (default: all cores)", metavar="N", type=int)
+    ray: str | None = _opt(
+        "--ray", "replay from dispatcher actors on every node of a Ray cluster: ADDRESS as for "
+        "`ray.init` (default auto: RAY_ADDRESS, a cluster started here with `ray start`, else "
+        "a local one); needs pip install \"cpbench[ray]\"; see docs/distributed.md",
+        metavar="ADDRESS", const="auto")
+    workers_per_node: int | None = _opt(
+        "--workers-per-node", "with --ray: dispatcher actors per node (default: its CPUs "
+        "minus one)", metavar="N", type=int)
     connections: int = _opt(
         "--connections", "keep-alive connections each worker opens before the start "
         "(default 32; more are opened as needed)", default=32, metavar="N", type=int)
@@ -132,6 +140,16 @@ class ReplayOptions:
         if self.workers is not None and (not _is_int(self.workers) or self.workers < 1):
             raise ConfigError(f"--workers must be an integer >= 1 (or left out for one per "
                               f"core); got {self.workers!r}")
+        if self.workers_per_node is not None:
+            if not _is_int(self.workers_per_node) or self.workers_per_node < 1:
+                raise ConfigError(f"--workers-per-node must be an integer >= 1; got "
+                                  f"{self.workers_per_node!r}")
+            if not self.ray:
+                raise ConfigError("--workers-per-node places actors on Ray nodes; add "
+                                  "--ray [ADDRESS]")
+        if self.ray and self.workers is not None:
+            raise ConfigError("--workers counts local processes; with --ray use "
+                              "--workers-per-node")
         if self.realtime > 99:
             raise ConfigError(f"--realtime priority must be 1-99; got {self.realtime}")
         if self.max_error_ratio is not None and not (
@@ -161,8 +179,9 @@ class ReplayOptions:
         """From keyword arguments (API, config tables); an unknown name lists the known ones.
 
         ``None`` means the default; ``duration``/``timeout``/``grace`` are accepted as the flag
-        spellings of ``duration_s``/``timeout_s``/``grace_s``, and ``no_report``/``no_monitor``
-        as the negations they are on the command line.
+        spellings of ``duration_s``/``timeout_s``/``grace_s``, ``no_report``/``no_monitor``
+        as the negations they are on the command line, and ``cluster`` as the API's name for
+        ``ray`` (a Ray address or ``"auto"``).
         """
         names = {f.name for f in dataclasses.fields(cls)}
         given: dict[str, Any] = {}
@@ -264,6 +283,7 @@ _FIELDS = {f.name: f for f in dataclasses.fields(ReplayOptions)}
 # --duration -> duration_s and the like: the flag's words as a keyword.
 _BY_FLAG = {f.metadata["flag"].lstrip("-").replace("-", "_"): f.name
             for f in dataclasses.fields(ReplayOptions) if not f.metadata["negate"]}
+_BY_FLAG["cluster"] = "ray"     # the Python API's word for a Ray address
 
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:

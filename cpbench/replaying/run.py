@@ -9,6 +9,7 @@ unless told not to, the report.
 """
 from __future__ import annotations
 
+import contextlib
 import os
 import platform
 import resource
@@ -85,8 +86,10 @@ def run_replay(trace_path: str | os.PathLike[str], options: ReplayOptions | None
     out_path = o.output if o.output is not None else default_dir(trace_path.stem)
     keep = (trace_path.name,) if trace_path.resolve().parent == Path(out_path).resolve() else ()
     with claim(out_path, overwrite=o.overwrite, keep=keep) as out, \
-            tempfile.TemporaryDirectory(prefix="cpbench-replay-") as tmp:
-        plans = _save_plans(table, sel, models, _worker_count(o, len(sel.rows)), Path(tmp))
+            tempfile.TemporaryDirectory(prefix="cpbench-replay-") as tmp, \
+            _ray_cluster(o) as cluster:
+        n_workers = cluster.n_actors if cluster else _worker_count(o, len(sel.rows))
+        plans = _save_plans(table, sel, models, n_workers, Path(tmp))
         intended_ns = sel.intended_ns
         # The workers map their plans: the parent keeps only the intended times.
         del table, sel
@@ -100,10 +103,25 @@ def run_replay(trace_path: str | os.PathLike[str], options: ReplayOptions | None
             run = {"trace": str(trace_path), "trace_sha256": sha256_file(trace_path),
                    "trace_generator": provenance.get("generator"),
                    "trace_seed": provenance.get("seed")}
-            return _run(run, target_url, sim, out, o, intended_ns, models, plans)
+            return _run(run, target_url, sim, out, o, intended_ns, models, plans, cluster)
         finally:
             if sim is not None:
                 sim.stop()
+
+
+@contextlib.contextmanager
+def _ray_cluster(o: ReplayOptions):
+    """With ``--ray``: the connected cluster, one dispatcher actor per client core
+    (:mod:`cpbench.replaying.cluster`); without it, None."""
+    if not o.ray:
+        yield None
+        return
+    from cpbench.replaying.cluster import RayCluster
+    cluster = RayCluster(str(o.ray), o.workers_per_node)
+    try:
+        yield cluster
+    finally:
+        cluster.disconnect()
 
 
 def _worker_count(o: ReplayOptions, n_requests: int) -> int:
@@ -134,9 +152,10 @@ def release_unused_memory() -> None:
 
 
 def _run(run: dict, url: str, sim: EmbeddedSim | None, out: Path, o: ReplayOptions,
-         intended_ns: np.ndarray, models: list[str], plans: list[Path]) -> Path:
-    """Start the workers, write rows as they come, stop on a signal or the error ratio,
-    then write the summary and report. ``run``: what the trace is (name, hash, provenance)."""
+         intended_ns: np.ndarray, models: list[str], plans: list[Path], cluster=None) -> Path:
+    """Start the workers (local processes, or Ray actors with ``cluster``), write rows as they
+    come, stop on a signal or the error ratio, then write the summary and report. ``run``:
+    what the trace is (name, hash, provenance)."""
     n_workers = len(plans)
     run.update({"target": redact_url(url), "embedded_target": sim is not None,
            "policy": o.policy or ("fifo" if sim is not None else None),
@@ -156,7 +175,7 @@ def _run(run: dict, url: str, sim: EmbeddedSim | None, out: Path, o: ReplayOptio
         cfgs.append({"plan": str(plans[w]), "url": url, "loop": o.loop, "realtime": o.realtime,
                      "dispatch": o.dispatch_config(share, bearer)})
     writer = ResultsWriter(out / "results.arrow", run)
-    pool = WorkerPool(cfgs, n_workers, models)
+    pool = cluster.pool(cfgs, models) if cluster else WorkerPool(cfgs, n_workers, models)
     failed_write: list[OutputError] = []
 
     def write(batch) -> None:
@@ -181,6 +200,9 @@ def _run(run: dict, url: str, sim: EmbeddedSim | None, out: Path, o: ReplayOptio
     monitors = None
     try:
         pool.wait_ready()
+        if cluster is not None:
+            run["cluster"] = pool.cluster_facts()
+            _record_cluster(out, run["cluster"])
         start_ns = time.monotonic_ns() + 250_000_000
         monitors = _start_monitors(o, url if sim is not None else None, start_ns)
         pool.start(start_ns)
@@ -217,9 +239,13 @@ def _run(run: dict, url: str, sim: EmbeddedSim | None, out: Path, o: ReplayOptio
     lost = [w for w, f in enumerate(pool.finals) if f is None]
     if lost and stop["why"] is None:
         # Its record batches so far are in results.arrow; the run is marked, not dropped.
+        where = getattr(pool, "lost", {})      # a Ray actor: which node it ran on
         print(f"cpbench: warning: worker(s) {lost} exited before finishing; their unsent "
-              "requests are missing from the results", file=sys.stderr)
+              "requests are missing from the results"
+              + "".join(f"; {v}" for v in where.values()), file=sys.stderr)
         stop["why"] = "worker-exited"
+        if where:
+            run["lost_workers"] = list(where.values())
     run.update({"duration_s": round(duration_s, 3), "interrupted": stop["why"] is not None,
                 "stop_reason": stop["why"], "scheduled": int(len(intended_ns)),
                 "schedule": {"requests": int(len(intended_ns)),
@@ -253,6 +279,12 @@ class ErrorRatioExceeded(TargetError):
     exit_status = 3
 
 
+def _record_cluster(out: Path, cluster: dict) -> None:
+    # manifest.json was written before the actors existed; it gains the cluster block.
+    from cpbench.manifest import read_manifest, write_manifest
+    write_manifest(out, {**read_manifest(out), "cluster": cluster})
+
+
 def _start_monitors(o: ReplayOptions, sim_url: str | None, start_ns: int):
     if not o.monitor:
         return None
@@ -265,10 +297,12 @@ def _start_monitors(o: ReplayOptions, sim_url: str | None, start_ns: int):
 
 def _write_outputs(out: Path, run: dict, pool: WorkerPool, o: ReplayOptions,
                    monitors) -> dict:
-    from cpbench.summary import add_monitor, summarize, write_summary
+    from cpbench.summary import add_monitor, dispatch_lag_of_workers, summarize, write_summary
     release_unused_memory()     # what the batches of the run left in the allocators
     results = read_results(out / "results.arrow")
     summary = summarize(results, itl_hist=pool.merged_itl(), run=run)
+    for node in summary["run"].get("cluster", {}).get("nodes", []):
+        node["dispatch_lag_ms"] = dispatch_lag_of_workers(results, node["workers"])
     del results                 # unmaps results.arrow before the report maps it again
     release_unused_memory()
     if monitors is not None:
