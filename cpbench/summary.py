@@ -19,7 +19,8 @@ Definitions (what a reader of the numbers needs):
   requests of the class, a share in [0, 1] (null with no requests).
 - Percentiles are nearest-rank within the histogram's stated relative error (4.9e-4 at 3
   digits; timeslices: 3.9e-3 at 2 digits). Milliseconds only here, for display; an empty
-  statistic is null.
+  statistic is null. Samples outside a histogram's range (below 1 us, above 1 h) are never
+  dropped: each latency block says how many as ``underflow``/``overflow``.
 """
 from __future__ import annotations
 
@@ -60,8 +61,11 @@ def _ms(value_ns: float) -> float | None:
 
 
 def histogram_stats_ms(hist: Histogram, percentiles: Sequence[float]) -> dict[str, Any]:
-    """``{"count", "mean", "min", "max", "p..."}`` of a histogram in milliseconds."""
-    out: dict[str, Any] = {"count": hist.total_count}
+    """``{"count", "underflow", "overflow", "mean", "min", "max", "p..."}`` of a histogram in
+    milliseconds; ``underflow``/``overflow`` count the samples below/above its range (they are
+    in ``count``, ``min``, ``max`` and ``mean`` but their percentiles are only bounds)."""
+    out: dict[str, Any] = {"count": hist.total_count, "underflow": hist.underflow_count,
+                           "overflow": hist.overflow_count}
     if hist.total_count == 0:
         out.update({"mean": None, "min": None, "max": None})
         out.update({percent_key(p): None for p in percentiles})
@@ -291,7 +295,8 @@ def summarize(results: pa.Table, *, itl_hist: Histogram | None = None, run: dict
                   "output_tps": _per_rate(int(c["output_tokens"][c["completed"]].sum()),
                                           window_s)},
         "dispatch_lag_ms": {**{k: v for k, v in lag_stats.items() if k.startswith("p")},
-                            "max": lag_stats["max"], "mean": lag_stats["mean"]},
+                            "max": lag_stats["max"], "mean": lag_stats["mean"],
+                            "overflow": lag_stats["overflow"]},
         "latency_ms": latency_ms,
         "slo": {"attainment": total["slo_met"] / n if n else None,
                 "goodput_rps": _per_rate(total["slo_met"], window_s)},

@@ -25,7 +25,7 @@ import threading
 
 TOKENS = 4
 MODES = ("ok", "delay", "status", "stall", "cut", "nodata", "badjson", "split", "bigchunk",
-         "neverend", "gzip", "slowloris")
+         "neverend", "gzip", "slowloris", "badlength", "badchunk")
 
 
 def _event(content: str | None = None, usage: dict | None = None) -> bytes:
@@ -197,6 +197,15 @@ class FaultyServer:
                               b"Content-Encoding: gzip\r\n"))
             await w.drain()
             return True
+        if mode == "badlength":            # badlength:VALUE, e.g. -5 or 12abc
+            w.write(b"HTTP/1.1 200 OK\r\nContent-Type: application/json\r\n"
+                    b"Content-Length: %s\r\n\r\n{}" % (arg or "x").encode())
+            await w.drain()
+            return False
+        if mode == "badchunk":             # a chunk size that is not hexadecimal
+            w.write(SSE_HEAD + b"zz\r\n" + b"data: {}\r\n\r\n")
+            await w.drain()
+            return False
         if mode == "slowloris":
             data = (_response(200, embedding_body(len(body.get("input") or [1])))
                     if embedding else SSE_HEAD + b"".join(_chunk(e) for e in chat_events(n)))

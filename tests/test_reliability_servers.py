@@ -88,10 +88,15 @@ def test_raw_server_faults_each_request_once_under_its_class(tmp_path):
 @pytest.mark.parametrize("fault,want", [
     ("split", (None, None)),
     ("gzip", ("bad_payload", "bad_payload")),
+    ("badlength:-5", ("bad_payload", "bad_payload")),
+    ("badlength:12abc", ("bad_payload", "bad_payload")),
+    ("badchunk", ("bad_payload", "bad_payload")),
 ])
 def test_raw_server_framing_faults(tmp_path, fault, want, loop):
     """An SSE stream whose chunks and events cross TCP reads (7-byte writes) is read correctly;
-    a gzip-encoded garbage body the client never asked for is a bad payload. Both event loops:
+    a gzip-encoded garbage body the client never asked for, a Content-Length that is not a
+    number and a chunk size that is not hexadecimal are bad payloads, with no traceback in the
+    log. Both event loops:
     they hand the parser differently sized reads."""
     table_of = {"ok": (None, None), fault: want}
     trace = write_trace_for(tmp_path / "t.arrow", ["ok", fault], 24, gap_ms=25)

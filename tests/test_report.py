@@ -171,7 +171,6 @@ def test_no_monitor_file_says_so_and_draws_no_monitor_plots(tmp_path):
 
 
 def test_distributions_come_from_histograms_when_present_else_from_results(tmp_path):
-    pytest.importorskip("cpbench._core.hist")
     with_h = load_run(make_result_dir(tmp_path / "h", n_requests=4000, seed=3))
     without = load_run(make_result_dir(tmp_path / "n", n_requests=4000, seed=3,
                                        with_histograms=False))

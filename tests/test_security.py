@@ -86,6 +86,29 @@ def test_api_key_and_url_credentials_never_written(tmp_path):
     assert _leaks((tmp_path / "again.html").read_bytes(), rep.stdout, rep.stderr) == []
 
 
+@pytest.mark.integration
+def test_secret_in_url_query_never_written(tmp_path):
+    """``--url 'http://host/?api_key=sk-...'``: the key reaches none of the files a run and a
+    later report write, only the redacted marker does."""
+    trace = write_trace_for(tmp_path / "t.arrow", ["ok", "status:500:body"], 20, gap_ms=10)
+    out = tmp_path / "out"
+    with FaultyServer() as server:
+        url = f"{server.url}/?api_key={KEY}&region=eu"
+        proc = run_cli("replay", str(trace), "--url", url, "-o", str(out), "--workers", "1",
+                       env=dict(os.environ))
+    assert proc.returncode == 0, proc.stderr
+    written = {p.name for p in out.iterdir()}
+    assert {"results.arrow", "summary.json", "report.html", "report.md",
+            "manifest.json"} <= written
+    assert _files_with_secrets(out) == {}
+    assert _leaks(proc.stdout, proc.stderr) == []
+    _, summary = load_run(out)
+    assert summary["run"]["target"] == f"{server.url}/?api_key=<redacted>&region=eu"
+    rep = run_cli("report", str(out), "-o", str(tmp_path / "again.html"), env=dict(os.environ))
+    assert rep.returncode == 0, rep.stderr
+    assert _leaks((tmp_path / "again.html").read_bytes(), rep.stdout, rep.stderr) == []
+
+
 def test_manifest_scrubs_key_and_url_credentials(tmp_path, monkeypatch):
     from cpbench.manifest import record_run
 
