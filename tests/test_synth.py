@@ -174,6 +174,27 @@ def test_shipped_corpora_build_exact_lengths(kind):
     assert corpus.build(0, 4) == ""
 
 
+@pytest.mark.parametrize("kind", ["llm", "embedding"])
+def test_shipped_corpora_are_package_data(kind):
+    """The corpora live inside the package and are declared package data, so an installed
+    wheel has them (.ci/run checks a real wheel from outside the checkout)."""
+    from pathlib import Path
+
+    try:
+        import tomllib
+    except ImportError:                 # Python 3.10
+        import tomli as tomllib
+
+    import cpbench
+    from cpbench.prompts import corpus_path
+    package = Path(cpbench.__file__).resolve().parent
+    path = Path(corpus_path(kind)).resolve()
+    assert path.is_file() and path.is_relative_to(package)
+    with open(Path(ROOT) / "pyproject.toml", "rb") as f:
+        declared = tomllib.load(f)["tool"]["setuptools"]["package-data"]["cpbench"]
+    assert any(path.relative_to(package).match(glob) for glob in declared)
+
+
 def test_corpus_errors_are_one_line(tmp_path):
     from cpbench.prompts import load_corpus
     bad = tmp_path / "c.jsonl"
