@@ -28,6 +28,7 @@ from importlib import metadata as _metadata
 from pathlib import Path
 from typing import Any
 
+from cpbench.atomic import atomic_write
 from cpbench.errors import ConfigError, OutputError
 from cpbench.redact import redact_url, scrub
 
@@ -256,17 +257,10 @@ def record_run(out_dir: str | os.PathLike[str], *, options: Mapping[str, Any],
 def write_manifest(directory: str | os.PathLike[str], manifest: Mapping[str, Any]) -> Path:
     """Write ``manifest`` (scrubbed again) as ``DIR/manifest.json``, atomically; its path."""
     target = Path(directory) / MANIFEST_NAME
-    tmp = target.with_name(f".{MANIFEST_NAME}.tmp-{os.getpid()}")
     try:
         target.parent.mkdir(parents=True, exist_ok=True)
-        tmp.write_text(json.dumps(scrub(manifest), indent=2, sort_keys=True) + "\n",
-                       encoding="utf-8")
-        os.replace(tmp, target)
+        atomic_write(target, json.dumps(scrub(manifest), indent=2, sort_keys=True) + "\n")
     except OSError as exc:
-        try:
-            tmp.unlink()
-        except OSError:
-            pass
         raise OutputError(f"cannot write {target}: {exc.strerror or exc}") from None
     return target
 

@@ -136,6 +136,24 @@ def _latencies(c: dict[str, Any]) -> dict[str, np.ndarray]:
     }
 
 
+def request_latencies_ns(results: pa.Table) -> dict[str, np.ndarray]:
+    """Each non-warm-up row's latencies (float64 ns, NaN where it has none), in table order.
+
+    The same definitions, row for row, as the histograms of :func:`summarize` (the module
+    docstring): the experiment statistics pair runs request by request with these, so a
+    latency means one thing in summary.json, the report and comparison.json.
+    """
+    c = _columns(results)
+    lat = _latencies(c)
+    out = {}
+    for name in LATENCIES:
+        mask = lat["ttft_mask" if name.startswith("ttft") else "e2e_mask"]
+        values = np.full(mask.size, np.nan)
+        values[mask] = lat[name]
+        out[name] = values
+    return out
+
+
 def _window_s(c: dict[str, Any]) -> float:
     if c["intended_ns"].size == 0:
         return 0.0
@@ -340,5 +358,6 @@ def load_summary(path: str | os.PathLike) -> dict[str, Any]:
     return summary
 
 
-__all__ = ["PERCENTILES", "decode_histogram", "histogram_stats_ms", "load_summary",
-           "percent_key", "summarize", "write_summary"]
+__all__ = ["LATENCIES", "PERCENTILES", "REQUIRED_COLUMNS", "decode_histogram",
+           "histogram_stats_ms", "load_summary", "percent_key", "request_latencies_ns",
+           "summarize", "write_summary"]

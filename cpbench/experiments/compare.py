@@ -22,10 +22,11 @@ from pathlib import Path
 from typing import Any, TextIO
 
 from cpbench import __version__
+from cpbench.atomic import atomic_write
 from cpbench.errors import ConfigError, OutputError
 from cpbench.experiments.control import (PolicyAdmin, Progress, embedded_sim, format_table,
                                          wait_idle)
-from cpbench.experiments.stats import (higher_is_better, load_run, metric_names,
+from cpbench.experiments.stats import (higher_is_better, run_arrays, metric_names,
                                        paired_comparison)
 
 _NAME_RE = re.compile(r"^[A-Za-z0-9_.-]+$")
@@ -114,11 +115,9 @@ def run_dir(out_dir: Path, policy: str, repeat_index: int, repeats: int) -> Path
 
 def write_json(path: Path, data: dict) -> None:
     """Write JSON atomically (temporary file + rename) so a reader never sees half of it."""
-    tmp = path.with_name(path.name + ".tmp")
     try:
-        tmp.write_text(json.dumps(data, indent=2, sort_keys=False, default=_json_default) + "\n",
-                       encoding="utf-8")
-        tmp.replace(path)
+        atomic_write(path, json.dumps(data, indent=2, sort_keys=False,
+                                      default=_json_default) + "\n")
     except OSError as exc:
         raise OutputError(f"cannot write {str(path)!r}: {exc.strerror}; check the path and "
                           f"free space") from exc
@@ -209,7 +208,7 @@ def analyse(dirs: dict[str, list[Path]], *, baseline: str, confidence: float,
             n_resamples: int, seed: int, metric: str = "slo_attainment_pct",
             higher_better: bool = True) -> tuple[dict, dict]:
     """Paired statistics of the runs and the best policy on ``metric``."""
-    runs = {p: [load_run(d) for d in ds] for p, ds in dirs.items()}
+    runs = {p: [run_arrays(d) for d in ds] for p, ds in dirs.items()}
     stats = paired_comparison(runs, baseline=baseline, confidence=confidence,
                               n_resamples=n_resamples, seed=seed)
     best = best_policy(runs, stats, metric, higher_better=higher_better,
@@ -305,7 +304,7 @@ def compare(trace: str | Path, *, policies: Sequence[str], out_dir: str | Path,
     }
     write_json(out / json_name, result)
     try:
-        (out / "comparison.md").write_text(differences_markdown(result), encoding="utf-8")
+        atomic_write(out / "comparison.md", differences_markdown(result))
     except OSError as exc:
         raise OutputError(f"cannot write {str(out / 'comparison.md')!r}: {exc.strerror}") from exc
     write_comparison_report([d for ds in dirs.values() for d in ds], out,

@@ -26,7 +26,7 @@ from cpbench.experiments.compare import (analyse, check_policies, compare, contr
                                          replay_one, run_policies, write_comparison_report,
                                          write_json)
 from cpbench.experiments.control import Progress, format_table
-from cpbench.experiments.stats import PRIORITIES, load_run, run_metrics
+from cpbench.experiments.stats import PRIORITIES, run_arrays, run_metrics
 from cpbench.experiments.sweep import active_policy, sweep, synth_trace
 
 EXPERIMENTS = ("throughput", "latency", "slo", "mixed_ratio")
@@ -188,7 +188,7 @@ def run(*, out_dir: str | Path, policy: str | None, requests: int, rate_rps: flo
         policy = active_policy(target, policy, switch=switch, policy_path=policy_path)
         result_dir = replay_one(trace, out / "run", url=target, policy=policy,
                                 options={"quiet": False, **(replay_options or {})})
-    m = run_metrics(load_run(result_dir))
+    m = run_metrics(run_arrays(result_dir))
     print(format_table(["policy", "requests", "SLO attained %", "TTFT p99 ms", "E2E p99 ms"],
                        [[policy or "(as configured)", str(m["requests"]),
                          _fmt(m["slo_attainment_pct"]), _fmt(m["ttft_from_intended_p99_ms"]),

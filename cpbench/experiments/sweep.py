@@ -21,7 +21,7 @@ from cpbench.errors import ConfigError, TargetError
 from cpbench.experiments.compare import (check_policies, control_plane, replay_one,
                                          write_comparison_report, write_json)
 from cpbench.experiments.control import PolicyAdmin, Progress, format_table, wait_idle
-from cpbench.experiments.stats import KneeResult, find_knee, load_run, run_metrics
+from cpbench.experiments.stats import KneeResult, find_knee, run_arrays, run_metrics
 
 
 def synth_trace(path: Path, *, rate_rps: float, requests: int, pattern: str = "poisson",
@@ -72,7 +72,7 @@ class RatePoints:
             result_dir = replay_one(self.trace, target, url=self.url, policy=self.policy,
                                     options={**self.options, "rate_scale": scale})
             wait_idle(self.url, drain_s=self.drain_s)
-            metrics = run_metrics(load_run(result_dir))
+            metrics = run_metrics(run_arrays(result_dir))
             self.points[key] = {"rate_rps": key, "rate_scale": scale, "dir": str(result_dir),
                                 **metrics}
             self.progress.finish()

@@ -19,11 +19,11 @@ import signal
 import struct
 import threading
 import time
-from pathlib import Path
 from typing import Any, AsyncIterator, Callable
 
 from aiohttp import web
 
+from cpbench.atomic import atomic_write
 from cpbench.errors import ConfigError
 from cpbench.sim.config import POLICY_NAMES, SimConfig
 from cpbench.sim.faults import FaultInjector
@@ -394,11 +394,8 @@ class SimThread:
 
 
 def _write_ready_file(path: str, url: str) -> None:
-    target = Path(path)
-    tmp = target.with_name(f".{target.name}.{os.getpid()}.tmp")
     try:
-        tmp.write_text(json.dumps({"url": url, "pid": os.getpid()}), encoding="utf-8")
-        os.replace(tmp, target)
+        atomic_write(path, json.dumps({"url": url, "pid": os.getpid()}), fsync=False)
     except OSError as exc:
         raise ConfigError(f"cannot write the ready file {path!r}: {exc.strerror}; "
                           "pass a writable --ready-file path") from exc
