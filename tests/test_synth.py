@@ -11,7 +11,8 @@ import pytest
 
 from cpbench.cli import main
 from cpbench.errors import ConfigError
-from cpbench.record.synth import parse_length, synth_to_file, synthesize
+from cpbench.record.lengths import parse_length
+from cpbench.record.synth import synth_to_file, synthesize
 from cpbench.trace import describe, read_trace, sha256_file, trace_metadata
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
@@ -103,6 +104,27 @@ def test_empirical_lengths_come_from_the_source():
     t = synthesize(rate_rps=10, requests=500, input_tokens=f"empirical:{AZURE_CONV}",
                    seed=1)
     assert set(t["input_tokens"].to_pylist()) <= source
+
+
+def test_an_empirical_spec_is_read_through_the_callers_reader_once():
+    """record/lengths reads no file itself: with_pool takes the reader, caches per file and
+    column, and a spec that was never read says so instead of sampling nothing."""
+    import pyarrow as pa
+
+    from cpbench.record.lengths import with_pool
+    calls = []
+
+    def reader(path):
+        calls.append(path)
+        return pa.table({"input_tokens": [7, None, 9]})
+    spec = parse_length("empirical:/nowhere/lengths-test.arrow", what="--input-tokens")
+    with pytest.raises(ValueError, match="was not read"):
+        spec.sample(np.random.default_rng(0), 3)
+    ready = with_pool(spec, reader)
+    assert ready == spec and with_pool(spec, reader).pool is ready.pool
+    assert calls == ["/nowhere/lengths-test.arrow"]
+    assert set(ready.sample(np.random.default_rng(0), 50).tolist()) == {7, 9}
+    assert with_pool(parse_length("fixed:3", what="x"), reader).pool is None
 
 
 def test_lengths_are_capped_and_parsed():

@@ -8,10 +8,8 @@ a new quantity never shifts the existing ones.
 """
 from __future__ import annotations
 
-import dataclasses
 import inspect
 import math
-import os
 from collections.abc import Mapping
 from typing import Any
 
@@ -20,11 +18,13 @@ import pyarrow as pa
 
 from cpbench._core import schedule
 from cpbench.errors import ConfigError
+from cpbench.record.lengths import (DEFAULT_EMBED_BATCH, DEFAULT_EMBED_TOKENS,
+                                    DEFAULT_INPUT_TOKENS, DEFAULT_OUTPUT_TOKENS, LengthSpec,
+                                    parse_length, with_pool)
+from cpbench.vocab import DEFAULT_MODELS, DEFAULT_SLO_E2E_MS
 
 PATTERNS = ("uniform", "poisson", "gamma", "burst", "ramp")
 MODES = ("llm", "hybrid")
-DEFAULT_MODELS = {"llm": "cpbench-llm-7b", "embedding": "cpbench-embed-bge"}
-DEFAULT_SLO_E2E_MS = {"llm": 5000.0, "embedding": 500.0}
 DEFAULT_PRIORITY_MIX = {"HIGH": 0.2, "NORMAL": 0.6, "LOW": 0.2}
 
 # Stream index per random quantity: fixed forever (append, never reorder).
@@ -32,91 +32,9 @@ _STREAMS = ("arrivals", "kind", "llm_kind", "priority", "input_tokens", "output_
             "embed_batch", "embed_tokens")
 
 
-@dataclasses.dataclass(frozen=True)
-class LengthSpec:
-    """A distribution of positive integers: token lengths or batch sizes.
-
-    ``dist`` is ``fixed`` (``a``), ``uniform`` (integers in [a, b]), ``lognormal`` (median
-    ``a``, sigma ``b``) or ``empirical`` (resample the values of ``path``'s ``column``).
-    Every draw is clipped to [``low``, ``high``].
-    """
-
-    dist: str
-    a: float = 0.0
-    b: float = 0.0
-    low: int = 1
-    high: int = 1_000_000
-    path: str = ""
-    column: str = "input_tokens"
-
-    def sample(self, rng: np.random.Generator, n: int) -> np.ndarray:
-        """``n`` draws as int64."""
-        if self.dist == "fixed":
-            values = np.full(n, self.a)
-        elif self.dist == "uniform":
-            values = rng.integers(int(self.a), int(self.b), size=n, endpoint=True)
-        elif self.dist == "lognormal":
-            values = np.rint(self.a * np.exp(self.b * rng.standard_normal(n)))
-        else:
-            pool = _empirical_pool(self.path, self.column)
-            values = pool[rng.integers(0, len(pool), size=n)]
-        return np.clip(values, self.low, self.high).astype(np.int64)
-
-    def describe(self) -> str:
-        """The spec in the string form ``parse_length`` reads."""
-        if self.dist == "fixed":
-            return f"fixed:{self.a:g}"
-        if self.dist == "uniform":
-            return f"uniform:{self.a:g},{self.b:g}"
-        if self.dist == "lognormal":
-            return f"lognormal:{self.a:g},{self.b:g},{self.high}"
-        return f"empirical:{self.path}:{self.column}"
-
-
-def parse_length(text: str | LengthSpec, *, what: str, low: int = 1,
-                 high: int = 1_000_000) -> LengthSpec:
-    """Parse ``fixed:N``, ``uniform:A,B``, ``lognormal:MEDIAN,SIGMA[,MAX]`` or
-    ``empirical:PATH[:COLUMN]`` (PATH: a cpbench trace, an Azure CSV or a Mooncake JSONL;
-    COLUMN: ``input_tokens`` or ``output_tokens``). A bare integer means ``fixed``."""
-    if isinstance(text, LengthSpec):
-        return text
-    raw = str(text).strip()
-    name, _, rest = raw.partition(":")
-    if not rest and name.isdigit():
-        name, rest = "fixed", name
-    try:
-        if name == "empirical":
-            path, _, column = rest.rpartition(":") if rest.endswith(
-                (":input_tokens", ":output_tokens")) else (rest, "", "")
-            return LengthSpec("empirical", path=path or rest, column=column or "input_tokens",
-                              low=low, high=high)
-        nums = [float(x) for x in rest.split(",")] if rest else []
-        if name == "fixed" and len(nums) == 1 and nums[0] >= low:
-            return LengthSpec("fixed", nums[0], low=low, high=high)
-        if name == "uniform" and len(nums) == 2 and low <= nums[0] <= nums[1]:
-            return LengthSpec("uniform", nums[0], nums[1], low=low, high=high)
-        if name == "lognormal" and len(nums) in (2, 3) and nums[0] > 0 and nums[1] >= 0:
-            cap = int(nums[2]) if len(nums) == 3 else high
-            return LengthSpec("lognormal", nums[0], nums[1], low=low, high=min(cap, high))
-    except ValueError:
-        pass
-    raise ConfigError(f"{what} must be fixed:N, uniform:A,B, lognormal:MEDIAN,SIGMA[,MAX] or "
-                      f"empirical:PATH[:COLUMN] with values >= {low}; got {raw!r}")
-
-
-_POOLS: dict[tuple[str, str], np.ndarray] = {}
-
-
-def _empirical_pool(path: str, column: str) -> np.ndarray:
-    key = (os.path.abspath(path), column)
-    if key not in _POOLS:
-        from cpbench.record import importers  # late: importers is heavier and optional here
-        table = importers.load_any(path)
-        values = table.column(column).drop_null().to_numpy()
-        if values.size == 0:
-            raise ConfigError(f"empirical length source {path} has no {column} values")
-        _POOLS[key] = values.astype(np.int64)
-    return _POOLS[key]
+def _load_table(path: str) -> pa.Table:
+    from cpbench.record import importers  # late: importers is heavier and optional here
+    return importers.load_any(path)
 
 
 def arrivals(pattern: str, *, rate_rps: float, requests: int | None, duration_s: float | None,
@@ -167,10 +85,10 @@ def _check_fraction(name: str, value: float) -> float:
 def synthesize(*, pattern: str = "poisson", rate_rps: float, requests: int | None = None,
                duration_s: float | None = None, mode: str = "llm", llm_ratio: float = 1.0,
                chat_share: float = 1.0, priority_mix: Mapping[str, float] | None = None,
-               input_tokens: str | LengthSpec = "lognormal:256,0.8,4096",
-               output_tokens: str | LengthSpec = "lognormal:128,0.6,1024",
-               embed_tokens: str | LengthSpec = "lognormal:96,0.5,512",
-               embed_batch: str | LengthSpec = "uniform:1,16",
+               input_tokens: str | LengthSpec = DEFAULT_INPUT_TOKENS,
+               output_tokens: str | LengthSpec = DEFAULT_OUTPUT_TOKENS,
+               embed_tokens: str | LengthSpec = DEFAULT_EMBED_TOKENS,
+               embed_batch: str | LengthSpec = DEFAULT_EMBED_BATCH,
                slo_e2e_ms: Mapping[str, float] | None = None,
                slo_ttft_ms: Mapping[str, float | None] | None = None,
                models: Mapping[str, str] | None = None, seed: int,
@@ -214,6 +132,7 @@ def synthesize(*, pattern: str = "poisson", rate_rps: float, requests: int | Non
         "embed_tokens": parse_length(embed_tokens, what="--embed-tokens"),
         "embed_batch": parse_length(embed_batch, what="--embed-batch", high=100_000),
     }
+    specs = {k: with_pool(v, _load_table) for k, v in specs.items()}   # empirical: read it
     names = {**DEFAULT_MODELS, **(models or {})}
     e2e = {**DEFAULT_SLO_E2E_MS, **(slo_e2e_ms or {})}
     ttft = {"llm": None, "embedding": None, **(slo_ttft_ms or {})}

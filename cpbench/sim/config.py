@@ -23,7 +23,7 @@ from pathlib import Path
 from typing import Any
 
 from cpbench.errors import ConfigError
-from cpbench.vocab import KINDS, POLICIES
+from cpbench.vocab import DEFAULT_MODELS, KINDS, POLICIES
 
 POLICY_NAMES = POLICIES
 
@@ -47,7 +47,7 @@ class LLMEngineConfig:
       defaults (``max_num_seqs``, ``max_num_batched_tokens`` with chunked prefill).
     """
 
-    model: str = "cpbench-llm-7b"
+    model: str = DEFAULT_MODELS["llm"]
     instances: int = 1
     max_running_seqs: int = 256
     kv_cache_tokens: int = 110_000
@@ -71,7 +71,7 @@ class EmbeddingEngineConfig:
     8192 rather than bge-base's 512 so long inputs from traces are accepted.
     """
 
-    model: str = "cpbench-embed-bge"
+    model: str = DEFAULT_MODELS["embedding"]
     instances: int = 1
     max_batch_inputs: int = 32
     max_batch_tokens: int = 16_384
