@@ -1,11 +1,11 @@
-"""The dispatcher of one process (cpbench.replaying.dispatch) against a real loopback server,
-under both the stock asyncio loop and uvloop."""
+"""The dispatcher of one process (cpbench.replaying.dispatch) against the fault-injecting
+loopback server (tests/support/faulty_server.py), under both the stock asyncio loop and
+uvloop."""
 from __future__ import annotations
 
 import asyncio
 import time
 
-import numpy as np
 import pyarrow as pa
 import pytest
 import uvloop
@@ -16,7 +16,8 @@ from cpbench.replaying.dispatch import Dispatcher, DispatchOptions, Target
 from cpbench.errors import ConfigError, TargetError
 from cpbench.results import rows_to_batch
 from cpbench.replaying.planning import build_plan, select_rows
-from test_replay_server import TOKENS, ServerThread
+from support import trace_table
+from support.faulty_server import TOKENS, FaultyServer
 
 pytestmark = pytest.mark.integration
 LOOPS = ["asyncio", "uvloop"]
@@ -24,26 +25,12 @@ LOOPS = ["asyncio", "uvloop"]
 
 @pytest.fixture(scope="module")
 def server():
-    srv = ServerThread().start()
-    yield srv
-    srv.stop()
+    with FaultyServer() as srv:
+        yield srv
 
 
 def trace(models: list[str], kinds: list[str], gap_ms: float = 2.0) -> pa.Table:
-    n = len(models)
-    llm = [k != "embedding" for k in kinds]
-    return pa.table({
-        "arrival_ns": pa.array((np.arange(n) * gap_ms * 1e6).astype(np.int64)),
-        "kind": pa.array(kinds).dictionary_encode(),
-        "model": pa.array(models).dictionary_encode(),
-        "input_tokens": pa.array([6] * n, pa.int32()),
-        "output_tokens": pa.array([TOKENS if x else None for x in llm], pa.int32()),
-        "batch_size": pa.array([1 if x else 3 for x in llm], pa.int16()),
-        "priority": pa.array(["NORMAL"] * n).dictionary_encode(),
-        "slo_ttft_ms": pa.array([None] * n, pa.float32()),
-        "slo_e2e_ms": pa.array([None] * n, pa.float32()),
-        "prompt": pa.array([None] * n, pa.string()),
-    })
+    return trace_table(models, kinds, gap_ms, embed_batch=3)
 
 
 def dispatch(url: str, table: pa.Table, loop_name: str, **opts) -> tuple[pa.Table, Histogram]:
@@ -67,8 +54,8 @@ def dispatch(url: str, table: pa.Table, loop_name: str, **opts) -> tuple[pa.Tabl
 
 @pytest.mark.parametrize("loop_name", LOOPS)
 def test_error_classes_tokens_and_clock_order(server, loop_name):
-    models = ["ok", "http:500", "http:429", "break", "garble", "nousage", "ok", "garble",
-              "ok", "stall:50"]
+    models = ["ok", "status:500:body", "status:429:body", "cut:2", "badjson", "nousage", "ok",
+              "fewvectors", "ok", "delay:0.05"]
     kinds = ["chat", "chat", "embedding", "chat", "chat", "chat", "embedding", "embedding",
              "completion", "completion"]
     res, hist = dispatch(server.url, trace(models, kinds), loop_name, timeout_s=5.0,
@@ -99,7 +86,7 @@ def test_error_classes_tokens_and_clock_order(server, loop_name):
 @pytest.mark.parametrize("loop_name", LOOPS)
 def test_open_loop_sends_everything_while_the_server_stalls(server, loop_name):
     n = 12
-    res, _ = dispatch(server.url, trace(["stall:400"] * n, ["chat"] * n, gap_ms=5.0),
+    res, _ = dispatch(server.url, trace(["delay:0.4"] * n, ["chat"] * n, gap_ms=5.0),
                       loop_name, connections=1)
     assert res.num_rows == n and res.column("error_class").null_count == n
     # Open loop: the last request left before the first answer arrived.
@@ -109,7 +96,7 @@ def test_open_loop_sends_everything_while_the_server_stalls(server, loop_name):
 @pytest.mark.parametrize("loop_name", LOOPS)
 def test_closed_loop_waits_and_the_wait_shows_as_lag(server, loop_name):
     n = 6
-    res, _ = dispatch(server.url, trace(["stall:60"] * n, ["chat"] * n, gap_ms=1.0),
+    res, _ = dispatch(server.url, trace(["delay:0.06"] * n, ["chat"] * n, gap_ms=1.0),
                       loop_name, max_concurrency=1)
     rows = res.to_pylist()
     for prev, cur in zip(rows, rows[1:]):
@@ -144,7 +131,7 @@ def test_reused_connection_closed_unanswered_is_sent_again(server, loop_name):
 
 
 def test_timeout_is_counted_not_raised(server):
-    res, _ = dispatch(server.url, trace(["stall:3000", "ok"], ["chat", "chat"]), "uvloop",
+    res, _ = dispatch(server.url, trace(["stall:3", "ok"], ["chat", "chat"]), "uvloop",
                       timeout_s=0.3)
     rows = res.to_pylist()
     assert rows[0]["error_class"] == "timeout" and rows[0]["status"] == 0

@@ -1,6 +1,6 @@
 """Tests of cpbench.reporting: loading result dirs, the HTML and Markdown reports, the CLI.
 
-Result directories come from tests/report_fixtures.py, which writes the files of
+Result directories come from tests/support/result_dirs.py, which writes the files of
 docs/formats.md from a seeded synthetic run.
 """
 from __future__ import annotations
@@ -24,7 +24,8 @@ from cpbench.reporting.compare import comparison_sections
 from cpbench.reporting.load import load_run, run_labels
 from cpbench.reporting.markdown import md_escape
 from cpbench.reporting.tables import run_facts_rows
-from report_fixtures import make_result_dir, write_arrow
+from support import replay_for_report
+from support.result_dirs import make_result_dir, write_arrow
 
 XSS_MODEL = "<script>alert('model')</script>"
 XSS_DETAIL = '"><img src=x onerror=alert(1)>'
@@ -292,7 +293,7 @@ def test_cli_bad_directory_is_one_line_and_exit_2(tmp_path):
 
 
 def test_a_run_with_no_requests_reports_facts_and_says_there_is_nothing_to_chart(tmp_path):
-    from report_fixtures import make_results_table
+    from support.result_dirs import make_results_table
 
     d = tmp_path / "empty"
     d.mkdir()
@@ -307,17 +308,6 @@ def test_a_run_with_no_requests_reports_facts_and_says_there_is_nothing_to_chart
     text = "".join(_parse(html).text)
     assert "nothing to chart" in text and "interrupted" in text and "sent 0" in text
     assert "| Policy | fifo |" in (d / "r.md").read_text()
-
-
-def replay_for_report(out: Path) -> Path:
-    """A short real replay of a shipped trace against the embedded sim, without its report."""
-    root = Path(__file__).resolve().parent.parent
-    proc = subprocess.run([sys.executable, "-m", "cpbench", "replay",
-                           str(root / "traces" / "light.arrow"), "--duration", "2", "--speed",
-                           "4", "--workers", "1", "--quiet", "--no-report", "-o", str(out)],
-                          capture_output=True, text=True, timeout=180, cwd=root)
-    assert proc.returncode == 0, proc.stderr[-2000:]
-    return out
 
 
 @pytest.mark.integration

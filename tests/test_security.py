@@ -30,7 +30,8 @@ from pathlib import Path
 import pytest
 
 import cpbench
-from faulty_server import FaultyServer, load_run, run_cli, write_trace_for
+from support import read_run, run_cli, write_trace_for
+from support.faulty_server import FaultyServer
 
 KEY = "sk-cpbench-PLANTED-7f3a9c2e5b814d06"
 USER, PASSWORD = "alice", "pw-PLANTED-91c0ffee"
@@ -73,7 +74,7 @@ def test_api_key_and_url_credentials_never_written(tmp_path):
     assert proc.returncode == 0, proc.stderr
     # The key was really used (so not finding it below means something).
     assert f"Authorization: Bearer {KEY}".encode() in heads
-    table, summary = load_run(out)
+    table, summary = read_run(out)
     assert table.num_rows == 40
     assert {"results.arrow", "summary.json", "report.html", "report.md"} <= {
         p.name for p in out.iterdir()}
@@ -102,7 +103,7 @@ def test_secret_in_url_query_never_written(tmp_path):
             "manifest.json"} <= written
     assert _files_with_secrets(out) == {}
     assert _leaks(proc.stdout, proc.stderr) == []
-    _, summary = load_run(out)
+    _, summary = read_run(out)
     assert summary["run"]["target"] == f"{server.url}/?api_key=<redacted>&region=eu"
     rep = run_cli("report", str(out), "-o", str(tmp_path / "again.html"), env=dict(os.environ))
     assert rep.returncode == 0, rep.stderr
@@ -295,7 +296,7 @@ def test_report_escapes_markup_from_traces_and_servers(tmp_path):
         proc = run_cli("replay", str(trace), "--url", server.url, "-o", str(out),
                        "--workers", "2")
     assert proc.returncode == 0, proc.stderr
-    table, _ = load_run(out)
+    table, _ = read_run(out)
     details = [d for d in table.column("error_detail").to_pylist() if d]
     assert any(XSS_SCRIPT in d for d in details) and any(XSS_IMG in d for d in details)
     html = (out / "report.html").read_text()
