@@ -20,6 +20,7 @@ from cpbench.monitor.prometheus import (
     DEFAULT_SERIES, PrometheusScraper, SeriesSelector, metrics_url, parse_selected,
     redact_url, select_lines, series_name,
 )
+from support import wait_until
 
 VLLM_PAGE = """\
 # HELP vllm:num_requests_running Number of requests in model execution batches.
@@ -144,13 +145,6 @@ def server():
     srv.close()
 
 
-def wait_until(predicate, timeout_s: float = 10.0) -> bool:
-    deadline = time.monotonic() + timeout_s
-    while time.monotonic() < deadline:
-        if predicate():
-            return True
-        time.sleep(0.01)
-    return predicate()
 
 
 RUNNING = 'vllm:num_requests_running{engine="0",model_name="m"}'

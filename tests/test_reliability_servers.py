@@ -10,7 +10,6 @@ Runs go through the real CLI (``python -m cpbench replay``) with two worker proc
 """
 from __future__ import annotations
 
-import json
 import re
 import signal
 import subprocess
@@ -21,7 +20,8 @@ from collections import Counter
 
 import pytest
 
-from support import check_accounting, check_report_shows, read_run, run_cli, write_trace_for
+from support import (check_accounting, check_report_shows, read_run, run_cli, wait_ready_file,
+                     write_trace_for)
 from support.faulty_server import FaultyServer
 
 pytestmark = pytest.mark.integration
@@ -183,12 +183,7 @@ def _start_sim(tmp_path, *flags):
     proc = subprocess.Popen([sys.executable, "-m", "cpbench", "sim", "--port", "0",
                              "--ready-file", str(ready), "--seed", "7", *flags],
                             stdout=subprocess.DEVNULL, stderr=log)
-    deadline = time.monotonic() + 30
-    while not ready.exists():
-        assert proc.poll() is None and time.monotonic() < deadline, \
-            (tmp_path / "sim.log").read_text()
-        time.sleep(0.05)
-    return proc, json.loads(ready.read_text())["url"]
+    return proc, wait_ready_file(proc, ready)["url"]
 
 
 def _stop(proc) -> None:

@@ -16,7 +16,7 @@ import pytest
 
 from cpbench.results import read_results
 from cpbench.summary import decode_histogram
-from support import write_table_trace
+from support import run_cli, write_table_trace
 from support.faulty_server import TOKENS, FaultyServer
 
 pytestmark = pytest.mark.integration
@@ -34,10 +34,8 @@ def make_trace(path: Path, models: list[str], kinds: list[str], gap_ms: float = 
     return write_table_trace(path, models, kinds, gap_ms, priorities=priorities)
 
 
-def cpbench(*args: str, env: dict | None = None, timeout: float = 60) -> subprocess.CompletedProcess:
-    return subprocess.run([sys.executable, "-m", "cpbench", *map(str, args)], cwd=ROOT,
-                          capture_output=True, text=True, timeout=timeout,
-                          env={**os.environ, **(env or {})})
+def cpbench(*args, env: dict | None = None, timeout: float = 60) -> subprocess.CompletedProcess:
+    return run_cli(*args, timeout_s=timeout, env={**os.environ, **(env or {})}, cwd=ROOT)
 
 
 def summary_of(out: Path) -> dict:

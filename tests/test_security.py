@@ -30,7 +30,7 @@ from pathlib import Path
 import pytest
 
 import cpbench
-from support import read_run, run_cli, write_trace_for
+from support import read_run, run_cli, wait_ready_file, write_trace_for
 from support.faulty_server import FaultyServer
 
 KEY = "sk-cpbench-PLANTED-7f3a9c2e5b814d06"
@@ -140,11 +140,7 @@ def test_capture_proxy_never_stores_the_key(tmp_path, url_creds, client_key):
              "--upstream", upstream, "-o", str(out), "--ready-file", str(ready)],
             stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, env=_env())
         try:
-            deadline = time.monotonic() + 30
-            while not ready.exists():
-                assert proc.poll() is None and time.monotonic() < deadline, proc.communicate()
-                time.sleep(0.05)
-            url = json.loads(ready.read_text())["url"]
+            url = wait_ready_file(proc, ready)["url"]
             assert url.startswith("http://127.0.0.1:")       # --listen :PORT means loopback
             assert _listen_addresses(int(url.rsplit(":", 1)[1])) == {"127.0.0.1"}
             headers = {"Content-Type": "application/json"}
@@ -198,11 +194,7 @@ def test_sim_listens_on_loopback_by_default(tmp_path):
                              "--ready-file", str(ready)],
                             stdout=subprocess.DEVNULL, stderr=subprocess.PIPE)
     try:
-        deadline = time.monotonic() + 30
-        while not ready.exists():
-            assert proc.poll() is None and time.monotonic() < deadline
-            time.sleep(0.05)
-        url = json.loads(ready.read_text())["url"]
+        url = wait_ready_file(proc, ready)["url"]
         assert url.startswith("http://127.0.0.1:")
         assert _listen_addresses(int(url.rsplit(":", 1)[1])) == {"127.0.0.1"}
     finally:

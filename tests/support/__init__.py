@@ -5,8 +5,10 @@ server, and ``support.result_dirs``, hand-built result directories), never from 
 """
 from __future__ import annotations
 
+import json
 import subprocess
 import sys
+import time
 from pathlib import Path
 
 import numpy as np
@@ -45,6 +47,28 @@ def write_table_trace(path: Path, *args, **kwargs) -> Path:
     write_trace(trace_table(*args, **kwargs), path,
                 metadata={"generator": "tests.support", "seed": None, "source": "synthetic"})
     return path
+
+
+def wait_until(predicate, timeout_s: float = 10.0) -> bool:
+    """Poll ``predicate`` until true or ``timeout_s`` passed (a bound, not an assertion)."""
+    deadline = time.monotonic() + timeout_s
+    while time.monotonic() < deadline:
+        if predicate():
+            return True
+        time.sleep(0.01)
+    return predicate()
+
+
+def wait_ready_file(proc: subprocess.Popen, ready: Path, timeout_s: float = 30.0) -> dict:
+    """What a child (``cpbench sim``, ``record capture``) wrote to its ``--ready-file`` once it
+    listens; the test fails, with the child's output, if it exits or the bound passes first."""
+    if not wait_until(lambda: ready.exists() or proc.poll() is not None, timeout_s) \
+            or not ready.exists():
+        if proc.poll() is None:
+            proc.kill()
+        out, err = proc.communicate(timeout=10)
+        raise AssertionError(f"{ready.name} never appeared: {out!r} {err!r}")
+    return json.loads(ready.read_text())
 
 
 def replay_for_report(out: Path) -> Path:
