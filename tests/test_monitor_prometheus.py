@@ -214,14 +214,6 @@ def test_timed_out_scrape_error_text(server):
 
 # --- against the embedded control plane ---------------------------------------------------
 
-def _sim_available() -> str | None:
-    try:
-        import cpbench.sim.server  # noqa: F401
-    except ImportError as exc:
-        return f"cpbench sim is not importable yet: {exc}"
-    return None
-
-
 def _chat(url: str) -> int:
     body = json.dumps({"model": "cpbench-llm-7b", "max_tokens": 20,
                        "messages": [{"role": "user", "content": "hello there"}]}).encode()
@@ -233,7 +225,6 @@ def _chat(url: str) -> int:
 
 
 @pytest.mark.integration
-@pytest.mark.skipif(_sim_available() is not None, reason=str(_sim_available()))
 def test_scrape_cpbench_sim_under_load(tmp_path):
     # Two sequences at a time, 50 ms per decode step: six 20-token chats keep the engine
     # full and the queue non-empty for about three seconds.
