@@ -248,3 +248,18 @@ def test_large_groups_rescaled_subsample_matches_full_bootstrap():
     est = np.percentile(b, 50) - np.percentile(a, 50)
     assert sub[0] < est < sub[1]
     assert abs((sub[1] - sub[0]) - (full[1] - full[0])) < 0.35 * (full[1] - full[0])
+
+
+def test_run_metrics_are_the_summarys_percentiles(tmp_path):
+    """One definition: the per-run figures of compare/sweep are nearest-rank percentiles of
+    the same latencies summary.json reports (there within its histograms' 4.9e-4 bound)."""
+    import json
+
+    from support.result_dirs import make_result_dir
+    d = make_result_dir(tmp_path / "run", n_requests=400, seed=4, monitor=False)
+    summary = json.loads((d / "summary.json").read_text())
+    m = run_metrics(run_arrays(d))
+    for metric in ("ttft_from_intended", "e2e_from_intended"):
+        for p in (50, 99):
+            assert m[f"{metric}_p{p}_ms"] == pytest.approx(
+                summary["latency_ms"][metric][f"p{p}"], rel=5e-4), (metric, p)

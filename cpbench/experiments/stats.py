@@ -92,7 +92,9 @@ def run_metrics(run: RunArrays, mask: np.ndarray | None = None) -> dict[str, flo
         values = values[np.isfinite(values)]
         for p in LATENCY_PERCENTS:
             key = f"{metric}_p{p:g}_ms"
-            out[key] = float(np.percentile(values, p)) if values.size else math.nan
+            # Nearest rank, as summary.json's percentiles: one definition of "p99".
+            out[key] = float(np.percentile(values, p, method="inverted_cdf")) \
+                if values.size else math.nan
     return out
 
 
