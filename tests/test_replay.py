@@ -67,6 +67,8 @@ def test_replay_writes_results_summary_and_table(server, tmp_path, loop):
     assert run_meta["target"] == server.url and run_meta["workers"] == 2
     summary = summary_of(out)
     assert summary["run"]["interrupted"] is False
+    recorded = json.loads((out / "manifest.json").read_text())["workload"]["trace_sha256"]
+    assert recorded == summary["run"]["trace_sha256"] and len(recorded) == 64
     assert summary["requests"]["sent"] == n - 8 and summary["requests"]["warmup"] == 8
     assert summary["requests"]["by_error_class"]["http_5xx"] == 4     # warm-up rows excluded
     assert summary["latency_ms"]["ttft_from_sent"]["count"] > 0
