@@ -7,7 +7,7 @@ and the command with the same options produce the same run. What comes back is a
 object over the files written: ``Run`` (a result directory), ``Trace`` (an Arrow table),
 ``Comparison`` (a comparison directory).
 
-Nothing here runs at import: the replay machinery (aiohttp, uvloop, worker processes) is
+Nothing here runs at import: the replay machinery (uvloop, the worker processes) is
 imported inside the calls.
 """
 from __future__ import annotations

@@ -299,13 +299,14 @@ def serve_fixed(port: int = 0) -> None:
 class FixedResponder:
     """:func:`serve_fixed` in its own process on a free loopback port, stopped by PID."""
 
-    def __init__(self, ready_s: float = 20.0) -> None:
+    def __init__(self, ready_s: float = 20.0, cmd: list[str] | None = None) -> None:
         import subprocess
-        self.proc = subprocess.Popen(python_module_cmd("cpbench.calibrate", "serve"),
+        self.proc = subprocess.Popen(cmd or python_module_cmd("cpbench.calibrate", "serve"),
                                      stdout=subprocess.PIPE, stderr=subprocess.PIPE)
-        deadline = time.monotonic() + ready_s
-        line = self.proc.stdout.readline().strip()      # the port, once it listens
-        if not line.isdigit() or time.monotonic() > deadline:
+        line = _read_line(self.proc.stdout.fileno(), time.monotonic() + ready_s).strip()
+        if not line.isdigit():                          # the port, once it listens
+            self.proc.kill()        # first: a responder that hangs never closes its stderr
+            self.proc.wait()
             err = self.proc.stderr.read().decode("utf-8", "replace").strip().splitlines()[-1:]
             self.stop()
             from cpbench.errors import TargetError
@@ -324,6 +325,21 @@ class FixedResponder:
                 self.proc.wait(2)
         for f in (self.proc.stdout, self.proc.stderr):
             f.close()
+
+
+def _read_line(fd: int, deadline: float) -> bytes:
+    """The first line written to pipe ``fd``, or what came before EOF or ``deadline``."""
+    import select
+    got = b""
+    while b"\n" not in got:
+        left = deadline - time.monotonic()
+        if left <= 0 or not select.select([fd], [], [], left)[0]:
+            break
+        part = os.read(fd, 4096)
+        if not part:
+            break
+        got += part
+    return got.split(b"\n", 1)[0]
 
 
 if __name__ == "__main__":

@@ -28,6 +28,7 @@ from importlib import metadata as _metadata
 from pathlib import Path
 from typing import Any
 
+from cpbench.atomic import atomic_write
 from cpbench.errors import ConfigError, OutputError
 from cpbench.redact import redact_url, scrub
 
@@ -167,7 +168,8 @@ def probe_server(url: str, timeout_s: float = 2.0) -> dict[str, Any]:
 
 def build_manifest(*, options: Mapping[str, Any], trace_path: str | os.PathLike[str] | None,
                    seed: int | None, target_url: str | None,
-                   server_info: Mapping[str, Any] | None) -> dict[str, Any]:
+                   server_info: Mapping[str, Any] | None,
+                   trace_sha256: str | None = None) -> dict[str, Any]:
     """Everything needed to rerun, or explain, one run.
 
     Parameters
@@ -183,6 +185,9 @@ def build_manifest(*, options: Mapping[str, Any], trace_path: str | os.PathLike[
         The control plane's URL; stored without credentials.
     server_info
         ``probe_server(target_url)``'s answer, or None when not probed.
+    trace_sha256
+        The trace's SHA-256 when the caller has it already (a replay records the same value
+        in summary.run); None: computed here.
 
     Returns
     -------
@@ -193,8 +198,8 @@ def build_manifest(*, options: Mapping[str, Any], trace_path: str | os.PathLike[
     """
     from cpbench.trace import sha256_file
 
-    digest = None
-    if trace_path is not None:
+    digest = trace_sha256
+    if digest is None and trace_path is not None:
         try:
             digest = sha256_file(trace_path)
         except OSError:
@@ -238,7 +243,8 @@ def trace_seed(path: str | os.PathLike[str]) -> int | None:
 
 def record_run(out_dir: str | os.PathLike[str], *, options: Mapping[str, Any],
                trace_path: str | os.PathLike[str] | None, target_url: str | None,
-               seed: int | None = None, probe_timeout_s: float = 2.0) -> Path:
+               seed: int | None = None, probe_timeout_s: float = 2.0,
+               trace_sha256: str | None = None) -> Path:
     """Probe the target, build the manifest and write ``OUT_DIR/manifest.json``: one call.
 
     This is what every command that writes a result directory calls once, after the target is
@@ -249,24 +255,18 @@ def record_run(out_dir: str | os.PathLike[str], *, options: Mapping[str, Any],
         seed = trace_seed(trace_path)
     server = probe_server(target_url, probe_timeout_s) if target_url else None
     manifest = build_manifest(options=options, trace_path=trace_path, seed=seed,
-                              target_url=target_url, server_info=server)
+                              target_url=target_url, server_info=server,
+                              trace_sha256=trace_sha256)
     return write_manifest(out_dir, manifest)
 
 
 def write_manifest(directory: str | os.PathLike[str], manifest: Mapping[str, Any]) -> Path:
     """Write ``manifest`` (scrubbed again) as ``DIR/manifest.json``, atomically; its path."""
     target = Path(directory) / MANIFEST_NAME
-    tmp = target.with_name(f".{MANIFEST_NAME}.tmp-{os.getpid()}")
     try:
         target.parent.mkdir(parents=True, exist_ok=True)
-        tmp.write_text(json.dumps(scrub(manifest), indent=2, sort_keys=True) + "\n",
-                       encoding="utf-8")
-        os.replace(tmp, target)
+        atomic_write(target, json.dumps(scrub(manifest), indent=2, sort_keys=True) + "\n")
     except OSError as exc:
-        try:
-            tmp.unlink()
-        except OSError:
-            pass
         raise OutputError(f"cannot write {target}: {exc.strerror or exc}") from None
     return target
 

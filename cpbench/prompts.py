@@ -63,7 +63,7 @@ def build_prompt(n_tokens: int, tag: int = 0) -> str:
     return f"r{tag}" if not body else f"r{tag} {body}"
 
 
-# --- prompt corpora (traces/prompts/*.jsonl) ----------------------------------------------------
+# --- prompt corpora (cpbench/data/prompts/*.jsonl, package data) -------------------------------
 # The shipped corpora are original text written for cpbench (no third-party rights): one JSON
 # object per line, {"id": ..., "text": ...}. A corpus prompt of n tokens is n whitespace words
 # cut from the corpus' texts laid end to end (cycled), starting at the text chosen by ``tag`` —
@@ -73,10 +73,14 @@ CORPORA = {"llm": "llm_prompts.jsonl", "embedding": "embed_texts.jsonl"}
 
 
 def corpus_path(kind: str) -> str:
-    """Path of the shipped corpus for ``llm`` or ``embedding`` (in the source tree's traces/)."""
+    """Path of the shipped corpus for ``llm`` or ``embedding``.
+
+    The corpora are package data beside this module, so an installed wheel has them too (not
+    only a checkout).
+    """
     import os
-    root = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
-    return os.path.join(root, "traces", "prompts", CORPORA[kind])
+    here = os.path.dirname(os.path.abspath(__file__))
+    return os.path.join(here, "data", "prompts", CORPORA[kind])
 
 
 def load_corpus(path: str) -> list[str]:

@@ -19,7 +19,8 @@ Definitions (what a reader of the numbers needs):
   requests of the class, a share in [0, 1] (null with no requests).
 - Percentiles are nearest-rank within the histogram's stated relative error (4.9e-4 at 3
   digits; timeslices: 3.9e-3 at 2 digits). Milliseconds only here, for display; an empty
-  statistic is null.
+  statistic is null. Samples outside a histogram's range (below 1 us, above 1 h) are never
+  dropped: each latency block says how many as ``underflow``/``overflow``.
 """
 from __future__ import annotations
 
@@ -60,8 +61,11 @@ def _ms(value_ns: float) -> float | None:
 
 
 def histogram_stats_ms(hist: Histogram, percentiles: Sequence[float]) -> dict[str, Any]:
-    """``{"count", "mean", "min", "max", "p..."}`` of a histogram in milliseconds."""
-    out: dict[str, Any] = {"count": hist.total_count}
+    """``{"count", "underflow", "overflow", "mean", "min", "max", "p..."}`` of a histogram in
+    milliseconds; ``underflow``/``overflow`` count the samples below/above its range (they are
+    in ``count``, ``min``, ``max`` and ``mean`` but their percentiles are only bounds)."""
+    out: dict[str, Any] = {"count": hist.total_count, "underflow": hist.underflow_count,
+                           "overflow": hist.overflow_count}
     if hist.total_count == 0:
         out.update({"mean": None, "min": None, "max": None})
         out.update({percent_key(p): None for p in percentiles})
@@ -130,6 +134,24 @@ def _latencies(c: dict[str, Any]) -> dict[str, np.ndarray]:
         "e2e_from_sent": (c["done_ns"] - c["sent_ns"])[ok],
         "e2e_from_intended": (c["done_ns"] - c["intended_ns"])[ok],
     }
+
+
+def request_latencies_ns(results: pa.Table) -> dict[str, np.ndarray]:
+    """Each non-warm-up row's latencies (float64 ns, NaN where it has none), in table order.
+
+    The same definitions, row for row, as the histograms of :func:`summarize` (the module
+    docstring): the experiment statistics pair runs request by request with these, so a
+    latency means one thing in summary.json, the report and comparison.json.
+    """
+    c = _columns(results)
+    lat = _latencies(c)
+    out = {}
+    for name in LATENCIES:
+        mask = lat["ttft_mask" if name.startswith("ttft") else "e2e_mask"]
+        values = np.full(mask.size, np.nan)
+        values[mask] = lat[name]
+        out[name] = values
+    return out
 
 
 def _window_s(c: dict[str, Any]) -> float:
@@ -291,7 +313,8 @@ def summarize(results: pa.Table, *, itl_hist: Histogram | None = None, run: dict
                   "output_tps": _per_rate(int(c["output_tokens"][c["completed"]].sum()),
                                           window_s)},
         "dispatch_lag_ms": {**{k: v for k, v in lag_stats.items() if k.startswith("p")},
-                            "max": lag_stats["max"], "mean": lag_stats["mean"]},
+                            "max": lag_stats["max"], "mean": lag_stats["mean"],
+                            "overflow": lag_stats["overflow"]},
         "latency_ms": latency_ms,
         "slo": {"attainment": total["slo_met"] / n if n else None,
                 "goodput_rps": _per_rate(total["slo_met"], window_s)},
@@ -360,5 +383,6 @@ def load_summary(path: str | os.PathLike) -> dict[str, Any]:
     return summary
 
 
-__all__ = ["PERCENTILES", "add_monitor", "decode_histogram", "histogram_stats_ms", "load_summary",
-           "percent_key", "summarize", "write_summary"]
+__all__ = ["LATENCIES", "PERCENTILES", "REQUIRED_COLUMNS", "add_monitor", "decode_histogram",
+           "dispatch_lag_of_workers", "histogram_stats_ms", "load_summary", "percent_key",
+           "request_latencies_ns", "summarize", "write_summary"]

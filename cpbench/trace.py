@@ -8,7 +8,6 @@ cpbench above ``errors``.
 """
 from __future__ import annotations
 
-import contextlib
 import hashlib
 import json
 import math
@@ -24,6 +23,7 @@ import pyarrow.ipc as ipc
 import pyarrow.parquet as pq
 
 from cpbench import blocks as prefix_blocks
+from cpbench.atomic import atomic_path
 from cpbench.errors import TraceError
 from cpbench.vocab import KINDS, PRIORITIES
 
@@ -462,15 +462,12 @@ def write_trace(table: pa.Table, path: str | os.PathLike[str], *,
         # A trace without prefix blocks is written as before the column existed: same bytes.
         out = out.drop_columns(["prefix_blocks"])
     out = out.replace_schema_metadata(meta)
-    tmp = f"{target}.tmp-{os.getpid()}"
     try:
-        with pa.OSFile(tmp, "wb") as sink, ipc.new_file(sink, out.schema) as writer:
+        with atomic_path(target) as tmp, pa.OSFile(tmp, "wb") as sink, \
+                ipc.new_file(sink, out.schema) as writer:
             writer.write_table(out)
-        os.replace(tmp, target)
     except OSError as exc:
         from cpbench.errors import OutputError
-        with contextlib.suppress(OSError):
-            os.unlink(tmp)
         raise OutputError(f"cannot write trace {target}: {exc.strerror or exc}") from None
 
 

@@ -22,6 +22,10 @@ ERROR_CLASSES: tuple[str, ...] = ("connect", "timeout", "http_4xx", "http_5xx", 
                                   "bad_payload", "interrupted")
 SERVER_ERROR_CLASSES: tuple[str, ...] = tuple(c for c in ERROR_CLASSES if c != "interrupted")
 
+# Model names a synthesized or imported trace asks for where its source names none; the
+# embedded control plane serves them (and, with --accept-any-model, any other name).
+DEFAULT_MODELS: dict[str, str] = {"llm": "cpbench-llm-7b", "embedding": "cpbench-embed-bge"}
+
 # End-to-end deadlines `record synth` writes and the embedded control plane schedules by, per
 # workload family: an LLM answer in 5 s, an embedding in 0.5 s.
 DEFAULT_SLO_E2E_MS: dict[str, float] = {"llm": 5_000.0, "embedding": 500.0}

@@ -2,7 +2,7 @@
 
 ``tests/test_replay_ray.py`` starts ``unshare -n`` with ``ip link set lo up`` and this script
 in it, so only 127.0.0.1 exists and Ray cannot bind or probe anything else. Each scenario
-starts the aiohttp test server and a Ray instance (local or a simulated two-node
+starts the test server (tests/support/faulty_server.py) and a Ray instance (local or a simulated two-node
 ``ray.cluster_utils.Cluster``), asserts that every node address Ray reports is 127.0.0.1,
 and only then runs the real ``cpbench replay`` CLI against them; it writes what it saw to
 ``OUT/scenario.json`` for the test to check.
@@ -25,7 +25,7 @@ import pyarrow as pa
 
 HERE = Path(__file__).resolve().parent
 sys.path.insert(0, str(HERE))
-from test_replay_server import TOKENS, ServerThread  # noqa: E402
+from support.faulty_server import TOKENS, FaultyServer  # noqa: E402
 
 from cpbench.trace import write_trace  # noqa: E402
 
@@ -110,7 +110,7 @@ def main(scenario: str, out: Path) -> None:
     import ray
 
     os.environ["RAY_USAGE_STATS_ENABLED"] = "0"
-    server = ServerThread().start()
+    server = FaultyServer().start()
     seen: dict = {"scenario": scenario}
     if scenario == "sigint":
         # The CLI starts its own local Ray instance (--ray, nothing running here) in a new

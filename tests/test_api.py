@@ -13,13 +13,12 @@ import cpbench
 from cpbench import api
 from cpbench.errors import ConfigError, TraceError
 from cpbench.results import empty_results
+from support import run_cli
 
 REPO = Path(__file__).resolve().parent.parent
 
 
-def _cli(*args: str, cwd: Path | None = None) -> subprocess.CompletedProcess[str]:
-    return subprocess.run([sys.executable, "-m", "cpbench", *args], capture_output=True,
-                          text=True, timeout=120, cwd=cwd)
+_cli = run_cli
 
 
 def test_importing_the_api_starts_nothing_heavy():

@@ -38,3 +38,47 @@ def test_failure_keeps_the_old_file_and_cleans_up(tmp_path, monkeypatch):
         atomic_write(target, "new")
     assert target.read_text() == "old"
     assert sorted(p.name for p in tmp_path.iterdir()) == ["report.md"]
+
+
+def test_atomic_path_hands_a_writer_its_own_path(tmp_path):
+    """An Arrow IPC writer writes to the temporary path; the target appears whole at the end."""
+    import pyarrow as pa
+    import pyarrow.ipc as ipc
+
+    from cpbench.atomic import atomic_path
+    target = tmp_path / "t.arrow"
+    table = pa.table({"x": [1, 2, 3]})
+    with atomic_path(target) as tmp:
+        assert os.path.dirname(tmp) == str(tmp_path) and not target.exists()
+        with pa.OSFile(tmp, "wb") as sink, ipc.new_file(sink, table.schema) as writer:
+            writer.write_table(table)
+    assert ipc.open_file(str(target)).read_all().equals(table)
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["t.arrow"]
+
+
+def test_atomic_path_leaves_the_old_file_when_the_writer_fails(tmp_path):
+    from cpbench.atomic import atomic_path
+    target = tmp_path / "monitor.arrow"
+    target.write_bytes(b"old")
+    with pytest.raises(ValueError, match="half way"):
+        with atomic_path(target) as tmp:
+            with open(tmp, "wb") as f:
+                f.write(b"half")
+            raise ValueError("half way")
+    assert target.read_bytes() == b"old"
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["monitor.arrow"]
+
+
+def test_no_hand_rolled_temporary_files_left_in_the_package():
+    """Every whole-file write goes through cpbench.atomic (one helper, not seven copies)."""
+    import re
+    from pathlib import Path
+
+    import cpbench
+    pattern = re.compile(r"os\.replace\(|os\.rename\(|\.rename\(|mkstemp\(|NamedTemporaryFile\(|"
+                         r"\.replace\(path\)")
+    package = Path(cpbench.__file__).parent
+    hits = [f"{p.relative_to(package)}:{i}" for p in sorted(package.rglob("*.py"))
+            if p.name != "atomic.py"
+            for i, line in enumerate(p.read_text().splitlines(), 1) if pattern.search(line)]
+    assert hits == []

@@ -143,3 +143,27 @@ def test_replay_carries_calibration_and_report_warns_near_it(tmp_path, monkeypat
     summary = _replay(tmp_path, responder.url, "none")
     assert summary["run"]["calibration"] is None
     assert "cpbench calibrate" in (tmp_path / "none" / "report.md").read_text()
+
+
+def test_a_responder_that_never_says_its_port_is_given_up_on():
+    """A responder that starts and hangs before printing its port: FixedResponder stops
+    waiting at its deadline, kills it and says so, instead of blocking on ``readline()``."""
+    import sys
+    import threading
+
+    from cpbench.errors import TargetError
+    hang = [sys.executable, "-c", "import sys, time; sys.stderr.write('stuck\\n'); "
+            "sys.stderr.flush(); time.sleep(3600)"]
+    outcome: list[BaseException] = []
+
+    def start():
+        try:
+            FixedResponder(ready_s=1.0, cmd=hang).stop()
+        except BaseException as exc:        # noqa: BLE001 - handed to the test thread
+            outcome.append(exc)
+    t = threading.Thread(target=start, daemon=True)
+    t.start()
+    t.join(120)             # a liveness bound, not a timing assertion: the old code never returns
+    assert not t.is_alive(), "FixedResponder is still waiting for a port"
+    assert len(outcome) == 1 and isinstance(outcome[0], TargetError)
+    assert "did not start: stuck" in str(outcome[0])

@@ -9,11 +9,9 @@ import pytest
 from cpbench import __version__
 from cpbench.cli import COMMANDS, main
 from cpbench.errors import CpbenchError
+from support import run_cli
 
 
-def run_cli(*args: str) -> subprocess.CompletedProcess[str]:
-    return subprocess.run([sys.executable, "-m", "cpbench", *args], capture_output=True,
-                          text=True, timeout=60)
 
 
 def test_help_lists_every_built_command_and_no_others():

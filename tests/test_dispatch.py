@@ -1,11 +1,11 @@
-"""The dispatcher of one process (cpbench.replaying.dispatch) against a real loopback server,
-under both the stock asyncio loop and uvloop."""
+"""The dispatcher of one process (cpbench.replaying.dispatch) against the fault-injecting
+loopback server (tests/support/faulty_server.py), under both the stock asyncio loop and
+uvloop."""
 from __future__ import annotations
 
 import asyncio
 import time
 
-import numpy as np
 import pyarrow as pa
 import pytest
 import uvloop
@@ -17,7 +17,8 @@ from cpbench.errors import ConfigError, TargetError
 from cpbench.results import rows_to_batch
 from cpbench.replaying.options import ReplayOptions
 from cpbench.replaying.planning import build_plan, select_rows
-from test_replay_server import TOKENS, ServerThread
+from support import trace_table
+from support.faulty_server import TOKENS, FaultyServer
 
 pytestmark = pytest.mark.integration
 LOOPS = ["asyncio", "uvloop"]
@@ -25,26 +26,12 @@ LOOPS = ["asyncio", "uvloop"]
 
 @pytest.fixture(scope="module")
 def server():
-    srv = ServerThread().start()
-    yield srv
-    srv.stop()
+    with FaultyServer() as srv:
+        yield srv
 
 
 def trace(models: list[str], kinds: list[str], gap_ms: float = 2.0) -> pa.Table:
-    n = len(models)
-    llm = [k != "embedding" for k in kinds]
-    return pa.table({
-        "arrival_ns": pa.array((np.arange(n) * gap_ms * 1e6).astype(np.int64)),
-        "kind": pa.array(kinds).dictionary_encode(),
-        "model": pa.array(models).dictionary_encode(),
-        "input_tokens": pa.array([6] * n, pa.int32()),
-        "output_tokens": pa.array([TOKENS if x else None for x in llm], pa.int32()),
-        "batch_size": pa.array([1 if x else 3 for x in llm], pa.int16()),
-        "priority": pa.array(["NORMAL"] * n).dictionary_encode(),
-        "slo_ttft_ms": pa.array([None] * n, pa.float32()),
-        "slo_e2e_ms": pa.array([None] * n, pa.float32()),
-        "prompt": pa.array([None] * n, pa.string()),
-    })
+    return trace_table(models, kinds, gap_ms, embed_batch=3)
 
 
 def dispatch_options(max_concurrency: int = 0, bearer: str | None = None,
@@ -75,8 +62,8 @@ def dispatch(url: str, table: pa.Table, loop_name: str, **opts) -> tuple[pa.Tabl
 
 @pytest.mark.parametrize("loop_name", LOOPS)
 def test_error_classes_tokens_and_clock_order(server, loop_name):
-    models = ["ok", "http:500", "http:429", "break", "garble", "nousage", "ok", "garble",
-              "ok", "stall:50"]
+    models = ["ok", "status:500:body", "status:429:body", "cut:2", "badjson", "nousage", "ok",
+              "fewvectors", "ok", "delay:0.05"]
     kinds = ["chat", "chat", "embedding", "chat", "chat", "chat", "embedding", "embedding",
              "completion", "completion"]
     res, hist = dispatch(server.url, trace(models, kinds), loop_name, timeout_s=5.0,
@@ -107,7 +94,7 @@ def test_error_classes_tokens_and_clock_order(server, loop_name):
 @pytest.mark.parametrize("loop_name", LOOPS)
 def test_open_loop_sends_everything_while_the_server_stalls(server, loop_name):
     n = 12
-    res, _ = dispatch(server.url, trace(["stall:400"] * n, ["chat"] * n, gap_ms=5.0),
+    res, _ = dispatch(server.url, trace(["delay:0.4"] * n, ["chat"] * n, gap_ms=5.0),
                       loop_name, connections=1)
     assert res.num_rows == n and res.column("error_class").null_count == n
     # Open loop: the last request left before the first answer arrived.
@@ -117,7 +104,7 @@ def test_open_loop_sends_everything_while_the_server_stalls(server, loop_name):
 @pytest.mark.parametrize("loop_name", LOOPS)
 def test_closed_loop_waits_and_the_wait_shows_as_lag(server, loop_name):
     n = 6
-    res, _ = dispatch(server.url, trace(["stall:60"] * n, ["chat"] * n, gap_ms=1.0),
+    res, _ = dispatch(server.url, trace(["delay:0.06"] * n, ["chat"] * n, gap_ms=1.0),
                       loop_name, max_concurrency=1)
     rows = res.to_pylist()
     for prev, cur in zip(rows, rows[1:]):
@@ -155,7 +142,7 @@ def test_idle_connections_above_the_floor_are_closed(server):
     """A burst opens a connection per request in flight; once they have been idle for 2 s the
     ones above the floor (--connections) are closed, so descriptors follow the load."""
     n = 10
-    table = trace(["stall:300"] * n + ["ok"], ["chat"] * (n + 1), gap_ms=0.1)
+    table = trace(["delay:0.3"] * n + ["ok"], ["chat"] * (n + 1), gap_ms=0.1)
     arrivals = table.column("arrival_ns").to_numpy().copy()
     arrivals[-1] = 3_500_000_000                # well after the burst's connections idle 2 s
     table = table.set_column(0, "arrival_ns", pa.array(arrivals))
@@ -173,7 +160,7 @@ def test_idle_connections_above_the_floor_are_closed(server):
 
 
 def test_timeout_is_counted_not_raised(server):
-    res, _ = dispatch(server.url, trace(["stall:3000", "ok"], ["chat", "chat"]), "uvloop",
+    res, _ = dispatch(server.url, trace(["stall:3", "ok"], ["chat", "chat"]), "uvloop",
                       timeout_s=0.3)
     rows = res.to_pylist()
     assert rows[0]["error_class"] == "timeout" and rows[0]["status"] == 0

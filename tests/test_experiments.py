@@ -12,7 +12,7 @@ import pytest
 
 from cpbench.cli import main
 from cpbench.errors import ConfigError, TargetError
-from cpbench.experiments.compare import parse_floats, parse_list
+from cpbench.experiments.runs import parse_floats, parse_list
 from cpbench.experiments.control import PolicyAdmin, Progress, format_table, wait_idle
 
 BURST = Path(__file__).resolve().parents[1] / "traces" / "burst.arrow"

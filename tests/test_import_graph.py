@@ -31,3 +31,15 @@ def test_the_tool_exits_0_and_prints_the_map():
                           capture_output=True, text=True, timeout=60)
     assert proc.returncode == 0, proc.stdout
     assert "cpbench.replaying.child -> " in proc.stdout and " 0 cycles" in proc.stdout
+
+
+def test_leaf_modules_import_nothing_of_cpbench_above_them():
+    """The modules that exist to cut cycles stay leaves: vocabulary, errors, atomic writes,
+    redaction, stored calibration, length specs."""
+    edges = import_graph.graph()
+    leaves = {"cpbench.record.lengths": {"cpbench.errors"},
+              "cpbench.vocab": set(), "cpbench.errors": set(), "cpbench.atomic": set(),
+              "cpbench.redact": set(), "cpbench.calibration": {"cpbench.errors",
+                                                              "cpbench.atomic"}}
+    for name, allowed in leaves.items():
+        assert edges[name] <= allowed, (name, edges[name] - allowed)

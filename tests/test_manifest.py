@@ -217,3 +217,17 @@ def test_verify_matches_the_runs_of_two_run_trees(tmp_path):
     (tmp_path / "empty").mkdir()
     with pytest.raises(ConfigError, match="does not exist"):
         manifest.verify(tmp_path / "a", tmp_path / "empty")
+
+
+def test_a_trace_hash_the_caller_has_is_recorded_not_computed_again(tmp_path, monkeypatch):
+    """A replay hashes its trace once and hands the digest to the manifest, so manifest.json
+    and summary.run carry the same value by construction."""
+    import cpbench.trace
+
+    def no_hashing(path):
+        raise AssertionError("the trace was hashed a second time")
+    monkeypatch.setattr(cpbench.trace, "sha256_file", no_hashing)
+    built = manifest.build_manifest(options={}, trace_path=tmp_path / "t.arrow", seed=3,
+                                    target_url=None, server_info=None,
+                                    trace_sha256="ab" * 32)
+    assert built["workload"]["trace_sha256"] == "ab" * 32

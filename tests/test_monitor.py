@@ -18,16 +18,9 @@ from cpbench.monitor import MONITOR_SCHEMA, MonitorSet, read_monitor
 from cpbench.monitor.client import ClientCpuSampler, process_tree, read_proc_stat
 from cpbench.monitor.gpu import GpuSampler
 from cpbench.monitor.store import SampleBuffer, write_monitor
+from support import wait_until
 
 
-def wait_until(predicate, timeout_s: float = 10.0) -> bool:
-    """Poll ``predicate`` until true or ``timeout_s`` passed (a bound, not an assertion)."""
-    deadline = time.monotonic() + timeout_s
-    while time.monotonic() < deadline:
-        if predicate():
-            return True
-        time.sleep(0.01)
-    return predicate()
 
 
 # --- a fake NVML -------------------------------------------------------------------------

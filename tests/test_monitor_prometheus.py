@@ -20,6 +20,7 @@ from cpbench.monitor.prometheus import (
     DEFAULT_SERIES, PrometheusScraper, SeriesSelector, metrics_url, parse_selected,
     redact_url, select_lines, series_name,
 )
+from support import wait_until
 
 VLLM_PAGE = """\
 # HELP vllm:num_requests_running Number of requests in model execution batches.
@@ -146,13 +147,6 @@ def server():
     srv.close()
 
 
-def wait_until(predicate, timeout_s: float = 10.0) -> bool:
-    deadline = time.monotonic() + timeout_s
-    while time.monotonic() < deadline:
-        if predicate():
-            return True
-        time.sleep(0.01)
-    return predicate()
 
 
 RUNNING = 'vllm:num_requests_running{engine="0",model_name="m"}'
@@ -222,14 +216,6 @@ def test_timed_out_scrape_error_text(server):
 
 # --- against the embedded control plane ---------------------------------------------------
 
-def _sim_available() -> str | None:
-    try:
-        import cpbench.sim.server  # noqa: F401
-    except ImportError as exc:
-        return f"cpbench sim is not importable yet: {exc}"
-    return None
-
-
 def _chat(url: str) -> int:
     body = json.dumps({"model": "cpbench-llm-7b", "max_tokens": 20,
                        "messages": [{"role": "user", "content": "hello there"}]}).encode()
@@ -241,7 +227,6 @@ def _chat(url: str) -> int:
 
 
 @pytest.mark.integration
-@pytest.mark.skipif(_sim_available() is not None, reason=str(_sim_available()))
 def test_scrape_cpbench_sim_under_load(tmp_path):
     # Two sequences at a time, 50 ms per decode step: six 20-token chats keep the engine
     # full and the queue non-empty for about three seconds.

@@ -20,7 +20,8 @@ from pathlib import Path
 import pyarrow as pa
 import pytest
 
-from faulty_server import FaultyServer, write_trace_for
+from support import write_trace_for
+from support.faulty_server import FaultyServer
 
 pytestmark = pytest.mark.integration
 ROOT = Path(__file__).resolve().parents[1]

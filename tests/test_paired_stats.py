@@ -10,7 +10,7 @@ import pyarrow.ipc as ipc
 import pytest
 
 from cpbench.errors import ConfigError
-from cpbench.experiments.stats import (RunArrays, bootstrap_mean_ci, find_knee, load_run,
+from cpbench.experiments.stats import (RunArrays, bootstrap_mean_ci, find_knee, run_arrays,
                                        paired_comparison, repeat_spread, run_metrics, verdict)
 
 
@@ -94,7 +94,7 @@ def test_join_on_row_ignores_order_and_missing_rows():
     lost = _run(cand.row[keep][::-1], cand.kind[keep][::-1], cand.priority[keep][::-1],
                 cand.slo_met[keep][::-1], cand.latency_ms["ttft_from_intended"][keep][::-1],
                 cand.latency_ms["e2e_from_intended"][keep][::-1])
-    order = np.argsort(lost.row)  # load_run sorts by row; emulate it
+    order = np.argsort(lost.row)  # run_arrays sorts by row; emulate it
     lost = _run(lost.row[order], lost.kind[order], lost.priority[order], lost.slo_met[order],
                 lost.latency_ms["ttft_from_intended"][order],
                 lost.latency_ms["e2e_from_intended"][order])
@@ -145,14 +145,19 @@ def test_bad_arguments_raise_config_error():
         paired_comparison({"fifo": [base]}, baseline="fifo", confidence=1.5)
 
 
-def test_load_run_reads_results_file_and_drops_warmup(tmp_path):
+def test_run_arrays_reads_results_file_and_drops_warmup(tmp_path):
+    """Per-request latencies by the summary's definitions (request_latencies_ns)."""
     d = pa.dictionary(pa.int32(), pa.string())
     table = pa.table({
         "row": pa.array([2, 0, 1], pa.int64()),
         "kind": pa.array(["chat", "embedding", "chat"]).dictionary_encode().cast(d),
         "priority": pa.array(["HIGH", "LOW", "HIGH"]).dictionary_encode().cast(d),
         "intended_ns": pa.array([0, 0, 0], pa.int64()),
+        "sent_ns": pa.array([1_000, 0, 0], pa.int64()),
         "first_token_ns": pa.array([5_000_000, None, 2_000_000], pa.int64()),
+        "output_tokens": pa.array([3, 0, 2], pa.int32()),
+        "slo_ttft_met": pa.array([True, False, False]),
+        "slo_e2e_met": pa.array([True, False, False]),
         "done_ns": pa.array([9_000_000, 1_000_000, 4_000_000], pa.int64()),
         "error_class": pa.array([None, "timeout", None]).dictionary_encode().cast(d),
         "slo_met": pa.array([True, False, False]),
@@ -160,7 +165,7 @@ def test_load_run_reads_results_file_and_drops_warmup(tmp_path):
     })
     with ipc.new_file(str(tmp_path / "results.arrow"), table.schema) as w:
         w.write_table(table)
-    run = load_run(tmp_path)
+    run = run_arrays(tmp_path)
     assert run.row.tolist() == [0, 2]
     assert run.kind.tolist() == ["embedding", "chat"]
     assert math.isnan(run.latency_ms["ttft_from_intended"][0])
@@ -169,7 +174,7 @@ def test_load_run_reads_results_file_and_drops_warmup(tmp_path):
     m = run_metrics(run)
     assert m["slo_attainment_pct"] == 50.0 and m["ttft_from_intended_p50_ms"] == 5.0
     with pytest.raises(ConfigError, match="result directory"):
-        load_run(tmp_path / "missing")
+        run_arrays(tmp_path / "missing")
 
 
 def _step(knee: float, calls: list):
@@ -305,3 +310,18 @@ def test_keep_up_counts_completions_per_send_in_the_second_half():
     behind = np.where(sent >= 50 * 10**9, -1, kept)           # nothing sent later completes
     assert keep_up_pct(sent, behind) == pytest.approx(100.0 * 2 / 50)
     assert math.isnan(keep_up_pct(np.array([], np.int64), np.array([], np.int64)))
+
+
+def test_run_metrics_are_the_summarys_percentiles(tmp_path):
+    """One definition: the per-run figures of compare/sweep are nearest-rank percentiles of
+    the same latencies summary.json reports (there within its histograms' 4.9e-4 bound)."""
+    import json
+
+    from support.result_dirs import make_result_dir
+    d = make_result_dir(tmp_path / "run", n_requests=400, seed=4, monitor=False)
+    summary = json.loads((d / "summary.json").read_text())
+    m = run_metrics(run_arrays(d))
+    for metric in ("ttft_from_intended", "e2e_from_intended"):
+        for p in (50, 99):
+            assert m[f"{metric}_p{p}_ms"] == pytest.approx(
+                summary["latency_ms"][metric][f"p{p}"], rel=5e-4), (metric, p)

@@ -2,7 +2,7 @@
 filesystem, and file-descriptor exhaustion.
 
 Each run is the real ``python -m cpbench replay`` against the raw-socket server of
-``tests/faulty_server.py`` (which counts the requests it received), so "every completed request
+``tests/support/faulty_server.py`` (which counts the requests it received), so "every completed request
 is in results.arrow exactly once" is checked against what the server actually saw.
 """
 from __future__ import annotations
@@ -18,7 +18,8 @@ from pathlib import Path
 import pyarrow as pa
 import pytest
 
-from faulty_server import FaultyServer, check_accounting, load_run, write_trace_for
+from support import check_accounting, read_run, write_trace_for
+from support.faulty_server import FaultyServer
 
 pytestmark = pytest.mark.integration
 
@@ -75,7 +76,7 @@ def test_signal_mid_run_keeps_every_completed_request(tmp_path, sig):
         rc, _, err = _finish(proc)
         received = server.requests
     assert rc == 130, err
-    table, summary = load_run(tmp_path / "out")
+    table, summary = read_run(tmp_path / "out")
     classes = check_accounting(table, summary)
     # Everything the server received was answered within the grace period and recorded once.
     assert table.num_rows == received and classes == {None: received}
@@ -95,7 +96,7 @@ def test_killed_worker_run_completes_marked_degraded(tmp_path):
         os.kill(workers[1], signal.SIGKILL)
         rc, _, err = _finish(proc)
     assert rc == 130 and "worker(s) [1] exited before finishing" in err, err
-    table, summary = load_run(tmp_path / "out")
+    table, summary = read_run(tmp_path / "out")
     check_accounting(table, summary)
     rows = table.column("row").to_pylist()
     # Worker 0 (every even row) carried on to the end: all of its requests, once each.
@@ -156,7 +157,7 @@ def test_fd_exhaustion_says_what_to_raise(tmp_path):
         proc = _start(trace, tmp_path / "out", server.url, "--timeout", "20", nofile=256)
         rc, out, err = _finish(proc, timeout_s=120)
     assert rc == 0, err
-    table, summary = load_run(tmp_path / "out")
+    table, summary = read_run(tmp_path / "out")
     classes = check_accounting(table, summary, n)
     assert classes.get(None, 0) > 0 and classes.get("connect", 0) > 0
     assert set(classes) <= {None, "connect"}

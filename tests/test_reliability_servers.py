@@ -3,13 +3,13 @@ failure is counted under the right error class, and the report shows it.
 
 Two kinds of misbehaving target: ``cpbench sim`` with its seeded fault modes (errors, stalls,
 disconnects, malformed chunks; counts checked against the sim's own fault counters), and the
-raw-socket ``tests/faulty_server.py`` for what a real server library would never do (row by row:
-each trace row names the fault it gets, so the test knows which class every row must have).
+raw-socket ``tests/support/faulty_server.py`` for what a real server library would never do
+(row by row: each trace row names the fault it gets, so the test knows which class every row
+must have).
 Runs go through the real CLI (``python -m cpbench replay``) with two worker processes.
 """
 from __future__ import annotations
 
-import json
 import re
 import signal
 import subprocess
@@ -20,8 +20,9 @@ from collections import Counter
 
 import pytest
 
-from faulty_server import (FaultyServer, check_accounting, check_report_shows, load_run,
-                           run_cli, write_trace_for)
+from support import (check_accounting, check_report_shows, read_run, run_cli, wait_ready_file,
+                     write_trace_for)
+from support.faulty_server import FaultyServer
 
 pytestmark = pytest.mark.integration
 
@@ -37,7 +38,9 @@ MIXED = {
     "stall:4": ("timeout", "timeout"),          # stall before headers, past --timeout 1.5
     "cut:2": ("stream_broken", None),           # stream cut after 2 content chunks
     "nodata": ("bad_payload", None),            # SSE events without `data:`
-    "badjson": ("bad_payload", None),           # one event of invalid JSON
+    "badjson": ("bad_payload", "bad_payload"),  # an event / the body not JSON
+    "fewvectors": (None, "bad_payload"),        # one embedding short of the inputs
+    "nousage": (None, None),                    # no usage event: tokens counted
     "bigchunk": (None, None),                   # one 1 MB content event
     "neverend": ("timeout", None),              # a chunk every 50 ms, forever
     "slowloris": ("timeout", "timeout"),        # one byte per second
@@ -69,7 +72,7 @@ def test_raw_server_faults_each_request_once_under_its_class(tmp_path):
     with FaultyServer() as server:
         proc = _replay(trace, tmp_path / "out", server.url)
     assert proc.returncode == 0, proc.stderr
-    table, summary = load_run(tmp_path / "out")
+    table, summary = read_run(tmp_path / "out")
     classes = check_accounting(table, summary, n)
     assert _expected(table, MIXED) == []
     statuses = Counter(zip(table.column("model").to_pylist(), table.column("status").to_pylist()))
@@ -88,10 +91,15 @@ def test_raw_server_faults_each_request_once_under_its_class(tmp_path):
 @pytest.mark.parametrize("fault,want", [
     ("split", (None, None)),
     ("gzip", ("bad_payload", "bad_payload")),
+    ("badlength:-5", ("bad_payload", "bad_payload")),
+    ("badlength:12abc", ("bad_payload", "bad_payload")),
+    ("badchunk", ("bad_payload", "bad_payload")),
 ])
 def test_raw_server_framing_faults(tmp_path, fault, want, loop):
     """An SSE stream whose chunks and events cross TCP reads (7-byte writes) is read correctly;
-    a gzip-encoded garbage body the client never asked for is a bad payload. Both event loops:
+    a gzip-encoded garbage body the client never asked for, a Content-Length that is not a
+    number and a chunk size that is not hexadecimal are bad payloads, with no traceback in the
+    log. Both event loops:
     they hand the parser differently sized reads."""
     table_of = {"ok": (None, None), fault: want}
     trace = write_trace_for(tmp_path / "t.arrow", ["ok", fault], 24, gap_ms=25)
@@ -99,7 +107,7 @@ def test_raw_server_framing_faults(tmp_path, fault, want, loop):
         proc = _replay(trace, tmp_path / "out", server.url, "--no-report", "--loop", loop)
     assert proc.returncode == 0, proc.stderr
     assert "Fatal error" not in proc.stderr, proc.stderr
-    table, summary = load_run(tmp_path / "out")
+    table, summary = read_run(tmp_path / "out")
     classes = check_accounting(table, summary, 24)
     assert _expected(table, table_of) == []
     check_report_shows(tmp_path / "out", classes)
@@ -112,7 +120,7 @@ def test_connection_refused_mid_run(tmp_path):
     with FaultyServer("refuse-after:30") as server:
         proc = _replay(trace, tmp_path / "out", server.url, "--no-report")
     assert proc.returncode == 0, proc.stderr
-    table, summary = load_run(tmp_path / "out")
+    table, summary = read_run(tmp_path / "out")
     classes = check_accounting(table, summary, 100)
     assert classes == {None: 30, "connect": 70}
 
@@ -122,7 +130,7 @@ def test_server_that_accepts_and_never_reads(tmp_path):
     with FaultyServer("accept-never-read") as server:
         proc = _replay(trace, tmp_path / "out", server.url, "--no-report")
     assert proc.returncode == 0, proc.stderr
-    table, summary = load_run(tmp_path / "out")
+    table, summary = read_run(tmp_path / "out")
     classes = check_accounting(table, summary, 20)
     assert classes == {"timeout": 20}
     check_report_shows(tmp_path / "out", classes)
@@ -140,7 +148,7 @@ def test_max_error_ratio_stops_early_with_exit_3(tmp_path):
     lines = proc.stderr.strip().splitlines()
     assert len(lines) == 1 and "--max-error-ratio 0.2" in lines[0], lines
     assert str(tmp_path / "out") in lines[0]
-    table, summary = load_run(tmp_path / "out")
+    table, summary = read_run(tmp_path / "out")
     check_accounting(table, summary)
     assert 100 <= table.num_rows < n            # stopped early, after the 100-request floor
     assert summary["run"]["interrupted"] is True
@@ -153,7 +161,7 @@ def test_errors_under_the_ratio_exit_0_and_are_counted_on_the_console(tmp_path):
         proc = _replay(trace, tmp_path / "out", server.url, "--max-error-ratio", "0.5",
                        "--no-report")
     assert proc.returncode == 0, proc.stderr
-    table, summary = load_run(tmp_path / "out")
+    table, summary = read_run(tmp_path / "out")
     assert check_accounting(table, summary, 120) == {None: 108, "http_5xx": 12}
     assert "errors 12 (http_5xx 12)" in proc.stdout
 
@@ -175,12 +183,7 @@ def _start_sim(tmp_path, *flags):
     proc = subprocess.Popen([sys.executable, "-m", "cpbench", "sim", "--port", "0",
                              "--ready-file", str(ready), "--seed", "7", *flags],
                             stdout=subprocess.DEVNULL, stderr=log)
-    deadline = time.monotonic() + 30
-    while not ready.exists():
-        assert proc.poll() is None and time.monotonic() < deadline, \
-            (tmp_path / "sim.log").read_text()
-        time.sleep(0.05)
-    return proc, json.loads(ready.read_text())["url"]
+    return proc, wait_ready_file(proc, ready)["url"]
 
 
 def _stop(proc) -> None:
@@ -215,7 +218,7 @@ def test_sim_errors_and_disconnects_counted_exactly(tmp_path):
     finally:
         _stop(sim)
     assert proc.returncode == 0, proc.stderr
-    table, summary = load_run(tmp_path / "out")
+    table, summary = read_run(tmp_path / "out")
     classes = check_accounting(table, summary, n)
     status = Counter(table.column("status").to_pylist())
     assert injected["error"] > 0 and injected["disconnect"] > 0
@@ -240,7 +243,7 @@ def test_sim_malformed_chunks_and_stalls_past_the_timeout(tmp_path):
     finally:
         _stop(sim)
     assert proc.returncode == 0, proc.stderr
-    table, summary = load_run(tmp_path / "out")
+    table, summary = read_run(tmp_path / "out")
     classes = check_accounting(table, summary, n)
     assert classes.get("timeout", 0) == injected["stall"] > 0
     # A malformed mark on a request that had already timed out is never seen by the client.

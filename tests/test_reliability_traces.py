@@ -466,7 +466,8 @@ def test_good_trace_written_by_cpbench_passes_both(tmp_path, harness):
 
 @pytest.mark.integration
 def test_extra_columns_warned_once_by_a_real_replay(tmp_path):
-    from faulty_server import FaultyServer, load_run, run_cli
+    from support import read_run, run_cli
+    from support.faulty_server import FaultyServer
 
     cols = good_columns()
     cols["tenant"] = pa.array(["a"] * N_ROWS)
@@ -475,6 +476,6 @@ def test_extra_columns_warned_once_by_a_real_replay(tmp_path):
         proc = run_cli("replay", str(path), "--url", server.url, "-o", str(tmp_path / "out"),
                        "--workers", "2", "--quiet", "--no-report")
     assert proc.returncode == 0, proc.stderr
-    table, _ = load_run(tmp_path / "out")
+    table, _ = read_run(tmp_path / "out")
     assert table.num_rows == N_ROWS
     assert sum("tenant" in ln for ln in proc.stderr.splitlines()) == 1, proc.stderr

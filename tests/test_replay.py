@@ -1,6 +1,6 @@
 """`cpbench replay` end to end: the real CLI in a subprocess against real loopback servers
-(the fault-injecting aiohttp server of test_replay_server.py, and the embedded sim), asserting
-on the files it writes."""
+(the fault-injecting server of tests/support/faulty_server.py, and the embedded sim),
+asserting on the files it writes."""
 from __future__ import annotations
 
 import json
@@ -12,14 +12,12 @@ import sys
 import time
 from pathlib import Path
 
-import numpy as np
-import pyarrow as pa
 import pytest
 
 from cpbench.results import read_results
 from cpbench.summary import decode_histogram
-from cpbench.trace import write_trace
-from test_replay_server import TOKENS, ServerThread
+from support import run_cli, write_table_trace
+from support.faulty_server import TOKENS, FaultyServer
 
 pytestmark = pytest.mark.integration
 ROOT = Path(__file__).resolve().parents[1]
@@ -27,40 +25,25 @@ ROOT = Path(__file__).resolve().parents[1]
 
 @pytest.fixture(scope="module")
 def server():
-    srv = ServerThread().start()
-    yield srv
-    srv.stop()
+    with FaultyServer() as srv:
+        yield srv
 
 
 def make_trace(path: Path, models: list[str], kinds: list[str], gap_ms: float = 2.0,
                priorities: list[str] | None = None) -> Path:
-    n = len(models)
-    llm = [k != "embedding" for k in kinds]
-    table = pa.table({
-        "arrival_ns": pa.array((np.arange(n) * gap_ms * 1e6).astype(np.int64)),
-        "kind": pa.array(kinds).dictionary_encode(),
-        "model": pa.array(models).dictionary_encode(),
-        "input_tokens": pa.array([6] * n, pa.int32()),
-        "output_tokens": pa.array([TOKENS if x else None for x in llm], pa.int32()),
-        "batch_size": pa.array([1 if x else 2 for x in llm], pa.int16()),
-        "priority": pa.array(priorities or ["NORMAL"] * n).dictionary_encode(),
-    })
-    write_trace(table, path, metadata={"generator": "tests", "params": {}, "seed": None,
-                                       "source": "synthetic"})
-    return path
+    return write_table_trace(path, models, kinds, gap_ms, priorities=priorities)
 
 
-def cpbench(*args: str, env: dict | None = None, timeout: float = 60) -> subprocess.CompletedProcess:
-    return subprocess.run([sys.executable, "-m", "cpbench", *map(str, args)], cwd=ROOT,
-                          capture_output=True, text=True, timeout=timeout,
-                          env={**os.environ, **(env or {})})
+def cpbench(*args, env: dict | None = None, timeout: float = 60) -> subprocess.CompletedProcess:
+    return run_cli(*args, timeout_s=timeout, env={**os.environ, **(env or {})}, cwd=ROOT)
 
 
 def summary_of(out: Path) -> dict:
     return json.loads((out / "summary.json").read_text())
 
 
-MIXED = (["ok", "http:503", "ok", "http:404", "break", "garble", "nousage", "ok"] * 5,
+MIXED = (["ok", "status:503:body", "ok", "status:404:body", "cut:2", "badjson", "nousage",
+          "ok"] * 5,
          ["chat", "chat", "embedding", "embedding", "chat", "completion", "chat",
           "completion"] * 5)
 EXPECTED = [None, "http_5xx", None, "http_4xx", "stream_broken", "bad_payload", None, None] * 5
@@ -84,6 +67,8 @@ def test_replay_writes_results_summary_and_table(server, tmp_path, loop):
     assert run_meta["target"] == server.url and run_meta["workers"] == 2
     summary = summary_of(out)
     assert summary["run"]["interrupted"] is False
+    recorded = json.loads((out / "manifest.json").read_text())["workload"]["trace_sha256"]
+    assert recorded == summary["run"]["trace_sha256"] and len(recorded) == 64
     assert summary["requests"]["sent"] == n - 8 and summary["requests"]["warmup"] == 8
     assert summary["requests"]["by_error_class"]["http_5xx"] == 4     # warm-up rows excluded
     assert summary["latency_ms"]["ttft_from_sent"]["count"] > 0
@@ -115,7 +100,7 @@ def test_multi_worker_merge_is_exact(server, tmp_path):
 
 def test_stalled_server_separates_from_intended_and_from_sent(server, tmp_path):
     n = 8
-    trace = make_trace(tmp_path / "t.arrow", ["stall:150"] * n, ["chat"] * n, gap_ms=5.0)
+    trace = make_trace(tmp_path / "t.arrow", ["delay:0.15"] * n, ["chat"] * n, gap_ms=5.0)
     out = tmp_path / "out"
     # Two workers asked, a cap of one: the cap wins (one worker holds it).
     proc = cpbench("replay", trace, "--url", server.url, "-o", out, "--workers", 2,
@@ -210,7 +195,7 @@ def test_bad_input_exits_2_without_traceback(server, tmp_path):
 
 def test_max_error_ratio_stops_with_exit_3_and_writes_everything(server, tmp_path):
     n = 400
-    trace = make_trace(tmp_path / "t.arrow", ["http:500"] * n, ["chat"] * n, gap_ms=5.0)
+    trace = make_trace(tmp_path / "t.arrow", ["status:500:body"] * n, ["chat"] * n, gap_ms=5.0)
     out = tmp_path / "out"
     proc = cpbench("replay", trace, "--url", server.url, "-o", out, "--max-error-ratio", 0.5,
                    "--workers", 1, "--no-report", "--quiet")

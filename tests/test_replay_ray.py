@@ -14,11 +14,12 @@ from pathlib import Path
 import pyarrow.ipc as ipc
 import pytest
 
+from support.faulty_server import TOKENS
+
 from cpbench.results import read_results
 from cpbench.summary import decode_histogram
 
 ROOT = Path(__file__).resolve().parents[1]
-TOKENS = 8                       # tests/test_replay_server.py: tokens per streamed answer
 
 
 def _netns_ok() -> bool:

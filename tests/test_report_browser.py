@@ -21,8 +21,8 @@ from pathlib import Path
 import pytest
 
 from cpbench.reporting import write_report
-from report_fixtures import make_result_dir
-from test_report import replay_for_report
+from support import replay_for_report
+from support.result_dirs import make_result_dir
 
 CHROMIUM = shutil.which("chromium") or shutil.which("chromium-browser")
 pytestmark = [

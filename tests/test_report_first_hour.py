@@ -40,7 +40,7 @@ def _run_dir(tmp_path, **run):
     import sys
     from pathlib import Path
     sys.path.insert(0, str(Path(__file__).parent))
-    from report_fixtures import make_result_dir
+    from support.result_dirs import make_result_dir
     d = make_result_dir(tmp_path / "run")
     summary = json.loads((d / "summary.json").read_text())
     summary["run"].update(run)

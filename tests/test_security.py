@@ -30,7 +30,8 @@ from pathlib import Path
 import pytest
 
 import cpbench
-from faulty_server import FaultyServer, load_run, run_cli, write_trace_for
+from support import read_run, run_cli, wait_ready_file, write_trace_for
+from support.faulty_server import FaultyServer
 
 KEY = "sk-cpbench-PLANTED-7f3a9c2e5b814d06"
 USER, PASSWORD = "alice", "pw-PLANTED-91c0ffee"
@@ -73,7 +74,7 @@ def test_api_key_and_url_credentials_never_written(tmp_path):
     assert proc.returncode == 0, proc.stderr
     # The key was really used (so not finding it below means something).
     assert f"Authorization: Bearer {KEY}".encode() in heads
-    table, summary = load_run(out)
+    table, summary = read_run(out)
     assert table.num_rows == 40
     assert {"results.arrow", "summary.json", "report.html", "report.md"} <= {
         p.name for p in out.iterdir()}
@@ -82,6 +83,29 @@ def test_api_key_and_url_credentials_never_written(tmp_path):
     assert summary["run"]["target"] == server.url
     # A report made later, from the saved directory.
     rep = run_cli("report", str(out), "-o", str(tmp_path / "again.html"), env=_env())
+    assert rep.returncode == 0, rep.stderr
+    assert _leaks((tmp_path / "again.html").read_bytes(), rep.stdout, rep.stderr) == []
+
+
+@pytest.mark.integration
+def test_secret_in_url_query_never_written(tmp_path):
+    """``--url 'http://host/?api_key=sk-...'``: the key reaches none of the files a run and a
+    later report write, only the redacted marker does."""
+    trace = write_trace_for(tmp_path / "t.arrow", ["ok", "status:500:body"], 20, gap_ms=10)
+    out = tmp_path / "out"
+    with FaultyServer() as server:
+        url = f"{server.url}/?api_key={KEY}&region=eu"
+        proc = run_cli("replay", str(trace), "--url", url, "-o", str(out), "--workers", "1",
+                       env=dict(os.environ))
+    assert proc.returncode == 0, proc.stderr
+    written = {p.name for p in out.iterdir()}
+    assert {"results.arrow", "summary.json", "report.html", "report.md",
+            "manifest.json"} <= written
+    assert _files_with_secrets(out) == {}
+    assert _leaks(proc.stdout, proc.stderr) == []
+    _, summary = read_run(out)
+    assert summary["run"]["target"] == f"{server.url}/?api_key=<redacted>&region=eu"
+    rep = run_cli("report", str(out), "-o", str(tmp_path / "again.html"), env=dict(os.environ))
     assert rep.returncode == 0, rep.stderr
     assert _leaks((tmp_path / "again.html").read_bytes(), rep.stdout, rep.stderr) == []
 
@@ -116,11 +140,7 @@ def test_capture_proxy_never_stores_the_key(tmp_path, url_creds, client_key):
              "--upstream", upstream, "-o", str(out), "--ready-file", str(ready)],
             stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, env=_env())
         try:
-            deadline = time.monotonic() + 30
-            while not ready.exists():
-                assert proc.poll() is None and time.monotonic() < deadline, proc.communicate()
-                time.sleep(0.05)
-            url = json.loads(ready.read_text())["url"]
+            url = wait_ready_file(proc, ready)["url"]
             assert url.startswith("http://127.0.0.1:")       # --listen :PORT means loopback
             assert _listen_addresses(int(url.rsplit(":", 1)[1])) == {"127.0.0.1"}
             headers = {"Content-Type": "application/json"}
@@ -174,11 +194,7 @@ def test_sim_listens_on_loopback_by_default(tmp_path):
                              "--ready-file", str(ready)],
                             stdout=subprocess.DEVNULL, stderr=subprocess.PIPE)
     try:
-        deadline = time.monotonic() + 30
-        while not ready.exists():
-            assert proc.poll() is None and time.monotonic() < deadline
-            time.sleep(0.05)
-        url = json.loads(ready.read_text())["url"]
+        url = wait_ready_file(proc, ready)["url"]
         assert url.startswith("http://127.0.0.1:")
         assert _listen_addresses(int(url.rsplit(":", 1)[1])) == {"127.0.0.1"}
     finally:
@@ -272,7 +288,7 @@ def test_report_escapes_markup_from_traces_and_servers(tmp_path):
         proc = run_cli("replay", str(trace), "--url", server.url, "-o", str(out),
                        "--workers", "2")
     assert proc.returncode == 0, proc.stderr
-    table, _ = load_run(out)
+    table, _ = read_run(out)
     details = [d for d in table.column("error_detail").to_pylist() if d]
     assert any(XSS_SCRIPT in d for d in details) and any(XSS_IMG in d for d in details)
     html = (out / "report.html").read_text()

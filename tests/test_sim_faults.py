@@ -19,6 +19,7 @@ import pytest
 
 from cpbench.sim import FaultConfig, SimConfig, running_sim
 from cpbench.sim.config import LLMEngineConfig
+from support import wait_ready_file
 
 pytestmark = pytest.mark.integration
 MODEL = "cpbench-llm-7b"
@@ -157,13 +158,7 @@ def _start_cli(tmp_path: Path, *args: str) -> tuple[subprocess.Popen, dict]:
     proc = subprocess.Popen([sys.executable, "-m", "cpbench", "sim", "--port", "0",
                              "--ready-file", str(ready), *args], cwd=ROOT,
                             stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
-    deadline = time.monotonic() + 30
-    while not ready.exists():
-        if proc.poll() is not None or time.monotonic() > deadline:
-            proc.kill()
-            pytest.fail(f"sim did not become ready: {proc.communicate()}")
-        time.sleep(0.05)
-    return proc, json.loads(ready.read_text())
+    return proc, wait_ready_file(proc, ready)
 
 
 @pytest.mark.parametrize("sig", [signal.SIGTERM, signal.SIGINT])

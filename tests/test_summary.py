@@ -124,7 +124,7 @@ def test_latencies_from_intended_and_from_sent(summary):
     lat = summary["latency_ms"]
     assert set(lat) == {"ttft_from_sent", "ttft_from_intended", "e2e_from_sent",
                         "e2e_from_intended", "itl"}
-    assert lat["ttft_from_sent"] == {"count": 3, "mean": pytest.approx(3_500 / 3 / 1e6),
+    assert lat["ttft_from_sent"] == {"count": 3, "underflow": 0, "overflow": 0, "mean": pytest.approx(3_500 / 3 / 1e6),
                                      "min": 0.001, "max": 0.0013, "p50": 0.0012,
                                      "p90": 0.0013, "p95": 0.0013, "p99": 0.0013,
                                      "p99.9": 0.0013}
@@ -139,7 +139,27 @@ def test_latencies_from_intended_and_from_sent(summary):
     # Lags 100, 0, 200, 0 ns; the warmup row is excluded.
     assert summary["dispatch_lag_ms"] == {"p50": 0.0, "p90": 0.0002, "p95": 0.0002,
                                           "p99": 0.0002, "p99.9": 0.0002, "max": 0.0002,
-                                          "mean": 0.000075}
+                                          "mean": 0.000075, "overflow": 0}
+
+
+def test_latencies_outside_the_histogram_range_are_counted_not_dropped():
+    """Under 1 us and over 1 h: counted as underflow/overflow in each latency block (and in
+    count, min, max), so a reader of summary.json sees them without decoding histograms."""
+    hour_ns = 3_600 * 10**9
+    rows = [row("chat", "HIGH", 0, 0, 500, 2_000, 1, flags=(True,) * 3),           # TTFT 500 ns
+            row("chat", "HIGH", 0, 0, 1_500, hour_ns + 5_000, 1),                  # e2e > 1 h
+            row("chat", "HIGH", 0, 0, 1_200, 1_900, 1, flags=(True,) * 3)]
+    out = summarize(results_table(rows), run=RUN, slice_s=3_600.0)
+    ttft, e2e = out["latency_ms"]["ttft_from_sent"], out["latency_ms"]["e2e_from_sent"]
+    assert (ttft["count"], ttft["underflow"], ttft["overflow"]) == (3, 1, 0)
+    assert ttft["min"] == 0.0005
+    assert (e2e["count"], e2e["underflow"], e2e["overflow"]) == (3, 0, 1)
+    assert e2e["max"] == (hour_ns + 5_000) / 1e6
+    chat = out["by_kind"][0]["latency_ms"]
+    assert chat["ttft_from_intended"]["underflow"] == 1
+    assert chat["e2e_from_intended"]["overflow"] == 1
+    hist = decode_histogram(out, "e2e_from_sent")
+    assert (hist.underflow_count, hist.overflow_count) == (0, 1)
 
 
 def test_by_class_and_by_kind(summary):

@@ -11,7 +11,8 @@ import pytest
 
 from cpbench.cli import main
 from cpbench.errors import ConfigError
-from cpbench.record.synth import parse_length, synth_to_file, synthesize
+from cpbench.record.lengths import parse_length
+from cpbench.record.synth import synth_to_file, synthesize
 from cpbench.trace import describe, read_trace, sha256_file, trace_metadata
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
@@ -105,6 +106,27 @@ def test_empirical_lengths_come_from_the_source():
     assert set(t["input_tokens"].to_pylist()) <= source
 
 
+def test_an_empirical_spec_is_read_through_the_callers_reader_once():
+    """record/lengths reads no file itself: with_pool takes the reader, caches per file and
+    column, and a spec that was never read says so instead of sampling nothing."""
+    import pyarrow as pa
+
+    from cpbench.record.lengths import with_pool
+    calls = []
+
+    def reader(path):
+        calls.append(path)
+        return pa.table({"input_tokens": [7, None, 9]})
+    spec = parse_length("empirical:/nowhere/lengths-test.arrow", what="--input-tokens")
+    with pytest.raises(ValueError, match="was not read"):
+        spec.sample(np.random.default_rng(0), 3)
+    ready = with_pool(spec, reader)
+    assert ready == spec and with_pool(spec, reader).pool is ready.pool
+    assert calls == ["/nowhere/lengths-test.arrow"]
+    assert set(ready.sample(np.random.default_rng(0), 50).tolist()) == {7, 9}
+    assert with_pool(parse_length("fixed:3", what="x"), reader).pool is None
+
+
 def test_lengths_are_capped_and_parsed():
     assert parse_length("512", what="x").describe() == "fixed:512"
     spec = parse_length("lognormal:1000,2,1500", what="x")
@@ -175,6 +197,27 @@ def test_shipped_corpora_build_exact_lengths(kind):
         assert count_tokens(prompt) == n
     assert corpus.build(3, 1).split() == texts[1].split()[:3]
     assert corpus.build(0, 4) == ""
+
+
+@pytest.mark.parametrize("kind", ["llm", "embedding"])
+def test_shipped_corpora_are_package_data(kind):
+    """The corpora live inside the package and are declared package data, so an installed
+    wheel has them (.ci/run checks a real wheel from outside the checkout)."""
+    from pathlib import Path
+
+    try:
+        import tomllib
+    except ImportError:                 # Python 3.10
+        import tomli as tomllib
+
+    import cpbench
+    from cpbench.prompts import corpus_path
+    package = Path(cpbench.__file__).resolve().parent
+    path = Path(corpus_path(kind)).resolve()
+    assert path.is_file() and path.is_relative_to(package)
+    with open(Path(ROOT) / "pyproject.toml", "rb") as f:
+        declared = tomllib.load(f)["tool"]["setuptools"]["package-data"]["cpbench"]
+    assert any(path.relative_to(package).match(glob) for glob in declared)
 
 
 def test_corpus_errors_are_one_line(tmp_path):

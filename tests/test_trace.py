@@ -3,8 +3,6 @@ another exception), and the validate/info CLI."""
 from __future__ import annotations
 
 import json
-import subprocess
-import sys
 import warnings
 
 import numpy as np
@@ -17,6 +15,7 @@ from cpbench.cli import main
 from cpbench.errors import TraceError
 from cpbench.trace import (REQUIRED_COLUMNS, SCHEMA, TRACE_VERSION, describe, read_trace,
                            sha256_file, trace_metadata, validate_table, write_trace)
+from support import run_cli
 
 META = {"generator": "test", "params": {"a": 1}, "seed": 5, "source": "unit"}
 
@@ -211,9 +210,7 @@ def test_describe_counts_rates_and_mix(tmp_path):
     assert info["lengths"]["embedding_batch_size"]["p50"] == 4.0
 
 
-def _cli(*args: str) -> subprocess.CompletedProcess:
-    return subprocess.run([sys.executable, "-m", "cpbench", *args], capture_output=True,
-                          text=True, timeout=60)
+_cli = run_cli
 
 
 def test_validate_and_info_cli(tmp_path, capsys):

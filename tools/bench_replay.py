@@ -1,4 +1,6 @@
-"""Replay dispatcher benchmark against nginx answering with fixed bodies (DESIGN "Performance").
+"""Replay dispatcher benchmark against nginx answering with fixed bodies.
+
+The figures behind docs/design.md ("Our own HTTP/1.1 client") and the README's "Performance".
 
 For chat (a 16-chunk SSE body) and embeddings (a 384-float body), at a ladder of Poisson rates,
 with 1 and 2 worker processes: achieved vs target rate, dispatch lag p50/p99 (sent - intended),

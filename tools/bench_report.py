@@ -1,9 +1,9 @@
 """Benchmark: `cpbench report` on a 10^6-request result directory (target ≤ 15 s, ≤ 8 MB).
 
-Builds a realistic result directory with tests/report_fixtures.py (results.arrow with every
-documented column, summary.json with timeslices and, when the stats core is built, histograms;
-monitor.arrow), then times the real CLI in a fresh process — imports included, as a user
-sees it — and prints a table and writes JSON.
+Builds a realistic result directory with tests/support/result_dirs.py (results.arrow with every
+documented column, summary.json with timeslices and histograms; monitor.arrow), then times the
+real CLI in a fresh process — imports included, as a user sees it — and prints a table and
+writes JSON.
 
     python tools/bench_report.py --requests 1000000 --json bench_report.json
 """
@@ -20,7 +20,7 @@ from pathlib import Path
 ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT / "tests"))
 
-from report_fixtures import make_result_dir  # noqa: E402
+from support.result_dirs import make_result_dir  # noqa: E402
 
 TARGET_S, TARGET_MB = 15.0, 8.0
 

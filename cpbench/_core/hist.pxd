@@ -4,9 +4,11 @@
 #     with nogil:
 #         hist.record_ns(first_token_ns - sent_ns)
 #
-# record_ns is the dispatcher's hot path: no Python objects, no GIL, no checks beyond the
-# range test. Callers must pass v >= 0 (a negative v there is counted as underflow, since a
-# nogil noexcept function cannot raise).
+# record_ns is the per-sample path of record_array (and of any Cython caller): no Python
+# objects, no GIL, no checks beyond the range test. Callers must pass v >= 0 (a negative v
+# there is counted as underflow, since a nogil noexcept function cannot raise). The
+# dispatcher itself is Python: it collects inter-token gaps in an array and hands them to
+# record_array once per flush.
 cimport cython
 from libc.stdint cimport int64_t, uint64_t
 

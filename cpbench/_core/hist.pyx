@@ -169,7 +169,7 @@ cdef class Histogram:
             self._max = v
 
     cdef void record_ns(self, int64_t v) noexcept nogil:
-        # record_ns_n(v, 1) spelled out: the dispatcher's per-token path, no multiply by n.
+        # record_ns_n(v, 1) spelled out: record_array's per-sample path, no multiply by n.
         if <uint64_t>(v - self.lowest_ns) > <uint64_t>(self.highest_ns - self.lowest_ns):
             self._record_out_of_range(v, 1)
         else:

@@ -139,7 +139,8 @@ def add_deployment_args(p: argparse.ArgumentParser) -> None:
 
 
 def run(args: argparse.Namespace) -> int:
-    from cpbench.experiments.compare import compare, parse_list
+    from cpbench.experiments.compare import compare
+    from cpbench.experiments.runs import parse_list
     from cpbench.experiments.targets import parse_targets
 
     deploying = bool(args.targets or args.launch)

@@ -72,7 +72,7 @@ def register(subparsers) -> None:
 
 def run(args: argparse.Namespace) -> int:
     from cpbench.errors import ConfigError
-    from cpbench.experiments.compare import parse_floats, parse_list
+    from cpbench.experiments.runs import parse_floats, parse_list
     from cpbench.experiments.named import experiment
 
     ratios = parse_floats(args.ratios, what="--ratios", allow_zero=True)

@@ -64,7 +64,8 @@ def _mix(text: str) -> dict[str, float]:
 
 
 def _add_synth(sub: argparse._SubParsersAction) -> None:
-    from cpbench.record.synth import DEFAULT_LENGTHS, MODES, PATTERNS
+    from cpbench.record.lengths import DEFAULT_LENGTHS
+    from cpbench.record.synth import MODES, PATTERNS
     p = sub.add_parser("synth", help="synthesize a trace from a spec", epilog=SYNTH_EPILOG,
                        formatter_class=argparse.RawDescriptionHelpFormatter)
     p.add_argument("--pattern", default="poisson", choices=PATTERNS,
@@ -145,7 +146,7 @@ def _synth(args: argparse.Namespace) -> int:
 
 
 def _add_import(sub: argparse._SubParsersAction) -> None:
-    from cpbench.record.synth import DEFAULT_LENGTHS
+    from cpbench.record.lengths import DEFAULT_LENGTHS
     from cpbench.record.importers import FORMATS
     p = sub.add_parser("import", help="convert a public trace (azure, mooncake, burstgpt, "
                        "servegen)", epilog=IMPORT_EPILOG,

@@ -59,7 +59,7 @@ def register(subparsers) -> None:
 
 
 def run(args: argparse.Namespace) -> int:
-    from cpbench.experiments.compare import parse_floats
+    from cpbench.experiments.runs import parse_floats
     from cpbench.experiments.sweep import sweep
 
     rates = parse_floats(args.rates, what="--rates") if args.rates or not args.knee else []

@@ -2,7 +2,8 @@
 
 ``stats`` holds the arithmetic (paired bootstrap, repeat spread, knee search), ``steady``
 whether a probe of a rate search reached a steady state, ``control`` the
-control plane as experiments see it (embedded sim, policy switch, drain, progress),
+control plane as experiments see it (embedded sim, policy switch, drain, progress), ``runs``
+what they all share (option lists, one replay into a run directory, a synthesized trace, JSON),
 ``compare``, ``sweep`` and ``named`` drive runs of ``cpbench.replaying.run`` against one control
 plane and hand their result directories to ``cpbench.reporting``; ``targets`` and ``launch``
 let ``compare`` replay against several deployments instead (``--targets``, ``--launch``).

@@ -22,13 +22,12 @@ from typing import TextIO
 
 from cpbench import __version__
 from cpbench.errors import ConfigError
-from cpbench.experiments.compare import (analyse, check_policies, compare, control_plane,
-                                         output_dir, print_where, replay_one, run_policies,
-                                         write_comparison_report, write_json)
+from cpbench.experiments.compare import analyse, compare, run_policies, write_comparison_report
 from cpbench.experiments.control import Progress, format_table
+from cpbench.experiments.runs import (check_policies, control_plane, output_dir, print_where,
+                                      replay_one, synth_trace, write_json)
 from cpbench.experiments.stats import PRIORITIES
-from cpbench.experiments.sweep import (DEFAULT_PROBE_S, active_policy, sweep, synth_requests,
-                                       synth_trace)
+from cpbench.experiments.sweep import DEFAULT_PROBE_S, active_policy, sweep, synth_requests
 
 EXPERIMENTS = ("throughput", "latency", "slo", "mixed_ratio")
 DEFAULT_RATIOS = (0.0, 0.25, 0.5, 0.75, 1.0)

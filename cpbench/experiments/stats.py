@@ -3,7 +3,9 @@
 Owns the arithmetic only — no server, no files beyond reading ``results.arrow``. Hands the
 experiment drivers (``compare``, ``sweep``) plain dicts ready for ``comparison.json``:
 
-- :func:`load_run` reads one result directory into per-request NumPy arrays;
+- :func:`run_arrays` reads one result directory (:mod:`cpbench.resultdir`) into per-request
+  NumPy arrays, latencies by the summary's own definitions
+  (:func:`cpbench.summary.request_latencies_ns`);
 - :func:`paired_comparison` joins several policies' runs of the *same trace* on the trace
   ``row`` and, per kind and priority, bootstraps (``scipy.stats.bootstrap``, seeded) confidence
   intervals of the candidate-minus-baseline difference in SLO attainment and in latency
@@ -23,10 +25,11 @@ from pathlib import Path
 
 import numpy as np
 import pyarrow as pa
-import pyarrow.ipc as ipc
 import scipy.stats
 
 from cpbench.errors import ConfigError
+from cpbench.resultdir import read_result_dir
+from cpbench.summary import REQUIRED_COLUMNS, request_latencies_ns
 from cpbench.vocab import KINDS, PRIORITIES
 
 NS_PER_MS = 1_000_000
@@ -50,45 +53,32 @@ class RunArrays:
     latency_ms: dict[str, np.ndarray] = field(default_factory=dict)  # NaN = no value (failed)
 
 
-def load_run(result_dir: str | Path) -> RunArrays:
-    """Read ``results.arrow`` of one run; raises ``ConfigError`` when it is missing or unreadable.
+def run_arrays(result_dir: str | Path) -> RunArrays:
+    """One run's ``results.arrow`` as :class:`RunArrays`; ``ConfigError`` when it is missing,
+    unreadable or lacks a column.
 
-    Latency is measured from the *intended* send time (what a user waited); a failed request has
-    NaN latencies and ``slo_met`` False, exactly as the result file says.
+    Latency is measured from the *intended* send time (what a user waited), by the summary's
+    definitions; a failed request has NaN latencies and ``slo_met`` False, exactly as the
+    result file says.
     """
-    path = Path(result_dir)
-    file = path / "results.arrow"
-    try:
-        with pa.memory_map(str(file)) as source:
-            table = ipc.open_file(source).read_all()
-    except (OSError, pa.ArrowInvalid) as exc:
-        raise ConfigError(f"cannot read {str(file)!r}: {exc}; is {str(path)!r} a result "
-                          f"directory written by cpbench replay?") from exc
-    missing = [c for c in ("row", "kind", "priority", "intended_ns", "first_token_ns",
-                           "done_ns", "slo_met", "warmup") if c not in table.column_names]
+    found = read_result_dir(result_dir, need=("results.arrow",),
+                            columns=("row", *REQUIRED_COLUMNS))
+    table = found.results
+    missing = [c for c in ("row", *REQUIRED_COLUMNS) if c not in table.column_names]
     if missing:
-        raise ConfigError(f"{str(file)!r} lacks column(s) {missing}; it was not written by this "
-                          f"version of cpbench replay")
-    warm = table.column("warmup").to_numpy(zero_copy_only=False).astype(bool)
-    table = table.filter(pa.array(~warm))
+        raise ConfigError(f"{found.path / 'results.arrow'} lacks column(s) {missing}; it was "
+                          "not written by this version of cpbench replay")
+    latency_ns = request_latencies_ns(table)        # non-warm-up rows, in table order
+    table = table.filter(pa.array(~table.column("warmup").to_numpy(zero_copy_only=False)))
     order = np.argsort(table.column("row").to_numpy(), kind="stable")
     table = table.take(pa.array(order))
-    intended = table.column("intended_ns").to_numpy().astype(np.int64)
-    first_token = table.column("first_token_ns").fill_null(-1).to_numpy().astype(np.float64)
-    done = table.column("done_ns").fill_null(-1).to_numpy().astype(np.float64)
-    ttft = np.where(first_token >= 0, (first_token - intended) / NS_PER_MS, np.nan)
-    e2e = np.where(done >= 0, (done - intended) / NS_PER_MS, np.nan)
-    if "error_class" in table.column_names:
-        errored = table.column("error_class").is_valid().to_numpy(zero_copy_only=False)
-        ttft = np.where(errored, np.nan, ttft)
-        e2e = np.where(errored, np.nan, e2e)
     return RunArrays(
-        path=path,
+        path=found.path,
         row=table.column("row").to_numpy().astype(np.int64),
         kind=table.column("kind").cast(pa.string()).to_numpy().astype(object),
         priority=table.column("priority").cast(pa.string()).to_numpy().astype(object),
         slo_met=table.column("slo_met").to_numpy(zero_copy_only=False).astype(bool),
-        latency_ms={"ttft_from_intended": ttft, "e2e_from_intended": e2e},
+        latency_ms={name: latency_ns[name][order] / NS_PER_MS for name in LATENCY_METRICS},
     )
 
 
@@ -102,7 +92,9 @@ def run_metrics(run: RunArrays, mask: np.ndarray | None = None) -> dict[str, flo
         values = values[np.isfinite(values)]
         for p in LATENCY_PERCENTS:
             key = f"{metric}_p{p:g}_ms"
-            out[key] = float(np.percentile(values, p)) if values.size else math.nan
+            # Nearest rank, as summary.json's percentiles: one definition of "p99".
+            out[key] = float(np.percentile(values, p, method="inverted_cdf")) \
+                if values.size else math.nan
     return out
 
 

@@ -19,23 +19,12 @@ from typing import Any, TextIO
 from cpbench import __version__
 from cpbench.errors import ConfigError, TargetError
 from cpbench.experiments import DEFAULT_PROBE_S, KNEE_CRITERIA
-from cpbench.experiments.compare import (check_policies, control_plane, output_dir,
-                                         print_where, replay_one, write_comparison_report,
-                                         write_json)
+from cpbench.experiments.compare import write_comparison_report
+from cpbench.experiments.runs import (check_policies, control_plane, output_dir, print_where,
+                                      replay_one, synth_trace, write_json)
 from cpbench.experiments.control import PolicyAdmin, Progress, format_table, wait_idle
-from cpbench.experiments.stats import KneeResult, find_knee, load_run, run_metrics
+from cpbench.experiments.stats import KneeResult, find_knee, run_arrays, run_metrics
 from cpbench.experiments.steady import probe_health
-
-
-def synth_trace(path: Path, *, rate_rps: float, requests: int, pattern: str = "poisson",
-                mode: str = "hybrid", llm_ratio: float = 0.5, seed: int = 0,
-                **synth_options: Any) -> Path:
-    """Synthesize a trace into ``path`` (with its parameters as metadata); returns ``path``."""
-    from cpbench.record.synth import synth_to_file
-    path.parent.mkdir(parents=True, exist_ok=True)
-    synth_to_file(str(path), pattern=pattern, rate_rps=rate_rps, requests=requests, mode=mode,
-                  llm_ratio=llm_ratio, seed=seed, **synth_options)
-    return path
 
 
 def trace_rate_rps(trace: str | Path) -> tuple[float, int]:
@@ -91,7 +80,7 @@ class RatePoints:
                                     options={**self.options, "rate_scale": scale,
                                              "duration_s": self.probe_s})
             wait_idle(self.url, drain_s=self.drain_s)
-            metrics = run_metrics(load_run(result_dir))
+            metrics = run_metrics(run_arrays(result_dir))
             health = probe_health(result_dir).to_dict()
             self.points[key] = {"rate_rps": key, "rate_scale": scale, "dir": str(result_dir),
                                 **metrics, **health}

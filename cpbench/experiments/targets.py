@@ -33,7 +33,7 @@ def parse_targets(text: str | Mapping[str, str] | Sequence[str] | None) -> dict[
         items = [x for x in text.split(",") if x.strip()]
     else:
         items = [str(x) for x in text]
-    from cpbench.experiments.compare import parse_list
+    from cpbench.experiments.runs import parse_list
     out: dict[str, str] = {}
     for item in items:
         name, sep, url = item.partition("=")
@@ -93,7 +93,7 @@ def run_targets(trace: Path, deployed: Mapping[str, Mapping[str, Any]], out_dir:
                 repeat: int, drain_s: float, replay_options: dict[str, Any],
                 progress: Progress) -> dict[str, list[Path]]:
     """Replay ``trace`` once per deployment and repeat, interleaved; run dirs per name."""
-    from cpbench.experiments.compare import replay_one, run_dir
+    from cpbench.experiments.runs import replay_one, run_dir
     dirs: dict[str, list[Path]] = {name: [] for name in deployed}
     for r in range(repeat):
         for name, info in deployed.items():

@@ -217,7 +217,8 @@ class PrometheusScraper(PeriodicSampler):
                    f"{urllib.parse.unquote(parts.password or '')}"
             self._headers["Authorization"] = "Basic " + base64.b64encode(cred.encode()).decode()
         self._url = self.source
-        # Like the dispatcher's aiohttp session: no proxy from the environment.
+        # Like the dispatcher's own connections: no proxy from the environment, since a
+        # scrape target is a server under test, never something to reach through a proxy.
         self._opener = urllib.request.build_opener(urllib.request.ProxyHandler({}))
         self.last_success_ns: int | None = None
         self.last_failure_ns: int | None = None

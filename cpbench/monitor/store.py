@@ -15,6 +15,7 @@ import pyarrow as pa
 import pyarrow.compute as pc
 import pyarrow.ipc as ipc
 
+from cpbench.atomic import atomic_path
 from cpbench.errors import OutputError
 
 MONITOR_SCHEMA = pa.schema(
@@ -129,16 +130,11 @@ def write_monitor(table: pa.Table, path: str | os.PathLike, *, status: dict | No
     if status is not None:
         meta[b"cpbench.monitor"] = json.dumps(status, sort_keys=True).encode()
     table = table.cast(MONITOR_SCHEMA).replace_schema_metadata(meta)
-    tmp = f"{path}.tmp{os.getpid()}"
     try:
-        with pa.OSFile(tmp, "wb") as sink, ipc.new_file(sink, table.schema) as writer:
+        with atomic_path(path) as tmp, pa.OSFile(tmp, "wb") as sink, \
+                ipc.new_file(sink, table.schema) as writer:
             writer.write_table(table)
-        os.replace(tmp, path)
     except OSError as exc:
-        try:
-            os.unlink(tmp)
-        except OSError:
-            pass
         raise OutputError(f"cannot write monitor file {path!r}: {exc}; check the directory "
                           "exists and is writable") from exc
 

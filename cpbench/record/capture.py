@@ -36,6 +36,7 @@ import pyarrow as pa
 from aiohttp import web
 from yarl import URL
 
+from cpbench.atomic import atomic_write
 from cpbench.errors import ConfigError
 from cpbench.prompts import count_tokens
 from cpbench.vocab import PRIORITIES as _PRIORITIES
@@ -298,10 +299,7 @@ async def _serve(host: str, port: int, upstream: str, out: str, *, ready_file: s
         bound = site._server.sockets[0].getsockname()   # type: ignore[union-attr]
         url = f"http://{bound[0]}:{bound[1]}"
         if ready_file:
-            tmp = f"{ready_file}.tmp-{os.getpid()}"
-            with open(tmp, "w") as fh:
-                json.dump({"url": url, "pid": os.getpid()}, fh)
-            os.replace(tmp, ready_file)
+            atomic_write(ready_file, json.dumps({"url": url, "pid": os.getpid()}), fsync=False)
         print(url, flush=True)
         await stop.wait()
     finally:

@@ -24,7 +24,8 @@ import pyarrow.json as pjson
 
 from cpbench.errors import ConfigError, TraceError
 from cpbench.vocab import PRIORITIES
-from cpbench.record.synth import DEFAULT_MODELS, DEFAULT_SLO_E2E_MS, parse_length
+from cpbench.record.lengths import DEFAULT_LENGTHS, parse_length, with_pool
+from cpbench.vocab import DEFAULT_MODELS, DEFAULT_SLO_E2E_MS
 
 FORMATS = ("azure", "mooncake", "burstgpt", "servegen")
 NS_PER_S = 1_000_000_000
@@ -182,8 +183,8 @@ def import_trace(fmt: str, path: str, *, kind: str = "chat", model: str | None =
                  slo_e2e_ms: float | None = None, slo_ttft_ms: float | None = None,
                  start_s: float | None = None, end_s: float | None = None,
                  speed: float = 1.0, seed: int = 0, jitter_s: float = 0.0,
-                 dataset: str | None = None, input_tokens: str = "lognormal:256,0.8,4096",
-                 output_tokens: str = "lognormal:128,0.6,1024") -> tuple[pa.Table, dict]:
+                 dataset: str | None = None, input_tokens: str = DEFAULT_LENGTHS["input_tokens"],
+                 output_tokens: str = DEFAULT_LENGTHS["output_tokens"]) -> tuple[pa.Table, dict]:
     """Convert ``path`` (format ``fmt``) to a trace table; returns it and its params record.
 
     Parameters
@@ -215,8 +216,10 @@ def import_trace(fmt: str, path: str, *, kind: str = "chat", model: str | None =
               "end_s": end_s, "speed": speed, "seed": seed}
     if fmt == "servegen":
         src = servegen_source(path, dataset=dataset, start_s=start_s, end_s=end_s, seed=seed,
-                              input_tokens=parse_length(input_tokens, what="--input-tokens"),
-                              output_tokens=parse_length(output_tokens, what="--output-tokens"))
+                              input_tokens=with_pool(parse_length(
+                                  input_tokens, what="--input-tokens"), load_any),
+                              output_tokens=with_pool(parse_length(
+                                  output_tokens, what="--output-tokens"), load_any))
         params.update(dataset=src.pop("dataset"), input_tokens=input_tokens,
                       output_tokens=output_tokens)
     else:

@@ -8,10 +8,8 @@ a new quantity never shifts the existing ones.
 """
 from __future__ import annotations
 
-import dataclasses
 import inspect
 import math
-import os
 from collections.abc import Mapping
 from typing import Any
 
@@ -20,16 +18,12 @@ import pyarrow as pa
 
 from cpbench._core import schedule
 from cpbench.errors import ConfigError
+from cpbench.record.lengths import DEFAULT_LENGTHS, LengthSpec, parse_length, with_pool
+from cpbench.vocab import DEFAULT_MODELS, DEFAULT_SLO_E2E_MS
 
 PATTERNS = ("uniform", "poisson", "gamma", "burst", "ramp")
 MODES = ("llm", "hybrid")
-DEFAULT_MODELS = {"llm": "cpbench-llm-7b", "embedding": "cpbench-embed-bge"}
-DEFAULT_SLO_E2E_MS = {"llm": 5000.0, "embedding": 500.0}
 DEFAULT_PRIORITY_MIX = {"HIGH": 0.2, "NORMAL": 0.6, "LOW": 0.2}
-# Length specs (parse_length), those of the shipped traces (traces/README.md).
-DEFAULT_LENGTHS = {"input_tokens": "lognormal:256,0.8,4096",
-                   "output_tokens": "lognormal:128,0.6,512",
-                   "embed_tokens": "lognormal:96,0.5,512", "embed_batch": "uniform:1,16"}
 
 # Stream index per random quantity: fixed forever (append, never reorder).
 _STREAMS = ("arrivals", "kind", "llm_kind", "priority", "input_tokens", "output_tokens",
@@ -38,97 +32,9 @@ DEFAULT_BLOCK_TOKENS = 16
 _PREFIX_PARAMS = ("prefix_groups", "prefix_tokens", "prefix_zipf", "turns", "block_tokens")
 
 
-@dataclasses.dataclass(frozen=True)
-class LengthSpec:
-    """A distribution of positive integers: token lengths or batch sizes.
-
-    ``dist`` is ``fixed`` (``a``), ``uniform`` (integers in [a, b]), ``lognormal`` (median
-    ``a``, sigma ``b``) or ``empirical`` (resample the values of ``path``'s ``column``).
-    Every draw is clipped to [``low``, ``high``].
-    """
-
-    dist: str
-    a: float = 0.0
-    b: float = 0.0
-    low: int = 1
-    high: int = 1_000_000
-    path: str = ""
-    column: str = "input_tokens"
-
-    def sample(self, rng: np.random.Generator, n: int) -> np.ndarray:
-        """``n`` draws as int64."""
-        if self.dist == "fixed":
-            values = np.full(n, self.a)
-        elif self.dist == "uniform":
-            values = rng.integers(int(self.a), int(self.b), size=n, endpoint=True)
-        elif self.dist == "lognormal":
-            values = np.rint(self.a * np.exp(self.b * rng.standard_normal(n)))
-        else:
-            pool = _empirical_pool(self.path, self.column)
-            values = pool[rng.integers(0, len(pool), size=n)]
-        return np.clip(values, self.low, self.high).astype(np.int64)
-
-    def describe(self) -> str:
-        """The spec in the string form ``parse_length`` reads."""
-        if self.dist == "fixed":
-            return f"fixed:{self.a:g}"
-        if self.dist == "uniform":
-            return f"uniform:{self.a:g},{self.b:g}"
-        if self.dist == "lognormal":
-            return f"lognormal:{self.a:g},{self.b:g},{self.high}"
-        return f"empirical:{self.path}:{self.column}"
-
-
-def parse_length(text: str | LengthSpec, *, what: str, low: int = 1,
-                 high: int = 1_000_000) -> LengthSpec:
-    """Parse ``fixed:N``, ``uniform:A,B``, ``lognormal:MEDIAN,SIGMA[,MAX]`` or
-    ``empirical:PATH[:COLUMN]`` (PATH: a cpbench trace, an Azure CSV or a Mooncake JSONL;
-    COLUMN: ``input_tokens`` or ``output_tokens``). A bare integer means ``fixed``."""
-    if isinstance(text, LengthSpec):
-        return text
-    raw = str(text).strip()
-    name, _, rest = raw.partition(":")
-    if not rest and name.isdigit():
-        name, rest = "fixed", name
-    head, sep, tail = rest.rpartition(":")
-    if name == "empirical" and sep and head and not os.path.exists(rest) \
-            and tail not in ("input_tokens", "output_tokens"):
-        raise ConfigError(f"{what} empirical:PATH:COLUMN takes COLUMN input_tokens or "
-                          f"output_tokens (cpbench's names, also for an Azure CSV's "
-                          f"ContextTokens/GeneratedTokens); got {tail!r}")
-    try:
-        if name == "empirical":
-            path, _, column = rest.rpartition(":") if rest.endswith(
-                (":input_tokens", ":output_tokens")) else (rest, "", "")
-            return LengthSpec("empirical", path=path or rest, column=column or "input_tokens",
-                              low=low, high=high)
-        nums = [float(x) for x in rest.split(",")] if rest else []
-        if name == "fixed" and len(nums) == 1 and nums[0] >= low:
-            return LengthSpec("fixed", nums[0], low=low, high=high)
-        if name == "uniform" and len(nums) == 2 and low <= nums[0] <= nums[1]:
-            return LengthSpec("uniform", nums[0], nums[1], low=low, high=high)
-        if name == "lognormal" and len(nums) in (2, 3) and nums[0] > 0 and nums[1] >= 0:
-            cap = int(nums[2]) if len(nums) == 3 else high
-            return LengthSpec("lognormal", nums[0], nums[1], low=low, high=min(cap, high))
-    except ValueError:
-        pass
-    raise ConfigError(f"{what} must be fixed:N, uniform:A,B, lognormal:MEDIAN,SIGMA[,MAX] or "
-                      f"empirical:PATH[:COLUMN] with values >= {low}; got {raw!r}")
-
-
-_POOLS: dict[tuple[str, str], np.ndarray] = {}
-
-
-def _empirical_pool(path: str, column: str) -> np.ndarray:
-    key = (os.path.abspath(path), column)
-    if key not in _POOLS:
-        from cpbench.record import importers  # late: importers is heavier and optional here
-        table = importers.load_any(path)
-        values = table.column(column).drop_null().to_numpy()
-        if values.size == 0:
-            raise ConfigError(f"empirical length source {path} has no {column} values")
-        _POOLS[key] = values.astype(np.int64)
-    return _POOLS[key]
+def _load_table(path: str) -> pa.Table:
+    from cpbench.record import importers  # late: importers is heavier and optional here
+    return importers.load_any(path)
 
 
 def arrivals(pattern: str, *, rate_rps: float, requests: int | None, duration_s: float | None,
@@ -251,6 +157,7 @@ def synthesize(*, pattern: str = "poisson", rate_rps: float, requests: int | Non
         "embed_tokens": parse_length(embed_tokens, what="--embed-tokens"),
         "embed_batch": parse_length(embed_batch, what="--embed-batch", high=100_000),
     }
+    specs = {k: with_pool(v, _load_table) for k, v in specs.items()}   # empirical: read it
     names = {**DEFAULT_MODELS, **(models or {})}
     e2e = {**DEFAULT_SLO_E2E_MS, **(slo_e2e_ms or {})}
     ttft = {"llm": None, "embedding": None, **(slo_ttft_ms or {})}

@@ -1,10 +1,11 @@
 """The open-loop dispatcher of one process: send each request when the plan says, record it.
 
-The hot path is lean by design (DESIGN "Performance notes"): no task, future, dict or tuple
-per request. The plan's columns are read in place through memoryviews; each keep-alive
+The hot path is lean by design (docs/design.md, "The hot path"): no task, future or dict per
+request, and nothing kept per request once it is recorded. The plan's columns are read in place through memoryviews; each keep-alive
 connection is a :class:`cpbench.replaying.http1.HttpConn` that parses its own responses; a finished
-request becomes one packed row of a :class:`cpbench.replaying.rows.RowBuffer`, whose raw buffers the
-parent turns into Arrow batches. Connections are opened before the start and reused; a request
+request's values go as one short-lived tuple into the flat typed arrays of a
+:class:`cpbench.replaying.rows.RowBuffer`, whose raw buffers the parent turns into Arrow
+batches. Connections are opened before the start and reused; a request
 due while every connection is busy opens a new one (open loop: nothing caps the in-flight
 count unless ``max_concurrency`` is set).
 

@@ -93,6 +93,8 @@ class HttpConn(asyncio.Protocol):
                 return
         if self.mode == 1:
             payload, last = self._dechunk(data)
+            if self.j is None:                      # a bad chunk size ended the request
+                return
         else:
             payload = data
             if self.mode == 0:
@@ -142,7 +144,11 @@ class HttpConn(asyncio.Protocol):
         elif i >= 0:
             self.mode = 0
             j = head.find(b"\r\n", i + 2)
-            self.left = int(head[i + 17: j if j >= 0 else len(head)])
+            value = head[i + 17: j if j >= 0 else len(head)].strip()
+            if not value.isdigit():     # int() would take "-5", "+5" and "1_0" as well
+                self.fail(E_PAYLOAD, f"bad Content-Length: {value[:40]!r}", close=True)
+                return False
+            self.left = int(value)
         else:
             self.mode = 2
             self.close_after = True
@@ -182,7 +188,11 @@ class HttpConn(asyncio.Protocol):
             eol = buf.find(b"\r\n", pos)
             if eol < 0:
                 break
-            size = int(bytes(buf[pos:eol]).split(b";", 1)[0], 16)
+            field = bytes(buf[pos:eol]).split(b";", 1)[0].strip()
+            if not field or field.strip(b"0123456789abcdefABCDEF"):
+                self.fail(E_PAYLOAD, f"bad chunk size: {field[:40]!r}", close=True)
+                return b"", False
+            size = int(field, 16)
             pos = eol + 2
             if size == 0:
                 last = True                     # trailers (none expected) are ignored

@@ -12,8 +12,8 @@ from cpbench.vocab import ERROR_CLASSES
 
 ERROR_CODE = {name: i for i, name in enumerate(ERROR_CLASSES)}
 
-# The per-request tuple the dispatcher appends (RowBuffer.append): these integer fields,
-# then the two float deadlines; error_detail travels apart.
+# The fields of one request in the order RowBuffer.append takes them: these integers, then
+# the two float deadlines; error_detail travels apart.
 ROW_INT_FIELDS = (
     "row", "kind", "priority", "model", "intended_ns", "sent_ns", "first_byte_ns",
     "first_token_ns", "done_ns", "input_tokens", "output_tokens", "batch_size", "status",

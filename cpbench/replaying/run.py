@@ -99,8 +99,10 @@ def run_replay(trace_path: str | os.PathLike[str], options: ReplayOptions | None
             target_url = sim.url if sim else o.url
             check_reachable(target_url)
             from cpbench.manifest import record_run  # manifest.json: how to rerun this run
-            record_run(out, options=o.recorded(), trace_path=trace_path, target_url=target_url)
-            run = {"trace": str(trace_path), "trace_sha256": sha256_file(trace_path),
+            digest = sha256_file(trace_path)      # once: the manifest and summary.run share it
+            record_run(out, options=o.recorded(), trace_path=trace_path, target_url=target_url,
+                       trace_sha256=digest)
+            run = {"trace": str(trace_path), "trace_sha256": digest,
                    "trace_generator": provenance.get("generator"),
                    "trace_seed": provenance.get("seed")}
             return _run(run, target_url, sim, out, o, intended_ns, models, plans, cluster)

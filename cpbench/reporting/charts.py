@@ -377,8 +377,10 @@ def lag_section(run: RunData, x_range) -> Section:
     return sec
 
 
-def single_run_sections(run: RunData) -> list[Section]:
-    """Every chart section of a one-run report, time plots sharing one x range."""
+def single_run_sections(run: RunData, more=None) -> list[Section]:
+    """Every chart section of a one-run report, time plots sharing one x range; ``more(run,
+    x_range)`` adds sections of its own before the dispatch lag (``html`` passes the engines
+    behind the target, ``fleet.fleet_sections``, which builds on this module)."""
     if not run.series and not run.distributions:
         return [Section("Charts", notes=["No timeslices, histograms or requests in this run: "
                                          "there is nothing to chart."])]
@@ -388,7 +390,7 @@ def single_run_sections(run: RunData) -> list[Section]:
     if (hybrid := hybrid_section(run, x_range)) is not None:
         sections.append(hybrid)
     sections += monitor_sections(run, x_range)
-    from cpbench.reporting.fleet import fleet_sections  # late: fleet imports this module
-    sections += fleet_sections(run, x_range)
+    if more is not None:
+        sections += more(run, x_range)
     sections.append(lag_section(run, x_range))
     return [s for s in sections if s.figures or s.notes]

@@ -12,6 +12,7 @@ from bokeh.palettes import Category10_10, Category20_20, Turbo256
 
 from cpbench.reporting.charts import (Section, attainment_figure, finish_legend,
                                    new_figure, time_figure)
+from cpbench.reporting.fleet import fleet_comparison_section
 from cpbench.vocab import PRIORITIES
 from cpbench.reporting.load import LADDER_PERCENTS, RunData, attainment_pct, llm_share
 
@@ -226,7 +227,6 @@ def comparison_sections(runs: list[RunData], labels: list[str]) -> list[Section]
                 slo_section(runs, labels, colors)]
     if (ratio := ratio_section(runs, labels, colors)) is not None:
         sections.append(ratio)
-    from cpbench.reporting.fleet import fleet_comparison_section  # late: fleet imports charts
     if (fleet := fleet_comparison_section(runs, labels, colors)) is not None:
         sections.append(fleet)
     return [s for s in sections if s.figures or s.notes]

@@ -18,7 +18,7 @@ from cpbench.atomic import atomic_write
 from cpbench.errors import ConfigError, OutputError
 from cpbench.reporting.charts import single_run_sections
 from cpbench.reporting.compare import comparison_sections
-from cpbench.reporting.fleet import engine_table
+from cpbench.reporting.fleet import engine_table, fleet_sections
 from cpbench.reporting.load import RunData, load_run, report_title, run_labels
 from cpbench.reporting.markdown import write_markdown
 from cpbench.reporting.tables import Table, comparison_table, run_facts_rows, run_tables
@@ -43,7 +43,7 @@ def render_html(runs: list[RunData], title: str | None = None,
     for run, label in zip(runs, labels):
         run.label = label
     if len(runs) == 1:
-        sections = single_run_sections(runs[0])
+        sections = single_run_sections(runs[0], more=fleet_sections)
         tables = run_tables(runs[0])
         subtitle = f"One run from {runs[0].path}"
     else:

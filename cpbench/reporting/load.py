@@ -1,16 +1,20 @@
 """Read result directories into what the report draws: a ``RunData`` per run.
 
-Owns the reading side of docs/formats.md: ``summary.json`` (required), ``results.arrow`` and
-the optional ``monitor.arrow``. Hands on aggregates only — per-timeslice series, latency
-distributions as quantile functions, small group-by tables — so a 10^6-request run never puts
-raw points into the report. Distributions come from the summary's histograms when the stats core
-wrote them and from the result columns otherwise; each says which.
+The files come through :func:`cpbench.resultdir.read_result_dir`: ``summary.json`` (required),
+``results.arrow`` and the optional ``monitor.arrow``. Hands on aggregates only — per-timeslice
+series, latency distributions as quantile functions, small group-by tables — so a 10^6-request
+run never puts raw points into the report.
+
+The report reads what the run wrote and derives no statistic the summary defines: the facts of
+the run (trace hash, generator and seed) from ``summary.run``, the latency distributions from
+the summary's histograms, the series over time from its timeslices. A summary without them
+(written by an older cpbench) gets a note, not a second definition computed here. What the
+summary does not hold — models, error details, embedding batch sizes, completions per kind
+over time — comes from the result columns.
 """
 from __future__ import annotations
 
 import base64
-import hashlib
-import json
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -18,7 +22,9 @@ import numpy as np
 import pyarrow as pa
 import pyarrow.compute as pc
 
+from cpbench._core.hist import Histogram
 from cpbench.errors import ConfigError
+from cpbench.resultdir import read_arrow, read_result_dir
 from cpbench.results import column_numpy, label_codes
 
 NS_PER_MS = 1_000_000
@@ -33,9 +39,9 @@ MAX_MONITOR_POINTS = 2000
 # The stats core's percentile definition, so exact values and histogram values agree.
 NEAREST_RANK = "inverted_cdf"
 MAX_ERROR_DETAILS = 10
-RESULT_COLUMNS = ("kind", "model", "error_detail", "intended_ns", "sent_ns", "first_token_ns",
-                  "done_ns", "output_tokens", "batch_size", "error_class", "itl_mean_ns",
-                  "slo_met", "warmup")
+# What the report takes from results.arrow: only what summary.json does not hold.
+RESULT_COLUMNS = ("kind", "model", "error_detail", "sent_ns", "done_ns", "batch_size",
+                  "error_class", "warmup")
 
 
 @dataclass
@@ -45,7 +51,7 @@ class Distribution:
     percents: np.ndarray
     values_ms: np.ndarray
     count: int
-    source: str  # "histogram" (exact to the core's bound) or "results" (exact)
+    source: str  # "histogram": the summary's, exact to the core's stated bound
 
     def at(self, percent: float) -> float:
         return float(np.interp(percent, self.percents, self.values_ms))
@@ -83,20 +89,6 @@ def attainment_pct(entry: dict | None) -> float | None:
     return 100.0 * float(share) if isinstance(share, (int, float)) else None
 
 
-def _read_arrow(path: Path, columns: tuple[str, ...] | None = None) -> pa.Table:
-    try:
-        with pa.memory_map(str(path)) as source:
-            reader = pa.ipc.open_file(source)
-            names = reader.schema.names
-            table = reader.read_all()
-    except (OSError, pa.ArrowInvalid) as exc:
-        raise ConfigError(f"cannot read {path}: {exc}; pass a directory written by "
-                          "`cpbench replay -o DIR`") from exc
-    if columns is not None:
-        table = table.select([c for c in columns if c in names])
-    return table
-
-
 def _column(table: pa.Table, name: str, fill=0) -> np.ndarray | None:
     if name not in table.column_names:
         return None
@@ -112,79 +104,21 @@ def _column(table: pa.Table, name: str, fill=0) -> np.ndarray | None:
     return np.asarray(col.to_numpy(zero_copy_only=False))
 
 
-def _histogram_distributions(encoded: dict) -> dict[str, Distribution]:
-    """Decode the summary's base64 histograms, if the stats core is importable."""
-    try:
-        from cpbench._core.hist import Histogram
-    except ImportError:
-        return {}
+def _histogram_distributions(encoded: dict, notes: list[str]) -> dict[str, Distribution]:
+    """Decode the summary's base64 histograms; a damaged one is named in ``notes``."""
     out = {}
     for name, blob in encoded.items():
         try:
             hist = Histogram.decode(base64.b64decode(blob))
         except (ValueError, TypeError):
-            continue  # a damaged histogram falls back to the result columns
+            notes.append(f"summary.json's {name} histogram is damaged: its chart is left out.")
+            continue
         count = int(hist.total_count)
         if count == 0:
             continue
         values = np.asarray(hist.percentiles(PERCENT_GRID), dtype=float)
         out[name] = Distribution(PERCENT_GRID, values / NS_PER_MS, count, "histogram")
     return out
-
-
-def _result_latencies(cols: dict[str, np.ndarray]) -> dict[str, np.ndarray]:
-    ok = cols["ok"]
-    values = {"dispatch_lag": cols["sent_ns"] - cols["intended_ns"]}
-    if cols.get("first_token_ns") is not None:
-        values["ttft_from_sent"] = (cols["first_token_ns"] - cols["sent_ns"])[ok]
-        values["ttft_from_intended"] = (cols["first_token_ns"] - cols["intended_ns"])[ok]
-    if cols.get("done_ns") is not None:
-        values["e2e_from_sent"] = (cols["done_ns"] - cols["sent_ns"])[ok]
-        values["e2e_from_intended"] = (cols["done_ns"] - cols["intended_ns"])[ok]
-    if cols.get("itl_mean_ns") is not None:
-        # Per-request mean gaps: the stream's every gap is only in the histogram.
-        itl = cols["itl_mean_ns"][ok & (cols["itl_mean_ns"] > 0)]
-        values["itl"] = itl
-    return values
-
-
-def _slice_percentiles(slices: np.ndarray, values: np.ndarray, n: int) -> np.ndarray:
-    """(p50, p99) in ms of ``values`` per slice index; NaN for an empty slice."""
-    order = np.argsort(slices, kind="stable")
-    bounds = np.searchsorted(slices[order], np.arange(n + 1))
-    ordered = values[order]
-    out = np.full((n, 2), np.nan)
-    for i in range(n):
-        if bounds[i + 1] > bounds[i]:
-            out[i] = np.percentile(ordered[bounds[i]:bounds[i + 1]], [50, 99],
-                                   method=NEAREST_RANK) / NS_PER_MS
-    return out
-
-
-def _derive_series(cols: dict[str, np.ndarray], slice_s: float) -> dict[str, np.ndarray]:
-    """Per-timeslice series from the result columns, for summaries without timeslices."""
-    slice_ns = int(slice_s * 1e9)
-    end_ns = int(max(cols["done_ns"].max(initial=0), cols["sent_ns"].max(initial=0)))
-    n = end_ns // slice_ns + 1
-
-    def per_slice(ns: np.ndarray, weights: np.ndarray | None = None) -> np.ndarray:
-        return np.bincount(ns // slice_ns, weights=weights, minlength=n)[:n].astype(float)
-
-    ok = cols["ok"]
-    series = {"t_s": np.arange(n) * slice_s, "scheduled": per_slice(cols["intended_ns"]),
-              "sent": per_slice(cols["sent_ns"]), "completed": per_slice(cols["done_ns"][ok]),
-              "errors": per_slice(cols["done_ns"][~ok]),
-              "output_tokens": per_slice(cols["done_ns"], cols["output_tokens"]),
-              "slo_met": per_slice(cols["done_ns"][cols["slo_met"]])}
-    # As the stats core does: a latency belongs to the slice its request was scheduled in.
-    intended_slice = cols["intended_ns"] // slice_ns
-    latencies = {"ttft": (ok, cols["first_token_ns"] - cols["intended_ns"]),
-                 "e2e": (ok, cols["done_ns"] - cols["intended_ns"]),
-                 "lag": (np.ones_like(ok), cols["sent_ns"] - cols["intended_ns"])}
-    for name, (mask, values) in latencies.items():
-        p = _slice_percentiles(intended_slice[mask], values[mask], n)
-        series[f"{name}_p50_ms"], series[f"{name}_p99_ms"] = p[:, 0], p[:, 1]
-    return series
 
 
 def _summary_series(timeslices: dict) -> dict[str, np.ndarray]:
@@ -224,7 +158,7 @@ def _kind_series(cols: dict[str, np.ndarray], slice_s: float, n: int) -> dict[st
 
 
 def _read_monitor(path: Path) -> dict[tuple[str, str], tuple[np.ndarray, np.ndarray]]:
-    table = _read_arrow(path)
+    table = read_arrow(path)
     missing = {"t_ns", "source", "metric", "value"} - set(table.column_names)
     if missing:
         raise ConfigError(f"{path} lacks column(s) {sorted(missing)}; monitor.arrow is long "
@@ -251,68 +185,38 @@ def _read_monitor(path: Path) -> dict[tuple[str, str], tuple[np.ndarray, np.ndar
     return out
 
 
-def _trace_info(run: dict, result_dir: Path) -> dict[str, str]:
-    """Generator and seed of the replayed trace, so the report names how to reproduce it.
-
-    From the run block when it has them, else from the trace file's metadata — only when the
-    file is still the one replayed (same SHA-256), never from a trace regenerated since.
-    """
-    info = {k: str(run[k]) for k in ("generator", "seed") if run.get(k) is not None}
-    trace = run.get("trace")
-    if info or not isinstance(trace, str):
-        return info
-    for path in (Path(trace), result_dir.parent / trace, result_dir / trace):
-        if not path.is_file():
-            continue
-        if run.get("trace_sha256"):
-            digest = hashlib.sha256()
-            with open(path, "rb") as f:
-                for block in iter(lambda: f.read(1 << 20), b""):
-                    digest.update(block)
-            if digest.hexdigest() != run["trace_sha256"]:
-                return {}
-        try:
-            with pa.memory_map(str(path)) as source:
-                meta = pa.ipc.open_file(source).schema.metadata or {}
-        except (OSError, pa.ArrowInvalid):
-            return {}
-        return {k: meta[f"cpbench.{k}".encode()].decode("utf-8", "replace")
-                for k in ("generator", "seed") if f"cpbench.{k}".encode() in meta}
-    return {}
+def _trace_info(run: dict) -> dict[str, str]:
+    """Generator and seed of the replayed trace as the run recorded them, so the report names
+    how to reproduce it."""
+    return {key: str(run[f"trace_{key}"]) for key in ("generator", "seed")
+            if run.get(f"trace_{key}") not in (None, "")}
 
 
 def load_run(path: Path) -> RunData:
     """Read one result directory; raises ``ConfigError`` naming what is missing."""
-    path = Path(path)
-    if path.is_file() and (path.parent / "summary.json").is_file():
-        path = path.parent  # summary.json, results.arrow ...: the run they belong to
-    summary_path = path / "summary.json"
-    if path.is_file():
-        raise ConfigError(f"{path} is a file, not a result directory; pass the directory "
-                          "written by `cpbench replay -o DIR`")
-    if not summary_path.is_file():
-        raise ConfigError(f"{path} is not a result directory (no summary.json); pass a "
-                          "directory written by `cpbench replay -o DIR`")
-    try:
-        summary = json.loads(summary_path.read_text())
-    except (OSError, ValueError) as exc:
-        raise ConfigError(f"cannot read {summary_path}: {exc}") from exc
-    if not isinstance(summary, dict):
-        raise ConfigError(f"{summary_path} is not a JSON object; rerun the replay to rewrite it")
-    data = RunData(path=path, summary=summary)
-    data.trace_info = _trace_info(data.run, path)
+    found = read_result_dir(path, columns=RESULT_COLUMNS)
+    summary = found.summary
+    data = RunData(path=found.path, summary=summary)
+    data.trace_info = _trace_info(data.run)
     timeslices = summary.get("timeslices") or {}
     slice_s = float(timeslices.get("slice_s") or 1.0)
     if timeslices.get("t_s"):
         data.series = _summary_series(timeslices)
-    data.distributions = _histogram_distributions(summary.get("histograms") or {})
-    results_path = path / "results.arrow"
-    if results_path.is_file():
-        _add_results(data, _read_arrow(results_path, RESULT_COLUMNS), slice_s)
+    else:
+        data.notes.append("summary.json has no timeslices (an older cpbench wrote it): the "
+                          "charts over time are left out.")
+    data.distributions = _histogram_distributions(summary.get("histograms") or {}, data.notes)
+    absent = [m for m in LATENCY_METRICS if m not in data.distributions
+              and ((summary.get("latency_ms") or {}).get(m) or {}).get("count", 1)]
+    if absent:
+        data.notes.append(f"summary.json has no histogram of {', '.join(absent)}: "
+                          "those distributions are left out.")
+    if found.results is not None:
+        _add_results(data, found.results, slice_s)
     else:
         data.notes.append("results.arrow is missing: breakdowns from the summary only.")
-    if (path / "monitor.arrow").is_file():
-        data.monitor = _read_monitor(path / "monitor.arrow")
+    if found.monitor_path is not None:
+        data.monitor = _read_monitor(found.monitor_path)
     return data
 
 
@@ -337,17 +241,8 @@ def _value_counts(table: pa.Table, name: str) -> list[tuple[str, int]]:
     return sorted(pairs, key=lambda vc: (-vc[1], vc[0]))
 
 
-def _add_result_distributions(data: RunData, cols: dict[str, np.ndarray]) -> None:
-    """Exact distributions from the result columns for what the histograms did not give."""
-    for name, values in _result_latencies(cols).items():
-        if name not in data.distributions and values.size:
-            data.distributions[name] = Distribution(
-                PERCENT_GRID, np.percentile(values, PERCENT_GRID, method=NEAREST_RANK) / NS_PER_MS,
-                int(values.size), "results")
-
-
 def _add_results(data: RunData, table: pa.Table, slice_s: float) -> None:
-    required = {"kind", "intended_ns", "sent_ns", "done_ns"}
+    required = {"kind", "sent_ns", "done_ns"}
     if missing := required - set(table.column_names):
         data.notes.append(f"results.arrow lacks {sorted(missing)}: breakdowns left out.")
         return
@@ -365,24 +260,13 @@ def _add_results(data: RunData, table: pa.Table, slice_s: float) -> None:
 
     # Missing times read as -1 (as the stats core reads them), never as the run's first instant.
     cols = {name: keep(_column(table, name, -1 if name.endswith("_ns") else 0))
-            for name in RESULT_COLUMNS if name in table.column_names
-            and name not in ("kind", "error_class", "warmup", "slo_met", "model", "error_detail")}
+            for name in ("sent_ns", "done_ns", "batch_size") if name in table.column_names}
     cols["kind"], cols["kind_labels"] = _codes(table.column("kind"), live)
-    # A failure with no done time ended when it was sent, as the stats core counts it.
-    cols["done_ns"] = np.where(cols["done_ns"] < 0, cols["sent_ns"], cols["done_ns"])
+    # Completed, as summary.py defines it: no error class and a done time.
     errors = table.column("error_class") if "error_class" in table.column_names else None
-    cols["ok"] = (keep(np.asarray(errors.is_null().to_numpy(zero_copy_only=False)))
-                  if errors is not None else np.ones(int(live.sum()), bool))
-    slo = _column(table, "slo_met", False)
-    cols["slo_met"] = keep(slo).astype(bool) if slo is not None else cols["ok"]
-    cols.setdefault("output_tokens", np.zeros(int(live.sum()), np.int64))
-    first = cols.get("first_token_ns", cols["done_ns"])
-    cols["first_token_ns"] = np.where(first < 0, cols["done_ns"], first)
-    if not data.series:
-        data.series = _derive_series(cols, slice_s)
-        data.notes.append("summary.json has no timeslices: series derived from results.arrow.")
-    if not set(LATENCY_METRICS) <= set(data.distributions):
-        _add_result_distributions(data, cols)
+    no_error = (keep(np.asarray(errors.is_null().to_numpy(zero_copy_only=False)))
+                if errors is not None else np.ones(int(live.sum()), bool))
+    cols["ok"] = no_error & (cols["done_ns"] >= 0)
     if len(cols["kind_labels"]) > 1:
         data.kind_series = _kind_series(cols, slice_s, len(data.series.get("t_s", [])))
     data.batch_table = _batch_table(cols)

@@ -8,6 +8,7 @@ from __future__ import annotations
 
 from pathlib import Path
 
+from cpbench.atomic import atomic_write
 from cpbench.calibration import calibration_warnings
 from cpbench.reporting.load import RunData, report_title, run_labels
 from cpbench.reporting.tables import Table, comparison_table, run_facts_rows, run_tables
@@ -73,5 +74,5 @@ def write_markdown(runs: list[RunData], path: Path, *, title: str | None = None,
                    lead: list[Table] | None = None) -> Path:
     """Write ``render_markdown(runs, title, lead)`` to ``path`` and return it."""
     path.parent.mkdir(parents=True, exist_ok=True)
-    path.write_text(render_markdown(runs, title, lead), encoding="utf-8")
+    atomic_write(path, render_markdown(runs, title, lead), fsync=False)
     return path

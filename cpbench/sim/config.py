@@ -24,7 +24,7 @@ from pathlib import Path
 from typing import Any
 
 from cpbench.errors import ConfigError
-from cpbench.vocab import DEFAULT_SLO_MS, KINDS, POLICIES
+from cpbench.vocab import DEFAULT_MODELS, DEFAULT_SLO_MS, KINDS, POLICIES
 
 POLICY_NAMES = POLICIES
 
@@ -50,7 +50,7 @@ class LLMEngineConfig:
       ``--block-size``), bounded by the KV cache (``sim/prefix_cache.py``).
     """
 
-    model: str = "cpbench-llm-7b"
+    model: str = DEFAULT_MODELS["llm"]
     instances: int = 1
     max_running_seqs: int = 256
     kv_cache_tokens: int = 110_000
@@ -77,7 +77,7 @@ class EmbeddingEngineConfig:
     8192 rather than bge-base's 512 so long inputs from traces are accepted.
     """
 
-    model: str = "cpbench-embed-bge"
+    model: str = DEFAULT_MODELS["embedding"]
     instances: int = 1
     max_batch_inputs: int = 32
     max_batch_tokens: int = 16_384

@@ -19,11 +19,11 @@ import signal
 import struct
 import threading
 import time
-from pathlib import Path
 from typing import Any, AsyncIterator, Callable
 
 from aiohttp import web
 
+from cpbench.atomic import atomic_write
 from cpbench.errors import ConfigError
 from cpbench.sim.config import POLICY_NAMES, SimConfig
 from cpbench.sim.faults import FaultInjector
@@ -423,11 +423,8 @@ class SimThread:
 
 def write_ready_file(path: str, payload: dict[str, Any]) -> None:
     """Write ``payload`` as JSON to ``path`` atomically (a reader never sees half of it)."""
-    target = Path(path)
-    tmp = target.with_name(f".{target.name}.{os.getpid()}.tmp")
     try:
-        tmp.write_text(json.dumps(payload), encoding="utf-8")
-        os.replace(tmp, target)
+        atomic_write(path, json.dumps(payload), fsync=False)
     except OSError as exc:
         raise ConfigError(f"cannot write the ready file {path!r}: {exc.strerror}; "
                           "pass a writable --ready-file path") from exc

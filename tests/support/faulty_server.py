@@ -1,19 +1,39 @@
-"""A raw-socket OpenAI-like server that misbehaves on purpose, for the reliability tests.
+"""The one OpenAI-like test server: correct answers, and every fault the tests inject.
 
 It speaks HTTP/1.1 by hand on ``asyncio`` streams (no web framework between the test and the
 bytes), so it can do what a well-behaved server library never would: stall before the
 headers, cut a stream after k chunks, send SSE without ``data:``, split one event across many
 TCP segments, send a 1 MB event, never finish, send gzip garbage, dribble a byte per second,
-accept and never read, or stop listening mid-run.
+send a Content-Length or chunk size that is not a number, close a kept-alive connection under
+a request, accept and never read, or stop listening mid-run.
 
 Behaviour is chosen per request by the model name, so one replay can mix healthy and faulty
-requests and the test knows which row should fail how: a request for model ``ok`` (any name
-without a ``:``) gets a correct answer, ``delay:<s>`` the same after ``s`` seconds;
-``<mode>[:<arg>]`` gets that fault (see ``MODES``).
+requests and the test knows which row should fail how. The vocabulary (times in seconds):
+
+- ``ok`` (and any name without a ``:`` that is not a mode): a correct answer — chat and
+  completions stream ``max_tokens`` (default ``TOKENS``) content events, a ``usage`` event and
+  ``[DONE]``; embeddings get one vector per input;
+- ``delay:<s>``: the same, after ``s`` seconds; ``stall:<s>``: nothing for ``s`` seconds, then
+  the connection closes;
+- ``status:<code>[:body[:message]|:empty|:close]``: that HTTP status (``body``: an OpenAI error
+  object whose message is ``message`` or ``injected <code>``);
+- ``cut:<k>``: the stream breaks after ``k`` content events; ``neverend``: a content event every
+  50 ms, forever; ``nousage``: no ``usage`` event, only ``[DONE]``;
+- ``nodata`` (events without ``data:``), ``badjson`` (an event, or the embeddings body, that is
+  not JSON), ``fewvectors`` (one embedding fewer than inputs), ``gzip`` (a gzip body never asked
+  for), ``badlength:<value>`` (that Content-Length), ``badchunk`` (a chunk size that is not
+  hexadecimal): bad payloads;
+- ``split`` (7-byte writes), ``bigchunk`` (a 1 MB event), ``slowloris`` (a byte a second);
+- ``dropreused``: the first request of a connection is answered; one that arrives on a
+  kept-alive connection has the connection closed under it, unanswered (a server's idle
+  timeout).
+
 Two faults are per server instead, set with the constructor's ``server_mode``:
 ``accept-never-read`` (connections are accepted and never read) and ``refuse-after:<n>``
 (after ``n`` requests the listener closes and every connection is dropped, so later requests
-are refused). Runs on its own event loop in a daemon thread; ``stop()`` closes everything.
+are refused). ``GET /health`` and ``GET /v1/models`` answer as a server would. Runs on its own
+event loop in a daemon thread; ``stop()`` closes everything. Every POST is recorded in
+``seen`` (``head`` bytes, ``headers`` as sent, JSON ``body``).
 """
 from __future__ import annotations
 
@@ -25,12 +45,15 @@ import threading
 
 TOKENS = 4
 MODES = ("ok", "delay", "status", "stall", "cut", "nodata", "badjson", "split", "bigchunk",
-         "neverend", "gzip", "slowloris")
+         "neverend", "gzip", "slowloris", "badlength", "badchunk", "nousage", "fewvectors",
+         "dropreused")
 
 
-def _event(content: str | None = None, usage: dict | None = None) -> bytes:
-    choices = [] if content is None else [{"index": 0, "delta": {"content": content}}]
-    return b"data: " + json.dumps({"object": "chat.completion.chunk", "choices": choices,
+def _event(content: str | None = None, usage: dict | None = None, chat: bool = True) -> bytes:
+    piece = {"delta": {"content": content}} if chat else {"text": content}
+    choices = [] if content is None else [{"index": 0, **piece}]
+    kind = "chat.completion.chunk" if chat else "text_completion"
+    return b"data: " + json.dumps({"object": kind, "choices": choices,
                                    "usage": usage}).encode() + b"\n\n"
 
 
@@ -38,12 +61,16 @@ def _chunk(payload: bytes) -> bytes:
     return b"%x\r\n%s\r\n" % (len(payload), payload)
 
 
-def chat_events(n: int, *, big: bool = False) -> list[bytes]:
-    """A correct stream: role event, ``n`` content events, usage, ``[DONE]``."""
-    out = [b'data: {"choices":[{"index":0,"delta":{"role":"assistant","content":""}}]}\n\n']
+def chat_events(n: int, *, big: bool = False, chat: bool = True,
+                usage: bool = True) -> list[bytes]:
+    """A correct stream: (chat: a role event), ``n`` content events, usage, ``[DONE]``."""
+    out = [b'data: {"choices":[{"index":0,"delta":{"role":"assistant","content":""}}]}\n\n'
+           ] if chat else []
     for i in range(n):
-        out.append(_event(("w" * (1 << 20)) if big and i == 0 else f"w{i} "))
-    out.append(_event(None, {"prompt_tokens": 5, "completion_tokens": n, "total_tokens": n + 5}))
+        out.append(_event(("w" * (1 << 20)) if big and i == 0 else f"w{i} ", chat=chat))
+    if usage:
+        out.append(_event(None, {"prompt_tokens": 5, "completion_tokens": n,
+                                 "total_tokens": n + 5}, chat=chat))
     out.append(b"data: [DONE]\n\n")
     return out
 
@@ -60,20 +87,30 @@ def embedding_body(n_inputs: int) -> bytes:
 
 def _response(status: int, body: bytes, ctype: bytes = b"application/json",
               extra: bytes = b"") -> bytes:
-    reason = {200: b"OK", 429: b"Too Many Requests", 500: b"Internal Server Error",
-              503: b"Service Unavailable"}.get(status, b"Error")
+    reason = {200: b"OK", 404: b"Not Found", 429: b"Too Many Requests",
+              500: b"Internal Server Error", 503: b"Service Unavailable"}.get(status, b"Error")
     return (b"HTTP/1.1 %d %s\r\nContent-Type: %s\r\nContent-Length: %d\r\n%s\r\n%s"
             % (status, reason, ctype, len(body), extra, body))
 
 
+def _headers(head: bytes) -> dict[str, str]:
+    """A request head's header fields, names as the client wrote them."""
+    out = {}
+    for line in head.decode("latin-1").split("\r\n")[1:]:
+        name, sep, value = line.partition(":")
+        if sep:
+            out[name.strip()] = value.strip()
+    return out
+
+
 class FaultyServer:
-    """Start with ``FaultyServer().start()``; ``url``, ``requests`` (count seen), ``heads``
-    (the first request heads, raw), ``stop()``."""
+    """``with FaultyServer() as server:`` (or ``start()``/``stop()``); ``url``, ``requests``
+    (POSTs answered or faulted), ``seen`` (every POST: head, headers, body), ``heads``."""
 
     def __init__(self, server_mode: str | None = None) -> None:
         self.server_mode = server_mode
         self.requests = 0
-        self.heads: list[bytes] = []              # request heads seen (the first 64)
+        self.seen: list[dict] = []                # every POST: {"head", "headers", "body"}
         self.url = ""
         self._loop = asyncio.new_event_loop()
         self._ready = threading.Event()
@@ -93,6 +130,11 @@ class FaultyServer:
             asyncio.run_coroutine_threadsafe(self._close(), self._loop).result(10)
             self._loop.call_soon_threadsafe(self._loop.stop)
         self._thread.join(10)
+
+    @property
+    def heads(self) -> list[bytes]:
+        """The raw heads of the POSTs seen."""
+        return [r["head"] for r in self.seen]
 
     def __enter__(self) -> "FaultyServer":
         return self.start()
@@ -133,6 +175,7 @@ class FaultyServer:
         try:
             if self.server_mode == "accept-never-read":
                 await asyncio.sleep(3600)
+            nth = 0                                   # requests so far on this connection
             while True:
                 try:
                     head = await reader.readuntil(b"\r\n\r\n")
@@ -145,16 +188,21 @@ class FaultyServer:
                 # Only the replayed requests count: the GETs a run makes around them (the
                 # manifest's /v1/models probe) are answered but are not trace rows.
                 replayed = head.startswith(b"POST ")
-                self.requests += replayed
-                if len(self.heads) < 64 and replayed:
-                    self.heads.append(head)
+                path = head.split(b" ", 2)[1]
+                if not replayed:
+                    writer.write(_response(200, b'{"status": "ok"}' if path == b"/health" else
+                                           b'{"object": "list", "data": [{"id": "ok"}]}'))
+                    await writer.drain()
+                    continue
+                self.requests += 1
+                nth += 1
+                self.seen.append({"head": head, "headers": _headers(head), "body": body})
                 if replayed and self.server_mode and \
                         self.server_mode.startswith("refuse-after:") and \
                         self.requests > int(self.server_mode.split(":")[1]):
                     await self._close()
                     return
-                path = head.split(b" ", 2)[1]
-                if not await self._answer(writer, path, body):
+                if not await self._answer(writer, path, body, nth):
                     return
         except (ConnectionError, asyncio.CancelledError):
             return
@@ -164,13 +212,15 @@ class FaultyServer:
             writer.transport.abort()
 
     # -- behaviours ----------------------------------------------------------------------
-    async def _answer(self, w: asyncio.StreamWriter, path: bytes, body: dict) -> bool:
-        """Write one response; False closes the connection."""
+    async def _answer(self, w: asyncio.StreamWriter, path: bytes, body: dict, nth: int) -> bool:
+        """Write one response to the ``nth`` request of a connection; False closes it."""
         mode, _, arg = str(body.get("model", "ok")).partition(":")
         if mode not in MODES:
             mode = "ok"
         embedding = path.endswith(b"/embeddings")
         n = int(body.get("max_tokens") or TOKENS)
+        if mode == "dropreused" and nth > 1:
+            return False                     # closed under the request, unanswered
         if mode == "delay":                  # a correct answer, after arg seconds
             await asyncio.sleep(float(arg))
         if mode == "status":                 # status:CODE[:body[:MESSAGE]|:empty|:close]
@@ -197,6 +247,15 @@ class FaultyServer:
                               b"Content-Encoding: gzip\r\n"))
             await w.drain()
             return True
+        if mode == "badlength":            # badlength:VALUE, e.g. -5 or 12abc
+            w.write(b"HTTP/1.1 200 OK\r\nContent-Type: application/json\r\n"
+                    b"Content-Length: %s\r\n\r\n{}" % (arg or "x").encode())
+            await w.drain()
+            return False
+        if mode == "badchunk":             # a chunk size that is not hexadecimal
+            w.write(SSE_HEAD + b"zz\r\n" + b"data: {}\r\n\r\n")
+            await w.drain()
+            return False
         if mode == "slowloris":
             data = (_response(200, embedding_body(len(body.get("input") or [1])))
                     if embedding else SSE_HEAD + b"".join(_chunk(e) for e in chat_events(n)))
@@ -206,14 +265,18 @@ class FaultyServer:
                 await asyncio.sleep(1.0)
             return True
         if embedding:
-            w.write(_response(200, embedding_body(len(body.get("input") or [1]))))
+            inputs = len(body.get("input") or [1])
+            w.write(_response(200, b'{"object": "list", "data": [{"embedding": [0.25,'
+                              if mode == "badjson" else
+                              embedding_body(inputs - (mode == "fewvectors"))))
             await w.drain()
             return True
-        return await self._stream(w, mode, arg, n)
+        return await self._stream(w, mode, arg, n, chat=path.endswith(b"/chat/completions"))
 
-    async def _stream(self, w: asyncio.StreamWriter, mode: str, arg: str, n: int) -> bool:
+    async def _stream(self, w: asyncio.StreamWriter, mode: str, arg: str, n: int,
+                      chat: bool) -> bool:
         w.write(SSE_HEAD)
-        events = chat_events(n, big=mode == "bigchunk")
+        events = chat_events(n, big=mode == "bigchunk", chat=chat, usage=mode != "nousage")
         if mode == "cut":
             for e in events[:1 + int(arg)]:
                 w.write(_chunk(e))
@@ -227,7 +290,7 @@ class FaultyServer:
         elif mode == "neverend":
             i = 0
             while True:                       # until the client gives up and closes
-                w.write(_chunk(_event(f"w{i} ")))
+                w.write(_chunk(_event(f"w{i} ", chat=chat)))
                 await w.drain()
                 i += 1
                 await asyncio.sleep(0.05)
@@ -244,100 +307,3 @@ class FaultyServer:
         w.write(b"0\r\n\r\n")
         await w.drain()
         return True
-
-
-# -- helpers the reliability tests share ----------------------------------------------------
-
-def write_trace_for(path, models: list[str], n: int, gap_ms: float, *, embed_every: int = 4,
-                    output_tokens: int = TOKENS, llm_model: str | None = None,
-                    embed_model: str | None = None, prompt: str | None = None):
-    """A trace of ``n`` requests ``gap_ms`` apart; row ``i`` asks for ``models[i % len]``
-    (or the fixed ``llm_model``/``embed_model``); every ``embed_every``-th row is an
-    embedding with 2 inputs (0: none), the rest chat; ``prompt`` is every row's literal prompt
-    (None: built from the corpus)."""
-    import numpy as np
-    import pyarrow as pa
-
-    from cpbench.trace import write_trace
-
-    kinds = ["embedding" if embed_every and i % embed_every == 0 else "chat" for i in range(n)]
-    names = []
-    for i, k in enumerate(kinds):
-        fixed = embed_model if k == "embedding" else llm_model
-        names.append(fixed or models[i % len(models)])
-    table = pa.table({
-        "arrival_ns": pa.array((np.arange(n) * gap_ms * 1e6).astype(np.int64)),
-        "kind": pa.array(kinds), "model": pa.array(names),
-        "input_tokens": pa.array([8] * n, pa.int32()),
-        "output_tokens": pa.array([None if k == "embedding" else output_tokens for k in kinds],
-                                  pa.int32()),
-        "batch_size": pa.array([2 if k == "embedding" else 1 for k in kinds], pa.int16()),
-        "priority": pa.array([("HIGH", "NORMAL", "LOW")[i % 3] for i in range(n)]),
-        "prompt": pa.array([prompt] * n, pa.string()),
-    })
-    write_trace(table, path, metadata={"generator": "tests.faulty_server", "seed": 0})
-    return path
-
-
-def run_cli(*argv: str, timeout_s: float = 120, env: dict | None = None, cwd=None):
-    """``python -m cpbench ARGV`` as a child process; returns the CompletedProcess."""
-    import subprocess
-    import sys
-
-    return subprocess.run([sys.executable, "-m", "cpbench", *argv], capture_output=True,
-                          text=True, timeout=timeout_s, env=env, cwd=cwd)
-
-
-def load_run(out) -> tuple:
-    """``(results table, summary dict)`` of a results directory."""
-    from pathlib import Path
-
-    import pyarrow as pa
-
-    out = Path(out)
-    with pa.memory_map(str(out / "results.arrow")) as source:
-        table = pa.ipc.open_file(source).read_all()
-    summary = json.loads((out / "summary.json").read_text())
-    return table, summary
-
-
-def check_accounting(table, summary: dict, n_expected: int | None = None) -> dict:
-    """Every request in ``results.arrow`` exactly once, and the summary agreeing with it.
-
-    Returns ``{error_class: count}`` (None for successes) from the results file.
-    """
-    from collections import Counter
-
-    rows = table.column("row").to_pylist()
-    assert len(rows) == len(set(rows)), "a request appears twice in results.arrow"
-    if n_expected is not None:
-        assert sorted(rows) == list(range(n_expected)), "requests missing from results.arrow"
-    classes = Counter(table.column("error_class").to_pylist())
-    req = summary["requests"]
-    assert req["sent"] == table.num_rows
-    errors = table.num_rows - classes.get(None, 0)
-    assert req["errors"] == errors
-    assert req["completed"] == classes.get(None, 0)
-    by_class = {k: v for k, v in (req.get("by_error_class") or {}).items() if v}
-    assert by_class == {k: v for k, v in classes.items() if k is not None}
-    return dict(classes)
-
-
-def check_report_shows(out, classes: dict) -> None:
-    """The report lists each error class with its count: report.html and report.md when the
-    run wrote them, else the Markdown report rendered here from the results directory."""
-    from pathlib import Path
-
-    out = Path(out)
-    texts = []
-    if (out / "report.html").exists():
-        texts = [(out / "report.html").read_text(), (out / "report.md").read_text()]
-    else:
-        from cpbench.reporting.load import load_run as load_report_run
-        from cpbench.reporting.markdown import render_markdown
-        texts = [render_markdown([load_report_run(out)])]
-    for text in texts:
-        for cls, n in classes.items():
-            if cls is not None:
-                md = cls.replace("_", "\\_")
-                assert f"{cls}: {n:,}" in text or f"{md}: {n:,}" in text, (cls, n)
