@@ -1,12 +1,13 @@
 """Output directories: their default names, and claiming one for a run.
 
 Every command that writes a directory (replay, run, compare, sweep, experiment) names its
-default here and claims it through :func:`claim`: a path that is a file, or a non-empty
-directory without ``--overwrite``, is refused with one line; with ``--overwrite`` the old
-contents are removed first, so a report never sits beside another run's summary. While the
-run writes, an exclusive lock (``.cpbench.lock``, ``flock``) keeps a second run out of the
-same directory; a directory the run created and left empty (it failed before writing) is
-removed again.
+default here. A replay claims its directory through :func:`claim`; the multi-run commands
+check theirs with :func:`prepare` before their first run (each of their runs then claims its
+own subdirectory). Either way a path that is a file, or a non-empty directory without
+``--overwrite``, is refused with one line; with ``--overwrite`` the old contents are removed
+first, so a report never sits beside another run's summary. While a replay writes, an
+exclusive lock (``.cpbench.lock``, ``flock``) keeps a second run out of the same directory; a
+directory the replay created and left empty (it failed before writing) is removed again.
 """
 from __future__ import annotations
 
@@ -41,6 +42,31 @@ def check_free(path: Path, *, overwrite: bool = False, keep: tuple[str, ...] = (
     if path.is_dir() and not overwrite and any(p.name not in ours for p in path.iterdir()):
         raise ConfigError(f"-o {path} already holds results; choose a new directory or pass "
                           "--overwrite to replace them")
+
+
+def prepare(path: str | os.PathLike[str], *, overwrite: bool = False,
+            keep: tuple[str, ...] = ()) -> Path:
+    """The output directory of a multi-run command, checked and created before its first run:
+    refused as :func:`check_free` refuses; with ``overwrite`` emptied (``keep`` stays)."""
+    out = Path(path)
+    check_free(out, overwrite=overwrite, keep=keep)
+    try:
+        out.mkdir(parents=True, exist_ok=True)
+    except OSError as exc:
+        raise OutputError(f"cannot create {out}: {exc.strerror or exc}; choose another -o") \
+            from None
+    if overwrite:
+        _empty(out, keep)
+    return out
+
+
+def keep_names(trace: str | os.PathLike[str] | None, out: str | os.PathLike[str]) -> tuple[str, ...]:
+    """The trace's file name when it lies in ``out`` itself (rerunning on a trace a former
+    run synthesized there), so neither the check nor ``--overwrite`` counts or removes it."""
+    if trace is None:
+        return ()
+    trace = Path(trace)
+    return (trace.name,) if trace.resolve().parent == Path(out).resolve() else ()
 
 
 @contextlib.contextmanager

@@ -128,3 +128,47 @@ def test_ctrl_c_to_the_process_group_blames_no_server(tmp_path):
     table = pa.ipc.open_file(out / "results.arrow").read_all()
     assert table.num_rows == summary["requests"]["sent"]
     assert "failed" not in stderr and "interrupted" in stderr
+
+
+def test_multi_run_commands_refuse_a_used_directory_and_overwrite_it_whole(tmp_path):
+    """`cpbench run` (and compare, sweep, experiment, which share the check) into a used -o:
+    refused before any run; --overwrite empties it, so no earlier run sits beside the new."""
+    out = tmp_path / "run"
+    args = ("run", "--requests", "15", "--rate", "30", "--workers", "1", "--no-report",
+            "-o", out)
+    first = cpbench(*args)
+    assert first.returncode == 0, first.stderr
+    (out / "earlier.txt").write_text("an earlier run's file")
+    again = cpbench(*args)
+    one_line_error(again, 2, "already holds results")
+    assert (out / "earlier.txt").is_file()              # refused before touching anything
+    cmp = cpbench("compare", "--policies", "fifo,priority", "--requests", "15", "--rate", "30",
+                  "--workers", "1", "-o", out)
+    one_line_error(cmp, 2, "already holds results")
+    replaced = cpbench(*args, "--overwrite")
+    assert replaced.returncode == 0, replaced.stderr
+    assert not (out / "earlier.txt").exists()
+    assert sorted(p.name for p in out.iterdir()) == ["run", "trace.arrow"]
+
+
+def test_a_run_against_a_url_is_labelled_with_the_policy_the_target_reports(tmp_path, trace):
+    """Without --policy a replay against a URL records the target's GET /admin/policy; a
+    target without that endpoint leaves the label empty."""
+    from cpbench.sim import SimConfig, SimThread
+    with SimThread(SimConfig(policy="slo_aware", accept_any_model=True)) as sim:
+        proc = replay(trace, tmp_path / "sim", sim.url, "--no-report")
+    assert proc.returncode == 0, proc.stderr
+    assert json.loads((tmp_path / "sim" / "summary.json").read_text())["run"]["policy"] \
+        == "slo_aware"
+    with FaultyServer() as plain:
+        proc = replay(trace, tmp_path / "plain", plain.url, "--no-report")
+    assert proc.returncode == 0, proc.stderr
+    assert json.loads((tmp_path / "plain" / "summary.json").read_text())["run"]["policy"] \
+        is None
+
+
+def test_a_misspelt_policy_is_one_line_naming_the_choices(tmp_path, trace):
+    proc = cpbench("replay", trace, "--policy", "fifoo", "-o", tmp_path / "x")
+    assert proc.returncode == 2 and "Traceback" not in proc.stderr, proc.stderr
+    assert proc.stderr.count("\n") == 1 and "fifoo" in proc.stderr
+    assert "slo_aware" in proc.stderr and not (tmp_path / "x").exists()

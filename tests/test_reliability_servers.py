@@ -154,6 +154,22 @@ def test_max_error_ratio_stops_early_with_exit_3(tmp_path):
     assert summary["run"]["interrupted"] is True
 
 
+def test_a_short_run_over_the_ratio_exits_3_at_its_end(tmp_path):
+    """Under the 100-answer floor nothing stops the run early; its end judges every answer:
+    30 of 40 failed is over 0.5, so exit 3 with everything written."""
+    trace = write_trace_for(tmp_path / "t.arrow", ["ok", "status:503:body", "status:503:body",
+                                                   "status:503:body"], 40, gap_ms=5,
+                            embed_every=0)
+    with FaultyServer() as server:
+        proc = _replay(trace, tmp_path / "out", server.url, "--max-error-ratio", "0.5",
+                       "--no-report")
+    assert proc.returncode == 3, (proc.returncode, proc.stderr)
+    assert "30 of 40 requests failed" in proc.stderr and "--max-error-ratio 0.5" in proc.stderr
+    table, summary = read_run(tmp_path / "out")
+    assert check_accounting(table, summary, 40) == {None: 10, "http_5xx": 30}
+    assert summary["run"]["interrupted"] is False          # it ran to its end
+
+
 def test_errors_under_the_ratio_exit_0_and_are_counted_on_the_console(tmp_path):
     trace = write_trace_for(tmp_path / "t.arrow", ["ok"] * 9 + ["status:500:empty"], 120,
                             gap_ms=5, embed_every=0)

@@ -9,7 +9,8 @@ import argparse
 from pathlib import Path
 
 from cpbench.config import add_config_option
-from cpbench.outdir import default_dir
+from cpbench.outdir import default_dir, keep_names, prepare
+from cpbench.replaying.options import PER_RUN_OPTIONS, add_arguments, given
 
 EPILOG = """examples:
   cpbench compare --policies fifo,priority,slo_aware,hybrid_slo traces/burst.arrow -o results/cmp
@@ -53,20 +54,11 @@ def add_target_args(p: argparse.ArgumentParser, *, speed: bool = True) -> None:
     g.add_argument("--drain-s", type=float, default=1.0, metavar="S",
                    help="pause after each run, then wait until the sim's queues are empty "
                         "(default 1)")
-    g = p.add_argument_group("replay (every run)")
-    if speed:
-        g.add_argument("--speed", type=float, default=None, metavar="X",
-                       help="compress the trace's time by X")
-    g.add_argument("--duration", type=float, default=None, metavar="S", dest="duration_s",
-                   help="send only requests scheduled in the first S seconds")
-    g.add_argument("--warmup", default=None, metavar="10s|N",
-                   help="exclude the first seconds (10s) or requests (500) from statistics")
-    g.add_argument("--timeout", type=float, default=None, metavar="S", dest="timeout_s",
-                   help="per-request limit in seconds (default 60)")
-    g.add_argument("--workers", type=int, default=None, metavar="N",
-                   help="client processes per run (default: all cores)")
-    g.add_argument("--hints", choices=("sagellm", "vllm", "none"), default=None,
-                   help="priority/deadline hints sent with each request (default sagellm)")
+    g.add_argument("--overwrite", action="store_true",
+                   help="replace the contents of an existing, non-empty output directory "
+                        "(without it such a directory is refused)")
+    g = p.add_argument_group("replay (every run; defaults as `cpbench replay`)")
+    add_arguments(g, only=[n for n in PER_RUN_OPTIONS if speed or n != "speed"], unset=True)
     g.add_argument("--quiet", action="store_true",
                    help="no progress lines, no answer table (the JSON summary has it)")
 
@@ -81,17 +73,20 @@ def add_stats_args(p: argparse.ArgumentParser) -> None:
     g.add_argument("--seed", type=int, default=0, help="seed of the bootstrap (default 0)")
 
 
-def replay_options(args: argparse.Namespace) -> dict:
-    """The replay options the user set (unset ones keep replay's defaults)."""
-    keys = ("speed", "duration_s", "warmup", "timeout_s", "workers", "hints")
-    return {k: getattr(args, k) for k in keys if getattr(args, k, None) is not None}
-
-
 def target_kwargs(args: argparse.Namespace) -> dict:
-    """Keyword arguments shared by ``compare``, ``sweep`` and ``experiment``."""
+    """Keyword arguments shared by ``compare``, ``sweep`` and ``experiment``: the target,
+    and the replay options the user set (unset ones keep replay's defaults)."""
     return {"url": args.url, "switch": not args.no_switch, "policy_path": args.policy_path,
             "drain_s": args.drain_s, "sim_config": args.sim_config,
-            "replay_options": replay_options(args), "quiet": args.quiet}
+            "replay_options": given(args), "quiet": args.quiet}
+
+
+def prepare_output(args: argparse.Namespace, name: str, trace: Path | None = None) -> Path:
+    """``-o`` (default ``cpbench-results/<name>-<UTC time>``) checked and created before the
+    first run: a used directory is refused unless ``--overwrite`` (which empties it, keeping
+    a trace that lies in it)."""
+    out = args.output or default_dir(name)
+    return prepare(out, overwrite=args.overwrite, keep=keep_names(trace, out))
 
 
 def register(subparsers) -> None:
@@ -155,7 +150,7 @@ def run(args: argparse.Namespace) -> int:
                  "mode": args.mode, "llm_ratio": args.llm_ratio, "seed": args.seed}
     compare(args.trace, policies=policies, targets=parse_targets(args.targets),
             launch=args.launch, start_timeout_s=args.start_timeout_s,
-            out_dir=args.output or default_dir("compare"), repeat=args.repeat,
+            out_dir=prepare_output(args, "compare", args.trace), repeat=args.repeat,
             baseline=args.baseline, confidence=args.confidence, n_resamples=args.resamples,
             seed=args.seed, synth=synth, **target_kwargs(args))
     return 0

@@ -5,8 +5,7 @@ import argparse
 from pathlib import Path
 
 from cpbench.cli.compare import (add_stats_args, add_synth_args, add_target_args,
-                                 target_kwargs)
-from cpbench.outdir import default_dir
+                                 prepare_output, target_kwargs)
 from cpbench.config import add_config_option
 from cpbench.experiments import DEFAULT_PROBE_S, KNEE_CRITERIA
 
@@ -82,7 +81,7 @@ def run(args: argparse.Namespace) -> int:
         raise ConfigError("--speed does not apply to the throughput experiment: it sets the "
                           "rate itself; use --rates")
     options = target_kwargs(args)
-    experiment(args.name, out_dir=args.output or default_dir(args.name), trace=args.trace,
+    experiment(args.name, out_dir=prepare_output(args, args.name, args.trace), trace=args.trace,
                policies=parse_list(args.policies, what="--policies") if args.policies else None,
                rates_rps=parse_floats(args.rates, what="--rates") if args.rates else (),
                rate_rps=args.rate, requests=args.requests, pattern=args.pattern,

@@ -4,7 +4,8 @@ from __future__ import annotations
 import argparse
 from pathlib import Path
 
-from cpbench.outdir import default_dir
+from cpbench.outdir import default_dir, prepare
+from cpbench.replaying.options import PER_RUN_OPTIONS, add_arguments, given
 from cpbench.config import add_config_option
 
 EPILOG = """examples:
@@ -46,11 +47,12 @@ def register(subparsers) -> None:
     p.add_argument("--policy-path", default="/admin/policy", metavar="PATH",
                    help="admin endpoint for the policy switch (default /admin/policy)")
     p.add_argument("--no-switch", action="store_true", help="do not switch the policy")
-    p.add_argument("--timeout", type=float, default=None, metavar="S", dest="timeout_s",
-                   help="per-request limit in seconds (default 60)")
-    p.add_argument("--workers", type=int, default=None, metavar="N",
-                   help="client processes (default: all cores)")
+    p.add_argument("--overwrite", action="store_true",
+                   help="replace the contents of an existing, non-empty output directory "
+                        "(without it such a directory is refused)")
     p.add_argument("--no-report", action="store_true", help="skip report.html / report.md")
+    g = p.add_argument_group("replay (defaults as `cpbench replay`)")
+    add_arguments(g, only=[n for n in PER_RUN_OPTIONS if n != "speed"], unset=True)
     add_config_option(p)
     p.set_defaults(func=run)
 
@@ -60,10 +62,9 @@ def run(args: argparse.Namespace) -> int:
 
     synth = {k: getattr(args, k) for k in ("shape", "burst_rps", "end_rps")
              if getattr(args, k) is not None}
-    replay = {k: getattr(args, k) for k in ("timeout_s", "workers")
-              if getattr(args, k) is not None}
-    replay["report"] = not args.no_report
-    run_once(out_dir=args.output or default_dir("run"), policy=args.policy,
+    replay = {**given(args), "report": not args.no_report}
+    out = prepare(args.output or default_dir("run"), overwrite=args.overwrite)
+    run_once(out_dir=out, policy=args.policy,
              requests=args.requests, rate_rps=args.rate, mode=args.mode, pattern=args.pattern,
              llm_ratio=args.llm_ratio, seed=args.seed, url=args.url, switch=not args.no_switch,
              policy_path=args.policy_path, sim_config=args.sim_config, replay_options=replay,

@@ -4,8 +4,7 @@ from __future__ import annotations
 import argparse
 from pathlib import Path
 
-from cpbench.cli.compare import add_synth_args, add_target_args, target_kwargs
-from cpbench.outdir import default_dir
+from cpbench.cli.compare import add_synth_args, add_target_args, prepare_output, target_kwargs
 from cpbench.config import add_config_option
 from cpbench.experiments import DEFAULT_PROBE_S, KNEE_CRITERIA
 
@@ -63,7 +62,7 @@ def run(args: argparse.Namespace) -> int:
     from cpbench.experiments.sweep import sweep
 
     rates = parse_floats(args.rates, what="--rates") if args.rates or not args.knee else []
-    sweep(args.trace, rates_rps=rates, out_dir=args.output or default_dir("sweep"),
+    sweep(args.trace, rates_rps=rates, out_dir=prepare_output(args, "sweep", args.trace),
           policy=args.policy, knee=args.knee, target_pct=args.target_pct, rel_tol=args.rel_tol,
           max_probes=args.max_probes, knee_by=args.knee_by, probe_s=args.probe_s,
           synth={"requests": args.requests, "pattern": args.pattern, "mode": args.mode,

@@ -13,7 +13,7 @@ import argparse
 import dataclasses
 import math
 import os
-from collections.abc import Mapping
+from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -286,27 +286,33 @@ _BY_FLAG = {f.metadata["flag"].lstrip("-").replace("-", "_"): f.name
 _BY_FLAG["cluster"] = "ray"     # the Python API's word for a Ray address
 
 
-def add_arguments(parser: argparse.ArgumentParser) -> None:
-    """Add every :class:`ReplayOptions` field to ``parser`` as its flag.
+def add_arguments(parser: argparse.ArgumentParser | argparse._ArgumentGroup, *,
+                  only: Sequence[str] | None = None, unset: bool = False) -> None:
+    """Add :class:`ReplayOptions` fields (all, or those named in ``only``) as their flags.
 
     The parser's defaults are the dataclass's (``cpbench config --example replay`` shows
-    them); a repeatable flag starts from None so argparse never appends to a shared list.
+    them); with ``unset`` every default is None instead, so a command that runs many replays
+    passes on only what the user set (:func:`given`). A repeatable flag starts from None so
+    argparse never appends to a shared list.
     """
     for f in dataclasses.fields(ReplayOptions):
+        if only is not None and f.name not in only:
+            continue
         meta = f.metadata
         names = [meta["short"], meta["flag"]] if meta["short"] else [meta["flag"]]
         help_text = argparse.SUPPRESS if meta["hidden"] else meta["help"]
         if meta["negate"]:
-            parser.add_argument(*names, dest=f.name, action="store_false", default=True,
-                                help=help_text)
+            parser.add_argument(*names, dest=f.name, action="store_false",
+                                default=None if unset else True, help=help_text)
         elif f.default is False:
-            parser.add_argument(*names, dest=f.name, action="store_true", default=False,
-                                help=help_text)
+            parser.add_argument(*names, dest=f.name, action="store_true",
+                                default=None if unset else False, help=help_text)
         elif meta["append"]:
             parser.add_argument(*names, dest=f.name, action="append", default=None,
                                 metavar=meta["metavar"], help=help_text)
         else:
-            kwargs: dict[str, Any] = {"dest": f.name, "default": f.default, "help": help_text,
+            kwargs: dict[str, Any] = {"dest": f.name, "help": help_text,
+                                      "default": None if unset else f.default,
                                       "metavar": meta["metavar"]}
             if meta["type"] is not None:
                 kwargs["type"] = meta["type"]
@@ -316,3 +322,15 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
             if meta["const"] is not None:
                 kwargs.update(nargs="?", const=meta["const"])
             parser.add_argument(*names, **kwargs)
+
+
+# The replay options a multi-run command (run, compare, sweep, experiment) passes to each of its
+# replays; the rest (target, output, policy, report, Ray) each command sets itself.
+PER_RUN_OPTIONS: tuple[str, ...] = (
+    "speed", "duration_s", "warmup", "timeout_s", "workers", "connections", "hints",
+    "max_error_ratio", "grace_s", "realtime", "metrics_urls", "monitor")
+
+
+def given(ns: argparse.Namespace, names: Sequence[str] = PER_RUN_OPTIONS) -> dict[str, Any]:
+    """The options of ``names`` the user set on a parser built with ``unset=True``."""
+    return {name: getattr(ns, name) for name in names if getattr(ns, name, None) is not None}

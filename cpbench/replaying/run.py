@@ -25,14 +25,14 @@ import numpy as np
 from cpbench import __version__
 from cpbench.calibration import load_calibration
 from cpbench.errors import OutputError, TargetError
-from cpbench.outdir import claim, default_dir
+from cpbench.outdir import claim, default_dir, keep_names
 from cpbench.redact import redact_url
 from cpbench.replaying.console import format_summary, progress_line, warn_failures
 from cpbench.replaying.options import ReplayOptions, warmup_split
 from cpbench.replaying.plan import save_plan
 from cpbench.replaying.planning import build_plan, select_rows, trace_models
 from cpbench.replaying.pool import WorkerPool
-from cpbench.replaying.target import EmbeddedSim, check_reachable
+from cpbench.replaying.target import EmbeddedSim, active_policy, check_reachable
 from cpbench.results import ResultsWriter, read_results
 
 PROGRESS_S = 1.0
@@ -84,7 +84,7 @@ def run_replay(trace_path: str | os.PathLike[str], options: ReplayOptions | None
     models = trace_models(table)
     provenance = trace_metadata(table)
     out_path = o.output if o.output is not None else default_dir(trace_path.stem)
-    keep = (trace_path.name,) if trace_path.resolve().parent == Path(out_path).resolve() else ()
+    keep = keep_names(trace_path, out_path)
     with claim(out_path, overwrite=o.overwrite, keep=keep) as out, \
             tempfile.TemporaryDirectory(prefix="cpbench-replay-") as tmp, \
             _ray_cluster(o) as cluster:
@@ -159,8 +159,10 @@ def _run(run: dict, url: str, sim: EmbeddedSim | None, out: Path, o: ReplayOptio
     come, stop on a signal or the error ratio, then write the summary and report. ``run``:
     what the trace is (name, hash, provenance)."""
     n_workers = len(plans)
+    # The policy label: as given, the embedded sim's default, or what the target reports.
+    policy = o.policy or ("fifo" if sim is not None else active_policy(url))
     run.update({"target": redact_url(url), "embedded_target": sim is not None,
-           "policy": o.policy or ("fifo" if sim is not None else None),
+           "policy": policy,
            "started_utc": datetime.now(timezone.utc).isoformat(timespec="seconds"),
            "workers": n_workers, "cpbench_version": __version__, "host": platform.node(),
            "clock": "CLOCK_MONOTONIC",
@@ -267,7 +269,11 @@ def _run(run: dict, url: str, sim: EmbeddedSim | None, out: Path, o: ReplayOptio
                                               for f in finals)}})
     summary = _write_outputs(out, run, pool, o, monitors)
     tot = pool.totals()
-    if stop["why"] == "max-error-ratio":
+    # During the run the ratio is judged from 100 answers on (a few early faults must not stop
+    # it); at the end it is judged on every answer, so a short failing run exits 3 too.
+    over = (o.max_error_ratio is not None and stop["why"] is None and tot["done"] > 0
+            and tot["errors"] > o.max_error_ratio * tot["done"])
+    if stop["why"] == "max-error-ratio" or over:
         raise ErrorRatioExceeded(f"{tot['errors']} of {tot['done']} requests failed, more "
                                  f"than --max-error-ratio {o.max_error_ratio}; results "
                                  f"are in {out}")

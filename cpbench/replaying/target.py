@@ -102,3 +102,20 @@ def check_reachable(url: str) -> None:
     except OSError as exc:
         raise TargetError(f"cannot reach {redact_url(url)}: {exc.strerror or exc}; "
                           "start the server or fix --url") from None
+
+
+# Where sageLLM's control plane and `cpbench sim` report their active policy.
+POLICY_PATH = "/admin/policy"
+
+
+def active_policy(url: str, timeout_s: float = 2.0) -> str | None:
+    """The policy the target says it runs (``GET /admin/policy`` → ``{"policy": NAME}``), so
+    a run against a URL is labelled with it when ``--policy`` is not given; None when the
+    target has no such endpoint or does not answer in time (a router: its policy is fixed at
+    start, and the run is labelled by name instead)."""
+    try:
+        with urllib.request.urlopen(url.rstrip("/") + POLICY_PATH, timeout=timeout_s) as resp:
+            policy = json.loads(resp.read(4096))["policy"]
+    except (OSError, ValueError, KeyError, TypeError):
+        return None
+    return policy if isinstance(policy, str) and 0 < len(policy) <= 64 else None
