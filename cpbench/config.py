@@ -265,6 +265,20 @@ def _short(value: Any) -> str:
 
 # --- the command line ---------------------------------------------------------------------------
 
+def _example_key(parser: argparse.ArgumentParser) -> str:
+    """A ``key = value`` line for this parser's help: its first option that takes a number
+    and has a default, so the example is one the command accepts."""
+    for action in parser._actions:
+        long = [o for o in action.option_strings if o.startswith("--")]
+        if long and action.type in (int, float) and action.default is not None:
+            return f"{long[0][2:]} = {action.default}"
+    for action in parser._actions:
+        long = [o for o in action.option_strings if o.startswith("--")]
+        if long and action.nargs != 0 and long[0] != "--help":
+            return f'{long[0][2:]} = "..."'
+    return 'key = "value"'
+
+
 def add_config_option(parser: argparse.ArgumentParser) -> None:
     """Give a command ``--config FILE``: the file's keys become the command's defaults.
 
@@ -275,7 +289,7 @@ def add_config_option(parser: argparse.ArgumentParser) -> None:
     """
     parser.add_argument(CONFIG_OPTION, metavar="FILE", default=None,
                         help="TOML file of this command's options (keys as the long options, "
-                             "e.g. max-concurrency = 64); the command line overrides it; "
+                             f"e.g. {_example_key(parser)}); the command line overrides it; "
                              "see 'cpbench config --example "
                              f"{_prog(parser)}'")
     original = parser.parse_known_args

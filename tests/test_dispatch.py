@@ -193,6 +193,7 @@ class _FakeOwner:
     due_abs_ns = 1 << 62            # nothing to send
 
     def __init__(self):
+        self.options = dispatch_options()
         self.outcomes, self.itl = [], []
         self.itl_append = self.itl.append
 

@@ -5,8 +5,8 @@ import json
 
 import pytest
 
-from cpbench.replaying.wire import (StreamScan, check_embedding, header_block, int_after,
-                               request_body)
+from cpbench.replaying.wire import (StreamScan, check_completion, check_embedding, header_block,
+                                   int_after, request_body)
 from cpbench.prompts import count_tokens
 
 
@@ -29,6 +29,25 @@ def test_chat_body_is_openai_json_with_streamed_usage():
     assert body["stream"] is True and body["stream_options"] == {"include_usage": True}
     assert count_tokens(body["messages"][0]["content"]) == 12
     assert "priority" not in body
+
+
+@pytest.mark.parametrize("kind", ["chat", "completion"])
+def test_unstreamed_body_asks_for_one_json_answer(kind):
+    body = json.loads(request_body(kind, '"m"', 7, 12, 30, 1, None, "LOW", "vllm", stream=False))
+    assert body["stream"] is False and "stream_options" not in body
+    assert body["max_tokens"] == 30 and body["priority"] == 2
+
+
+def test_check_completion_reads_usage_and_refuses_what_is_not_one_answer():
+    answer = json.dumps({"id": "x", "object": "chat.completion", "choices": [
+        {"index": 0, "message": {"role": "assistant", "content": "hi there"}}],
+        "usage": {"prompt_tokens": 11, "completion_tokens": 42, "total_tokens": 53}}).encode()
+    assert check_completion(answer) == (None, 11, 42)
+    assert check_completion(b'{"choices": []}') == (None, None, None)     # no usage: unknown
+    problem, *_ = check_completion(_content("a") + USAGE)                  # an SSE stream
+    assert problem.startswith("completion body is not a JSON object")
+    problem, *_ = check_completion(b'{"object": "error"}')
+    assert problem.startswith("completion body has no choices")
 
 
 def test_literal_prompt_is_escaped_and_vllm_priority_added():

@@ -221,6 +221,34 @@ def test_embedded_sim_with_policy(tmp_path):
 
 
 @pytest.mark.slow
+def test_no_stream_reads_one_body_per_answer_and_counts_its_usage(server, tmp_path):
+    """--no-stream: chat and completions ask for one JSON body; the answer arrives whole, so
+    first token = done, no inter-token gaps, and output tokens are the body's usage. A server
+    that streams anyway is a bad payload, never a crash."""
+    kinds = ["chat", "completion", "embedding"] * 6
+    models = ["cpbench-llm-7b", "cpbench-llm-7b", "cpbench-embed-bge"] * 6
+    trace = make_trace(tmp_path / "t.arrow", models, kinds, gap_ms=10.0)
+    out = tmp_path / "sim"
+    proc = cpbench("replay", trace, "-o", out, "--no-stream", "--workers", 1, "--no-report",
+                   timeout=120)
+    assert proc.returncode == 0, proc.stderr
+    summary = summary_of(out)
+    assert summary["requests"]["completed"] == 18 and summary["requests"]["errors"] == 0
+    assert summary["run"]["options"]["stream"] is False
+    rows = read_results(out / "results.arrow").to_pylist()
+    llm = [r for r in rows if r["kind"] != "embedding"]
+    assert all(r["first_token_ns"] == r["done_ns"] for r in llm)
+    assert all(r["output_tokens"] == TOKENS and r["itl_mean_ns"] is None for r in llm)
+    assert decode_histogram(summary, "itl").total_count == 0
+    # The fault server streams whatever it is asked: its chat answers are not one JSON body.
+    out = tmp_path / "faulty"
+    proc = cpbench("replay", make_trace(tmp_path / "f.arrow", ["ok"] * 4, ["chat", "embedding"] * 2),
+                   "--url", server.url, "-o", out, "--no-stream", "--workers", 1, "--no-report")
+    assert proc.returncode == 0, proc.stderr
+    assert summary_of(out)["requests"]["by_error_class"] == {"bad_payload": 2}
+
+
+@pytest.mark.slow
 def test_embedded_sim_serves_foreign_model_names(tmp_path):
     """Imported traces keep their own model names (BurstGPT's 'ChatGPT', 'GPT-4'); the embedded
     control plane serves them with the engine of their kind instead of answering 404."""

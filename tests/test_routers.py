@@ -65,7 +65,10 @@ def test_prefix_trace_through_the_router_completes_and_cache_aware_hits_more(tmp
                 "steps": [_replay(rr, "rr", "rr"), _replay(ca, "ca", "ca"),
                           # The shipped prefix trace (shared system prompts, multi-turn
                           # sessions), its first seconds, last: its prompts are not salted.
-                          [*_replay(PREFIX_TRACE, "ca", "shipped"), "--duration", "4"]]},
+                          [*_replay(PREFIX_TRACE, "ca", "shipped"), "--duration", "4"],
+                          # ... and the router's non-streaming path: one JSON body each.
+                          [*_replay(PREFIX_TRACE, "rr", "unstreamed"), "--duration", "4",
+                           "--no-stream"]]},
                tmp_path / "lab")
     ratios = {}
     for step, name in zip(lab["steps"], ("rr", "ca")):
@@ -84,6 +87,13 @@ def test_prefix_trace_through_the_router_completes_and_cache_aware_hits_more(tmp
     assert summary["requests"]["completed"] == summary["requests"]["sent"]
     assert sum(r["requests"] for r in shipped["engines"]["per_engine"]) \
         == summary["requests"]["sent"]
+    unstreamed = lab["steps"][3]
+    assert unstreamed["rc"] == 0, unstreamed["stderr"]
+    summary = json.loads((tmp_path / "lab" / "unstreamed" / "summary.json").read_text())
+    assert summary["requests"]["sent"] > 0 and summary["requests"]["errors"] == 0
+    assert summary["requests"]["completed"] == summary["requests"]["sent"]
+    assert summary["run"]["options"]["stream"] is False
+    assert summary["rates"]["output_tps"] > 0                    # tokens from usage
     rr_rows = lab["steps"][0]["engines"]["per_engine"]
     assert [r["requests"] for r in rr_rows] == [REQUESTS // 4] * 4
     assert ratios["ca"] > ratios["rr"], ratios

@@ -65,6 +65,7 @@ class DispatchOptions:
     connections: int                  # keep-alive connections opened before the start
     grace_s: float                    # in-flight allowance after a stop
     bearer: str | None
+    stream: bool                      # chat/completions with "stream": true (else one JSON body)
 
 
 class Dispatcher:
@@ -244,7 +245,8 @@ class Dispatcher:
         body = request_body(KINDS[kind], self._models_json[col.model[j]], row,
                             col.input_tokens[j], None if out < 0 else out, col.batch_size[j],
                             prompt, PRIORITY_VALUES[prio], hints,
-                            col.messages[j] if col.messages is not None else None)
+                            col.messages[j] if col.messages is not None else None,
+                            stream=self.options.stream)
         head = self._heads.get((kind, prio)) or self._head(kind, prio)
         if hints == "sagellm":
             # The static headers are cached; only the per-request hints are formatted.

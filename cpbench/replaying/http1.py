@@ -17,7 +17,7 @@ from __future__ import annotations
 import asyncio
 import time
 
-from cpbench.replaying.wire import StreamScan, check_embedding
+from cpbench.replaying.wire import StreamScan, check_completion, check_embedding
 from cpbench.replaying.rows import ERROR_CODE
 from cpbench.vocab import KINDS
 
@@ -36,6 +36,7 @@ class HttpConn(asyncio.Protocol):
 
     def __init__(self, owner) -> None:
         self.d = owner
+        self.stream_llm = owner.options.stream  # chat/completions answer in SSE events
         self.transport: asyncio.Transport | None = None
         self.j: int | None = None
         self.served = 0                 # requests answered on this connection so far
@@ -158,7 +159,7 @@ class HttpConn(asyncio.Protocol):
             coding = head[i + 19: j if j >= 0 else len(head)].strip()
             # We send Accept-Encoding: identity; anything else cannot be scanned as text.
             self.encoding = None if coding in (b"identity", b"") else coding.decode("latin-1")
-        self.streaming = self.status == 200 and self.kind != _EMBEDDING
+        self.streaming = self.status == 200 and self.kind != _EMBEDDING and self.stream_llm
         if self.streaming:
             self.scan.reset(KINDS[self.kind])
         return True
@@ -233,12 +234,17 @@ class HttpConn(asyncio.Protocol):
                        "was not asked for", status=status)
             return
         if not self.streaming:
-            problem, prompt_tokens = check_embedding(bytes(self.body), self.batch_size)
+            # One JSON body: the answer arrives whole, so its first token is its last.
+            if self.kind == _EMBEDDING:
+                problem, prompt_tokens = check_embedding(bytes(self.body), self.batch_size)
+                completion_tokens = 0
+            else:
+                problem, prompt_tokens, completion_tokens = check_completion(bytes(self.body))
             if problem is not None:
                 self.fail(E_PAYLOAD, problem, status=status)
                 return
             self.first_token = now
-            self._finish(now, -1, None, prompt_tokens, 0)
+            self._finish(now, -1, None, prompt_tokens, completion_tokens or 0)
             return
         scan = self.scan
         if scan.malformed:

@@ -109,6 +109,10 @@ class ReplayOptions:
         "--metrics-url", "also scrape this Prometheus /metrics URL into monitor.arrow on the "
         "run's clock (repeatable; the embedded sim's is scraped anyway)", default=[],
         metavar="URL", append=True)
+    stream: bool = _opt(
+        "--no-stream", "send chat and completion requests with \"stream\": false and read one "
+        "JSON body each (a router's non-streaming path); their TTFT is then their end-to-end "
+        "time, and inter-token gaps are not measured", default=True, negate=True)
     monitor: bool = _opt(
         "--no-monitor", "do not sample client CPU, GPUs or /metrics (no monitor.arrow)",
         default=True, negate=True)
@@ -237,7 +241,8 @@ class ReplayOptions:
         """One worker's :class:`cpbench.replaying.dispatch.DispatchOptions` as a JSON dict."""
         return {"hints": self.hints, "timeout_s": float(self.timeout_s),
                 "connections": int(self.connections), "grace_s": float(self.grace_s),
-                "max_concurrency": int(max_concurrency), "bearer": bearer}
+                "max_concurrency": int(max_concurrency), "bearer": bearer,
+                "stream": bool(self.stream)}
 
 
 def _is_number(value: Any) -> bool:
@@ -328,7 +333,7 @@ def add_arguments(parser: argparse.ArgumentParser | argparse._ArgumentGroup, *,
 # replays; the rest (target, output, policy, report, Ray) each command sets itself.
 PER_RUN_OPTIONS: tuple[str, ...] = (
     "speed", "duration_s", "warmup", "timeout_s", "workers", "connections", "hints",
-    "max_error_ratio", "grace_s", "realtime", "metrics_urls", "monitor")
+    "max_error_ratio", "grace_s", "realtime", "metrics_urls", "monitor", "stream")
 
 
 def given(ns: argparse.Namespace, names: Sequence[str] = PER_RUN_OPTIONS) -> dict[str, Any]:

@@ -72,6 +72,8 @@ def request_body(
     priority: str,
     hints: str,
     messages_json: str | None = None,
+    *,
+    stream: bool = True,
 ) -> bytes:
     """The JSON body of one request, as bytes.
 
@@ -79,6 +81,7 @@ def request_body(
     ``prompt`` null means a prompt of ``input_tokens`` words built by
     :func:`cpbench.prompts.build_prompt`, tagged with the trace ``row``. ``messages_json``
     (chat only) is a ready JSON array of messages (a session's turns), sent as it is.
+    ``stream`` False asks chat and completions for one JSON body instead of SSE events.
     """
     extra = f',"priority":{VLLM_PRIORITY.get(priority, 1)}' if hints == "vllm" else ""
     if kind == "embedding":
@@ -93,8 +96,9 @@ def request_body(
         head = f'{{"model":{model_json},"messages":[{{"role":"user","content":{text}}}]'
     else:
         head = f'{{"model":{model_json},"prompt":{text}'
-    return (head + max_tokens
-            + ',"stream":true,"stream_options":{"include_usage":true}' + extra + "}").encode()
+    streaming = ',"stream":true,"stream_options":{"include_usage":true}' if stream \
+        else ',"stream":false'
+    return (head + max_tokens + streaming + extra + "}").encode()
 
 
 def header_block(
@@ -198,6 +202,17 @@ class StreamScan:
             return None, None
         return int_after(self.usage, b'"prompt_tokens":'), int_after(
             self.usage, b'"completion_tokens":')
+
+
+def check_completion(body: bytes) -> tuple[str | None, int | None, int | None]:
+    """Validate a non-streamed chat or completions body (``"stream": false``) without
+    decoding it: a JSON object with ``choices``. Returns ``(problem, prompt_tokens,
+    completion_tokens)``; the token counts come from ``usage`` (None where absent)."""
+    if not body.startswith(b"{"):
+        return f"completion body is not a JSON object: {body[:60]!r}", None, None
+    if b'"choices"' not in body:
+        return f"completion body has no choices: {body[:80]!r}", None, None
+    return None, int_after(body, b'"prompt_tokens":'), int_after(body, b'"completion_tokens":')
 
 
 def check_embedding(body: bytes, batch_size: int) -> tuple[str | None, int | None]:
