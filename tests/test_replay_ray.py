@@ -82,6 +82,13 @@ def same_run(tmp_path: Path, seen: dict, n_nodes: int) -> None:
     assert {n["cpbench_version"] for n in manifest["cluster"]["nodes"]} == \
         {sb["cpbench_version"]}
     assert manifest["workload"]["options"]["ray"]
+    # The report shows the lag per node, from the summary alone.
+    from cpbench.reporting import write_report
+    md = write_report([ray], tmp_path / "ray.html", markdown_path=tmp_path / "ray.md")
+    text = (tmp_path / "ray.md").read_text()
+    assert "Dispatch lag per Ray node" in text and md.is_file()
+    section = text.split("Dispatch lag per Ray node", 1)[1].split("\n## ", 1)[0]
+    assert section.count("| 127.0.0.1 |") == n_nodes
 
 
 @pytest.mark.integration

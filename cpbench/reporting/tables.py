@@ -153,10 +153,35 @@ def run_tables(run: RunData) -> list[Table]:
                               fmt_ms(r["e2e_mean_ms"]), fmt_ms(r["e2e_p99_ms"]),
                               fmt_ms(r["per_input_ms"]), fmt_num(r["inputs_per_s_per_stream"])]
                              for r in run.batch_table]))
+    if (nodes := node_table(run)) is not None:
+        tables.append(nodes)
     if run.error_details:
         tables.append(Table("Most frequent errors", ["error detail", "count"],
                             [[d, f"{n:,}"] for d, n in run.error_details]))
     return tables
+
+
+def node_table(run: RunData) -> Table | None:
+    """A `--ray` run: per node its actors, clock offset to the driver and dispatch lag."""
+    nodes = ((run.summary.get("run") or {}).get("cluster") or {}).get("nodes") or []
+    if not nodes:
+        return None
+    rows = []
+    for node in nodes:
+        clock, lag = node.get("clock") or {}, node.get("dispatch_lag_ms") or {}
+        offset, unc = clock.get("offset_ns"), clock.get("uncertainty_ns")
+        rows.append([str(node.get("address", "–")), str(node.get("hostname", "–")),
+                     fmt_num(node.get("actors")),
+                     "–" if offset is None else f"{offset / 1e6:+,.3f}",
+                     "–" if unc is None else f"{unc / 1e6:.3f}",
+                     fmt_num(lag.get("count")), fmt_ms(lag.get("p50")), fmt_ms(lag.get("p99")),
+                     fmt_ms(lag.get("max"))])
+    return Table("Dispatch lag per Ray node",
+                 ["node", "host", "actors", "clock offset ms", "± ms", "requests",
+                  "lag p50 ms", "lag p99 ms", "lag max ms"], rows,
+                 note="Each node's clock offset to the driver (minimum-RTT round trips; ± is half "
+                      "that RTT) converts the start instant; lag is sent − intended on the "
+                      "node's own clock.")
 
 
 def comparison_table(runs: list[RunData], labels: list[str]) -> Table:
