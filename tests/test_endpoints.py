@@ -124,3 +124,17 @@ def test_check_embedding_counts_vectors_without_decoding():
                                           (b"nothing", None)])
 def test_int_after(buf, expected):
     assert int_after(buf, b'"k":') == expected
+
+
+@pytest.mark.parametrize("url, says", [
+    ("http://127.0.0.1:8000/?key=s3cret", "no query string"),
+    ("http://127.0.0.1:8000/v1#frag", "no query string"),
+    ("http://127.0.0.1:99999", "not 0-65535"),
+    ("ftp://127.0.0.1:8000", "must look like http://host:port"),
+])
+def test_a_url_cpbench_cannot_honour_is_refused_without_its_secret(url, says):
+    from cpbench.errors import ConfigError
+    from cpbench.replaying.wire import Target
+    with pytest.raises(ConfigError, match=says) as err:
+        Target.from_url(url)
+    assert "s3cret" not in str(err.value)

@@ -46,7 +46,15 @@ class Target:
         parts = urlsplit(url)
         if parts.scheme not in ("http", "https") or not parts.hostname:
             raise ConfigError(f"--url must look like http://host:port; got {redact_url(url)!r}")
-        port = parts.port or (443 if parts.scheme == "https" else 80)
+        if parts.query or parts.fragment:
+            # Requests go to PREFIX/v1/...: a query or fragment would be dropped unseen.
+            raise ConfigError(f"--url takes no query string or fragment (requests go to "
+                              f"<url>/v1/...); got {redact_url(url)!r}")
+        try:
+            port = parts.port or (443 if parts.scheme == "https" else 80)
+        except ValueError:
+            raise ConfigError(f"--url has a port that is not 0-65535; got {redact_url(url)!r}") \
+                from None
         base = parts.path.rstrip("/")
         if base.endswith("/v1"):       # users often paste the OpenAI base URL
             base = base[:-3]
