@@ -14,11 +14,17 @@ a few seconds. Prints a table and writes JSON.
     chrt -f 5 python tools/bench_replay.py --rates 2000,4000 --wire   # on a busy host
     python tools/bench_replay.py --kinds chat --rates 2000 --workers 2 --hogs 2 --realtime 0,1
     python tools/bench_replay.py --prefix --rates 4000 --workers 2     # prefix-block prompts
+    python tools/bench_replay.py --bodies both --rates 4000 --workers 1  # small vs realistic
 
 ``--prefix`` compares, point by point, chat requests with ~1,000-token prompts rendered from
 prefix blocks ahead of the send (``chat+blocks``: 62 blocks of 16 tokens from 8 shared
 prefixes, then a request-unique tail) with chat requests of the same body size built at the
 send as today (``chat``), so the cost of rendering shows in lag and CPU per request.
+
+``--bodies realistic`` (or ``both``, interleaved point by point with the 16-token probes)
+sends what ``record synth`` produces by default instead of 16-token bodies: 1,000-token chat
+and completion prompts, and embedding batches of 16 texts of 128 tokens, which nginx answers
+with 16 vectors (``/batch16/v1/embeddings``, a file this script writes beside nginx's config).
 
 On a host shared with other work the lag tail is the scheduler's, not the dispatcher's: the
 ``preempt`` column counts the workers' involuntary context switches. ``--hogs N`` makes the
@@ -38,6 +44,7 @@ import sys
 import tempfile
 import time
 from pathlib import Path
+from urllib.parse import urlsplit
 
 import numpy as np
 
@@ -52,6 +59,40 @@ SEED = 20_260_601
 def make_trace(path: Path, kind: str, rate_rps: float, seconds: float, seed: int) -> int:
     """The same seeded one-kind Poisson trace `cpbench calibrate` probes with."""
     return poisson_trace(path, kind, rate_rps, seconds, seed)
+
+
+# --bodies realistic: the request shapes of `record synth`'s defaults, not 16-token probes.
+REALISTIC = {"chat": {"input_tokens": 1000}, "completion": {"input_tokens": 1000},
+             "embedding": {"input_tokens": 128, "batch_size": 16}}
+BATCH_PATH = "/batch16"           # nginx answers embeddings under it with 16 vectors
+
+
+def make_realistic_trace(small: Path, path: Path, kind: str) -> Path:
+    """``small``'s arrivals with realistic bodies (``REALISTIC``): same times, same count."""
+    import pyarrow as pa
+
+    from cpbench.trace import read_trace, write_trace
+    table = read_trace(small)
+    for name, value in REALISTIC[kind].items():
+        i = table.schema.get_field_index(name)
+        table = table.set_column(i, name, pa.array(np.full(table.num_rows, value),
+                                                   table.schema.field(name).type))
+    write_trace(table, path, metadata={"generator": "tools/bench_replay.py",
+                                       "params": {"kind": kind, "bodies": "realistic"},
+                                       "seed": SEED, "source": "synthetic"})
+    return path
+
+
+def write_batch_answer(nginx_prefix: Path, n: int = 16, dims: int = 384) -> None:
+    """The body nginx serves for a 16-text embedding batch (see tools/bench/nginx.conf)."""
+    vector = "[" + ",".join(f"{-0.5 + 0.037 * (i % 28):.6f}" for i in range(dims)) + "]"
+    data = ",".join(f'{{"object":"embedding","index":{i},"embedding":{vector}}}'
+                    for i in range(n))
+    body = (f'{{"object":"list","data":[{data}],"model":"bench",'
+            f'"usage":{{"prompt_tokens":{n * 128},"total_tokens":{n * 128}}}}}')
+    target = nginx_prefix / "static" / BATCH_PATH.strip("/") / "v1" / "embeddings"
+    target.parent.mkdir(parents=True, exist_ok=True)
+    target.write_text(body)
 
 
 PREFIX_TOKENS = 1000
@@ -155,7 +196,7 @@ class Hogs:
 
 def measure(trace: Path, out: Path, url: str, workers: int, loop: str,
             wire: bool = False, hogs: int = 0, realtime: int = 0) -> dict:
-    cap = WireCapture(int(url.rsplit(":", 1)[1]), out.with_suffix(".pcap")) if wire else None
+    cap = WireCapture(urlsplit(url).port, out.with_suffix(".pcap")) if wire else None
     hog = Hogs(hogs, limit_s=120.0) if hogs else None
     try:
         run_replay(trace, url=url, output=out, workers=workers, quiet=True, report=False,
@@ -177,6 +218,7 @@ def measure(trace: Path, out: Path, url: str, workers: int, loop: str,
     return {
         "requests": n,
         "errors": n - res.column("error_class").null_count,
+        "errors_by_class": summary["requests"]["by_error_class"],
         "target_rps": (n - 1) / span_target_s,
         "achieved_rps": (n - 1) / span_sent_s,
         "lag_p50_ms": float(np.percentile(lag_ms, 50)),
@@ -216,6 +258,9 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--prefix", action="store_true",
                     help="chat with ~1,000-token prompts from prefix blocks vs the same body "
                          "size built at the send (see the module docstring)")
+    ap.add_argument("--bodies", default="small", choices=("small", "realistic", "both"),
+                    help="16-token probes (default), record synth's shapes (1,000-token "
+                         "prompts, 16 x 128-token embedding batches), or both interleaved")
     ap.add_argument("-o", "--output", type=Path, default=Path("bench_replay.json"))
     args = ap.parse_args(argv)
     ladders = {"chat": [1000, 2000, 4000, 6000], "embedding": [1000, 2000, 5000, 7000],
@@ -224,12 +269,17 @@ def main(argv: list[str] | None = None) -> int:
     with tempfile.TemporaryDirectory(prefix="cpbench-bench-") as tmp:
         tmp = Path(tmp)
         pid, url = (None, args.url) if args.url else start_nginx(tmp / "nginx")
+        if pid is not None and args.bodies != "small":
+            # nginx's workers run as an unprivileged user: they must reach the answer file
+            # through this directory, which TemporaryDirectory made private (0700).
+            os.chmod(tmp, 0o755)
+            write_batch_answer(tmp / "nginx")
         try:
             for kind in (["chat"] if args.prefix else args.kinds.split(",")):
                 rates = [float(r) for r in args.rates.split(",")] if args.rates else ladders[kind]
                 for rate in rates:
                     trace = tmp / f"{kind}-{rate:g}.arrow"
-                    variants = [(kind, trace)]
+                    variants = [(kind, trace, url)]
                     if args.prefix:
                         plain, blk, size_blk, size_plain = make_prefix_traces(
                             tmp, rate, args.seconds, SEED)
@@ -237,14 +287,21 @@ def main(argv: list[str] | None = None) -> int:
                               f"the send; plan build (before the run, 1 worker's share of "
                               f"all rows): {plan_build_s(blk):.3f} s with blocks, "
                               f"{plan_build_s(plain):.3f} s without", flush=True)
-                        variants = [("chat", plain), ("chat+blocks", blk)]
+                        variants = [("chat", plain, url), ("chat+blocks", blk, url)]
                     else:
                         make_trace(trace, kind, rate, args.seconds, SEED)
+                        if args.bodies != "small":
+                            real = make_realistic_trace(trace, tmp / f"{kind}-{rate:g}-r.arrow",
+                                                        kind)
+                            real_url = url + BATCH_PATH if kind == "embedding" else url
+                            variants = ([(kind, trace, url)] if args.bodies == "both" else []) \
+                                + [(f"{kind}/real", real, real_url)]
                     for w in (int(x) for x in args.workers.split(",")):
                         for rt in (int(x) for x in args.realtime.split(",")):
                             # Interleaved: both variants of a point run back to back.
-                            for label, path in variants:
-                                r = measure(path, tmp / f"out-{label}-{rate:g}-{w}-{rt}", url,
+                            for label, path, target in variants:
+                                r = measure(path, tmp / f"out-{label.replace('/', '-')}-"
+                                            f"{rate:g}-{w}-{rt}", target,
                                             w, args.loop, args.wire, args.hogs, rt)
                                 r.update({"kind": label, "rate_rps": rate, "workers": w})
                                 rows.append(r)
@@ -253,6 +310,7 @@ def main(argv: list[str] | None = None) -> int:
             if pid is not None:
                 os.kill(pid, signal.SIGTERM)
     meta = {"host_cores": os.cpu_count(), "loop": args.loop, "seconds": args.seconds,
+            "bodies": args.bodies,
             "python": sys.version.split()[0], "time_utc": time.strftime("%Y-%m-%dT%H:%M:%SZ",
                                                                           time.gmtime())}
     args.output.write_text(json.dumps({"meta": meta, "points": rows}, indent=2))
