@@ -7,10 +7,8 @@ from __future__ import annotations
 
 import json
 import os
-import signal
 import subprocess
 import sys
-import time
 from pathlib import Path
 
 import pyarrow as pa
@@ -20,6 +18,7 @@ from cpbench.errors import ConfigError
 from cpbench.experiments.launch import parse_launch, parse_launches, redact_argv
 from cpbench.experiments.targets import parse_targets
 from cpbench.monitor.engines import balance, balance_from_monitor, delta, totals
+from support import running_fleet
 
 ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT / "tools"))
@@ -112,19 +111,8 @@ def test_balance_from_monitor_is_last_minus_first_per_engine_and_fleet_ratio():
 
 @pytest.fixture()
 def fleet2(tmp_path):
-    ready = tmp_path / "fleet.json"
-    proc = subprocess.Popen([sys.executable, "-m", "cpbench", "sim", "--fleet", "2", "--port",
-                             "0", "--ready-file", str(ready), "--decode-step-ms", "1"],
-                            stdout=subprocess.DEVNULL, cwd=ROOT)
-    try:
-        deadline = time.monotonic() + 30
-        while not ready.exists():
-            assert proc.poll() is None and time.monotonic() < deadline, "fleet did not start"
-            time.sleep(0.05)
-        yield json.loads(ready.read_text())["urls"]
-    finally:
-        proc.send_signal(signal.SIGTERM)
-        proc.wait(20)
+    with running_fleet(tmp_path / "fleet.json", 2) as (_, ready):
+        yield ready["urls"]
 
 
 @pytest.mark.integration

@@ -3,15 +3,12 @@ SGLang's /get_load and a prefix cache of its own; run through the real CLI."""
 from __future__ import annotations
 
 import json
-import os
 import re
-import signal
-import subprocess
-import sys
-import time
 import urllib.request
 
 import pytest
+
+from support import running_fleet
 
 pytestmark = pytest.mark.integration
 
@@ -39,20 +36,8 @@ def _metric(text: str, name: str) -> float:
 
 @pytest.fixture()
 def fleet(tmp_path):
-    ready = tmp_path / "fleet.json"
-    proc = subprocess.Popen([sys.executable, "-m", "cpbench", "sim", "--fleet", "2", "--port",
-                             "0", "--ready-file", str(ready), "--decode-step-ms", "1"],
-                            stdout=subprocess.PIPE, text=True)
-    try:
-        deadline = time.monotonic() + 30
-        while not ready.exists():
-            assert proc.poll() is None, "fleet exited"
-            assert time.monotonic() < deadline, "no ready file"
-            time.sleep(0.05)
-        yield proc, json.loads(ready.read_text())
-    finally:
-        proc.send_signal(signal.SIGTERM)
-        proc.wait(20)
+    with running_fleet(tmp_path / "fleet.json", 2) as started:
+        yield started
 
 
 def test_fleet_ready_file_urls_and_endpoints(fleet):

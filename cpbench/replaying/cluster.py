@@ -40,9 +40,9 @@ from pathlib import Path
 import numpy as np
 
 from cpbench import __version__
-from cpbench._core.hist import Histogram
 from cpbench.errors import ConfigError, TargetError
 from cpbench.replaying.plan import COLUMNS, Plan, PromptColumn, load_plan, save_plan
+from cpbench.replaying.pool import PoolReports
 from cpbench.replaying.clock import ClockOffset, ClockSample, estimate_offset
 
 RAY_MISSING = 'the --ray option needs Ray; install it with: pip install "cpbench[ray]"'
@@ -282,7 +282,7 @@ def check_versions(facts: list[dict]) -> None:
                 "cpbench and Python on every node")
 
 
-class RayPool:
+class RayPool(PoolReports):
     """The driver's side of a Ray replay; the interface of :class:`cpbench.replaying.pool.WorkerPool`.
 
     Raises ConfigError (version mismatch, not enough free CPUs) or TargetError (an actor
@@ -446,21 +446,6 @@ class RayPool:
         self.live.discard(w)
         if self.started:
             self.stop()             # a lost node ends the run: the others stop scheduling
-
-    def totals(self) -> dict:
-        """Progress counters summed over actors (lag: the worst actor's)."""
-        keys = ("sent", "done", "errors", "in_flight", "waiting", "connections", "emfile")
-        tot = {k: sum(p.get(k, 0) for p in self.progress) for k in keys}
-        tot["lag_p99_ns"] = max((p.get("lag_p99_ns", 0) for p in self.progress), default=0)
-        return tot
-
-    def merged_itl(self) -> Histogram:
-        """The exact merge of every finished actor's ITL histogram."""
-        hist = Histogram()
-        for final in self.finals:
-            if final is not None:
-                hist.merge(Histogram.decode(final["itl_hist"]))
-        return hist
 
     def close(self, grace_s: float = 5.0) -> None:
         """Wait up to ``grace_s`` for the loops to end, then kill every actor, remove the

@@ -25,7 +25,30 @@ from cpbench.spawn import python_module_cmd
 _F_SETPIPE_SZ = 1031            # Linux: let a record batch fit in the pipe without blocking
 
 
-class WorkerPool:
+class PoolReports:
+    """What a pool reports while and after its workers (processes or Ray actors) run: each
+    worker's latest ``progress`` counters and its ``finals`` (None until it reported)."""
+
+    progress: list[dict]
+    finals: list[dict | None]
+
+    def totals(self) -> dict:
+        """Progress counters summed over workers (lag: the worst worker's)."""
+        keys = ("sent", "done", "errors", "in_flight", "waiting", "connections", "emfile")
+        tot = {k: sum(p.get(k, 0) for p in self.progress) for k in keys}
+        tot["lag_p99_ns"] = max((p.get("lag_p99_ns", 0) for p in self.progress), default=0)
+        return tot
+
+    def merged_itl(self) -> Histogram:
+        """The exact merge of every finished worker's ITL histogram."""
+        hist = Histogram()
+        for final in self.finals:
+            if final is not None:
+                hist.merge(Histogram.decode(final["itl_hist"]))
+        return hist
+
+
+class WorkerPool(PoolReports):
     """The parent's side: start workers, release them together, pump their messages."""
 
     def __init__(self, cfgs: list[dict], n_workers: int, models: list[str]) -> None:
@@ -113,21 +136,6 @@ class WorkerPool:
                 self.finals[w] = payload
                 self.progress[w] = payload["counters"]
                 self.live.discard(w)
-
-    def totals(self) -> dict:
-        """Progress counters summed over workers (lag: the worst worker's)."""
-        keys = ("sent", "done", "errors", "in_flight", "waiting", "connections", "emfile")
-        tot = {k: sum(p.get(k, 0) for p in self.progress) for k in keys}
-        tot["lag_p99_ns"] = max((p.get("lag_p99_ns", 0) for p in self.progress), default=0)
-        return tot
-
-    def merged_itl(self) -> Histogram:
-        """The exact merge of every finished worker's ITL histogram."""
-        hist = Histogram()
-        for final in self.finals:
-            if final is not None:
-                hist.merge(Histogram.decode(final["itl_hist"]))
-        return hist
 
     def close(self, grace_s: float = 5.0) -> None:
         """Join the workers; one that hangs past ``grace_s`` is killed."""

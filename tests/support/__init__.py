@@ -5,7 +5,9 @@ server, and ``support.result_dirs``, hand-built result directories), never from 
 """
 from __future__ import annotations
 
+import contextlib
 import json
+import signal
 import subprocess
 import sys
 import time
@@ -69,6 +71,21 @@ def wait_ready_file(proc: subprocess.Popen, ready: Path, timeout_s: float = 30.0
         out, err = proc.communicate(timeout=10)
         raise AssertionError(f"{ready.name} never appeared: {out!r} {err!r}")
     return json.loads(ready.read_text())
+
+
+@contextlib.contextmanager
+def running_fleet(ready: Path, n: int = 2, *extra: str):
+    """``cpbench sim --fleet n`` (1 ms decode steps) for the ``with`` block: yields the
+    process and what it wrote to its ready file (``urls``, ``pid``); stopped by its pid."""
+    proc = subprocess.Popen([sys.executable, "-m", "cpbench", "sim", "--fleet", str(n),
+                             "--port", "0", "--ready-file", str(ready), "--decode-step-ms", "1",
+                             *extra], stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+    try:
+        yield proc, wait_ready_file(proc, ready)
+    finally:
+        if proc.poll() is None:
+            proc.send_signal(signal.SIGTERM)
+        proc.communicate(timeout=20)
 
 
 def replay_for_report(out: Path) -> Path:
