@@ -236,10 +236,10 @@ class HttpConn(asyncio.Protocol):
         if not self.streaming:
             # One JSON body: the answer arrives whole, so its first token is its last.
             if self.kind == _EMBEDDING:
-                problem, prompt_tokens = check_embedding(bytes(self.body), self.batch_size)
+                problem, prompt_tokens = check_embedding(self.body, self.batch_size)
                 completion_tokens = 0
             else:
-                problem, prompt_tokens, completion_tokens = check_completion(bytes(self.body))
+                problem, prompt_tokens, completion_tokens = check_completion(self.body)
             if problem is not None:
                 self.fail(E_PAYLOAD, problem, status=status)
                 return

@@ -127,9 +127,11 @@ def header_block(
     return ("\r\n".join(lines) + "\r\n").encode("latin-1")
 
 
-def int_after(buf: bytes, key: bytes, start: int = 0) -> int | None:
-    """The non-negative integer that follows ``key`` in ``buf`` (spaces allowed), else None."""
-    i = buf.find(key, start)
+def int_after(buf: bytes, key: bytes, start: int = 0, *, last: bool = False) -> int | None:
+    """The non-negative integer that follows ``key`` in ``buf`` (spaces allowed), else None;
+    with ``last`` the key's last occurrence (a ``usage`` object closes a body, so a search
+    from the end skips the vectors or text before it)."""
+    i = buf.rfind(key, start) if last else buf.find(key, start)
     if i < 0:
         return None
     i += len(key)
@@ -212,26 +214,30 @@ class StreamScan:
             self.usage, b'"completion_tokens":')
 
 
-def check_completion(body: bytes) -> tuple[str | None, int | None, int | None]:
+def check_completion(body: bytes | bytearray) -> tuple[str | None, int | None, int | None]:
     """Validate a non-streamed chat or completions body (``"stream": false``) without
     decoding it: a JSON object with ``choices``. Returns ``(problem, prompt_tokens,
     completion_tokens)``; the token counts come from ``usage`` (None where absent)."""
     if not body.startswith(b"{"):
-        return f"completion body is not a JSON object: {body[:60]!r}", None, None
+        return f"completion body is not a JSON object: {bytes(body[:60])!r}", None, None
     if b'"choices"' not in body:
-        return f"completion body has no choices: {body[:80]!r}", None, None
-    return None, int_after(body, b'"prompt_tokens":'), int_after(body, b'"completion_tokens":')
+        return f"completion body has no choices: {bytes(body[:80])!r}", None, None
+    return (None, int_after(body, b'"prompt_tokens":', last=True),
+            int_after(body, b'"completion_tokens":', last=True))
 
 
-def check_embedding(body: bytes, batch_size: int) -> tuple[str | None, int | None]:
+def check_embedding(body: bytes | bytearray, batch_size: int) -> tuple[str | None, int | None]:
     """Validate an embeddings response body without decoding its vectors.
 
     Returns ``(problem, prompt_tokens)``: ``problem`` is None when the body holds one
     ``"embedding"`` per input, else a short description for ``bad_payload``.
     """
     if not body.startswith(b"{"):
-        return f"embeddings body is not a JSON object: {body[:60]!r}", None
-    vectors = body.count(b'"embedding":') + body.count(b'"embedding" :')
-    if vectors != max(int(batch_size), 1):
+        return f"embeddings body is not a JSON object: {bytes(body[:60])!r}", None
+    want = max(int(batch_size), 1)
+    vectors = body.count(b'"embedding":')
+    if vectors != want:         # the spelling with a space is rare: counted only when needed
+        vectors += body.count(b'"embedding" :')
+    if vectors != want:
         return f"embeddings body has {vectors} vectors for {batch_size} inputs", None
-    return None, int_after(body, b'"prompt_tokens":')
+    return None, int_after(body, b'"prompt_tokens":', last=True)
