@@ -38,9 +38,12 @@ def redact_url(url: str | None) -> str | None:
     try:
         parts = urllib.parse.urlsplit(url)
         host = parts.hostname
-        port = parts.port
     except ValueError:
         return url
+    try:
+        port = parts.port
+    except ValueError:      # a port out of range: the rest is still redacted
+        port = None
     netloc = parts.netloc
     if "@" in netloc:
         netloc = netloc.rsplit("@", 1)[1]

@@ -127,10 +127,9 @@ def test_int_after(buf, expected):
 
 
 @pytest.mark.parametrize("url, says", [
-    ("http://127.0.0.1:8000/?key=s3cret", "no query string"),
-    ("http://127.0.0.1:8000/v1#frag", "no query string"),
-    ("http://127.0.0.1:99999", "not 0-65535"),
-    ("ftp://127.0.0.1:8000", "must look like http://host:port"),
+    ("http://127.0.0.1:8000/v1#frag", "no #fragment"),
+    ("http://127.0.0.1:99999/?key=s3cret", "not 0-65535"),
+    ("ftp://127.0.0.1:8000/?key=s3cret", "must look like http://host:port"),
 ])
 def test_a_url_cpbench_cannot_honour_is_refused_without_its_secret(url, says):
     from cpbench.errors import ConfigError
@@ -138,3 +137,14 @@ def test_a_url_cpbench_cannot_honour_is_refused_without_its_secret(url, says):
     with pytest.raises(ConfigError, match=says) as err:
         Target.from_url(url)
     assert "s3cret" not in str(err.value)
+
+
+def test_a_query_string_reaches_every_request_path():
+    """An Azure-style gateway wants ?api-version=... on each request: it is kept, not dropped."""
+    from cpbench.replaying.wire import Target
+    t = Target.from_url("https://gw.example:8443/openai/v1?api-version=2024-06-01")
+    assert (t.base_path, t.query, t.tls) == ("/openai", "?api-version=2024-06-01", True)
+    head = header_block("embedding", t.host_header, bearer=None, request_id=None,
+                        priority="NORMAL", deadline_ms=None, hints="none",
+                        path_prefix=t.base_path, query=t.query)
+    assert head.startswith(b"POST /openai/v1/embeddings?api-version=2024-06-01 HTTP/1.1\r\n")

@@ -105,6 +105,10 @@ def test_secret_in_url_query_never_written(tmp_path):
     assert _leaks(proc.stdout, proc.stderr) == []
     _, summary = read_run(out)
     assert summary["run"]["target"] == f"{server.url}/?api_key=<redacted>&region=eu"
+    # The query reached the server on every request (a gateway's api-version or key).
+    assert len(server.heads) == 20
+    assert all(h.split(b" ", 2)[1].endswith(f"?api_key={KEY}&region=eu".encode())
+               for h in server.heads)
     rep = run_cli("report", str(out), "-o", str(tmp_path / "again.html"), env=dict(os.environ))
     assert rep.returncode == 0, rep.stderr
     assert _leaks((tmp_path / "again.html").read_bytes(), rep.stdout, rep.stderr) == []

@@ -258,7 +258,8 @@ class Dispatcher:
         # sageLLM's X-Request-ID and X-SLO-Deadline-Ms differ per request: _encode adds them.
         head = header_block(KINDS[kind], self.target.host_header, bearer=self.options.bearer,
                             request_id=None, priority=PRIORITY_VALUES[prio], deadline_ms=None,
-                            hints=self.options.hints, path_prefix=self.target.base_path)
+                            hints=self.options.hints, path_prefix=self.target.base_path,
+                            query=self.target.query)
         self._heads[(kind, prio)] = head
         return head
 

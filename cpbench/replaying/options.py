@@ -50,7 +50,8 @@ class ReplayOptions:
     """
 
     url: str | None = _opt(
-        "--url", "control plane base URL (default: start `cpbench sim` on loopback)")
+        "--url", "control plane base URL (default: start `cpbench sim` on loopback); a query "
+        "string (?api-version=...) goes with every request, and is redacted where recorded")
     output: Path | None = _opt(
         "--output", "results directory (default: cpbench-results/<trace>-<UTC time>/)",
         short="-o", metavar="DIR", type=Path)

@@ -113,8 +113,11 @@ def active_policy(url: str, timeout_s: float = 2.0) -> str | None:
     a run against a URL is labelled with it when ``--policy`` is not given; None when the
     target has no such endpoint or does not answer in time (a router: its policy is fixed at
     start, and the run is labelled by name instead)."""
+    t = Target.from_url(url)
+    endpoint = (f"{'https' if t.tls else 'http'}://{t.host_header}{t.base_path}{POLICY_PATH}"
+                f"{t.query}")
     try:
-        with urllib.request.urlopen(url.rstrip("/") + POLICY_PATH, timeout=timeout_s) as resp:
+        with urllib.request.urlopen(endpoint, timeout=timeout_s) as resp:
             policy = json.loads(resp.read(4096))["policy"]
     except (OSError, ValueError, KeyError, TypeError):
         return None

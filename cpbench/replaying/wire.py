@@ -32,24 +32,26 @@ _USAGE = (b'"usage":{', b'"usage": {')
 
 @dataclass(frozen=True)
 class Target:
-    """Where requests go: host, port, TLS, path prefix, and the Host header."""
+    """Where requests go: host, port, TLS, path prefix, the Host header, and a query string
+    every request carries (``?api-version=...`` of an Azure-style gateway; "" for none)."""
 
     host: str
     port: int
     tls: bool
     base_path: str
     host_header: str
+    query: str = ""
 
     @classmethod
     def from_url(cls, url: str) -> "Target":
-        """Parse ``http(s)://host[:port][/prefix]``; credentials in the URL are ignored."""
+        """Parse ``http(s)://host[:port][/prefix][?query]``; credentials in the URL are
+        ignored, a query string is appended to every request's path."""
         parts = urlsplit(url)
         if parts.scheme not in ("http", "https") or not parts.hostname:
             raise ConfigError(f"--url must look like http://host:port; got {redact_url(url)!r}")
-        if parts.query or parts.fragment:
-            # Requests go to PREFIX/v1/...: a query or fragment would be dropped unseen.
-            raise ConfigError(f"--url takes no query string or fragment (requests go to "
-                              f"<url>/v1/...); got {redact_url(url)!r}")
+        if parts.fragment:
+            # A fragment never reaches a server: one here is a paste error, not an option.
+            raise ConfigError(f"--url takes no #fragment; got {redact_url(url)!r}")
         try:
             port = parts.port or (443 if parts.scheme == "https" else 80)
         except ValueError:
@@ -59,7 +61,8 @@ class Target:
         if base.endswith("/v1"):       # users often paste the OpenAI base URL
             base = base[:-3]
         host = parts.hostname if ":" not in parts.hostname else f"[{parts.hostname}]"
-        return cls(parts.hostname, port, parts.scheme == "https", base, f"{host}:{port}")
+        return cls(parts.hostname, port, parts.scheme == "https", base, f"{host}:{port}",
+                   f"?{parts.query}" if parts.query else "")
 
 
 def _json_str(text: str) -> str:
@@ -112,9 +115,10 @@ def request_body(
 def header_block(
     kind: str, host: str, *, bearer: str | None, request_id: str | None,
     priority: str, deadline_ms: float | None, hints: str, path_prefix: str = "",
+    query: str = "",
 ) -> bytes:
     """HTTP/1.1 request line and headers up to (not including) ``Content-Length``."""
-    lines = [f"POST {path_prefix}{PATHS[kind]} HTTP/1.1", f"Host: {host}",
+    lines = [f"POST {path_prefix}{PATHS[kind]}{query} HTTP/1.1", f"Host: {host}",
              "Content-Type: application/json", "Accept: */*", "Accept-Encoding: identity"]
     if bearer:
         lines.append(f"Authorization: Bearer {bearer}")

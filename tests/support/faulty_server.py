@@ -188,7 +188,8 @@ class FaultyServer:
                 # Only the replayed requests count: the GETs a run makes around them (the
                 # manifest's /v1/models probe) are answered but are not trace rows.
                 replayed = head.startswith(b"POST ")
-                path = head.split(b" ", 2)[1]
+                # Routed on the path alone, as a server does; the query is only recorded.
+                path = head.split(b" ", 2)[1].split(b"?", 1)[0]
                 if not replayed:
                     writer.write(_response(200, b'{"status": "ok"}' if path == b"/health" else
                                            b'{"object": "list", "data": [{"id": "ok"}]}'))
