@@ -30,7 +30,6 @@ import os
 import platform
 import shutil
 import socket
-import sys
 import tempfile
 import threading
 import time
@@ -396,21 +395,12 @@ class RayPool(PoolReports):
 
     def pump(self, timeout_s: float, on_batch) -> None:
         """Handle what the actors sent within ``timeout_s``; batches go to ``on_batch``."""
-        from cpbench.results import rows_to_batch
         for w, msgs in self._answers(timeout_s):
             for kind, payload in msgs:
-                if kind == "rows":
-                    on_batch(rows_to_batch(payload, self.models, w))
-                elif kind == "progress":
-                    self.progress[w] = payload
-                elif kind == "warning":
-                    print(f"cpbench: warning: {payload}", file=sys.stderr)
-                elif kind == "error":
+                if kind == "error":
                     self._lose(w, payload)
-                elif kind == "done":
-                    self.finals[w] = payload
-                    self.progress[w] = payload["counters"]
-                    self.live.discard(w)
+                else:
+                    self.handle(w, kind, payload, on_batch)
 
     def _answers(self, timeout_s: float):
         """``(worker, messages)`` for each poll answered within ``timeout_s``; the next poll

@@ -26,11 +26,27 @@ _F_SETPIPE_SZ = 1031            # Linux: let a record batch fit in the pipe with
 
 
 class PoolReports:
-    """What a pool reports while and after its workers (processes or Ray actors) run: each
-    worker's latest ``progress`` counters and its ``finals`` (None until it reported)."""
+    """What a pool makes of its workers' (processes' or Ray actors') messages: result batches,
+    each worker's latest ``progress`` counters, its ``finals`` (None until it reported)."""
 
+    models: list[str]
     progress: list[dict]
     finals: list[dict | None]
+    live: set[int]
+
+    def handle(self, w: int, kind: str, payload, on_batch) -> None:
+        """One message of worker ``w``: result rows (to ``on_batch`` as an Arrow batch),
+        progress counters, a warning for the console, or its final report."""
+        if kind == "rows":
+            on_batch(rows_to_batch(payload, self.models, w))
+        elif kind == "progress":
+            self.progress[w] = payload
+        elif kind == "warning":
+            print(f"cpbench: warning: {payload}", file=sys.stderr)
+        elif kind == "done":
+            self.finals[w] = payload
+            self.progress[w] = payload["counters"]
+            self.live.discard(w)
 
     def totals(self) -> dict:
         """Progress counters summed over workers (lag: the worst worker's)."""
@@ -126,16 +142,7 @@ class WorkerPool(PoolReports):
             except (EOFError, OSError):
                 self.live.discard(w)
                 continue
-            if kind == "rows":
-                on_batch(rows_to_batch(payload, self.models, w))
-            elif kind == "progress":
-                self.progress[w] = payload
-            elif kind == "warning":
-                print(f"cpbench: warning: {payload}", file=sys.stderr)
-            elif kind == "done":
-                self.finals[w] = payload
-                self.progress[w] = payload["counters"]
-                self.live.discard(w)
+            self.handle(w, kind, payload, on_batch)
 
     def close(self, grace_s: float = 5.0) -> None:
         """Join the workers; one that hangs past ``grace_s`` is killed."""
