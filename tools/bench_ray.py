@@ -155,7 +155,7 @@ def measure_median(repeat: int, trace: Path, out: Path, url: str, **options) -> 
 def measure(trace: Path, out: Path, url: str, **options) -> dict:
     from cpbench.replaying.run import run_replay
     sampler = Sampler()
-    run_replay(trace, url=url, out_dir=out, quiet=True, report=False, monitor=False,
+    run_replay(trace, url=url, output=out, quiet=True, report=False, monitor=False,
                **options)
     sampler.stop()
     s = json.loads((out / "summary.json").read_text())
