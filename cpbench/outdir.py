@@ -50,11 +50,7 @@ def prepare(path: str | os.PathLike[str], *, overwrite: bool = False,
     refused as :func:`check_free` refuses; with ``overwrite`` emptied (``keep`` stays)."""
     out = Path(path)
     check_free(out, overwrite=overwrite, keep=keep)
-    try:
-        out.mkdir(parents=True, exist_ok=True)
-    except OSError as exc:
-        raise OutputError(f"cannot create {out}: {exc.strerror or exc}; choose another -o") \
-            from None
+    _create(out)
     if overwrite:
         _empty(out, keep)
     return out
@@ -85,11 +81,7 @@ def claim(path: str | os.PathLike[str], *, overwrite: bool = False,
     out = Path(path)
     check_free(out, overwrite=overwrite, keep=keep)
     created = not out.exists()
-    try:
-        out.mkdir(parents=True, exist_ok=True)
-    except OSError as exc:
-        raise OutputError(f"cannot create {out}: {exc.strerror or exc}; choose another -o") \
-            from None
+    _create(out)
     lock = open(out / LOCK_NAME, "a")
     try:
         try:
@@ -107,6 +99,14 @@ def claim(path: str | os.PathLike[str], *, overwrite: bool = False,
         lock.close()
         if created and out.is_dir() and not any(out.iterdir()):
             out.rmdir()
+
+
+def _create(out: Path) -> None:
+    try:
+        out.mkdir(parents=True, exist_ok=True)
+    except OSError as exc:
+        raise OutputError(f"cannot create {out}: {exc.strerror or exc}; choose another -o") \
+            from None
 
 
 def _empty(out: Path, keep: tuple[str, ...]) -> None:

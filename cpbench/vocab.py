@@ -37,6 +37,10 @@ DEFAULT_SLO_MS: dict[str, tuple[float, float]] = {
     "embedding": (DEFAULT_SLO_E2E_MS["embedding"], DEFAULT_SLO_E2E_MS["embedding"]),
 }
 
+# Where a control plane reports and switches its scheduling policy (GET/POST {"policy": NAME}):
+# sageLLM's admin API, which `cpbench sim` serves too.
+POLICY_PATH = "/admin/policy"
+
 # How a request tells the control plane its priority and deadline: sageLLM's headers, vLLM's
 # `priority` body field, or not at all.
 HINTS: tuple[str, ...] = ("sagellm", "vllm", "none")

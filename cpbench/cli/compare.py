@@ -11,6 +11,7 @@ from pathlib import Path
 from cpbench.config import add_config_option
 from cpbench.outdir import default_dir, keep_names, prepare
 from cpbench.replaying.options import PER_RUN_OPTIONS, add_arguments, given
+from cpbench.vocab import POLICY_PATH
 
 EPILOG = """examples:
   cpbench compare --policies fifo,priority,slo_aware,hybrid_slo traces/burst.arrow -o results/cmp
@@ -45,7 +46,7 @@ def add_target_args(p: argparse.ArgumentParser, *, speed: bool = True) -> None:
                         "one server for every run)")
     g.add_argument("--sim-config", default=None, metavar="FILE.json",
                    help="configuration of the embedded control plane (`cpbench sim --config`)")
-    g.add_argument("--policy-path", default="/admin/policy", metavar="PATH",
+    g.add_argument("--policy-path", default=POLICY_PATH, metavar="PATH",
                    help="admin endpoint that GETs/POSTs {\"policy\": NAME} (default "
                         "/admin/policy)")
     g.add_argument("--no-switch", action="store_true",

@@ -7,6 +7,7 @@ from pathlib import Path
 from cpbench.outdir import default_dir, prepare
 from cpbench.replaying.options import PER_RUN_OPTIONS, add_arguments, given
 from cpbench.config import add_config_option
+from cpbench.vocab import POLICY_PATH
 
 EPILOG = """examples:
   cpbench run --mode llm --policy fifo --requests 200 --rate 10
@@ -44,7 +45,7 @@ def register(subparsers) -> None:
                    help="control plane base URL (default: start `cpbench sim` on loopback)")
     p.add_argument("--sim-config", default=None, metavar="FILE.json",
                    help="configuration of the embedded control plane")
-    p.add_argument("--policy-path", default="/admin/policy", metavar="PATH",
+    p.add_argument("--policy-path", default=POLICY_PATH, metavar="PATH",
                    help="admin endpoint for the policy switch (default /admin/policy)")
     p.add_argument("--no-switch", action="store_true", help="do not switch the policy")
     p.add_argument("--overwrite", action="store_true",

@@ -27,6 +27,7 @@ from cpbench.experiments.runs import (check_policies, control_plane, output_dir,
                                       replay_one, run_dir, synth_trace, write_json)
 from cpbench.experiments.stats import (higher_is_better, metric_label, metric_names,
                                        paired_comparison, run_arrays)
+from cpbench.vocab import POLICY_PATH
 
 
 
@@ -149,7 +150,7 @@ def differences_table(stats: dict):
 
 def compare(trace: str | Path | None, *, policies: Sequence[str], out_dir: str | Path,
             url: str | None = None, repeat: int = 1, switch: bool = True,
-            policy_path: str = "/admin/policy", baseline: str | None = None,
+            policy_path: str = POLICY_PATH, baseline: str | None = None,
             drain_s: float = 1.0, confidence: float = 0.95, n_resamples: int = 1000,
             seed: int = 0, sim_config: str | Path | None = None,
             replay_options: dict[str, Any] | None = None, quiet: bool = False,

@@ -23,6 +23,7 @@ from pathlib import Path
 from typing import TextIO
 
 from cpbench.errors import ConfigError, TargetError
+from cpbench.vocab import POLICY_PATH
 
 _CONTROL_TIMEOUT_S = 10.0
 _IDLE_GAUGES = ("cpbench_sim_queue_depth", "cpbench_sim_running_sequences",
@@ -66,7 +67,7 @@ def _request(url: str, *, body: dict | None = None, timeout_s: float = _CONTROL_
 class PolicyAdmin:
     """The scheduling-policy switch of one control plane: ``POST``/``GET {url}{path}``."""
 
-    def __init__(self, url: str, path: str = "/admin/policy") -> None:
+    def __init__(self, url: str, path: str = POLICY_PATH) -> None:
         if not path.startswith("/"):
             raise ConfigError(f"--policy-path must start with '/'; got {path!r}")
         self.endpoint = url.rstrip("/") + path

@@ -28,6 +28,7 @@ from cpbench.experiments.runs import (check_policies, control_plane, output_dir,
                                       replay_one, synth_trace, write_json)
 from cpbench.experiments.stats import PRIORITIES
 from cpbench.experiments.sweep import DEFAULT_PROBE_S, active_policy, sweep, synth_requests
+from cpbench.vocab import POLICY_PATH
 
 EXPERIMENTS = ("throughput", "latency", "slo", "mixed_ratio")
 DEFAULT_RATIOS = (0.0, 0.25, 0.5, 0.75, 1.0)
@@ -112,7 +113,7 @@ def experiment(name: str, *, out_dir: str | Path, trace: str | Path | None = Non
                mode: str = "hybrid", llm_ratio: float = 0.5,
                ratios: Sequence[float] = DEFAULT_RATIOS, target_pct: float = 95.0,
                seed: int = 0, url: str | None = None, repeat: int = 1, switch: bool = True,
-               policy_path: str = "/admin/policy", drain_s: float = 1.0,
+               policy_path: str = POLICY_PATH, drain_s: float = 1.0,
                sim_config: str | Path | None = None, replay_options: dict | None = None,
                confidence: float = 0.95, n_resamples: int = 1000, rel_tol: float = 0.05,
                max_probes: int = 8, knee_by: str = "throughput",
@@ -184,7 +185,7 @@ def experiment(name: str, *, out_dir: str | Path, trace: str | Path | None = Non
 
 def run(*, out_dir: str | Path, policy: str | None, requests: int, rate_rps: float,
         mode: str = "llm", pattern: str = "poisson", llm_ratio: float = 0.5, seed: int = 0,
-        url: str | None = None, switch: bool = True, policy_path: str = "/admin/policy",
+        url: str | None = None, switch: bool = True, policy_path: str = POLICY_PATH,
         sim_config: str | Path | None = None, replay_options: dict | None = None,
         synth_options: dict | None = None, stdout: TextIO | None = None) -> Path:
     """Synthesize a trace into ``DIR/trace.arrow``, set the policy, replay it into ``DIR/run``.

@@ -25,6 +25,7 @@ from cpbench.experiments.runs import (check_policies, control_plane, output_dir,
 from cpbench.experiments.control import PolicyAdmin, Progress, format_table, wait_idle
 from cpbench.experiments.stats import KneeResult, find_knee, run_arrays, run_metrics
 from cpbench.experiments.steady import probe_health
+from cpbench.vocab import POLICY_PATH
 
 
 def trace_rate_rps(trace: str | Path) -> tuple[float, int]:
@@ -134,7 +135,7 @@ def sweep(trace: str | Path | None, *, rates_rps: Sequence[float], out_dir: str 
           policy: str | None = None, url: str | None = None, knee: bool = False,
           target_pct: float = 95.0, rel_tol: float = 0.05, max_probes: int = 8,
           knee_by: str = "slo", probe_s: float = DEFAULT_PROBE_S,
-          switch: bool = True, policy_path: str = "/admin/policy", drain_s: float = 1.0,
+          switch: bool = True, policy_path: str = POLICY_PATH, drain_s: float = 1.0,
           sim_config: str | Path | None = None, replay_options: dict[str, Any] | None = None,
           experiment: str = "sweep", quiet: bool = False, stdout: TextIO | None = None,
           synth: dict[str, Any] | None = None) -> dict:

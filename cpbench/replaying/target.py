@@ -18,6 +18,7 @@ from cpbench.errors import TargetError
 from cpbench.redact import redact_url
 from cpbench.replaying.wire import Target
 from cpbench.spawn import python_module_cmd
+from cpbench.vocab import POLICY_PATH
 
 SIM_READY_S = 30.0
 SIM_STOP_GRACE_S = 5.0
@@ -102,10 +103,6 @@ def check_reachable(url: str) -> None:
     except OSError as exc:
         raise TargetError(f"cannot reach {redact_url(url)}: {exc.strerror or exc}; "
                           "start the server or fix --url") from None
-
-
-# Where sageLLM's control plane and `cpbench sim` report their active policy.
-POLICY_PATH = "/admin/policy"
 
 
 def active_policy(url: str, timeout_s: float = 2.0) -> str | None:

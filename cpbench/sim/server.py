@@ -32,6 +32,7 @@ from cpbench.sim.parse import ApiError, parse_chat, parse_completion, parse_embe
 from cpbench.sim.prefix_cache import block_hashes
 from cpbench.sim.scheduler import Scheduler
 from cpbench.sim.wire import SimRequest
+from cpbench.vocab import POLICY_PATH
 
 _monotonic_ns = time.monotonic_ns
 _log = logging.getLogger("cpbench.sim")
@@ -321,8 +322,8 @@ def build_app(config: SimConfig | None = None) -> web.Application:
     app.router.add_get("/health", health)
     app.router.add_get("/metrics", metrics)
     app.router.add_get("/get_load", get_load)
-    app.router.add_get("/admin/policy", policy_get)
-    app.router.add_post("/admin/policy", policy_set)
+    app.router.add_get(POLICY_PATH, policy_get)
+    app.router.add_post(POLICY_PATH, policy_set)
     app.router.add_get("/admin/stats", stats)
     return app
 
