@@ -23,6 +23,8 @@ _VOCABULARY = (
     "the deadline of the oldest request is at risk of being missed by the serving system"
 ).split()
 
+# Every word is lower-case ASCII letters, so a built prompt is valid inside a JSON string as it
+# is: cpbench.replaying.wire quotes it without escaping (tests/test_endpoints.py holds this).
 # Longest prompt built by slicing; longer ones repeat the text (rare: >100k-token prompts).
 _MAX_WORDS = 131_072
 

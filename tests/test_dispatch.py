@@ -6,6 +6,7 @@ from __future__ import annotations
 import asyncio
 import time
 
+import numpy as np
 import pyarrow as pa
 import pytest
 import uvloop
@@ -17,6 +18,8 @@ from cpbench.errors import ConfigError, TargetError
 from cpbench.results import rows_to_batch
 from cpbench.replaying.options import ReplayOptions
 from cpbench.replaying.planning import build_plan, select_rows
+from cpbench.replaying.rows import ERROR_CODE
+from cpbench.vocab import KINDS
 from support import trace_table
 from support.faulty_server import TOKENS, FaultyServer
 
@@ -187,44 +190,90 @@ def test_target_parsing_and_credential_stripping():
         Target.from_url("ftp://h")
 
 
-class _FakeOwner:
-    """What an HttpConn needs of its dispatcher, recording the outcomes it reports."""
-
-    due_abs_ns = 1 << 62            # nothing to send
-
-    def __init__(self):
-        self.options = dispatch_options()
-        self.outcomes, self.itl = [], []
-        self.itl_append = self.itl.append
-
-    def finished(self, conn, j, reusable, *outcome):
-        self.outcomes.append((j, outcome))
-        self.reusable = reusable
 
 
 def _chunked(*parts: bytes) -> bytes:
     return b"".join(b"%x\r\n%s\r\n" % (len(p), p) for p in parts) + b"0\r\n\r\n"
 
 
+def _one_row_conn(kind: int = 0, batch_size: int = 1):
+    """A Conn on a one-row plan (row 7 of the trace), its owner, recorder and ITL histogram."""
+    from collections import deque
+
+    from cpbench._core.conn import Conn, Recorder, Sender
+    from cpbench._core.hist import Histogram
+    from cpbench.replaying.plan import COLUMNS
+    values = {"rows": 7, "kind": kind, "batch_size": batch_size, "input_tokens": 5,
+              "output_tokens": -1, "slo_ttft_ms": 100.0, "slo_e2e_ms": 1000.0}
+    rec = Recorder({name: np.full(1, values.get(name, 0), dtype)
+                    for name, dtype in COLUMNS.items()})
+    sender = Sender(rec, None, None, None, deque(), 0, 64)     # nothing due: never called
+    hist = Histogram()
+    conn = Conn(None, sender, hist, True)
+    conn.transport = _Transport()
+    return conn, sender, rec, hist
+
+
+class _Transport:
+    """What a Conn needs of its transport here: nothing is written or aborted but counted."""
+
+    aborted = 0
+
+    def abort(self):
+        self.aborted += 1
+
+
 @pytest.mark.parametrize("step", [1, 2, 3, 7, 1000])
 def test_response_parsed_whatever_the_read_boundaries(step):
-    from cpbench.replaying.http1 import HttpConn
+    from cpbench.replaying.rows import ROW_INT_FIELDS
     events = [b'data: {"choices":[{"delta":{"content":"t%d"}}]}\n\n' % i for i in range(3)]
     usage = b'data: {"choices":[],"usage":{"prompt_tokens":4,"completion_tokens":3}}\n\n'
     wire = (b"HTTP/1.1 200 OK\r\nContent-Type: text/event-stream\r\n"
             b"Transfer-Encoding: chunked\r\n\r\n"
             + _chunked(events[0] + events[1][:9], events[1][9:], events[2], usage,
                        b"data: [DONE]\n\n"))
-    d = _FakeOwner()
-    conn = HttpConn(d)
-    conn.transport = object()                   # only tested for presence here
-    conn.begin(7, 0, 1, 10)
+    conn, sender, rec, hist = _one_row_conn()
+    rec.start_ns = 4
+    conn.begin(0, 10)
     for i in range(0, len(wire), step):
         conn.data_received(wire[i:i + step])
-    (j, outcome), = d.outcomes
-    sent, first_byte, first_token, done, status, code, detail, prompt, out = outcome[:9]
-    assert j == 7 and code == -1 and detail is None             # no error class
-    assert (out, prompt, status) == (3, 4, 200)
-    assert sent == 10 < first_byte <= first_token <= done
-    assert len(d.itl) == 2                                       # 3 tokens, 2 gaps
-    assert d.reusable
+    n, ints, floats, details = rec.take_rows()
+    v = dict(zip(ROW_INT_FIELDS, np.frombuffer(ints, np.int64).tolist()))
+    assert n == 1 and details == {} and conn.j is None
+    assert v["row"] == 7 and v["error_class"] == -1                 # no error class
+    assert (v["output_tokens"], v["input_tokens"], v["status"]) == (3, 4, 200)
+    assert v["sent_ns"] == 6 < v["first_byte_ns"] <= v["first_token_ns"] <= v["done_ns"]
+    assert np.frombuffer(floats).tolist() == [100.0, 1000.0]
+    assert hist.total_count == 2                                 # 3 tokens, 2 gaps
+    assert sender.idle == [conn] and conn.transport.aborted == 0       # kept for reuse
+
+
+@pytest.mark.parametrize("head, body, want", [
+    (b"HTTP/1.1 200 OK\r\nContent-Length: %d\r\n\r\n",
+     b'{"data":[{"embedding":[0.1]},{"embedding":[0.2]}],"usage":{"prompt_tokens":9}}',
+     {"status": 200, "error_class": -1, "input_tokens": 9}),
+    (b"HTTP/1.1 200 OK\r\nCONTENT-LENGTH:   %d  \r\nConnection: Close\r\n\r\n",
+     b'{"data":[{"embedding":[0.1]}]}',
+     {"status": 200, "error_class": ERROR_CODE["bad_payload"], "input_tokens": 5}),
+    (b"HTTP/1.1 503 Busy\r\ncontent-length: %d\r\n\r\n", b"overloaded",
+     {"status": 503, "error_class": ERROR_CODE["http_5xx"]}),
+    (b"HTTP/1.1 200 OK\r\nContent-Length: -%d\r\n\r\n", b"x",
+     {"status": 200, "error_class": ERROR_CODE["bad_payload"]}),
+    (b"HTTP/1.1 200 OK\r\nContent-Encoding: gzip\r\nContent-Length: %d\r\n\r\n",
+     b'{"data":[{"embedding":[0.1]},{"embedding":[0.2]}]}',
+     {"status": 200, "error_class": ERROR_CODE["bad_payload"]}),
+])
+def test_embedding_bodies_checked_whole_and_classified(head, body, want):
+    from cpbench.replaying.rows import ROW_INT_FIELDS
+    conn, sender, rec, _ = _one_row_conn(kind=KINDS.index("embedding"), batch_size=2)
+    conn.begin(0, 10)
+    wire = head % len(body) + body
+    conn.data_received(wire[:20])
+    conn.data_received(wire[20:])
+    n, ints, _, details = rec.take_rows()
+    v = dict(zip(ROW_INT_FIELDS, np.frombuffer(ints, np.int64).tolist()))
+    assert n == 1 and {k: v[k] for k in want} == want
+    assert (v["error_class"] < 0) == (details == {})
+    # A 5xx keeps the connection; a bad body, a close or a bad header does not.
+    kept = want["error_class"] in (-1, ERROR_CODE["http_5xx"]) and b"Close" not in head
+    assert (sender.idle == [conn], conn.transport.aborted) == (kept, int(not kept))

@@ -148,3 +148,16 @@ def test_a_query_string_reaches_every_request_path():
                         priority="NORMAL", deadline_ms=None, hints="none",
                         path_prefix=t.base_path, query=t.query)
     assert head.startswith(b"POST /openai/v1/embeddings?api-version=2024-06-01 HTTP/1.1\r\n")
+
+
+def test_built_prompts_need_no_escaping_and_bodies_are_json():
+    from cpbench.prompts import _VOCABULARY, build_prompt
+    assert all(w.isascii() and w.isalpha() and w.islower() for w in _VOCABULARY)
+    for n in (1, 2, 32, 1000, 200_000):
+        chat = json.loads(request_body("chat", '"m"', 5, n, 7, 1, None, "NORMAL", "none"))
+        assert chat["messages"][0]["content"] == build_prompt(n, 5)
+        emb = json.loads(request_body("embedding", '"m"', 5, n, None, 3, None, "LOW", "none"))
+        assert emb["input"] == [build_prompt(n, 5)] * 3
+    quoted = json.loads(request_body("completion", '"m"', 5, 4, None, 1, 'say "hi"\\', "LOW",
+                                     "none"))
+    assert quoted["prompt"] == 'say "hi"\\'

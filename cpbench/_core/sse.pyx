@@ -1,6 +1,10 @@
 # cython: boundscheck=False, wraparound=False, cdivision=True
-"""One pass over a segment of whole SSE events: the counts :class:`cpbench.replaying.wire.StreamScan`
-needs, without decoding any JSON.
+"""A streamed response's SSE body, scanned without decoding any JSON.
+
+:class:`StreamScan` takes the body one socket read at a time (from Python with ``feed``, from
+:mod:`cpbench._core.conn` with ``feed_ptr`` on the read's bytes) and keeps the count of content
+events, the ``usage`` event, ``[DONE]``, the first error and a shape check. Each segment of
+whole events is counted in one pass, :func:`scan_events`:
 
 Counting each marker with ``bytes.count`` walks the segment once per marker (a dozen times for
 a chat stream, about 18 µs for 16 events); this walks it once, in C, with the same rules:
@@ -11,18 +15,75 @@ a chat stream, about 18 µs for 16 events); this walks it once, in C, with the s
   space); ``ends``: ``}`` followed by a blank line (``\\n\\n`` or ``\\r\\n\\r\\n``);
 - ``done``: ``[DONE]`` markers; ``error_at``: offset of the first ``"error"``, or -1.
 """
+cimport cython
+from cpython.bytearray cimport PyByteArray_AS_STRING, PyByteArray_GET_SIZE
+from cpython.bytes cimport PyBytes_FromStringAndSize
 from libc.string cimport memcmp
 
 
-cdef inline bint _at(const unsigned char[:] s, Py_ssize_t i, Py_ssize_t n, const char* lit,
+cdef inline bint _at(const unsigned char* s, Py_ssize_t i, Py_ssize_t n, const char* lit,
                      Py_ssize_t k) noexcept nogil:
     return i + k <= n and memcmp(&s[i], lit, k) == 0
 
 
-def scan_events(const unsigned char[:] seg, bint chat):
-    """Counts over ``seg`` (bytes of whole events): ``(tokens, data_lines, objects, ends, done,
-    error_at)``; ``chat`` picks ``"content"`` (chat) or ``"text"`` (completions) markers."""
-    cdef Py_ssize_t n = seg.shape[0], i = 0, j
+cdef inline Py_ssize_t _rfind(const unsigned char* s, Py_ssize_t start, Py_ssize_t end,
+                              const char* lit, Py_ssize_t k) noexcept nogil:
+    # Offset of the last ``lit`` wholly inside s[start:end], or -1.
+    cdef Py_ssize_t i = end - k
+    while i >= start:
+        if s[i] == <unsigned char>lit[0] and memcmp(&s[i], lit, k) == 0:
+            return i
+        i -= 1
+    return -1
+
+
+cdef inline Py_ssize_t _find(const unsigned char* s, Py_ssize_t start, Py_ssize_t end,
+                             const char* lit, Py_ssize_t k) noexcept nogil:
+    cdef Py_ssize_t i = start
+    while i + k <= end:
+        if s[i] == <unsigned char>lit[0] and memcmp(&s[i], lit, k) == 0:
+            return i
+        i += 1
+    return -1
+
+
+cdef Py_ssize_t find_int_after(const unsigned char* p, Py_ssize_t n, const char* key,
+                               Py_ssize_t klen, bint last, long long* out) noexcept nogil:
+    """Parse the non-negative integer after ``key`` (spaces allowed) into ``out``: its
+    first or (``last``) last occurrence. Returns the digits' count, 0 when there is none."""
+    cdef Py_ssize_t i = _rfind(p, 0, n, key, klen) if last else _find(p, 0, n, key, klen)
+    cdef Py_ssize_t j
+    cdef long long v = 0
+    if i < 0:
+        return 0
+    i += klen
+    while i < n and p[i] == 32:
+        i += 1
+    j = i
+    while j < n and 48 <= p[j] <= 57 and j - i < 18:
+        v = v * 10 + (p[j] - 48)
+        j += 1
+    out[0] = v
+    return j - i
+
+
+def int_after(const unsigned char[:] buf, bytes key, Py_ssize_t start=0, *, bint last=False):
+    """The non-negative integer that follows ``key`` in ``buf[start:]`` (spaces allowed), else
+    None; with ``last`` the key's last occurrence (a ``usage`` object closes a body, so a
+    search from the end skips the vectors or text before it)."""
+    cdef long long v = 0
+    cdef Py_ssize_t n = buf.shape[0]
+    if start >= n or n == 0:
+        return None
+    if find_int_after(&buf[start], n - start, key, len(key), last, &v) == 0:
+        return None
+    return v
+
+
+cdef tuple _scan(const unsigned char* seg, Py_ssize_t n, bint chat):
+    """Counts over ``seg[:n]`` (bytes of whole events): ``(tokens, data_lines, objects, ends,
+    done, error_at)``; ``chat`` picks ``"content"`` (chat) or ``"text"`` (completions)."""
+    cdef Py_ssize_t i = 0, j
     cdef long tokens = 0, data_lines = 0, objects = 0, ends = 0, done = 0
     cdef Py_ssize_t error_at = -1
     cdef const char* key = b'"content":' if chat else b'"text":'
@@ -61,3 +122,101 @@ def scan_events(const unsigned char[:] seg, bint chat):
                     done += 1
             i += 1
     return tokens, data_lines, objects, ends, done, error_at
+
+
+def scan_events(const unsigned char[:] seg, bint chat):
+    """Counts over ``seg`` (bytes of whole events): ``(tokens, data_lines, objects, ends, done,
+    error_at)``; ``chat`` picks ``"content"`` (chat) or ``"text"`` (completions) markers."""
+    if seg.shape[0] == 0:
+        return 0, 0, 0, 0, 0, -1
+    return _scan(&seg[0], seg.shape[0], chat)
+
+
+@cython.final
+cdef class StreamScan:
+    """Incremental scan of one SSE body: content events, the usage event, ``[DONE]``.
+
+    One instance lives on each connection and is ``reset`` per request, so a request costs no
+    new Python objects. ``feed`` takes the body bytes of one socket read and returns how many
+    content events (tokens, as the server chunked them) completed in it; a partial event
+    waits for the next read.
+    """
+
+    def __cinit__(self):
+        self._tail = bytearray()
+        self._chat = True
+        self.usage = None
+        self.done = False
+        self.error = None
+        self.malformed = False
+
+    def reset(self, str kind):
+        """Prepare for a new response of ``kind`` (``chat`` or ``completion``)."""
+        self.restart(kind == "chat")
+
+    cdef void restart(self, bint chat) noexcept:
+        del self._tail[:]
+        self._chat = chat
+        self.usage = None
+        self.done = False
+        self.error = None
+        self.malformed = False
+
+    def feed(self, const unsigned char[:] data):
+        """Scan ``data`` (body bytes); return the number of content events completed in it."""
+        if data.shape[0] == 0:
+            return self.feed_ptr(NULL, 0)
+        return self.feed_ptr(&data[0], data.shape[0])
+
+    cdef long feed_ptr(self, const unsigned char* p, Py_ssize_t n) except -1:
+        cdef Py_ssize_t cut, cut_lf, cut_crlf, i, start, end, error_at
+        cdef long tokens, data_lines, objects, ends, done
+        cdef bint held = PyByteArray_GET_SIZE(self._tail) > 0
+        if held:
+            if n:
+                self._tail.extend((<const char*>p)[:n])
+            p = <const unsigned char*>PyByteArray_AS_STRING(self._tail)
+            n = PyByteArray_GET_SIZE(self._tail)
+        # Only whole events are scanned. Most reads end on an event boundary: no search.
+        if n >= 2 and p[n - 1] == 10 and p[n - 2] == 10:
+            cut = n
+        else:
+            cut_lf = _rfind(p, 0, n, b"\n\n", 2)
+            cut_crlf = _rfind(p, 0, n, b"\r\n\r\n", 4)
+            cut = max(cut_lf + 2 if cut_lf >= 0 else -1, cut_crlf + 4 if cut_crlf >= 0 else -1)
+        if cut < 0:
+            if not held and n:
+                self._tail.extend((<const char*>p)[:n])
+            return 0
+        tokens, data_lines, objects, ends, done, error_at = _scan(p, cut, self._chat)
+        i = _rfind(p, 0, cut, b'"usage":{', 9)
+        if i < 0:
+            i = _rfind(p, 0, cut, b'"usage": {', 10)
+        if i >= 0:
+            start = _rfind(p, 0, i, b"data:", 5)
+            start = start + 5 if start >= 0 else 0
+            end = _find(p, i, cut, b"\n", 1)
+            if end < 0:
+                end = cut
+            self.usage = PyBytes_FromStringAndSize(<const char*>p + start, end - start)
+        if done:
+            self.done = True
+        # A cheap shape check instead of decoding: every data line is a JSON object or [DONE].
+        if objects + done != data_lines or objects != ends:
+            self.malformed = True
+        if error_at >= 0 and self.error is None:
+            end = min(<Py_ssize_t>error_at + 200, cut)
+            self.error = PyBytes_FromStringAndSize(<const char*>p + error_at, end - error_at)
+        # What follows the last whole event waits in the tail (p may point into it).
+        if held:
+            del self._tail[:cut]
+        elif cut < n:
+            self._tail.extend((<const char*>p + cut)[:n - cut])
+        return tokens
+
+    def usage_tokens(self):
+        """``(prompt_tokens, completion_tokens)`` from the usage event, None where absent."""
+        if self.usage is None:
+            return None, None
+        return (int_after(self.usage, b'"prompt_tokens":'),
+                int_after(self.usage, b'"completion_tokens":'))

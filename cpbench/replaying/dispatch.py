@@ -1,11 +1,13 @@
 """The open-loop dispatcher of one process: send each request when the plan says, record it.
 
 The hot path is lean by design (docs/design.md, "The hot path"): no task, future or dict per
-request, and nothing kept per request once it is recorded. The plan's columns are read in place through memoryviews; each keep-alive
-connection is a :class:`cpbench.replaying.http1.HttpConn` that parses its own responses; a finished
-request's values go as one short-lived tuple into the flat typed arrays of a
-:class:`cpbench.replaying.rows.RowBuffer`, whose raw buffers the parent turns into Arrow
-batches. Connections are opened before the start and reused; a request
+request, and nothing kept per request once it is recorded. Each keep-alive connection is a
+compiled :class:`cpbench._core.conn.Conn` that sends, parses its own responses and writes a
+finished request's row straight into the typed buffers of a
+:class:`cpbench._core.conn.Recorder` (which reads the plan's columns in C), whose raw buffers
+the parent turns into Arrow batches; inter-token gaps go straight into the ITL histogram.
+Python runs once per send (this module) and once per response (:meth:`Dispatcher.release`).
+Connections are opened before the start and reused; a request
 due while every connection is busy opens a new one (open loop: nothing caps the in-flight
 count unless ``max_concurrency`` is set).
 
@@ -20,7 +22,6 @@ stock asyncio loop alike.
 """
 from __future__ import annotations
 
-import array
 import asyncio
 import errno
 import json
@@ -32,11 +33,11 @@ from typing import Callable
 
 import numpy as np
 
-from cpbench.replaying.wire import Target, header_block, request_body
+from cpbench._core.conn import Conn, Recorder, Sender
 from cpbench.errors import TargetError
-from cpbench.replaying.http1 import E_CONNECT, E_INTERRUPTED, E_TIMEOUT, HttpConn
 from cpbench.replaying.plan import COLUMNS, Plan
-from cpbench.replaying.rows import RowBuffer
+from cpbench.replaying.rows import ERROR_CODE
+from cpbench.replaying.wire import Target, header_block, request_body
 from cpbench.vocab import KINDS, PRIORITIES as PRIORITY_VALUES
 from cpbench.replaying.timer import MonotonicTimer
 
@@ -48,6 +49,8 @@ SWEEP_S = 0.05                   # timeout check cadence
 IDLE_CLOSE_NS = 2_000_000_000    # an idle connection above the floor is closed after this
 IDLE_TRIM_S = 0.5                # ... checked this often
 _NEVER = 1 << 62
+E_CONNECT, E_TIMEOUT = ERROR_CODE["connect"], ERROR_CODE["timeout"]
+E_INTERRUPTED = ERROR_CODE["interrupted"]
 __all__ = ["Dispatcher", "DispatchOptions", "Plan", "Target"]
 
 
@@ -79,7 +82,7 @@ class Dispatcher:
     worker : int
         This process's index, stored in each row.
     emit : callable
-        ``emit(kind, payload)`` hands ``"rows"`` (:meth:`RowBuffer.take_rows`) and
+        ``emit(kind, payload)`` hands ``"rows"`` (:meth:`Recorder.take_rows`) and
         ``"progress"`` (dict) messages to the parent.
     itl_hist : cpbench._core.hist.Histogram
         Receives every inter-token gap seen, a stream that fails later included; tokens that
@@ -91,23 +94,19 @@ class Dispatcher:
         self.target, self.plan, self.options = target, plan, options
         self.emit, self.itl_hist = emit, itl_hist
         self.col = _Columns(plan)
-        self.rows = RowBuffer()
-        self.idle: list[HttpConn] = []
-        self.busy: set[HttpConn] = set()
-        self.waiting: deque[int] = deque()
+        self.recorder = Recorder({name: np.ascontiguousarray(getattr(plan, name), dtype)
+                                  for name, dtype in COLUMNS.items()})
+        # The compiled send side; its pools and waiting queue are the ones used here.
+        self.sender = Sender(self.recorder, self._encode, self._spawn_open, self._schedule_ended,
+                             deque(), options.max_concurrency, BURST_MAX)
+        self.idle: list[Conn] = self.sender.idle
+        self.busy: set[Conn] = self.sender.busy
+        self.waiting: deque[int] = self.sender.waiting
         self.start_ns = 0
-        self.stopping = False
-        self.sent = self.done = self.errors = self.opened = self._opening = self.retried = 0
-        # The next plan row to send, its absolute due time and its prebuilt request bytes.
-        self._j = 0
-        self._data: bytes | None = None
-        self.due_abs_ns = _NEVER
+        self.opened = self.retried = 0
         self.emfile = 0             # connects refused by the open-file limit
         self.idle_closed = 0        # idle connections above the floor closed (trim_idle)
         self._tasks: set[asyncio.Task] = set()
-        self._itl = array.array("q")
-        self.itl_append = self._itl.append
-        self._lags = array.array("q")
         self._sending: asyncio.Future | None = None     # done when the schedule is
         self._timer: MonotonicTimer | None = None
         self._ssl = ssl_module.create_default_context() if target.tls else None
@@ -116,11 +115,12 @@ class Dispatcher:
                              for m in plan.models]
 
     # -- connections -------------------------------------------------------------------
-    async def _connect(self) -> HttpConn:
+    async def _connect(self) -> Conn:
         loop = asyncio.get_running_loop()
         t = self.target
-        _, conn = await loop.create_connection(lambda: HttpConn(self), t.host, t.port,
-                                               ssl=self._ssl)
+        _, conn = await loop.create_connection(
+            lambda: Conn(self, self.sender, self.itl_hist, self.options.stream), t.host,
+            t.port, ssl=self._ssl)
         self.opened += 1
         return conn
 
@@ -134,30 +134,12 @@ class Dispatcher:
                               f"{exc.strerror or exc}; is the server running?") from exc
         self.idle.extend(conns)
 
-    def forget(self, conn: HttpConn) -> None:
+    def forget(self, conn: Conn) -> None:
         """Drop an idle connection the server closed."""
         try:
             self.idle.remove(conn)
         except ValueError:
             pass
-
-    def release(self, conn: HttpConn, reusable: bool) -> None:
-        """A request finished on ``conn``: reuse it (next waiting request first) or close it."""
-        self.busy.discard(conn)
-        if not reusable:
-            if conn.transport is not None:
-                conn.transport.abort()
-            conn = None
-        if self.waiting and not self.stopping:
-            j = self.waiting.popleft()
-            if conn is None:
-                self._spawn_open(j)
-            else:
-                self._write(conn, j)
-            return
-        if conn is not None:
-            conn.idle_since_ns = time.monotonic_ns()
-            self.idle.append(conn)
 
     def trim_idle(self, now_ns: int) -> int:
         """Close idle connections above the floor (``connections``) unused for 2 s.
@@ -177,30 +159,34 @@ class Dispatcher:
         self.idle_closed += closed
         return closed
 
-    def retry(self, conn: HttpConn, j: int) -> None:
+    def retry(self, conn: Conn, j: int) -> None:
         """Send row ``j`` again on a new connection: ``conn`` was closed under it unanswered."""
         self.busy.discard(conn)
         self.retried += 1
         if self.stopping:
             self._record_connect_failure(j, "connection closed before any response byte")
             return
-        self._spawn_open(j, retry=True)
+        self._spawn_open(j, None, retry=True)
+
+    # -- counters the compiled sender keeps ---------------------------------------------
+    @property
+    def stopping(self) -> bool:
+        return self.sender.stopping
+
+    @property
+    def sent(self) -> int:
+        return self.sender.sent
+
+    @property
+    def due_abs_ns(self) -> int:
+        return self.sender.due_abs_ns
 
     # -- sending -----------------------------------------------------------------------
-    def _send(self, j: int, data: bytes | None = None) -> None:
-        cap = self.options.max_concurrency
-        if cap and len(self.busy) + self._opening >= cap:
-            self.waiting.append(j)
-            return
-        if self.idle:
-            self._write(self.idle.pop(), j, data)
-        else:
-            self._spawn_open(j, data=data)
-
-    def _spawn_open(self, j: int, retry: bool = False, data: bytes | None = None) -> None:
-        # Counted before the task runs, so the drain never misses a request being connected;
-        # the set holds the task (the loop keeps only a weak reference).
-        self._opening += 1
+    def _spawn_open(self, j: int, data: bytes | None = None, retry: bool = False) -> None:
+        # No idle connection for row j: open one and send there. Counted before the task
+        # runs, so the drain never misses a request being connected; the set holds the task
+        # (the loop keeps only a weak reference).
+        self.sender.opening += 1
         task = asyncio.get_running_loop().create_task(self._open_and_send(j, retry, data))
         self._tasks.add(task)
         task.add_done_callback(self._tasks.discard)
@@ -209,31 +195,18 @@ class Dispatcher:
         try:
             conn = await self._connect()
         except OSError as exc:
-            self._opening -= 1
+            self.sender.opening -= 1
             if exc.errno == errno.EMFILE:
                 self.emfile += 1
             if not retry:
-                self.sent += 1
+                self.sender.sent += 1
             self._record_connect_failure(j, f"connect failed: {exc.strerror or exc}")
             return
-        self._opening -= 1
+        self.sender.opening -= 1
         if self.stopping and not retry:
             conn.transport.close()
             return
-        self._write(conn, j, data, retry)
-
-    def _write(self, conn: HttpConn, j: int, data: bytes | None = None,
-               retry: bool = False) -> None:
-        col = self.col
-        if data is None:
-            data = self._encode(j)
-        now = time.monotonic_ns()
-        conn.begin(j, col.kind[j], col.batch_size[j], now, retry)
-        self.busy.add(conn)
-        conn.transport.write(data)
-        if not retry:
-            self.sent += 1
-            self._lags.append(now - self.start_ns - col.intended_ns[j])
+        self.sender.write(conn, j, data, retry)
 
     def _encode(self, j: int) -> bytes:
         """The whole HTTP request for plan row ``j``."""
@@ -264,61 +237,27 @@ class Dispatcher:
         return head
 
     # -- recording ---------------------------------------------------------------------
-    def finished(self, conn: HttpConn, j: int, reusable: bool, sent_abs: int, first_byte: int,
-                 first_token: int, done: int, status: int, code: int, detail: str | None,
-                 prompt_tokens: int | None, out_tokens: int, itl_mean: int,
-                 itl_max: int) -> None:
-        """``conn`` ended row ``j`` (code -1: success); record it and reuse or close ``conn``.
-
-        Absolute monotonic stamps, -1 for what did not happen.
-        """
-        self._record(j, sent_abs, first_byte, first_token, done, status, code, detail,
-                     prompt_tokens, out_tokens, itl_mean, itl_max)
-        self.release(conn, reusable)
-
     def _record_connect_failure(self, j: int, detail: str) -> None:
-        now = time.monotonic_ns()
-        self._record(j, now, -1, -1, now, 0, E_CONNECT, detail, None, 0, -1, -1)
-
-    def _record(self, j: int, sent_abs: int, first_byte: int, first_token: int, done: int,
-                status: int, code: int, detail: str | None, prompt_tokens: int | None,
-                out_tokens: int, itl_mean: int, itl_max: int) -> None:
-        # One packed row (ROW_FIELDS order): the plan's values and the outcome, run clock.
-        col, start = self.col, self.start_ns
-        self.rows.append((
-            col.rows[j], col.kind[j], col.priority[j], col.model[j], col.intended_ns[j],
-            sent_abs - start, first_byte - start if first_byte >= 0 else -1,
-            first_token - start if first_token >= 0 else -1, done - start,
-            col.input_tokens[j] if prompt_tokens is None else prompt_tokens, out_tokens,
-            col.batch_size[j], status, code, itl_mean, itl_max, col.warmup[j],
-            col.slo_ttft_ms[j], col.slo_e2e_ms[j],
-        ), detail)
-        self.done += 1
-        if code >= 0:
-            self.errors += 1
+        self.recorder.record_failure(j, E_CONNECT, detail)
 
     def flush(self) -> None:
-        """Hand the buffered rows to the parent (raw buffers: tens of µs); fold in the ITLs."""
-        if self._itl:
-            itl, self._itl = self._itl, array.array("q")
-            self.itl_append = self._itl.append
-            self.itl_hist.record_array(np.frombuffer(itl, dtype=np.int64))
-        packed = self.rows.take_rows()
+        """Hand the buffered rows to the parent (raw buffers: tens of µs)."""
+        packed = self.recorder.take_rows()
         if packed is not None:
             self.emit("rows", packed)
 
     def progress(self) -> dict:
         """Counters since the start, and the dispatch-lag p99 since the last call."""
-        lags = np.frombuffer(self._lags, dtype=np.int64)
-        self._lags = array.array("q")
+        lags = self.recorder.take_lags()
         lag_p99_ns = lag_max_ns = 0
         if len(lags):
             # Nearest rank by partition: a twentieth of np.percentile's cost in the hot loop.
             k = min(len(lags) - 1, int(0.99 * len(lags)))
             lag_p99_ns = int(np.partition(lags, k)[k])
             lag_max_ns = int(lags.max())
-        return {"sent": self.sent, "done": self.done, "errors": self.errors,
-                "in_flight": len(self.busy) + self._opening, "waiting": len(self.waiting),
+        rec = self.recorder
+        return {"sent": self.sent, "done": rec.done, "errors": rec.errors,
+                "in_flight": len(self.busy) + self.sender.opening, "waiting": len(self.waiting),
                 "lag_p99_ns": lag_p99_ns, "lag_max_ns": lag_max_ns,
                 "connections": self.opened, "open_connections": len(self.idle) + len(self.busy),
                 "idle_closed": self.idle_closed, "emfile": self.emfile, "retried": self.retried}
@@ -326,12 +265,12 @@ class Dispatcher:
     # -- the run -----------------------------------------------------------------------
     async def run(self, start_ns: int) -> dict:
         """Send the plan from ``start_ns`` (absolute monotonic ns) on; returns final counters."""
-        self.start_ns = start_ns
+        self.start_ns = self.recorder.start_ns = start_ns
         loop = asyncio.get_running_loop()
         ticker = loop.create_task(self._ticks())
         try:
             await self._schedule()
-            self.due_abs_ns = _NEVER
+            self.sender.due_abs_ns = _NEVER
             await self._drain()
         finally:
             ticker.cancel()
@@ -349,71 +288,37 @@ class Dispatcher:
 
     def stop(self) -> None:
         """Stop scheduling: in-flight requests get the grace period, then the run ends."""
-        self.stopping = True
+        self.sender.stopping = True
         if self._sending is not None and not self._sending.done():
             self._sending.set_result(None)
 
     async def _schedule(self) -> None:
+        # The sender's timerfd callback sends every row at its instant; this waits for the end.
         if not len(self.plan) or self.stopping:
             return
         loop = asyncio.get_running_loop()
         self._sending = loop.create_future()
         self._timer = timer = MonotonicTimer()
-        loop.add_reader(timer.fd, self._on_timer)
+        loop.add_reader(timer.fd, self.sender.on_timer)
         try:
-            self.due_abs_ns = self.start_ns + self.col.intended_ns[0]
-            self._arm()
+            self.sender.start(timer.fd)
             await self._sending
         finally:
             loop.remove_reader(timer.fd)
             timer.close()
 
-    def _on_timer(self) -> None:
-        # No read of the expiry: re-arming in _arm resets it (one syscall less per send).
-        self.send_due()
-        self._arm()
-
-    def _arm(self) -> None:
-        # Build the next request and set the timer for its due instant; or end the schedule.
-        # A due instant already past (a burst cut at BURST_MAX, or a row a response callback
-        # sent) fires at once, after the responses ready in this turn of the loop.
-        if self.stopping or self._j >= len(self.plan):
-            self._timer.clear()
-            if not self._sending.done():
-                self._sending.set_result(None)
-            return
-        if self._data is None:
-            # Built while there is time to spare: at the due time a send is one write.
-            self._data = self._encode(self._j)
-        self._timer.arm(self.due_abs_ns)
-
-    def send_due(self) -> int:
-        """Send every plan row that is due (at most BURST_MAX); how many were sent.
-
-        Called when the timer fires and by any response callback that finds ``due_abs_ns``
-        passed, so a send waits for at most one callback, not a loop turn.
-        """
-        if self.stopping:
-            return 0
-        j, intended = self._j, self.col.intended_ns
-        m = len(intended)
-        now = time.monotonic_ns() - self.start_ns
-        sent = 0
-        while j < m and intended[j] <= now and sent < BURST_MAX:
-            data, self._data = self._data, None
-            self._send(j, data)
-            j += 1
-            sent += 1
-        self._j = j
-        self.due_abs_ns = self.start_ns + intended[j] if j < m else _NEVER
-        return sent
+    def _schedule_ended(self) -> None:
+        # The sender has no row left to arm for (or was stopped): quiet the timer, end the wait.
+        self._timer.clear()
+        if not self._sending.done():
+            self._sending.set_result(None)
 
     async def _drain(self) -> None:
         # Waiting requests still go out after the schedule ends (closed loop), in-flight ones
         # get their timeout, or the grace period after a stop.
         loop = asyncio.get_running_loop()
         deadline = None
-        while self.busy or self.waiting or self._opening:
+        while self.busy or self.waiting or self.sender.opening:
             if self.stopping:
                 self.waiting.clear()
                 if deadline is None:
@@ -438,7 +343,7 @@ class Dispatcher:
             # further away than that, unless rows have piled up for another period.
             slack_ns = self.due_abs_ns - now
             if t >= next_flush and (slack_ns > FLUSH_SLACK_NS or t >= next_flush + FLUSH_S
-                                    or len(self.rows) >= 8192):
+                                    or len(self.recorder) >= 8192):
                 self.flush()
                 next_flush = t + FLUSH_S
             if t >= next_trim and slack_ns > FLUSH_SLACK_NS:

@@ -1,0 +1,947 @@
+# cython: boundscheck=False, wraparound=False, cdivision=True
+"""A replay worker's per-request path in C: one keep-alive HTTP/1.1 connection, and the row
+each request becomes.
+
+:class:`Conn` is the :class:`asyncio.Protocol` of one connection (uvloop or the stock loop
+call its ``data_received`` with each read). It sends a prebuilt request, stamps the first
+byte, the first token and each token read on CLOCK_MONOTONIC, parses the status line and
+headers, Content-Length, chunked and until-close bodies, feeds a streamed body to
+:class:`cpbench._core.sse.StreamScan` and checks a whole body in place, all without a Python
+object per read. A finished request goes as one row into :class:`Recorder`, which reads the
+plan's typed columns and packs rows into a :class:`RowBuffer`; inter-token gaps go straight
+into a :class:`cpbench._core.hist.Histogram`. :class:`Sender` is the send side: the timerfd
+callback that sends each due row on an idle connection and arms the timer for the next, and
+the hand-back of a finished request's connection. Per request, Python runs only to render the
+next request's bytes (the dispatcher's ``encode``) and inside the event loop's own callbacks.
+
+The owner (the dispatcher) provides ``retry(conn, j)`` (a reused connection closed under an
+unanswered request) and ``forget(conn)`` (an idle connection closed).
+"""
+cimport cython
+from cpython.bytearray cimport PyByteArray_AS_STRING, PyByteArray_GET_SIZE
+from cpython.bytes cimport PyBytes_FromStringAndSize
+from libc.stdint cimport int32_t, int64_t
+from libc.stdlib cimport free, realloc
+from libc.string cimport memcmp, memcpy
+
+from cpbench._core.hist cimport Histogram
+from cpbench._core.sse cimport StreamScan, find_int_after
+
+import numpy as np
+
+from cpbench.vocab import ERROR_CLASSES, KINDS
+
+cdef extern from "<time.h>" nogil:
+    ctypedef int clockid_t
+    cdef struct timespec:
+        long tv_sec
+        long tv_nsec
+    int clock_gettime(clockid_t clk, timespec* ts)
+    clockid_t CLOCK_MONOTONIC
+
+cdef extern from "<string.h>" nogil:
+    void* memmem(const void* haystack, size_t hlen, const void* needle, size_t nlen)
+
+cdef extern from "<sys/timerfd.h>" nogil:
+    cdef struct itimerspec:
+        timespec it_interval
+        timespec it_value
+    int timerfd_settime(int fd, int flags, const itimerspec* new_value, itimerspec* old_value)
+    int TFD_TIMER_ABSTIME
+
+# The fields of one packed row, in order: these integers, then the two float deadlines
+# (cpbench.replaying.rows.ROW_FIELDS names them and checks this count).
+N_INT_FIELDS = 17
+N_FLOAT_FIELDS = 2
+DEF _N_INT = 17
+DEF _N_FLOAT = 2
+DEF _MAX_HEAD_BYTES = 65536
+cdef int64_t NEVER = 1 << 62                     # no send due
+
+cdef int E_CONNECT = ERROR_CLASSES.index("connect")
+cdef int E_TIMEOUT = ERROR_CLASSES.index("timeout")
+cdef int E_4XX = ERROR_CLASSES.index("http_4xx")
+cdef int E_5XX = ERROR_CLASSES.index("http_5xx")
+cdef int E_BROKEN = ERROR_CLASSES.index("stream_broken")
+cdef int E_PAYLOAD = ERROR_CLASSES.index("bad_payload")
+cdef int _EMBEDDING = KINDS.index("embedding")
+cdef int _CHAT = KINDS.index("chat")
+
+
+cdef inline int64_t now_ns() noexcept nogil:
+    """``time.monotonic_ns()``: the same clock, without a Python call."""
+    cdef timespec ts
+    clock_gettime(CLOCK_MONOTONIC, &ts)
+    return ts.tv_sec * 1_000_000_000 + ts.tv_nsec
+
+
+def monotonic_ns():
+    """CLOCK_MONOTONIC in ns, as :class:`Conn` stamps it (equal to ``time.monotonic_ns()``)."""
+    return now_ns()
+
+
+cdef inline Py_ssize_t _count(const unsigned char* p, Py_ssize_t n, const char* lit,
+                              Py_ssize_t k) noexcept nogil:
+    # Non-overlapping occurrences of lit in p[:n] (memmem: glibc's two-way search).
+    cdef Py_ssize_t count = 0
+    cdef const unsigned char* at = p
+    cdef const unsigned char* end = p + n
+    cdef void* hit
+    while end - at >= k:
+        hit = memmem(at, end - at, lit, k)
+        if hit == NULL:
+            break
+        count += 1
+        at = <const unsigned char*>hit + k
+    return count
+
+
+cdef object _int_or_none(const unsigned char* p, Py_ssize_t n, const char* key, Py_ssize_t k):
+    cdef long long v = 0
+    if n and find_int_after(p, n, key, k, True, &v):
+        return v
+    return None
+
+
+def check_completion(const unsigned char[:] body):
+    """Validate a non-streamed chat or completions body (``"stream": false``) without
+    decoding it: a JSON object with ``choices``. Returns ``(problem, prompt_tokens,
+    completion_tokens)``; the token counts come from ``usage`` (None where absent)."""
+    cdef Py_ssize_t n = body.shape[0]
+    cdef const unsigned char* p = &body[0] if n else NULL
+    if n == 0 or p[0] != 123:
+        return f"completion body is not a JSON object: {bytes(body[:60])!r}", None, None
+    if memmem(p, n, b'"choices"', 9) == NULL:
+        return f"completion body has no choices: {bytes(body[:80])!r}", None, None
+    return (None, _int_or_none(p, n, b'"prompt_tokens":', 16),
+            _int_or_none(p, n, b'"completion_tokens":', 20))
+
+
+def check_embedding(const unsigned char[:] body, long batch_size):
+    """Validate an embeddings response body without decoding its vectors.
+
+    Returns ``(problem, prompt_tokens)``: ``problem`` is None when the body holds one
+    ``"embedding"`` per input, else a short description for ``bad_payload``.
+    """
+    cdef Py_ssize_t n = body.shape[0]
+    cdef const unsigned char* p = &body[0] if n else NULL
+    cdef long want = max(batch_size, 1)
+    cdef Py_ssize_t vectors
+    if n == 0 or p[0] != 123:
+        return f"embeddings body is not a JSON object: {bytes(body[:60])!r}", None
+    vectors = _count(p, n, b'"embedding":', 12)
+    if vectors != want:         # the spelling with a space is rare: counted only when needed
+        vectors += _count(p, n, b'"embedding" :', 13)
+    if vectors != want:
+        return f"embeddings body has {vectors} vectors for {batch_size} inputs", None
+    return None, _int_or_none(p, n, b'"prompt_tokens":', 16)
+
+
+@cython.final
+cdef class RowBuffer:
+    """Per-request values of one worker, packed row by row into two flat C buffers.
+
+    Appending a request writes its integers and its two deadlines in place, and
+    :meth:`take_rows` hands the raw buffers over as bytes, so the sending loop never stalls on
+    Arrow work. The parent turns them into a record batch with
+    :func:`cpbench.results.rows_to_batch`.
+    """
+
+    cdef int64_t* ints
+    cdef double* floats
+    cdef Py_ssize_t n, cap
+    cdef dict details
+
+    def __cinit__(self):
+        self.ints = NULL
+        self.floats = NULL
+        self.n = self.cap = 0
+        self.details = {}
+
+    def __dealloc__(self):
+        free(self.ints)
+        free(self.floats)
+
+    def __len__(self):
+        return self.n
+
+    cdef int _grow(self) except -1:
+        cdef Py_ssize_t cap = max(1024, 2 * self.cap)
+        cdef int64_t* ints = <int64_t*>realloc(self.ints, cap * _N_INT * sizeof(int64_t))
+        if ints == NULL:
+            raise MemoryError()
+        self.ints = ints
+        cdef double* floats = <double*>realloc(self.floats, cap * _N_FLOAT * sizeof(double))
+        if floats == NULL:
+            raise MemoryError()
+        self.floats = floats
+        self.cap = cap
+        return 0
+
+    cdef int64_t* next_row(self, object detail) except NULL:
+        """Room for one more row's integers (the floats follow at :meth:`last_floats`)."""
+        if self.n == self.cap:
+            self._grow()
+        if detail is not None:
+            self.details[self.n] = detail
+        self.n += 1
+        return self.ints + (self.n - 1) * _N_INT
+
+    cdef inline double* last_floats(self) noexcept:
+        return self.floats + (self.n - 1) * _N_FLOAT
+
+    def append(self, tuple values, detail=None):
+        """Record one request: ``values`` in ROW_FIELDS order (integers, then deadlines).
+
+        Absent times and ITLs are -1; a success has ``error_class`` -1, a failure its index
+        in ERROR_CLASSES. ``warmup`` is 0 or 1.
+        """
+        if len(values) != _N_INT + _N_FLOAT:
+            raise ValueError(f"a row has {_N_INT + _N_FLOAT} values; got {len(values)}")
+        cdef int64_t* ints = self.next_row(detail)
+        cdef Py_ssize_t i
+        for i in range(_N_INT):
+            ints[i] = values[i]
+        cdef double* floats = self.last_floats()
+        floats[0] = values[_N_INT]
+        floats[1] = values[_N_INT + 1]
+
+    def take_rows(self):
+        """The buffered rows as ``(n, ints, floats, details)`` (None when empty), cleared."""
+        if self.n == 0:
+            return None
+        packed = (self.n,
+                  PyBytes_FromStringAndSize(<char*>self.ints, self.n * _N_INT * sizeof(int64_t)),
+                  PyBytes_FromStringAndSize(<char*>self.floats,
+                                            self.n * _N_FLOAT * sizeof(double)),
+                  self.details)
+        self.n = 0
+        self.details = {}
+        return packed
+
+
+cdef class _Growing:
+    """An int64 array that grows in place (send lags); taken whole as a NumPy array."""
+
+    cdef int64_t* data
+    cdef Py_ssize_t n, cap
+
+    def __dealloc__(self):
+        free(self.data)
+
+    cdef inline int add(self, int64_t v) except -1:
+        cdef int64_t* data
+        if self.n == self.cap:
+            self.cap = max(4096, 2 * self.cap)
+            data = <int64_t*>realloc(self.data, self.cap * sizeof(int64_t))
+            if data == NULL:
+                raise MemoryError()
+            self.data = data
+        self.data[self.n] = v
+        self.n += 1
+        return 0
+
+    cdef object take(self):
+        out = np.frombuffer(PyBytes_FromStringAndSize(<char*>self.data, self.n * 8), np.int64)
+        self.n = 0
+        return out
+
+
+@cython.final
+cdef class Recorder:
+    """What becomes of each plan row: its packed result row, its send lag, the counters.
+
+    ``columns`` maps each name of :data:`cpbench.replaying.plan.COLUMNS` to a contiguous
+    array of that dtype (the plan's columns, typically memory-mapped).
+    """
+
+    cdef const int64_t[::1] rows, intended
+    cdef const int32_t[::1] kind, priority, model, input_tokens, batch_size, warmup
+    cdef const double[::1] slo_ttft, slo_e2e
+    cdef public int64_t start_ns
+    cdef readonly int64_t done, errors
+    cdef readonly RowBuffer buffer
+    cdef _Growing lags
+
+    def __cinit__(self, columns):
+        self.rows = columns["rows"]
+        self.intended = columns["intended_ns"]
+        self.kind = columns["kind"]
+        self.priority = columns["priority"]
+        self.model = columns["model"]
+        self.input_tokens = columns["input_tokens"]
+        self.batch_size = columns["batch_size"]
+        self.warmup = columns["warmup"]
+        self.slo_ttft = columns["slo_ttft_ms"]
+        self.slo_e2e = columns["slo_e2e_ms"]
+        self.buffer = RowBuffer()
+        self.lags = _Growing()
+        self.start_ns = self.done = self.errors = 0
+
+    def __len__(self):
+        return self.buffer.n
+
+    cdef int add_lag(self, Py_ssize_t j, int64_t sent_abs) except -1:
+        return self.lags.add(sent_abs - self.start_ns - self.intended[j])
+
+    def take_lags(self):
+        """Send lags (sent - intended, ns) recorded since the last call, as an int64 array."""
+        return self.lags.take()
+
+    def take_rows(self):
+        """:meth:`RowBuffer.take_rows` of the rows recorded so far."""
+        return self.buffer.take_rows()
+
+    cdef int record(self, Py_ssize_t j, int64_t sent_abs, int64_t first_byte,
+                    int64_t first_token, int64_t done, int status, int code, object detail,
+                    int64_t prompt_tokens, int64_t out_tokens, int64_t itl_mean,
+                    int64_t itl_max) except -1:
+        # One packed row (ROW_FIELDS order): the plan's values and the outcome, run clock.
+        cdef int64_t start = self.start_ns
+        cdef int64_t* v = self.buffer.next_row(detail)
+        v[0] = self.rows[j]
+        v[1] = self.kind[j]
+        v[2] = self.priority[j]
+        v[3] = self.model[j]
+        v[4] = self.intended[j]
+        v[5] = sent_abs - start
+        v[6] = first_byte - start if first_byte >= 0 else -1
+        v[7] = first_token - start if first_token >= 0 else -1
+        v[8] = done - start
+        v[9] = self.input_tokens[j] if prompt_tokens < 0 else prompt_tokens
+        v[10] = out_tokens
+        v[11] = self.batch_size[j]
+        v[12] = status
+        v[13] = code
+        v[14] = itl_mean
+        v[15] = itl_max
+        v[16] = self.warmup[j]
+        cdef double* f = self.buffer.last_floats()
+        f[0] = self.slo_ttft[j]
+        f[1] = self.slo_e2e[j]
+        self.done += 1
+        if code >= 0:
+            self.errors += 1
+        return 0
+
+    def record_failure(self, Py_ssize_t j, int code, str detail):
+        """Record row ``j`` as failed now, before any byte went out (a connect failure)."""
+        cdef int64_t now = now_ns()
+        self.record(j, now, -1, -1, now, 0, code, detail, -1, 0, -1, -1)
+
+
+cdef class Conn
+
+
+@cython.final
+cdef class Sender:
+    """The send side of one worker's schedule: the next due row, the connection pools, the
+    timerfd that wakes the loop, and the hand-back of each finished request.
+
+    ``encode(j)`` renders plan row ``j``'s request bytes (Python: the dispatcher's);
+    ``open_and_send(j, data)`` is called when no idle connection is free (it opens one and
+    sends there, counting itself in :attr:`opening` meanwhile); ``on_end()`` when the schedule
+    is done or stopped. ``burst_max`` caps the sends in a row before the loop reads responses.
+    ``idle`` (a stack, most recent on top), ``busy`` and ``waiting`` (rows held back by
+    ``max_concurrency``, a deque) are shared with the dispatcher.
+    """
+
+    cdef readonly Recorder recorder
+    cdef const int64_t[::1] intended
+    cdef Py_ssize_t n_rows, burst_max
+    cdef public Py_ssize_t next_row
+    cdef public int64_t due_abs_ns
+    cdef object next_data
+    cdef object encode, open_and_send, on_end
+    cdef readonly list idle
+    cdef readonly set busy
+    cdef readonly object waiting
+    cdef public int max_concurrency, opening
+    cdef public int64_t sent
+    cdef public bint stopping
+    cdef int timer_fd
+
+    def __cinit__(self, Recorder recorder, encode, open_and_send, on_end, waiting,
+                  int max_concurrency, Py_ssize_t burst_max):
+        self.recorder = recorder
+        self.intended = recorder.intended
+        self.n_rows = recorder.intended.shape[0]
+        self.burst_max = burst_max
+        self.next_row = 0
+        self.due_abs_ns = NEVER
+        self.next_data = None
+        self.encode, self.open_and_send, self.on_end = encode, open_and_send, on_end
+        self.idle, self.busy, self.waiting = [], set(), waiting
+        self.max_concurrency = max_concurrency
+        self.opening = 0
+        self.sent = 0
+        self.stopping = False
+        self.timer_fd = -1
+
+    def start(self, int timer_fd):
+        """Arm ``timer_fd`` (a CLOCK_MONOTONIC timerfd in the loop's reader set, which calls
+        :meth:`on_timer`) for the first row, due at the recorder's ``start_ns`` plus its
+        offset."""
+        self.timer_fd = timer_fd
+        if self.n_rows:
+            self.due_abs_ns = self.recorder.start_ns + self.intended[0]
+        self.arm()
+
+    def on_timer(self):
+        """The timerfd fired: send what is due, arm for the next. (No read of the expiry:
+        re-arming resets it, one syscall less per send.)"""
+        self.send_due()
+        self.arm()
+
+    cdef int arm(self) except -1:
+        # Build the next request and set the timer for its due instant; or end the schedule.
+        # A due instant already past (a burst cut at burst_max, or a row a response callback
+        # sent) fires at once, after the responses ready in this turn of the loop.
+        cdef itimerspec spec
+        if self.stopping or self.next_row >= self.n_rows:
+            self.due_abs_ns = NEVER
+            self.on_end()
+            return 0
+        if self.next_data is None:
+            # Built while there is time to spare: at the due time a send is one write.
+            self.next_data = self.encode(self.next_row)
+        spec.it_interval.tv_sec = spec.it_interval.tv_nsec = 0
+        cdef int64_t at = max(1, self.due_abs_ns)        # 0 would disarm it
+        spec.it_value.tv_sec = at // 1_000_000_000
+        spec.it_value.tv_nsec = at % 1_000_000_000
+        timerfd_settime(self.timer_fd, TFD_TIMER_ABSTIME, &spec, NULL)
+        return 0
+
+    cpdef Py_ssize_t send_due(self) except -1:
+        """Send every plan row that is due (at most ``burst_max``); how many were sent.
+
+        Called when the timer fires and by any response callback that finds ``due_abs_ns``
+        passed, so a send waits for at most one callback, not a loop turn.
+        """
+        cdef Py_ssize_t j = self.next_row, sent = 0
+        cdef int64_t now
+        if self.stopping:
+            return 0
+        now = now_ns() - self.recorder.start_ns
+        while j < self.n_rows and self.intended[j] <= now and sent < self.burst_max:
+            data, self.next_data = self.next_data, None
+            self._send(j, data)
+            j += 1
+            sent += 1
+        self.next_row = j
+        self.due_abs_ns = self.recorder.start_ns + self.intended[j] if j < self.n_rows \
+            else NEVER
+        return sent
+
+    cdef int _send(self, Py_ssize_t j, object data) except -1:
+        cdef int cap = self.max_concurrency
+        if cap and len(self.busy) + self.opening >= cap:
+            self.waiting.append(j)
+        elif self.idle:
+            self.write(self.idle.pop(), j, data, False)
+        else:
+            self.open_and_send(j, data)
+        return 0
+
+    cpdef write(self, Conn conn, Py_ssize_t j, object data, bint retry):
+        """Send row ``j`` on ``conn`` (its bytes ``data``, rendered here when None)."""
+        if data is None:
+            data = self.encode(j)
+        self.busy.add(conn)
+        conn.send_now(j, data, retry)
+        if not retry:
+            self.sent += 1
+
+    cpdef release(self, Conn conn, bint reusable):
+        """A request finished on ``conn`` (its row is recorded): reuse it (next waiting
+        request first) or close it."""
+        self.busy.discard(conn)
+        if not reusable:
+            if conn.transport is not None:
+                conn.transport.abort()
+            conn = None
+        if self.waiting and not self.stopping:
+            j = self.waiting.popleft()
+            if conn is None:
+                self.open_and_send(j, None)
+            else:
+                self.write(conn, j, None, False)
+            return
+        if conn is not None:
+            conn.idle_since_ns = now_ns()
+            self.idle.append(conn)
+
+
+@cython.final
+cdef class Conn:
+    """One keep-alive connection and the state of the request it carries (``j``, or None).
+
+    ``owner`` is the dispatcher (``retry`` and ``forget``); ``sender`` sends what falls due
+    while reading and takes the connection back; its recorder receives each finished
+    request's row, ``itl_hist`` every inter-token gap (ns; tokens that arrive in one read are
+    0 ns apart); ``stream`` says whether chat and completions answer in SSE events.
+    """
+
+    cdef object owner
+    cdef Sender sender
+    cdef Recorder recorder
+    cdef Histogram itl_hist
+    cdef StreamScan scan
+    cdef bint stream_llm
+    cdef public object transport
+    cdef readonly int64_t served          # requests answered on this connection so far
+    cdef public int64_t idle_since_ns     # when it last went back to the idle pool
+    cdef readonly int64_t sent_abs
+    cdef Py_ssize_t _j                     # the plan row carried, -1 for none
+    cdef int kind, batch_size, status, mode
+    cdef bint retried, head_done, close_after, streaming
+    cdef object encoding
+    cdef int64_t first_byte, first_token, last_token, tokens, itl_max, itl_sum
+    cdef int64_t left, chunk_left
+    cdef bytearray buf, body
+
+    def __cinit__(self, owner, Sender sender, Histogram itl_hist, bint stream):
+        self.owner = owner
+        self.sender = sender
+        self.recorder = sender.recorder
+        self.itl_hist = itl_hist
+        self.stream_llm = stream
+        self.scan = StreamScan()
+        self.transport = None
+        self.buf = bytearray()
+        self.body = bytearray()
+        self._j = -1
+        self.served = self.idle_since_ns = self.sent_abs = 0
+        self.encoding = None
+
+    @property
+    def j(self):
+        """The plan row this connection carries, or None when it is idle."""
+        return None if self._j < 0 else self._j
+
+    # -- asyncio callbacks -------------------------------------------------------------
+    def connection_made(self, transport):
+        self.transport = transport
+
+    def connection_lost(self, exc):
+        cdef Py_ssize_t j
+        self.transport = None
+        if self._j < 0:
+            self.owner.forget(self)
+        elif self.head_done and self.mode == 2:     # body delimited by the close
+            self._complete(now_ns())
+        elif self.first_byte < 0 and self.served and not self.retried:
+            # The server closed a reused keep-alive connection as the request went out
+            # (its idle timeout): nothing was answered, so it goes again on a new one.
+            j, self._j = self._j, -1
+            self.owner.retry(self, j)
+        elif self.first_byte < 0:
+            self.fail(E_CONNECT, "connection closed before any response byte")
+        else:
+            self.fail(E_BROKEN, "connection closed mid-response")
+
+    def eof_received(self):
+        return None                 # close the transport: connection_lost follows
+
+    def pause_writing(self):
+        pass
+
+    def resume_writing(self):
+        pass
+
+    def data_received(self, bytes data):
+        cdef int64_t now = now_ns()
+        cdef const unsigned char* p = data
+        cdef Py_ssize_t n = len(data), end
+        cdef bytes rest
+        if now >= self.sender.due_abs_ns:
+            # A send fell due while the loop was reading: it goes first, not after every
+            # ready socket has been read.
+            self.sender.send_due()
+        if self._j < 0:
+            return                                   # late bytes of a timed-out request
+        if self.first_byte < 0:
+            self.first_byte = now
+        if not self.head_done:
+            if PyByteArray_GET_SIZE(self.buf) == 0:
+                if n >= 2 and p[0] == 13 and p[1] == 10:
+                    p += 2                       # a late CRLF of the previous chunked body
+                    n -= 2
+                end = _head_end(p, n)
+                if end < 0:
+                    self.buf.extend(p[:n])
+                    self._check_head_size()
+                    return
+                if not self._parse_head(p, end):
+                    return
+                p += end + 4
+                n -= end + 4
+            else:
+                self.buf.extend(data)
+                if self.buf[0] == 13 and PyByteArray_GET_SIZE(self.buf) >= 2 \
+                        and self.buf[1] == 10:
+                    del self.buf[:2]             # a late CRLF of the previous chunked body
+                end = _head_end(<const unsigned char*>PyByteArray_AS_STRING(self.buf),
+                                PyByteArray_GET_SIZE(self.buf))
+                if end < 0:
+                    self._check_head_size()
+                    return
+                if not self._parse_head(<const unsigned char*>PyByteArray_AS_STRING(self.buf),
+                                        end):
+                    return
+                rest = bytes(self.buf[end + 4:])
+                del self.buf[:]
+                data = rest
+                p = data
+                n = len(rest)
+            if self.mode == 0 and self.left <= 0:
+                self._complete(now)
+                return
+        self._body(p, n, now)
+
+    # -- request life ------------------------------------------------------------------
+    def send(self, Py_ssize_t j, bytes data, bint retried=False):
+        """Carry plan row ``j``: write its request bytes ``data``, stamped as sent now; the
+        first send of a row records its send lag."""
+        self.send_now(j, data, retried)
+
+    cdef int send_now(self, Py_ssize_t j, bytes data, bint retried) except -1:
+        cdef int64_t now = now_ns()
+        self._begin(j, now, retried)
+        self.transport.write(data)
+        if not retried:
+            self.recorder.add_lag(j, now)
+        return 0
+
+    def begin(self, Py_ssize_t j, int64_t sent_abs_ns, bint retried=False):
+        """Start carrying plan row ``j``, sent at ``sent_abs_ns`` (without writing)."""
+        self._begin(j, sent_abs_ns, retried)
+
+    cdef void _begin(self, Py_ssize_t j, int64_t sent_abs, bint retried) noexcept:
+        self._j = j
+        self.kind = self.recorder.kind[j]
+        self.batch_size = self.recorder.batch_size[j]
+        self.retried = retried
+        self.sent_abs = sent_abs
+        self.first_byte = self.first_token = self.last_token = -1
+        self.tokens = self.itl_max = self.itl_sum = 0
+        self.head_done = False
+        self.status = 0
+        self.mode = 0               # 0 content-length, 1 chunked, 2 until close
+        self.left = 0
+        self.chunk_left = 0
+        self.close_after = False
+        self.streaming = False
+        self.encoding = None
+        del self.buf[:]
+        del self.body[:]
+
+    cdef int _check_head_size(self) except -1:
+        if PyByteArray_GET_SIZE(self.buf) > _MAX_HEAD_BYTES:
+            self.fail(E_PAYLOAD, "response headers too long", close=True)
+        return 0
+
+    cdef bint _parse_head(self, const unsigned char* h, Py_ssize_t n) except -1:
+        # Status line, then the headers this client acts on, matched case-insensitively.
+        cdef Py_ssize_t line, colon, eol, vs, ve, k
+        cdef bint has_length = False, chunked = False
+        cdef int64_t length = 0
+        if n < 12 or memcmp(h, b"HTTP/", 5) != 0 or not (_digit(h[9]) and _digit(h[10])
+                                                         and _digit(h[11])):
+            self.fail(E_PAYLOAD, f"not an HTTP response: {bytes(h[:min(n, 40)]).lower()!r}",
+                      close=True)
+            return False
+        self.status = (h[9] - 48) * 100 + (h[10] - 48) * 10 + (h[11] - 48)
+        self.head_done = True
+        self.close_after = memcmp(h, b"HTTP/1.0", 8) == 0
+        line = _next_line(h, 0, n)
+        while line < n:
+            eol = _next_line(h, line, n) - 2
+            if eol < line:
+                eol = n
+            colon = line
+            while colon < eol and h[colon] != 58:
+                colon += 1
+            vs = colon + 1
+            while vs < eol and (h[vs] == 32 or h[vs] == 9):
+                vs += 1
+            ve = eol
+            while ve > vs and (h[ve - 1] == 32 or h[ve - 1] == 9):
+                ve -= 1
+            k = colon - line
+            if _name_is(h + line, k, b"content-length", 14):
+                if not has_length:
+                    has_length = True
+                    if ve == vs or ve - vs > 18 or not _all_digits(h + vs, ve - vs):
+                        self.fail(E_PAYLOAD, "bad Content-Length: "
+                                  f"{bytes(h[vs:min(ve, vs + 40)]).lower()!r}", close=True)
+                        return False
+                    length = _parse_digits(h + vs, ve - vs)
+            elif _name_is(h + line, k, b"transfer-encoding", 17):
+                chunked = _ends_with_ci(h + vs, ve - vs, b"chunked", 7)
+            elif _name_is(h + line, k, b"connection", 10):
+                if _ends_with_ci(h + vs, ve - vs, b"close", 5):
+                    self.close_after = True
+            elif _name_is(h + line, k, b"content-encoding", 16):
+                # We send Accept-Encoding: identity; anything else cannot be scanned as text.
+                if ve > vs and not _name_is(h + vs, ve - vs, b"identity", 8):
+                    self.encoding = bytes(h[vs:ve]).lower().decode("latin-1")
+            line = eol + 2
+        if chunked:
+            self.mode = 1
+        elif has_length:
+            self.mode = 0
+            self.left = length
+        else:
+            self.mode = 2
+            self.close_after = True
+        self.streaming = self.status == 200 and self.kind != _EMBEDDING and self.stream_llm
+        if self.streaming:
+            self.scan.restart(self.kind == _CHAT)
+        return True
+
+    cdef int _body(self, const unsigned char* p, Py_ssize_t n, int64_t now) except -1:
+        # The body bytes of one read: dechunked, then scanned or kept; the end completes.
+        cdef long tokens = 0
+        cdef bint last = False
+        cdef Py_ssize_t pos = 0, eol, take, held
+        cdef int64_t size
+        cdef bytes work
+        if self.mode == 1:
+            held = PyByteArray_GET_SIZE(self.buf)
+            if held:                     # a partial chunk header waits from the last read
+                self.buf.extend(p[:n])
+                work = bytes(self.buf)
+                del self.buf[:]
+                p = work
+                n = len(work)
+            while pos < n:
+                if self.chunk_left > 0:
+                    take = min(self.chunk_left, n - pos)
+                    tokens += self._payload(p + pos, take)
+                    self.chunk_left -= take
+                    pos += take
+                    if self.chunk_left:
+                        break
+                    self.chunk_left = -2            # the CRLF after the chunk data
+                if self.chunk_left == -2:
+                    if n - pos < 2:
+                        break
+                    pos += 2
+                    self.chunk_left = 0
+                    continue
+                eol = pos
+                while eol + 1 < n and not (p[eol] == 13 and p[eol + 1] == 10):
+                    eol += 1
+                if eol + 1 >= n:
+                    break
+                size = _chunk_size(p + pos, eol - pos)
+                if size < 0:
+                    field = bytes(p[pos:eol]).split(b";", 1)[0].strip()
+                    self.fail(E_PAYLOAD, f"bad chunk size: {field[:40]!r}", close=True)
+                    return 0
+                pos = eol + 2
+                if size == 0:
+                    last = True                     # trailers (none expected) are ignored
+                    pos = n
+                    break
+                self.chunk_left = size
+            if pos < n:
+                self.buf.extend(p[pos:n])
+        else:
+            tokens = self._payload(p, n)
+            if self.mode == 0:
+                self.left -= n
+                last = self.left <= 0
+        if tokens:
+            self._tokens(tokens, now)
+        if last:
+            self._complete(now)
+        return 0
+
+    cdef long _payload(self, const unsigned char* p, Py_ssize_t n) except -1:
+        if n <= 0:
+            return 0
+        if self.streaming:
+            return self.scan.feed_ptr(p, n)
+        self.body.extend(p[:n])
+        return 0
+
+    cdef void _tokens(self, long n, int64_t now) noexcept:
+        cdef int64_t gap
+        if n <= 0:
+            return
+        if self.first_token < 0:
+            self.first_token = now
+            n -= 1
+            self.tokens += 1
+            self.last_token = now
+        if n > 0:
+            gap = now - self.last_token
+            self.itl_hist.record_ns(gap)
+            if n > 1:
+                # Tokens that arrived in the same read are 0 ns apart, as the client saw them.
+                self.itl_hist.record_ns_n(0, n - 1)
+            self.itl_sum += gap
+            if gap > self.itl_max:
+                self.itl_max = gap
+            self.tokens += n
+            self.last_token = now
+
+    cdef int _complete(self, int64_t now) except -1:
+        cdef int status = self.status
+        cdef StreamScan scan = self.scan
+        cdef long long prompt = -1, out = -1
+        if status >= 400 or status < 200:
+            detail = f"HTTP {status}: " + bytes(self.body[:120]).decode("utf-8", "replace")
+            self.fail(E_5XX if status >= 500 else E_4XX, detail.strip(), status=status)
+            return 0
+        if self.encoding is not None:
+            self.fail(E_PAYLOAD, f"response has Content-Encoding {self.encoding}, which "
+                      "was not asked for", status=status)
+            return 0
+        if not self.streaming:
+            # One JSON body: the answer arrives whole, so its first token is its last.
+            if self.kind == _EMBEDDING:
+                problem, prompt_tokens = check_embedding(self.body, self.batch_size)
+                completion_tokens = 0
+            else:
+                problem, prompt_tokens, completion_tokens = check_completion(self.body)
+            if problem is not None:
+                self.fail(E_PAYLOAD, problem, status=status)
+                return 0
+            self.first_token = now
+            self._finish(now, -1, None, -1 if prompt_tokens is None else prompt_tokens,
+                         completion_tokens or 0)
+            return 0
+        if scan.malformed:
+            self.fail(E_PAYLOAD, "malformed SSE event", status=status)
+            return 0
+        if scan.error is not None:
+            self.fail(E_BROKEN, "error event in stream: "
+                      + scan.error.decode("utf-8", "replace"), status=status)
+            return 0
+        if not scan.done and scan.usage is None:
+            self.fail(E_BROKEN, "stream ended without [DONE]", status=status)
+            return 0
+        cdef bytes usage
+        cdef const unsigned char* up
+        if scan.usage is not None:
+            usage = <bytes>scan.usage
+            up = <const unsigned char*><const char*>usage
+            if not find_int_after(up, len(usage), b'"prompt_tokens":', 16, False, &prompt):
+                prompt = -1
+            if not find_int_after(up, len(usage), b'"completion_tokens":', 20, False,
+                                  &out):
+                out = -1
+        self._finish(now, -1, None, prompt, self.tokens if out < 0 else out)
+        return 0
+
+    def fail(self, int code, str detail, *, status=None, bint close=False):
+        """End the current request as failed with error code ``code`` (timeouts, stops)."""
+        if status is not None:
+            self.status = status
+        if close:
+            self.close_after = True
+        self._finish(now_ns(), code, detail, -1, self.tokens)
+
+    cdef int _finish(self, int64_t now, int code, object detail, int64_t prompt_tokens,
+                     int64_t out_tokens) except -1:
+        cdef Py_ssize_t j = self._j
+        cdef int64_t gaps = self.tokens - 1
+        cdef bint reusable
+        self._j = -1
+        self.served += 1
+        reusable = (code < 0 or code == E_4XX or code == E_5XX) and not self.close_after \
+            and self.transport is not None
+        self.recorder.record(j, self.sent_abs, self.first_byte, self.first_token, now,
+                             self.status, code, detail, prompt_tokens, out_tokens,
+                             self.itl_sum // gaps if gaps > 0 else -1,
+                             self.itl_max if gaps > 0 else -1)
+        self.sender.release(self, reusable)
+        return 0
+
+
+cdef inline bint _digit(unsigned char c) noexcept nogil:
+    return 48 <= c <= 57
+
+
+cdef inline Py_ssize_t _head_end(const unsigned char* p, Py_ssize_t n) noexcept nogil:
+    cdef void* hit = memmem(p, n, b"\r\n\r\n", 4)
+    return -1 if hit == NULL else <const unsigned char*>hit - p
+
+
+cdef inline Py_ssize_t _next_line(const unsigned char* h, Py_ssize_t i, Py_ssize_t n) noexcept nogil:
+    # The offset after the next CRLF at or after i (n + 2 when there is none).
+    while i + 1 < n:
+        if h[i] == 13 and h[i + 1] == 10:
+            return i + 2
+        i += 1
+    return n + 2
+
+
+cdef inline unsigned char _lower(unsigned char c) noexcept nogil:
+    return c + 32 if 65 <= c <= 90 else c
+
+
+cdef inline bint _name_is(const unsigned char* s, Py_ssize_t n, const char* lower,
+                          Py_ssize_t k) noexcept nogil:
+    cdef Py_ssize_t i
+    if n != k:
+        return False
+    for i in range(k):
+        if _lower(s[i]) != <unsigned char>lower[i]:
+            return False
+    return True
+
+
+cdef inline bint _ends_with_ci(const unsigned char* s, Py_ssize_t n, const char* lower,
+                               Py_ssize_t k) noexcept nogil:
+    return n >= k and _name_is(s + n - k, k, lower, k)
+
+
+cdef inline bint _all_digits(const unsigned char* s, Py_ssize_t n) noexcept nogil:
+    cdef Py_ssize_t i
+    for i in range(n):
+        if not _digit(s[i]):
+            return False
+    return True
+
+
+cdef inline int64_t _parse_digits(const unsigned char* s, Py_ssize_t n) noexcept nogil:
+    cdef int64_t v = 0
+    cdef Py_ssize_t i
+    for i in range(n):
+        v = v * 10 + (s[i] - 48)
+    return v
+
+
+cdef int64_t _chunk_size(const unsigned char* s, Py_ssize_t n) noexcept nogil:
+    # A chunk-size line: hex digits, optional ";extensions", whitespace around; -1 if bad.
+    cdef Py_ssize_t i = 0, end = 0
+    cdef int64_t v = 0
+    cdef unsigned char c
+    while end < n and s[end] != 59:              # ';'
+        end += 1
+    while i < end and _space(s[i]):
+        i += 1
+    while end > i and _space(s[end - 1]):
+        end -= 1
+    if i == end or end - i > 15:
+        return -1
+    while i < end:
+        c = s[i]
+        if 48 <= c <= 57:
+            v = v * 16 + (c - 48)
+        elif 97 <= c <= 102:
+            v = v * 16 + (c - 87)
+        elif 65 <= c <= 70:
+            v = v * 16 + (c - 55)
+        else:
+            return -1
+        i += 1
+    return v
+
+
+cdef inline bint _space(unsigned char c) noexcept nogil:
+    return c == 32 or c == 9 or c == 10 or c == 13 or c == 11 or c == 12
