@@ -95,6 +95,26 @@ def test_error_classes_tokens_and_clock_order(server, loop_name):
 
 
 @pytest.mark.parametrize("loop_name", LOOPS)
+def test_a_spin_never_sends_early_and_sends_everything(server, loop_name):
+    # --spin-us wakes the worker before each instant and busy-waits the rest: every request
+    # still goes out, none before its instant (the clock is the one the rows are stamped on).
+    n = 40
+    res, _ = dispatch(server.url, trace(["ok"] * n, ["chat"] * n, gap_ms=2.0), loop_name,
+                      spin_us=300)
+    assert res.num_rows == n and res.column("error_class").null_count == n
+    lag = (res.column("sent_ns").to_numpy() - res.column("intended_ns").to_numpy())
+    assert (lag >= 0).all()
+
+
+def test_spin_option_is_bounded():
+    with pytest.raises(ConfigError, match="--spin-us must be at most 1000"):
+        ReplayOptions(spin_us=1001)
+    with pytest.raises(ConfigError, match="--spin-us must be an integer >= 0"):
+        ReplayOptions(spin_us=-1)
+    assert ReplayOptions(spin_us=20).dispatch_config(0, None)["spin_ns"] == 20_000
+
+
+@pytest.mark.parametrize("loop_name", LOOPS)
 def test_open_loop_sends_everything_while_the_server_stalls(server, loop_name):
     n = 12
     res, _ = dispatch(server.url, trace(["delay:0.4"] * n, ["chat"] * n, gap_ms=5.0),

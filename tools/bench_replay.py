@@ -194,13 +194,19 @@ class Hogs:
             p.wait()
 
 
+def exp_ks(gaps: np.ndarray) -> float:
+    """Kolmogorov-Smirnov distance of inter-arrival gaps (scaled to mean 1) from Exp(1)."""
+    from scipy.stats import kstest
+    return float(kstest(gaps / gaps.mean(), "expon").statistic)
+
+
 def measure(trace: Path, out: Path, url: str, workers: int, loop: str,
-            wire: bool = False, hogs: int = 0, realtime: int = 0) -> dict:
+            wire: bool = False, hogs: int = 0, realtime: int = 0, spin_us: int = 0) -> dict:
     cap = WireCapture(urlsplit(url).port, out.with_suffix(".pcap")) if wire else None
     hog = Hogs(hogs, limit_s=120.0) if hogs else None
     try:
         run_replay(trace, url=url, output=out, workers=workers, quiet=True, report=False,
-                   timeout_s=10.0, loop=loop, realtime=realtime)
+                   timeout_s=10.0, loop=loop, realtime=realtime, spin_us=spin_us)
     finally:
         if hog is not None:
             hog.stop()
@@ -233,6 +239,11 @@ def measure(trace: Path, out: Path, url: str, workers: int, loop: str,
         "connections": client["connections"],
         "preempted": client.get("worker_preempted", 0),
         "hogs": hogs, "realtime": all(client.get("worker_realtime") or [False]),
+        "spin_us": spin_us,
+        # The trace's own KS distance is the ideal for this n (sampling noise alone).
+        "trace_ks": exp_ks(np.diff(np.sort(intended)).astype(np.float64)),
+        "wire_ks": None if wire_ns is None or len(wire_ns) < 3 else
+        exp_ks(np.diff(wire_ns).astype(np.float64)),
         "wire_packets": None if wire_ns is None else int(len(wire_ns)),
         "wire_gap_cv": None if wire_ns is None or len(wire_ns) < 3 else
         float(np.diff(wire_ns).std() / np.diff(wire_ns).mean()),
@@ -255,6 +266,9 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--realtime", default="0",
                     help="comma-separated SCHED_FIFO priorities to measure each point with "
                          "(0 = normal scheduling), e.g. 0,1")
+    ap.add_argument("--spin-us", default="0",
+                    help="comma-separated `replay --spin-us` values to measure each point with "
+                         "(0 = sleep until each send's instant), e.g. 0,20,50")
     ap.add_argument("--prefix", action="store_true",
                     help="chat with ~1,000-token prompts from prefix blocks vs the same body "
                          "size built at the send (see the module docstring)")
@@ -297,12 +311,13 @@ def main(argv: list[str] | None = None) -> int:
                             variants = ([(kind, trace, url)] if args.bodies == "both" else []) \
                                 + [(f"{kind}/real", real, real_url)]
                     for w in (int(x) for x in args.workers.split(",")):
-                        for rt in (int(x) for x in args.realtime.split(",")):
+                        for rt, spin in ((int(x), int(y)) for x in args.realtime.split(",")
+                                         for y in args.spin_us.split(",")):
                             # Interleaved: both variants of a point run back to back.
                             for label, path, target in variants:
                                 r = measure(path, tmp / f"out-{label.replace('/', '-')}-"
-                                            f"{rate:g}-{w}-{rt}", target,
-                                            w, args.loop, args.wire, args.hogs, rt)
+                                            f"{rate:g}-{w}-{rt}-{spin}", target,
+                                            w, args.loop, args.wire, args.hogs, rt, spin)
                                 r.update({"kind": label, "rate_rps": rate, "workers": w})
                                 rows.append(r)
                                 print(_row(r), flush=True)
@@ -320,7 +335,8 @@ def main(argv: list[str] | None = None) -> int:
 
 HEADER = (f"{'kind':<12}{'workers':>8}{'target':>9}{'achieved':>10}{'short%':>8}"
           f"{'lag p50':>9}{'lag p99':>9}{'lag max':>9}{'gap CV':>8}{'cpu us/req':>11}"
-          f"{'rss MB':>8}{'errors':>7}{'preempt':>8}{'wire CV':>8}{'hogs':>5}{'rt':>3}")
+          f"{'rss MB':>8}{'errors':>7}{'preempt':>8}{'wire CV':>8}{'wire KS':>8}{'ideal':>7}"
+          f"{'hogs':>5}{'rt':>3}{'spin':>5}")
 
 
 def _row(r: dict) -> str:
@@ -330,7 +346,9 @@ def _row(r: dict) -> str:
             f"{r['send_gap_cv']:>8.3f}{r['cpu_us_per_request']:>11.1f}{r['peak_rss_mb']:>8.0f}"
             f"{r['errors']:>7}{r['preempted']:>8}"
             + (f"{r['wire_gap_cv']:>8.3f}" if r.get("wire_gap_cv") is not None else f"{'-':>8}")
-            + f"{r['hogs']:>5}{'y' if r['realtime'] else 'n':>3}")
+            + (f"{r['wire_ks']:>8.4f}" if r.get("wire_ks") is not None else f"{'-':>8}")
+            + f"{r['trace_ks']:>7.4f}"
+            + f"{r['hogs']:>5}{'y' if r['realtime'] else 'n':>3}{r['spin_us']:>5}")
 
 
 if __name__ == "__main__":

@@ -342,6 +342,9 @@ cdef class Sender:
     ``open_and_send(j, data)`` is called when no idle connection is free (it opens one and
     sends there, counting itself in :attr:`opening` meanwhile); ``on_end()`` when the schedule
     is done or stopped. ``burst_max`` caps the sends in a row before the loop reads responses.
+    ``spin_ns`` > 0 arms the timer that much before each send's instant and busy-waits the
+    rest in :meth:`on_timer`: the send leaves within a few µs of its instant instead of after
+    the kernel's wake-up latency, for that much CPU per send (``--spin-us``).
     ``idle`` (a stack, most recent on top), ``busy`` and ``waiting`` (rows held back by
     ``max_concurrency``, a deque) are shared with the dispatcher.
     """
@@ -349,6 +352,7 @@ cdef class Sender:
     cdef readonly Recorder recorder
     cdef const int64_t[::1] intended
     cdef Py_ssize_t n_rows, burst_max
+    cdef readonly int64_t spin_ns
     cdef public Py_ssize_t next_row
     cdef public int64_t due_abs_ns
     cdef object next_data
@@ -362,11 +366,12 @@ cdef class Sender:
     cdef int timer_fd
 
     def __cinit__(self, Recorder recorder, encode, open_and_send, on_end, waiting,
-                  int max_concurrency, Py_ssize_t burst_max):
+                  int max_concurrency, Py_ssize_t burst_max, int64_t spin_ns=0):
         self.recorder = recorder
         self.intended = recorder.intended
         self.n_rows = recorder.intended.shape[0]
         self.burst_max = burst_max
+        self.spin_ns = spin_ns
         self.next_row = 0
         self.due_abs_ns = NEVER
         self.next_data = None
@@ -389,7 +394,12 @@ cdef class Sender:
 
     def on_timer(self):
         """The timerfd fired: send what is due, arm for the next. (No read of the expiry:
-        re-arming resets it, one syscall less per send.)"""
+        re-arming resets it, one syscall less per send.) With ``spin_ns`` the timer fired up to
+        that much early: wait out the rest on the clock first."""
+        cdef int64_t due = self.due_abs_ns
+        if self.spin_ns and not self.stopping and due - now_ns() <= self.spin_ns:
+            while now_ns() < due:            # bounded: the timer fired at due - spin_ns or later
+                pass
         self.send_due()
         self.arm()
 
@@ -406,7 +416,7 @@ cdef class Sender:
             # Built while there is time to spare: at the due time a send is one write.
             self.next_data = self.encode(self.next_row)
         spec.it_interval.tv_sec = spec.it_interval.tv_nsec = 0
-        cdef int64_t at = max(1, self.due_abs_ns)        # 0 would disarm it
+        cdef int64_t at = max(1, self.due_abs_ns - self.spin_ns)     # 0 would disarm it
         spec.it_value.tv_sec = at // 1_000_000_000
         spec.it_value.tv_nsec = at % 1_000_000_000
         timerfd_settime(self.timer_fd, TFD_TIMER_ABSTIME, &spec, NULL)

@@ -69,6 +69,7 @@ class DispatchOptions:
     grace_s: float                    # in-flight allowance after a stop
     bearer: str | None
     stream: bool                      # chat/completions with "stream": true (else one JSON body)
+    spin_ns: int                      # wake this early before a send and busy-wait (0: none)
 
 
 class Dispatcher:
@@ -98,7 +99,7 @@ class Dispatcher:
                                   for name, dtype in COLUMNS.items()})
         # The compiled send side; its pools and waiting queue are the ones used here.
         self.sender = Sender(self.recorder, self._encode, self._spawn_open, self._schedule_ended,
-                             deque(), options.max_concurrency, BURST_MAX)
+                             deque(), options.max_concurrency, BURST_MAX, options.spin_ns)
         self.idle: list[Conn] = self.sender.idle
         self.busy: set[Conn] = self.sender.busy
         self.waiting: deque[int] = self.sender.waiting

@@ -22,6 +22,7 @@ from cpbench.errors import ConfigError
 from cpbench.vocab import HINTS, POLICIES
 
 LOOPS = ("uvloop", "asyncio")
+MAX_SPIN_US = 1000             # --spin-us: a busy-wait longer than a millisecond is a mistake
 
 
 def _opt(flag: str, help: str, *, default: Any = None, metavar: str | None = None,
@@ -106,6 +107,11 @@ class ReplayOptions:
         "sends do not queue behind other processes on a busy host; needs root or "
         "CAP_SYS_NICE, else a warning and normal priority", default=0, metavar="PRIO",
         type=int, const=1)
+    spin_us: int = _opt(
+        "--spin-us", "wake each worker this many microseconds before a send is due and "
+        "busy-wait the rest, for sends within a few µs of their instant (default 0: sleep until "
+        "the instant; a response that arrives during a spin is stamped when it ends); at most "
+        f"{MAX_SPIN_US}", default=0, metavar="US", type=int)
     metrics_urls: list[str] = _opt(
         "--metrics-url", "also scrape this Prometheus /metrics URL into monitor.arrow on the "
         "run's clock (repeatable; the embedded sim's is scraped anyway)", default=[],
@@ -137,7 +143,8 @@ class ReplayOptions:
         if self.duration_s is not None and not (_is_number(self.duration_s)
                                                 and self.duration_s > 0):
             raise ConfigError(f"--duration must be positive seconds; got {self.duration_s!r}")
-        for name, lowest in (("max_concurrency", 0), ("connections", 1), ("realtime", 0)):
+        for name, lowest in (("max_concurrency", 0), ("connections", 1), ("realtime", 0),
+                             ("spin_us", 0)):
             value = getattr(self, name)
             if not _is_int(value) or value < lowest:
                 raise ConfigError(f"{flag_of(name)} must be an integer >= {lowest}; "
@@ -155,6 +162,8 @@ class ReplayOptions:
         if self.ray and self.workers is not None:
             raise ConfigError("--workers counts local processes; with --ray use "
                               "--workers-per-node")
+        if self.spin_us > MAX_SPIN_US:
+            raise ConfigError(f"--spin-us must be at most {MAX_SPIN_US}; got {self.spin_us}")
         if self.realtime > 99:
             raise ConfigError(f"--realtime priority must be 1-99; got {self.realtime}")
         if self.max_error_ratio is not None and not (
@@ -243,7 +252,7 @@ class ReplayOptions:
         return {"hints": self.hints, "timeout_s": float(self.timeout_s),
                 "connections": int(self.connections), "grace_s": float(self.grace_s),
                 "max_concurrency": int(max_concurrency), "bearer": bearer,
-                "stream": bool(self.stream)}
+                "stream": bool(self.stream), "spin_ns": int(self.spin_us) * 1000}
 
 
 def _is_number(value: Any) -> bool:
@@ -334,7 +343,7 @@ def add_arguments(parser: argparse.ArgumentParser | argparse._ArgumentGroup, *,
 # replays; the rest (target, output, policy, report, Ray) each command sets itself.
 PER_RUN_OPTIONS: tuple[str, ...] = (
     "speed", "duration_s", "warmup", "timeout_s", "workers", "connections", "hints",
-    "max_error_ratio", "grace_s", "realtime", "metrics_urls", "monitor", "stream")
+    "max_error_ratio", "grace_s", "realtime", "spin_us", "metrics_urls", "monitor", "stream")
 
 
 def given(ns: argparse.Namespace, names: Sequence[str] = PER_RUN_OPTIONS) -> dict[str, Any]:
