@@ -9,6 +9,8 @@ import time
 import numpy as np
 import pyarrow as pa
 import pytest
+from hypothesis import given, settings
+from hypothesis import strategies as st
 import uvloop
 
 from cpbench._core.hist import Histogram
@@ -266,6 +268,40 @@ def test_response_parsed_whatever_the_read_boundaries(step):
     assert np.frombuffer(floats).tolist() == [100.0, 1000.0]
     assert hist.total_count == 2                                 # 3 tokens, 2 gaps
     assert sender.idle == [conn] and conn.transport.aborted == 0       # kept for reuse
+
+
+@settings(max_examples=200, deadline=None)
+@given(st.integers(1, 12), st.lists(st.integers(1, 40), min_size=1, max_size=12),
+       st.lists(st.integers(1, 60), min_size=1, max_size=30), st.booleans(), st.booleans())
+def test_any_chunking_and_read_split_gives_the_same_row(tokens, chunk_sizes, reads, crlf,
+                                                        shouting):
+    # The same stream, framed in chunks of any sizes and cut into reads anywhere, with either
+    # event separator and header names in any case: one success row with the same counts.
+    from cpbench.replaying.rows import ROW_INT_FIELDS
+    sep = b"\r\n\r\n" if crlf else b"\n\n"
+    body = b"".join(b'data: {"choices":[{"delta":{"content":"w%d"}}]}' % i + sep
+                    for i in range(tokens))
+    body += b'data: {"choices":[],"usage":{"prompt_tokens":3,"completion_tokens":%d}}' % tokens
+    body += sep + b"data: [DONE]" + sep
+    parts, pos, k = [], 0, 0
+    while pos < len(body):
+        size = chunk_sizes[k % len(chunk_sizes)]
+        parts.append(body[pos:pos + size])
+        pos, k = pos + size, k + 1
+    head = b"HTTP/1.1 200 OK\r\nTransfer-Encoding: chunked\r\n\r\n"
+    wire = (head.upper() if shouting else head) + _chunked(*parts)
+    conn, sender, rec, hist = _one_row_conn()
+    conn.begin(0, 10)
+    pos, k = 0, 0
+    while pos < len(wire):
+        size = reads[k % len(reads)]
+        conn.data_received(wire[pos:pos + size])
+        pos, k = pos + size, k + 1
+    n, ints, _, details = rec.take_rows()
+    v = dict(zip(ROW_INT_FIELDS, np.frombuffer(ints, np.int64).tolist()))
+    assert (n, details, v["error_class"], v["status"]) == (1, {}, -1, 200)
+    assert (v["output_tokens"], v["input_tokens"]) == (tokens, 3)
+    assert hist.total_count == tokens - 1 and sender.idle == [conn]
 
 
 @pytest.mark.parametrize("head, body, want", [

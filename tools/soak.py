@@ -5,9 +5,12 @@ on loopback, runs ``cpbench replay`` against it, and every ``--sample-s`` second
 /proc the resident set (VmRSS), the peak resident set (VmHWM) and the open file descriptors of
 the replay parent, each worker process and the sim. At the end it prints the samples, checks:
 
-- memory flat: mean client RSS (parent + workers) over the last window within ``--flat-percent``
-  of the mean over the first window after warm-up (window: 10 minutes, or a third of the
-  post-warm-up time for shorter runs; warm-up: 10% of the run, at least 30 s);
+- memory flat: mean client anonymous memory (RssAnon: heap and buffers, where a leak shows;
+  parent + workers) over the last window within ``--flat-percent`` of the mean over the first
+  window after warm-up (window: 10 minutes, or a third of the post-warm-up time for shorter
+  runs; warm-up: 10% of the run, at least 30 s). The whole resident set is printed beside it:
+  it also counts the pages of each worker's memory-mapped plan, which grow as the schedule
+  advances through them (file-backed, reclaimable, about 50 bytes a request);
 - no fd growth: client fds do not climb (by more than 2) across the last window; the
   keep-alive pool may step up once under a slow patch and stay there, which is no leak;
 - results complete: one row per trace row in results.arrow, each row once;
@@ -32,7 +35,8 @@ from pathlib import Path
 
 
 def _proc_status(pid: int) -> dict[str, int] | None:
-    """VmRSS and VmHWM in KiB and the open fd count of ``pid`` (None once it is gone)."""
+    """VmRSS, VmHWM, RssAnon and RssFile in KiB and the open fd count of ``pid`` (None once
+    it is gone)."""
     try:
         text = Path(f"/proc/{pid}/status").read_text()
         fds = len(os.listdir(f"/proc/{pid}/fd"))
@@ -41,7 +45,7 @@ def _proc_status(pid: int) -> dict[str, int] | None:
     out = {"fds": fds}
     for line in text.splitlines():
         key, _, value = line.partition(":")
-        if key in ("VmRSS", "VmHWM"):
+        if key in ("VmRSS", "VmHWM", "RssAnon", "RssFile"):
             out[key] = int(value.split()[0])
     return out
 
@@ -74,6 +78,8 @@ def _sample(t_s: float, replay: int, sim: int) -> dict:
         "workers": len(workers),
         "workers_rss_kb": sum(w.get("VmRSS", 0) for w in workers),
         "workers_hwm_kb": sum(w.get("VmHWM", 0) for w in workers),
+        "client_anon_kb": parent.get("RssAnon", 0) + sum(w.get("RssAnon", 0) for w in workers),
+        "client_file_kb": parent.get("RssFile", 0) + sum(w.get("RssFile", 0) for w in workers),
         "client_fds": parent.get("fds", 0) + sum(w["fds"] for w in workers),
         "sim_rss_kb": simst.get("VmRSS", 0), "sim_fds": simst.get("fds", 0),
     }
@@ -118,10 +124,14 @@ def _verdict(samples: list[dict], run_s: float, flat_percent: float) -> dict:
     first, last, warmup_s = _windows(samples, run_s)
     if not first or not last:
         return {"memory_flat": None, "fd_growth": None, "note": "run too short to judge"}
+    def mean(window: list[dict], key) -> float:
+        return sum(map(key, window)) / len(window)
+
     client = lambda s: s["parent_rss_kb"] + s["workers_rss_kb"]  # noqa: E731
-    m_first = sum(map(client, first)) / len(first)
-    m_last = sum(map(client, last)) / len(last)
-    change = 100.0 * (m_last - m_first) / m_first
+    anon = lambda s: s["client_anon_kb"]  # noqa: E731
+    m_first, m_last = mean(first, client), mean(last, client)
+    a_first, a_last = mean(first, anon), mean(last, anon)
+    change = 100.0 * (a_last - a_first) / a_first
     # The keep-alive pool grows in steps when a slow patch leaves more requests in flight and
     # keeps those connections open: a plateau, not a leak. A leak keeps climbing, so the
     # test is growth *within* the last window.
@@ -129,7 +139,9 @@ def _verdict(samples: list[dict], run_s: float, flat_percent: float) -> dict:
     return {"warmup_s": warmup_s, "window_first_s": [first[0]["t_s"], first[-1]["t_s"]],
             "window_last_s": [last[0]["t_s"], last[-1]["t_s"]],
             "client_rss_first_mb": m_first / 1024, "client_rss_last_mb": m_last / 1024,
-            "client_rss_change_percent": change, "memory_flat": abs(change) <= flat_percent,
+            "client_rss_change_percent": 100.0 * (m_last - m_first) / m_first,
+            "client_anon_first_mb": a_first / 1024, "client_anon_last_mb": a_last / 1024,
+            "client_anon_change_percent": change, "memory_flat": abs(change) <= flat_percent,
             "client_fds_first_window_max": max(s["client_fds"] for s in first),
             "client_fds_last_window": [fds_last[0], fds_last[-1]],
             "client_fds_max": max(s["client_fds"] for s in samples),
@@ -231,11 +243,14 @@ def main(argv: list[str] | None = None) -> int:
     v, r = report["verdict"], report.get("results", {})
     print()
     if v.get("memory_flat") is not None:
-        print(f"client RSS  first window {v['client_rss_first_mb']:.1f} MB "
+        print(f"client anon first window {v['client_anon_first_mb']:.1f} MB "
               f"(t={v['window_first_s'][0]:.0f}-{v['window_first_s'][1]:.0f} s)  last window "
-              f"{v['client_rss_last_mb']:.1f} MB (t={v['window_last_s'][0]:.0f}-"
-              f"{v['window_last_s'][1]:.0f} s)  change {v['client_rss_change_percent']:+.2f}%  "
+              f"{v['client_anon_last_mb']:.1f} MB (t={v['window_last_s'][0]:.0f}-"
+              f"{v['window_last_s'][1]:.0f} s)  change {v['client_anon_change_percent']:+.2f}%  "
               f"-> {'flat' if v['memory_flat'] else 'NOT FLAT'} (limit {a.flat_percent:g}%)")
+        print(f"client RSS  first window {v['client_rss_first_mb']:.1f} MB, last window "
+              f"{v['client_rss_last_mb']:.1f} MB, change {v['client_rss_change_percent']:+.2f}% "
+              "(with the mapped plan's pages)")
         a0, a1 = v["client_fds_last_window"]
         print(f"client fds  first window max {v['client_fds_first_window_max']}, run max "
               f"{v['client_fds_max']}, last window {a0} -> {a1}  -> "
