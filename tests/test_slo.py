@@ -62,6 +62,20 @@ def _slo_from(rows):
     return c
 
 
+@settings(max_examples=40, deadline=None)
+@given(requests)
+def test_widened_keeps_the_counts_and_adds_empty_classes(rows):
+    """A label first seen in a later batch widens the classes; the counts so far stay put."""
+    c = _slo_from(rows)
+    wide = c.widened(c.kinds + ("rerank",), c.priorities + ("unknown",))
+    assert wide.counts() == c.counts()
+    for kind in c.kinds:
+        for priority in c.priorities:
+            assert wide.counts(kind, priority) == c.counts(kind, priority)
+    assert wide.counts("rerank")["requests"] == wide.counts(priority="unknown")["requests"] == 0
+    with pytest.raises(ValueError, match="start with"):
+        c.widened(c.kinds[::-1], c.priorities)
+
 @settings(max_examples=60, deadline=None)
 @given(requests, requests)
 def test_slo_merge_and_encode_are_exact(a, b):

@@ -190,6 +190,17 @@ cdef class SloCounters:
         """A copy of the counts, int64 of shape (kinds, priorities, len(FIELDS))."""
         return self._counts.copy()
 
+    def widened(self, kinds, priorities):
+        """A copy over more classes: ``kinds`` and ``priorities`` start with this one's, in
+        order, and may add labels (seen first in a later batch of results), counted zero."""
+        out = SloCounters(kinds, priorities)
+        if (out.kinds[:len(self.kinds)], out.priorities[:len(self.priorities)]) != (
+                self.kinds, self.priorities):
+            raise ValueError(f"widened classes must start with {self.kinds} x "
+                             f"{self.priorities}; got {out.kinds} x {out.priorities}")
+        out._counts[:len(self.kinds), :len(self.priorities)] = self._counts
+        return out
+
     def merge(self, SloCounters other not None):
         """Add ``other``'s counts (same kinds and priorities, in order). Returns self."""
         if (other.kinds, other.priorities) != (self.kinds, self.priorities):
