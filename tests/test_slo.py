@@ -116,6 +116,18 @@ def test_timeslices_merge_equals_one_ingest_and_encode_roundtrips(a, b):
     assert Timeslices.decode(both.encode()) == both
 
 
+@settings(max_examples=60, deadline=None)
+@given(rows_st, rows_st, rows_st)
+def test_timeslices_ingested_batch_by_batch_equal_one_ingest(a, b, c):
+    """Batches in any time order (a late one reaching back to early slices, an empty one)
+    fold into the very store one ingest of every row makes."""
+    t = Timeslices(S)
+    for batch in (a, [], b, c):
+        t.add_arrays(*_columns(batch))
+    one = _slices_from(a + b + c)
+    assert t == one
+    assert Timeslices.decode(t.encode()) == one
+
 @settings(max_examples=40, deadline=None)
 @given(rows_st, st.sampled_from([50, 90, 99, 100]))
 def test_slice_percentiles_within_two_digit_bound(rows, p):
