@@ -442,26 +442,14 @@ def summarize(results: pa.Table, *, itl_hist: Histogram | None = None, run: dict
               slice_s: float = 1.0,
               percentiles: Sequence[float] = PERCENTILES) -> dict[str, Any]:
     """Summarize a results table into the summary.json shape (without ``"monitor"``): its
-    record batches folded one by one through :class:`RunningSummary`.
-
-    Parameters
-    ----------
-    results : pyarrow.Table
-        Rows of results.arrow (docs/formats.md); extra columns are ignored.
-    itl_hist : Histogram, optional
-        Inter-token gaps recorded while streaming (they are not per-row data); without it
-        ``latency_ms.itl`` has count 0 and null statistics.
-    run : dict
-        The ``"run"`` block, copied as given.
-    slice_s : float
-        Timeslice length in seconds.
-    percentiles : sequence of float
-        Percents in [0, 100] reported for every latency.
+    record batches folded one by one through :class:`RunningSummary` (``slice_s``,
+    ``percentiles``), then :meth:`RunningSummary.finish` (``run``, ``itl_hist``).
 
     Raises
     ------
     ConfigError
-        A required column is missing, or the times are inconsistent (negative latency).
+        A setting is out of range, a required column is missing, or the times are
+        inconsistent (negative latency).
     """
     running = RunningSummary(slice_s=slice_s, percentiles=percentiles)
     check_columns(results.column_names)
