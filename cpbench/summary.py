@@ -1,9 +1,11 @@
-"""summary.json: a results table (docs/formats.md) turned into counts, rates and percentiles.
+"""summary.json: result rows (docs/formats.md) turned into counts, rates and percentiles.
 
-``summarize`` reads the columns of ``results.arrow`` once into NumPy and hands them whole to
-the compiled core (``_core.hist`` histograms, ``_core.slo`` SLO counters and timeslices): no
-per-row Python. It returns the summary.json shape of docs/formats.md except ``"monitor"``,
-which the caller adds. ``write_summary`` writes it atomically; ``load_summary`` reads it back.
+:class:`RunningSummary` folds record batches of results one at a time, as a run hands them
+over, into state of fixed size in the compiled core (``_core.hist`` histograms,
+``_core.slo`` SLO counters and timeslices): no per-row Python, and no row kept, so the
+parent's memory does not grow with the run. ``summarize`` does the same for a table already
+read. Both give the summary.json shape of docs/formats.md except ``"monitor"``, which the
+caller adds. ``write_summary`` writes it atomically; ``load_summary`` reads it back.
 
 Definitions (what a reader of the numbers needs):
 
@@ -76,14 +78,12 @@ def histogram_stats_ms(hist: Histogram, percentiles: Sequence[float]) -> dict[st
     return out
 
 
-def _histogram(values: np.ndarray, what: str, lowest_ns: int = 1_000) -> Histogram:
-    hist = Histogram(lowest_ns=lowest_ns)
+def _record(hist: Histogram, values: np.ndarray, what: str) -> None:
     try:
         hist.record_array(values)
     except ValueError as exc:
         raise ConfigError(f"results table gives a negative {what} ({exc}); its times are "
                           "not on one monotonic clock") from None
-    return hist
 
 
 def _int_col(table: pa.Table, name: str, null: int = -1) -> np.ndarray:
@@ -94,20 +94,26 @@ def _bool_col(table: pa.Table, name: str) -> np.ndarray:
     return column_numpy(table, name, False, bool)
 
 
-def _columns(results: pa.Table) -> dict[str, Any]:
-    missing = [c for c in REQUIRED_COLUMNS if c not in results.column_names]
+def check_columns(names: Sequence[str]) -> None:
+    """ConfigError naming the REQUIRED_COLUMNS a results table (or batch) lacks."""
+    missing = [c for c in REQUIRED_COLUMNS if c not in names]
     if missing:
         raise ConfigError(f"results table lacks column(s) {', '.join(missing)}; "
                           "it must follow docs/formats.md (results.arrow)")
+
+
+def _columns(results: pa.Table, kinds: tuple[str, ...] = KINDS,
+             priorities: tuple[str, ...] = PRIORITIES) -> dict[str, Any]:
+    """The non-warm-up rows' columns as NumPy; kind and priority as codes into ``kinds`` and
+    ``priorities`` (returned), which grow by any label first seen here."""
+    check_columns(results.column_names)
     warm = _bool_col(results, "warmup")
-    # Warm-up rows are dropped from the NumPy columns, one at a time; the Arrow table (about
-    # 110 MB for 10^6 rows, memory-mapped) is never copied whole.
-    keep = ~warm if warm.any() else None
+    keep = ~warm if warm.any() else None     # warm-up rows are dropped one column at a time
 
     def live(values: np.ndarray) -> np.ndarray:
         return values if keep is None else values[keep]
 
-    c: dict[str, Any] = {"n_warmup": int(warm.sum())}
+    c: dict[str, Any] = {"n_warmup": int(warm.sum()), "keep": keep}
     for name in ("intended_ns", "sent_ns", "first_token_ns", "done_ns"):
         c[name] = live(_int_col(results, name))   # -1: null, as _core.slo expects
     c["output_tokens"] = live(_int_col(results, "output_tokens", null=0))
@@ -117,8 +123,8 @@ def _columns(results: pa.Table) -> dict[str, Any]:
     c["error_class"] = errors if keep is None else errors.filter(pa.array(keep))
     c["errored"] = pc.is_valid(c["error_class"]).to_numpy(zero_copy_only=False)
     c["completed"] = ~c["errored"] & (c["done_ns"] >= 0)
-    c["kind"], c["kinds"] = label_codes(results.column("kind"), KINDS)
-    c["priority"], c["priorities"] = label_codes(results.column("priority"), PRIORITIES)
+    c["kind"], c["kinds"] = label_codes(results.column("kind"), kinds)
+    c["priority"], c["priorities"] = label_codes(results.column("priority"), priorities)
     c["kind"], c["priority"] = live(c["kind"]), live(c["priority"])
     return c
 
@@ -154,110 +160,64 @@ def request_latencies_ns(results: pa.Table) -> dict[str, np.ndarray]:
     return out
 
 
-def _window_s(c: dict[str, Any]) -> float:
-    if c["intended_ns"].size == 0:
+def _span_rate(count: int, first_ns: int, last_ns: int) -> float:
+    """``(n - 1) / (last - first)``: the mean rate of ``count`` instants from ``first_ns`` to
+    ``last_ns``, as ``cpbench info`` reports a trace's (the tail after the last one is not
+    part of it)."""
+    if count < 2:
         return 0.0
-    end = max(int(c["done_ns"].max()), int(c["sent_ns"].max()))
-    return max(end - int(c["intended_ns"].min()), 0) / 1e9
-
-
-def _span_rate(times_ns: np.ndarray) -> float:
-    """``(n - 1) / (last - first)``: the mean rate of a sequence of instants, as
-    ``cpbench info`` reports a trace's (the tail after the last one is not part of it)."""
-    if times_ns.size < 2:
-        return 0.0
-    span_ns = int(times_ns.max()) - int(times_ns.min())
-    return (times_ns.size - 1) / (span_ns / 1e9) if span_ns > 0 else 0.0
-
-
-def _scheduled_rps(c: dict[str, Any], run: Mapping[str, Any]) -> float:
-    """The offered rate of the whole schedule, as planned: a run cut short still offered it.
-
-    From the run's record of its schedule (count and span, warm-up included) where present,
-    else from the intended times of the rows at hand.
-    """
-    schedule = run.get("schedule") or {}
-    count, span_s = schedule.get("requests"), schedule.get("span_s")
-    if isinstance(count, int) and isinstance(span_s, (int, float)) and span_s > 0:
-        return (count - 1) / span_s
-    return _span_rate(c["intended_ns"])
+    span_ns = last_ns - first_ns
+    return (count - 1) / (span_ns / 1e9) if span_ns > 0 else 0.0
 
 
 def _per_rate(count: float, window_s: float) -> float:
     return float(count) / window_s if window_s > 0 else 0.0
 
 
-def _class_entry(counts: dict[str, int], window_s: float, lat: dict[str, np.ndarray],
-                 c: dict[str, Any], mask: np.ndarray, percentiles: Sequence[float]) -> dict:
+def _class_entry(counts: dict[str, int], window_s: float, ttft: Histogram, e2e: Histogram,
+                 percentiles: Sequence[float]) -> dict:
     entry: dict[str, Any] = dict(counts)
     entry["attainment"] = counts["slo_met"] / counts["requests"] if counts["requests"] else None
     entry["goodput_rps"] = _per_rate(counts["slo_met"], window_s)
-    ttft = _histogram(lat["ttft_from_intended"][mask[lat["ttft_mask"]]], "TTFT")
-    e2e = _histogram(lat["e2e_from_intended"][mask[lat["e2e_mask"]]], "end-to-end latency")
     entry["latency_ms"] = {"ttft_from_intended": histogram_stats_ms(ttft, percentiles),
                            "e2e_from_intended": histogram_stats_ms(e2e, percentiles)}
     return entry
 
 
-def _by_class(c: dict[str, Any], lat: dict[str, np.ndarray], window_s: float,
-              percentiles: Sequence[float]) -> tuple[list[dict], list[dict], SloCounters]:
-    slo = SloCounters(c["kinds"], c["priorities"])
-    slo.add_arrays(c["kind"], c["priority"], c["completed"], c["errored"], c["slo_ttft_met"],
-                   c["slo_e2e_met"], c["slo_met"])
-    by_class, by_kind = [], []
-    for k, kind in enumerate(slo.kinds):
-        kind_mask = c["kind"] == k
-        counts = slo.counts(kind)
-        if counts["requests"] == 0:
-            continue
-        by_kind.append({"kind": kind, **_class_entry(counts, window_s, lat, c, kind_mask,
-                                                     percentiles)})
-        for p, priority in enumerate(slo.priorities):
-            counts = slo.counts(kind, priority)
-            if counts["requests"]:
-                mask = kind_mask & (c["priority"] == p)
-                by_class.append({"kind": kind, "priority": priority,
-                                 **_class_entry(counts, window_s, lat, c, mask, percentiles)})
-    return by_class, by_kind, slo
-
-
-def _timeslices(c: dict[str, Any], slice_s: float) -> dict[str, Any]:
-    if not (slice_s > 0 and math.isfinite(slice_s)):
-        raise ConfigError(f"slice_s must be a positive number of seconds; got {slice_s!r}")
-    ts = Timeslices(slice_ns=max(1, round(slice_s * 1e9)))
-    try:
-        ts.add_arrays(c["intended_ns"], c["sent_ns"], c["first_token_ns"], c["done_ns"],
-                      c["output_tokens"], c["completed"], c["errored"],
-                      c["slo_met"] & c["completed"])
-    except ValueError as exc:
-        raise ConfigError(f"results table cannot be sliced in time: {exc}") from None
-    counters = ts.counters()
-    out: dict[str, Any] = {"slice_s": float(slice_s),
-                           "t_s": [i * float(slice_s) for i in range(ts.n_slices)]}
-    for name in ("scheduled", "sent", "completed", "errors", "output_tokens", "in_flight",
-                 "slo_met"):
-        out[name] = [int(v) for v in counters[name]]
-    for key, metric, p in (("ttft_p50_ms", "ttft", 50), ("ttft_p99_ms", "ttft", 99),
-                           ("e2e_p50_ms", "e2e", 50), ("e2e_p99_ms", "e2e", 99),
-                           ("lag_p99_ms", "lag", 99)):
-        out[key] = [_ms(v) for v in ts.percentile_series(metric, p)]
+def _merged(hists: Sequence[Histogram], lowest_ns: int = 1_000) -> Histogram:
+    # Merging is exact (counts and 128-bit sums add), so a merge is the histogram of the union.
+    out = Histogram(lowest_ns=lowest_ns)
+    for hist in hists:
+        out.merge(hist)
     return out
 
 
-def summarize(results: pa.Table, *, itl_hist: Histogram | None = None, run: dict,
-              slice_s: float = 1.0,
-              percentiles: Sequence[float] = PERCENTILES) -> dict[str, Any]:
-    """Summarize a results table into the summary.json shape (without ``"monitor"``).
+class _Extent:
+    """Count, first and last of a stream of instants (ns), folded batch by batch."""
+
+    def __init__(self) -> None:
+        self.count, self.first_ns, self.last_ns = 0, 0, 0
+
+    def add(self, times_ns: np.ndarray) -> None:
+        if times_ns.size == 0:
+            return
+        first, last = int(times_ns.min()), int(times_ns.max())
+        self.first_ns = first if self.count == 0 else min(self.first_ns, first)
+        self.last_ns = last if self.count == 0 else max(self.last_ns, last)
+        self.count += int(times_ns.size)
+
+
+class RunningSummary:
+    """summary.json folded from record batches of results as they arrive.
+
+    Each batch (:meth:`add`) goes once into running state of fixed size -- counts, the
+    latency and lag histograms, per-class histograms and SLO counters, the timeslices -- and
+    is not kept: a run of any length is summarized without its rows in memory. Every
+    statistic is exact under folding (histogram merges and sums are exact), so the result is
+    the same however the rows are split into batches.
 
     Parameters
     ----------
-    results : pyarrow.Table
-        Rows of results.arrow (docs/formats.md); extra columns are ignored.
-    itl_hist : Histogram, optional
-        Inter-token gaps recorded while streaming (they are not per-row data); without it
-        ``latency_ms.itl`` has count 0 and null statistics.
-    run : dict
-        The ``"run"`` block, copied as given.
     slice_s : float
         Timeslice length in seconds.
     percentiles : sequence of float
@@ -266,64 +226,236 @@ def summarize(results: pa.Table, *, itl_hist: Histogram | None = None, run: dict
     Raises
     ------
     ConfigError
-        A required column is missing, or the times are inconsistent (negative latency).
+        ``percentiles`` or ``slice_s`` out of range.
     """
-    percentiles = tuple(float(p) for p in percentiles)
-    if not all(0 <= p <= 100 for p in percentiles):
-        raise ConfigError(f"percentiles must be percents in [0, 100]; got {list(percentiles)}")
-    c = _columns(results)
-    lat = _latencies(c)
-    window_s = _window_s(c)
-    n = int(c["intended_ns"].size)
-    n_sent = int((c["sent_ns"] >= 0).sum())
-    # Results hold only requests that were sent; an interrupted run knows from its plan how
-    # many the trace scheduled (run["scheduled"], warm-up included), so none vanish unseen.
-    n_scheduled = n
-    if run.get("scheduled") is not None:
-        n_scheduled = max(int(run["scheduled"]) - c["n_warmup"], n)
-    n_completed = int(c["completed"].sum())
-    by_error = {str(d["values"]): int(d["counts"]) for d in
-                pc.value_counts(c["error_class"].drop_null().cast(pa.string())).to_pylist()}
-    # Requests the client itself cut off (Ctrl-C, --max-error-ratio) are no server fault.
-    n_interrupted = by_error.get("interrupted", 0)
-    n_errors = int(c["errored"].sum()) - n_interrupted
-    sent = c["sent_ns"] >= 0
-    lag = _histogram(np.maximum(c["sent_ns"][sent] - c["intended_ns"][sent], 0),
-                     "dispatch lag", lowest_ns=0)
-    hists = {name: _histogram(lat[name], name.replace("_", " ")) for name in LATENCIES}
-    latency_ms = {name: histogram_stats_ms(h, percentiles) for name, h in hists.items()}
-    latency_ms["itl"] = histogram_stats_ms(itl_hist if itl_hist is not None else Histogram(),
-                                           percentiles)
-    lag_stats = histogram_stats_ms(lag, percentiles)
-    by_class, by_kind, slo = _by_class(c, lat, window_s, percentiles)
-    total = slo.counts()
-    encoded = {**hists, "dispatch_lag": lag}
-    if itl_hist is not None:
-        encoded["itl"] = itl_hist
-    return {
-        "cpbench_version": __version__,
-        "run": dict(run),
-        "requests": {"scheduled": n_scheduled, "sent": n_sent, "not_sent": n_scheduled - n_sent,
-                     "completed": n_completed, "errors": n_errors,
-                     "interrupted": n_interrupted, "warmup": c["n_warmup"],
-                     "by_error_class": by_error},
-        "rates": {"scheduled_rps": _scheduled_rps(c, run),
-                  "achieved_rps": _span_rate(c["sent_ns"][c["sent_ns"] >= 0]),
-                  "completed_rps": _per_rate(n_completed, window_s),
-                  "output_tps": _per_rate(int(c["output_tokens"][c["completed"]].sum()),
-                                          window_s)},
-        "dispatch_lag_ms": {**{k: v for k, v in lag_stats.items() if k.startswith("p")},
-                            "max": lag_stats["max"], "mean": lag_stats["mean"],
-                            "overflow": lag_stats["overflow"]},
-        "latency_ms": latency_ms,
-        "slo": {"attainment": total["slo_met"] / n if n else None,
-                "goodput_rps": _per_rate(total["slo_met"], window_s)},
-        "by_class": by_class,
-        "by_kind": by_kind,
-        "timeslices": _timeslices(c, slice_s),
-        "histograms": {name: base64.b64encode(h.encode()).decode("ascii")
-                       for name, h in encoded.items()},
-    }
+
+    def __init__(self, *, slice_s: float = 1.0,
+                 percentiles: Sequence[float] = PERCENTILES) -> None:
+        self.percentiles = tuple(float(p) for p in percentiles)
+        if not all(0 <= p <= 100 for p in self.percentiles):
+            raise ConfigError(f"percentiles must be percents in [0, 100]; got "
+                              f"{list(self.percentiles)}")
+        if not (slice_s > 0 and math.isfinite(slice_s)):
+            raise ConfigError(f"slice_s must be a positive number of seconds; got {slice_s!r}")
+        self.slice_s = float(slice_s)
+        self._timeslices = Timeslices(slice_ns=max(1, round(slice_s * 1e9)))
+        self._slo = SloCounters(KINDS, PRIORITIES)
+        self._latency = {name: Histogram(lowest_ns=1_000) for name in LATENCIES}
+        self._lag = Histogram(lowest_ns=0)
+        self._lag_by_worker: dict[int, Histogram] = {}
+        # (kind code, priority code) -> (TTFT, end-to-end) from the intended time
+        self._by_class: dict[tuple[int, int], tuple[Histogram, Histogram]] = {}
+        self._by_error: dict[str, int] = {}    # in order of first appearance
+        self._intended, self._sent = _Extent(), _Extent()
+        self._end_ns = -1
+        self._n_warmup = self._n_completed = self._n_errored = self._output_tokens = 0
+        self._failure: ConfigError | None = None
+
+    def add(self, batch: pa.RecordBatch) -> None:
+        """Fold one record batch of results (docs/formats.md; extra columns are ignored).
+
+        A batch that cannot be summarized (a required column missing, a negative latency)
+        is not raised here, in the middle of a run, but kept: :meth:`finish` raises it, and
+        no later batch is folded.
+        """
+        if self._failure is not None:
+            return
+        try:
+            self._fold(pa.Table.from_batches([batch]))
+        except ConfigError as exc:
+            self._failure = exc
+
+    def _fold(self, table: pa.Table) -> None:
+        c = _columns(table, self._slo.kinds, self._slo.priorities)
+        if (c["kinds"], c["priorities"]) != (self._slo.kinds, self._slo.priorities):
+            self._slo = self._slo.widened(c["kinds"], c["priorities"])
+        self._n_warmup += c["n_warmup"]
+        if c["intended_ns"].size == 0:
+            return
+        sent = c["sent_ns"] >= 0
+        self._intended.add(c["intended_ns"])
+        self._sent.add(c["sent_ns"][sent])
+        self._end_ns = max(self._end_ns, int(c["done_ns"].max()), int(c["sent_ns"].max()))
+        self._n_completed += int(c["completed"].sum())
+        self._n_errored += int(c["errored"].sum())
+        self._output_tokens += int(c["output_tokens"][c["completed"]].sum())
+        for d in pc.value_counts(c["error_class"].drop_null().cast(pa.string())).to_pylist():
+            self._by_error[str(d["values"])] = self._by_error.get(str(d["values"]), 0) + \
+                int(d["counts"])
+        self._fold_lag(c, sent, table)
+        lat = _latencies(c)
+        for name, hist in self._latency.items():
+            _record(hist, lat[name], name.replace("_", " "))
+        self._slo.add_arrays(c["kind"], c["priority"], c["completed"], c["errored"],
+                             c["slo_ttft_met"], c["slo_e2e_met"], c["slo_met"])
+        self._fold_classes(c, lat)
+        try:
+            self._timeslices.add_arrays(c["intended_ns"], c["sent_ns"], c["first_token_ns"],
+                                        c["done_ns"], c["output_tokens"], c["completed"],
+                                        c["errored"], c["slo_met"] & c["completed"])
+        except ValueError as exc:
+            raise ConfigError(f"results table cannot be sliced in time: {exc}") from None
+
+    def _fold_lag(self, c: dict[str, Any], sent: np.ndarray, table: pa.Table) -> None:
+        lag = np.maximum(c["sent_ns"][sent] - c["intended_ns"][sent], 0)
+        _record(self._lag, lag, "dispatch lag")
+        if "worker" not in table.column_names:
+            return
+        worker = _int_col(table, "worker")
+        worker = (worker if c["keep"] is None else worker[c["keep"]])[sent]
+        for w in np.unique(worker):
+            hist = self._lag_by_worker.setdefault(int(w), Histogram(lowest_ns=0))
+            _record(hist, lag[worker == w], "dispatch lag")
+
+    def _fold_classes(self, c: dict[str, Any], lat: dict[str, np.ndarray]) -> None:
+        n_priorities = len(self._slo.priorities)
+        code = c["kind"] * n_priorities + c["priority"]
+        ttft_code, e2e_code = code[lat["ttft_mask"]], code[lat["e2e_mask"]]
+        for cls in np.unique(e2e_code):      # a request with a first token also completed
+            k, p = divmod(int(cls), n_priorities)
+            ttft, e2e = self._by_class.setdefault(
+                (k, p), (Histogram(lowest_ns=1_000), Histogram(lowest_ns=1_000)))
+            _record(ttft, lat["ttft_from_intended"][ttft_code == cls], "TTFT")
+            _record(e2e, lat["e2e_from_intended"][e2e_code == cls], "end-to-end latency")
+
+    def dispatch_lag_of_workers(self, workers: Sequence[int],
+                                percentiles: Sequence[float] = (50.0, 99.0)) -> dict[str, Any]:
+        """Dispatch lag (ms) of the sent, non-warm-up rows of some workers (a Ray node's)."""
+        lag = _merged([self._lag_by_worker[w] for w in workers if w in self._lag_by_worker],
+                      lowest_ns=0)
+        stats = histogram_stats_ms(lag, percentiles)
+        return {k: stats[k] for k in ("count", *map(percent_key, percentiles), "max")}
+
+    def _window_s(self) -> float:
+        if self._intended.count == 0:
+            return 0.0
+        return max(self._end_ns - self._intended.first_ns, 0) / 1e9
+
+    def _scheduled_rps(self, run: Mapping[str, Any]) -> float:
+        """The offered rate of the whole schedule, as planned: a run cut short still offered
+        it. From the run's record of its schedule (count and span, warm-up included) where
+        present, else from the intended times of the rows at hand."""
+        schedule = run.get("schedule") or {}
+        count, span_s = schedule.get("requests"), schedule.get("span_s")
+        if isinstance(count, int) and isinstance(span_s, (int, float)) and span_s > 0:
+            return (count - 1) / span_s
+        return _span_rate(self._intended.count, self._intended.first_ns,
+                          self._intended.last_ns)
+
+    def _classes(self, window_s: float) -> tuple[list[dict], list[dict]]:
+        slo, by_class, by_kind = self._slo, [], []
+        empty = (Histogram(lowest_ns=1_000), Histogram(lowest_ns=1_000))
+        for k, kind in enumerate(slo.kinds):
+            counts = slo.counts(kind)
+            if counts["requests"] == 0:
+                continue
+            hists = [self._by_class.get((k, p), empty) for p in range(len(slo.priorities))]
+            by_kind.append({"kind": kind, **_class_entry(
+                counts, window_s, _merged([h[0] for h in hists]), _merged([h[1] for h in hists]),
+                self.percentiles)})
+            for p, priority in enumerate(slo.priorities):
+                counts = slo.counts(kind, priority)
+                if counts["requests"]:
+                    by_class.append({"kind": kind, "priority": priority, **_class_entry(
+                        counts, window_s, *hists[p], self.percentiles)})
+        return by_class, by_kind
+
+    def _timeslice_series(self) -> dict[str, Any]:
+        ts, slice_s = self._timeslices, self.slice_s
+        counters = ts.counters()
+        out: dict[str, Any] = {"slice_s": slice_s,
+                               "t_s": [i * slice_s for i in range(ts.n_slices)]}
+        for name in ("scheduled", "sent", "completed", "errors", "output_tokens", "in_flight",
+                     "slo_met"):
+            out[name] = [int(v) for v in counters[name]]
+        for key, metric, p in (("ttft_p50_ms", "ttft", 50), ("ttft_p99_ms", "ttft", 99),
+                               ("e2e_p50_ms", "e2e", 50), ("e2e_p99_ms", "e2e", 99),
+                               ("lag_p99_ms", "lag", 99)):
+            out[key] = [_ms(v) for v in ts.percentile_series(metric, p)]
+        return out
+
+    def finish(self, *, run: dict, itl_hist: Histogram | None = None) -> dict[str, Any]:
+        """The summary.json shape (without ``"monitor"``) of every batch added so far.
+
+        Parameters
+        ----------
+        run : dict
+            The ``"run"`` block, copied as given.
+        itl_hist : Histogram, optional
+            Inter-token gaps recorded while streaming (they are not per-row data); without it
+            ``latency_ms.itl`` has count 0 and null statistics.
+
+        Raises
+        ------
+        ConfigError
+            A batch lacked a required column or gave inconsistent times (negative latency).
+        """
+        if self._failure is not None:
+            raise self._failure
+        n, n_sent, percentiles = self._intended.count, self._sent.count, self.percentiles
+        window_s = self._window_s()
+        # Results hold only requests that were sent; an interrupted run knows from its plan
+        # how many the trace scheduled (run["scheduled"], warm-up included), so none vanish.
+        n_scheduled = n
+        if run.get("scheduled") is not None:
+            n_scheduled = max(int(run["scheduled"]) - self._n_warmup, n)
+        # Requests the client itself cut off (Ctrl-C, --max-error-ratio) are no server fault.
+        n_interrupted = self._by_error.get("interrupted", 0)
+        latency_ms = {name: histogram_stats_ms(h, percentiles)
+                      for name, h in self._latency.items()}
+        latency_ms["itl"] = histogram_stats_ms(itl_hist if itl_hist is not None
+                                               else Histogram(), percentiles)
+        lag_stats = histogram_stats_ms(self._lag, percentiles)
+        by_class, by_kind = self._classes(window_s)
+        total = self._slo.counts()
+        encoded = {**self._latency, "dispatch_lag": self._lag}
+        if itl_hist is not None:
+            encoded["itl"] = itl_hist
+        return {
+            "cpbench_version": __version__,
+            "run": dict(run),
+            "requests": {"scheduled": n_scheduled, "sent": n_sent,
+                         "not_sent": n_scheduled - n_sent, "completed": self._n_completed,
+                         "errors": self._n_errored - n_interrupted,
+                         "interrupted": n_interrupted, "warmup": self._n_warmup,
+                         "by_error_class": dict(self._by_error)},
+            "rates": {"scheduled_rps": self._scheduled_rps(run),
+                      "achieved_rps": _span_rate(n_sent, self._sent.first_ns,
+                                                 self._sent.last_ns),
+                      "completed_rps": _per_rate(self._n_completed, window_s),
+                      "output_tps": _per_rate(self._output_tokens, window_s)},
+            "dispatch_lag_ms": {**{k: v for k, v in lag_stats.items() if k.startswith("p")},
+                                "max": lag_stats["max"], "mean": lag_stats["mean"],
+                                "overflow": lag_stats["overflow"]},
+            "latency_ms": latency_ms,
+            "slo": {"attainment": total["slo_met"] / n if n else None,
+                    "goodput_rps": _per_rate(total["slo_met"], window_s)},
+            "by_class": by_class,
+            "by_kind": by_kind,
+            "timeslices": self._timeslice_series(),
+            "histograms": {name: base64.b64encode(h.encode()).decode("ascii")
+                           for name, h in encoded.items()},
+        }
+
+
+def summarize(results: pa.Table, *, itl_hist: Histogram | None = None, run: dict,
+              slice_s: float = 1.0,
+              percentiles: Sequence[float] = PERCENTILES) -> dict[str, Any]:
+    """Summarize a results table into the summary.json shape (without ``"monitor"``): its
+    record batches folded one by one through :class:`RunningSummary` (``slice_s``,
+    ``percentiles``), then :meth:`RunningSummary.finish` (``run``, ``itl_hist``).
+
+    Raises
+    ------
+    ConfigError
+        A setting is out of range, a required column is missing, or the times are
+        inconsistent (negative latency).
+    """
+    running = RunningSummary(slice_s=slice_s, percentiles=percentiles)
+    check_columns(results.column_names)
+    for batch in results.to_batches():
+        running.add(batch)
+    return running.finish(run=run, itl_hist=itl_hist)
 
 
 def add_monitor(summary: dict[str, Any], monitor: pa.Table, status: dict[str, Any]) -> None:
@@ -338,17 +470,6 @@ def add_monitor(summary: dict[str, Any], monitor: pa.Table, status: dict[str, An
     summary.update(prefix_cache_summary(monitor))
     if (engines := balance_from_monitor(monitor)) is not None:
         summary["engines"] = engines
-
-
-def dispatch_lag_of_workers(results: pa.Table, workers: Sequence[int],
-                            percentiles: Sequence[float] = (50.0, 99.0)) -> dict[str, Any]:
-    """Dispatch lag (ms) of the sent, non-warm-up rows of some workers (a Ray node's)."""
-    mine = np.isin(_int_col(results, "worker"), np.asarray(workers, dtype=np.int64))
-    mine &= ~_bool_col(results, "warmup") & (_int_col(results, "sent_ns") >= 0)
-    lag = _int_col(results, "sent_ns")[mine] - _int_col(results, "intended_ns")[mine]
-    stats = histogram_stats_ms(_histogram(np.maximum(lag, 0), "dispatch lag", lowest_ns=0),
-                               percentiles)
-    return {k: stats[k] for k in ("count", *map(percent_key, percentiles), "max")}
 
 
 def decode_histogram(summary: dict[str, Any], name: str) -> Histogram:
@@ -383,6 +504,6 @@ def load_summary(path: str | os.PathLike) -> dict[str, Any]:
     return summary
 
 
-__all__ = ["LATENCIES", "PERCENTILES", "REQUIRED_COLUMNS", "add_monitor", "decode_histogram",
-           "dispatch_lag_of_workers", "histogram_stats_ms", "load_summary", "percent_key",
-           "request_latencies_ns", "summarize", "write_summary"]
+__all__ = ["LATENCIES", "PERCENTILES", "REQUIRED_COLUMNS", "RunningSummary", "add_monitor",
+           "check_columns", "decode_histogram", "histogram_stats_ms", "load_summary",
+           "percent_key", "request_latencies_ns", "summarize", "write_summary"]

@@ -62,6 +62,20 @@ def _slo_from(rows):
     return c
 
 
+@settings(max_examples=40, deadline=None)
+@given(requests)
+def test_widened_keeps_the_counts_and_adds_empty_classes(rows):
+    """A label first seen in a later batch widens the classes; the counts so far stay put."""
+    c = _slo_from(rows)
+    wide = c.widened(c.kinds + ("rerank",), c.priorities + ("unknown",))
+    assert wide.counts() == c.counts()
+    for kind in c.kinds:
+        for priority in c.priorities:
+            assert wide.counts(kind, priority) == c.counts(kind, priority)
+    assert wide.counts("rerank")["requests"] == wide.counts(priority="unknown")["requests"] == 0
+    with pytest.raises(ValueError, match="start with"):
+        c.widened(c.kinds[::-1], c.priorities)
+
 @settings(max_examples=60, deadline=None)
 @given(requests, requests)
 def test_slo_merge_and_encode_are_exact(a, b):
@@ -101,6 +115,18 @@ def test_timeslices_merge_equals_one_ingest_and_encode_roundtrips(a, b):
     assert merged == both
     assert Timeslices.decode(both.encode()) == both
 
+
+@settings(max_examples=60, deadline=None)
+@given(rows_st, rows_st, rows_st)
+def test_timeslices_ingested_batch_by_batch_equal_one_ingest(a, b, c):
+    """Batches in any time order (a late one reaching back to early slices, an empty one)
+    fold into the very store one ingest of every row makes."""
+    t = Timeslices(S)
+    for batch in (a, [], b, c):
+        t.add_arrays(*_columns(batch))
+    one = _slices_from(a + b + c)
+    assert t == one
+    assert Timeslices.decode(t.encode()) == one
 
 @settings(max_examples=40, deadline=None)
 @given(rows_st, st.sampled_from([50, 90, 99, 100]))

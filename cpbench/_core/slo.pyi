@@ -43,6 +43,9 @@ class SloCounters:
         self, window_s: float, kind: str | None = ..., priority: str | None = ...
     ) -> float: ...  # slo_met / window_s
     def as_array(self) -> npt.NDArray[np.int64]: ...  # (kinds, priorities, len(FIELDS))
+    def widened(
+        self, kinds: Sequence[str], priorities: Sequence[str]
+    ) -> SloCounters: ...  # a copy; the labels given start with this one's
     def merge(self, other: SloCounters) -> SloCounters: ...  # same classes; returns self
     def encode(self) -> bytes: ...
     @staticmethod

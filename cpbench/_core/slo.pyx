@@ -190,6 +190,17 @@ cdef class SloCounters:
         """A copy of the counts, int64 of shape (kinds, priorities, len(FIELDS))."""
         return self._counts.copy()
 
+    def widened(self, kinds, priorities):
+        """A copy over more classes: ``kinds`` and ``priorities`` start with this one's, in
+        order, and may add labels (seen first in a later batch of results), counted zero."""
+        out = SloCounters(kinds, priorities)
+        if (out.kinds[:len(self.kinds)], out.priorities[:len(self.priorities)]) != (
+                self.kinds, self.priorities):
+            raise ValueError(f"widened classes must start with {self.kinds} x "
+                             f"{self.priorities}; got {out.kinds} x {out.priorities}")
+        out._counts[:len(self.kinds), :len(self.priorities)] = self._counts
+        return out
+
     def merge(self, SloCounters other not None):
         """Add ``other``'s counts (same kinds and priorities, in order). Returns self."""
         if (other.kinds, other.priorities) != (self.kinds, self.priorities):
@@ -372,19 +383,36 @@ cdef class Timeslices:
             self._add_sparse(metric, uniq, cnt)
 
     cdef void _add_sparse(self, str metric, object keys, object counts):
-        """Fold sorted unique composite keys with counts into one metric's CSR store."""
+        """Fold sorted unique composite keys with counts into one metric's CSR store.
+
+        Only the slices from the first one the keys touch are rebuilt: results come nearly
+        in time order, so folding in a batch costs about what the batch touches, not the
+        whole run (rebuilding the whole store each time made a long run quadratic).
+        """
         stride = self._layout.counts_len + 1
-        old_keys, old_counts = self._composite(metric)
+        n = self.n_slices
+        indptr, bucket, count = self._hists[metric]
+        if indptr.size < n + 1:
+            indptr = np.concatenate([indptr, np.full(n + 1 - indptr.size, indptr[-1])])
+        first = int(keys[0] // stride) if keys.size else n
+        head = int(indptr[first])
+        old_keys = (np.repeat(np.arange(first, n, dtype=np.int64), np.diff(indptr[first:]))
+                    * stride + bucket[head:])
+        old_counts = count[head:].astype(np.int64)
         if old_keys.size:
-            both = np.concatenate([old_keys, keys])
-            keys, inverse = np.unique(both, return_inverse=True)
-            counts = np.bincount(inverse, weights=np.concatenate([old_counts, counts]),
-                                 minlength=keys.size)
-        slices = keys // stride
-        indptr = np.zeros(self.n_slices + 1, np.int64)
-        np.cumsum(np.bincount(slices, minlength=self.n_slices), out=indptr[1:])
-        self._hists[metric] = (indptr, (keys % stride).astype(np.uint16),
-                               np.asarray(counts).astype(np.uint32))
+            # Both sorted and unique: merge by position, no sort.
+            pos = np.searchsorted(old_keys, keys)
+            found = pos < old_keys.size
+            found[found] = old_keys[pos[found]] == keys[found]
+            old_counts[pos[found]] += counts[found]
+            fresh = ~found
+            keys = np.insert(old_keys, pos[fresh], keys[fresh])
+            counts = np.insert(old_counts, pos[fresh], counts[fresh])
+        tail = head + np.cumsum(np.bincount(keys // stride - first, minlength=n - first))
+        self._hists[metric] = (
+            np.concatenate([indptr[:first + 1], tail]).astype(np.int64),
+            np.concatenate([bucket[:head], (keys % stride).astype(np.uint16)]),
+            np.concatenate([count[:head], np.asarray(counts).astype(np.uint32)]))
 
     cdef tuple _composite(self, str metric):
         indptr, bucket, count = self._hists[metric]

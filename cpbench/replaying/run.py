@@ -33,7 +33,8 @@ from cpbench.replaying.plan import save_plan
 from cpbench.replaying.planning import build_plan, select_rows, trace_models
 from cpbench.replaying.pool import WorkerPool
 from cpbench.replaying.target import EmbeddedSim, active_policy, check_reachable
-from cpbench.results import ResultsWriter, read_results
+from cpbench.results import ResultsWriter
+from cpbench.summary import RunningSummary
 
 PROGRESS_S = 1.0
 
@@ -90,8 +91,10 @@ def run_replay(trace_path: str | os.PathLike[str], options: ReplayOptions | None
             _ray_cluster(o) as cluster:
         n_workers = cluster.n_actors if cluster else _worker_count(o, len(sel.rows))
         plans = _save_plans(table, sel, models, n_workers, Path(tmp))
-        intended_ns = sel.intended_ns
-        # The workers map their plans: the parent keeps only the intended times.
+        # The workers map their plans: the parent keeps only the intended times, copied: a
+        # view would keep the memory-mapped trace, and the 38 MB of it that planning touched,
+        # resident for the whole run and its summary.
+        intended_ns = np.array(sel.intended_ns)
         del table, sel
         release_unused_memory()
         sim = EmbeddedSim(Path(tmp), policy=o.policy) if o.url is None else None
@@ -179,6 +182,8 @@ def _run(run: dict, url: str, sim: EmbeddedSim | None, out: Path, o: ReplayOptio
         cfgs.append({"plan": str(plans[w]), "url": url, "loop": o.loop, "realtime": o.realtime,
                      "dispatch": o.dispatch_config(share, bearer)})
     writer = ResultsWriter(out / "results.arrow", run)
+    # Each batch is summarized as it arrives: no step of the run holds every row.
+    running = RunningSummary()
     pool = cluster.pool(cfgs, models) if cluster else WorkerPool(cfgs, n_workers, models)
     failed_write: list[OutputError] = []
 
@@ -192,6 +197,8 @@ def _run(run: dict, url: str, sim: EmbeddedSim | None, out: Path, o: ReplayOptio
         except OutputError as exc:
             failed_write.append(exc)
             pool.stop()
+            return
+        running.add(batch)
     stop = {"why": None}
 
     def on_signal(signum, frame) -> None:
@@ -267,7 +274,7 @@ def _run(run: dict, url: str, sim: EmbeddedSim | None, out: Path, o: ReplayOptio
                            "retried": sum(f["counters"].get("retried", 0) for f in finals),
                            "idle_closed": sum(f["counters"].get("idle_closed", 0)
                                               for f in finals)}})
-    summary = _write_outputs(out, run, pool, o, monitors)
+    summary = _write_outputs(out, run, running, pool, o, monitors)
     tot = pool.totals()
     # During the run the ratio is judged from 100 answers on (a few early faults must not stop
     # it); at the end it is judged on every answer, so a short failing run exits 3 too.
@@ -303,16 +310,13 @@ def _start_monitors(o: ReplayOptions, sim_url: str | None, start_ns: int):
     return monitors
 
 
-def _write_outputs(out: Path, run: dict, pool: WorkerPool, o: ReplayOptions,
-                   monitors) -> dict:
-    from cpbench.summary import add_monitor, dispatch_lag_of_workers, summarize, write_summary
-    release_unused_memory()     # what the batches of the run left in the allocators
-    results = read_results(out / "results.arrow")
-    summary = summarize(results, itl_hist=pool.merged_itl(), run=run)
+def _write_outputs(out: Path, run: dict, running: RunningSummary, pool: WorkerPool,
+                   o: ReplayOptions, monitors) -> dict:
+    from cpbench.summary import add_monitor, write_summary
+    summary = running.finish(run=run, itl_hist=pool.merged_itl())
     for node in summary["run"].get("cluster", {}).get("nodes", []):
-        node["dispatch_lag_ms"] = dispatch_lag_of_workers(results, node["workers"])
-    del results                 # unmaps results.arrow before the report maps it again
-    release_unused_memory()
+        node["dispatch_lag_ms"] = running.dispatch_lag_of_workers(node["workers"])
+    release_unused_memory()     # what the batches of the run left in the allocators
     if monitors is not None:
         monitors.write(out / "monitor.arrow")
         add_monitor(summary, monitors.table(), monitors.status())

@@ -10,22 +10,25 @@ the run (trace hash, generator and seed) from ``summary.run``, the latency distr
 the summary's histograms, the series over time from its timeslices. A summary without them
 (written by an older cpbench) gets a note, not a second definition computed here. What the
 summary does not hold — models, error details, embedding batch sizes, completions per kind
-over time — comes from the result columns.
+over time — comes from the result columns, read one record batch at a time
+(:mod:`cpbench.reporting.breakdowns`).
 """
 from __future__ import annotations
 
 import base64
+from collections.abc import Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
 
 import numpy as np
 import pyarrow as pa
-import pyarrow.compute as pc
 
 from cpbench._core.hist import Histogram
 from cpbench.errors import ConfigError
-from cpbench.resultdir import read_arrow, read_result_dir
-from cpbench.results import column_numpy, label_codes
+from cpbench.reporting.breakdowns import (MAX_ERROR_DETAILS, REQUIRED, RESULT_COLUMNS,
+                                          Breakdowns, most_frequent)
+from cpbench.resultdir import iter_arrow_batches, read_arrow, read_result_dir
+from cpbench.results import column_numpy
 
 NS_PER_MS = 1_000_000
 # Percent grid of the quantile functions: dense in the body, then 99, 99.9 ... 99.999.
@@ -36,12 +39,6 @@ LADDER_PERCENTS = (50.0, 75.0, 90.0, 95.0, 99.0, 99.9, 99.99)
 LATENCY_METRICS = ("ttft_from_sent", "ttft_from_intended", "e2e_from_sent",
                    "e2e_from_intended", "itl", "dispatch_lag")
 MAX_MONITOR_POINTS = 2000
-# The stats core's percentile definition, so exact values and histogram values agree.
-NEAREST_RANK = "inverted_cdf"
-MAX_ERROR_DETAILS = 10
-# What the report takes from results.arrow: only what summary.json does not hold.
-RESULT_COLUMNS = ("kind", "model", "error_detail", "sent_ns", "done_ns", "batch_size",
-                  "error_class", "warmup")
 
 
 @dataclass
@@ -129,34 +126,6 @@ def _summary_series(timeslices: dict) -> dict[str, np.ndarray]:
     return series
 
 
-def _batch_table(cols: dict[str, np.ndarray]) -> list[dict]:
-    """Embedding batch efficiency: per batch size, latency per input and inputs per second."""
-    emb = cols["ok"] & (cols["kind"] == cols["kind_labels"].get("embedding", -1))
-    if not emb.any() or cols.get("batch_size") is None:
-        return []
-    sizes = cols["batch_size"][emb]
-    e2e_ms = (cols["done_ns"][emb] - cols["sent_ns"][emb]) / NS_PER_MS
-    rows = []
-    for size in np.unique(sizes):
-        lat = e2e_ms[sizes == size]
-        mean_ms = float(lat.mean())
-        rows.append({"batch_size": int(size), "requests": int(lat.size),
-                     "e2e_mean_ms": mean_ms,
-                     "e2e_p99_ms": float(np.percentile(lat, 99, method=NEAREST_RANK)),
-                     "per_input_ms": mean_ms / max(int(size), 1),
-                     "inputs_per_s_per_stream": 1000.0 * int(size) / mean_ms if mean_ms else 0.0})
-    return rows
-
-
-def _kind_series(cols: dict[str, np.ndarray], slice_s: float, n: int) -> dict[str, np.ndarray]:
-    slice_ns = int(slice_s * 1e9)
-    out = {}
-    for kind, code in cols["kind_labels"].items():
-        sel = cols["ok"] & (cols["kind"] == code)
-        out[str(kind)] = np.bincount(cols["done_ns"][sel] // slice_ns, minlength=n)[:n] / slice_s
-    return out
-
-
 def _read_monitor(path: Path) -> dict[tuple[str, str], tuple[np.ndarray, np.ndarray]]:
     table = read_arrow(path)
     missing = {"t_ns", "source", "metric", "value"} - set(table.column_names)
@@ -194,7 +163,7 @@ def _trace_info(run: dict) -> dict[str, str]:
 
 def load_run(path: Path) -> RunData:
     """Read one result directory; raises ``ConfigError`` naming what is missing."""
-    found = read_result_dir(path, columns=RESULT_COLUMNS)
+    found = read_result_dir(path, read_results=False)
     summary = found.summary
     data = RunData(path=found.path, summary=summary)
     data.trace_info = _trace_info(data.run)
@@ -211,8 +180,8 @@ def load_run(path: Path) -> RunData:
     if absent:
         data.notes.append(f"summary.json has no histogram of {', '.join(absent)}: "
                           "those distributions are left out.")
-    if found.results is not None:
-        _add_results(data, found.results, slice_s)
+    if found.results_path is not None:
+        _add_results(data, iter_arrow_batches(found.results_path, RESULT_COLUMNS), slice_s)
     else:
         data.notes.append("results.arrow is missing: breakdowns from the summary only.")
     if found.monitor_path is not None:
@@ -220,56 +189,20 @@ def load_run(path: Path) -> RunData:
     return data
 
 
-def _codes(column: pa.ChunkedArray, live: np.ndarray) -> tuple[np.ndarray, dict[str, int]]:
-    """Integer codes of a string column and {label: code} of the labels present in ``live``.
-
-    Strings of a 10^6-row column are slow to compare and sort in NumPy; small codes are not.
-    """
-    codes, labels = label_codes(column, ())
-    codes = codes if live.all() else codes[live]
-    present = np.flatnonzero(np.bincount(codes, minlength=len(labels)))
-    return codes, {str(labels[i]): int(i) for i in present}
-
-
-def _value_counts(table: pa.Table, name: str) -> list[tuple[str, int]]:
-    """(value, count) of a string column, most frequent first, nulls left out."""
-    if name not in table.column_names:
-        return []
-    counts = pc.value_counts(table.column(name).combine_chunks())
-    pairs = [(str(v), int(c)) for v, c in zip(counts.field("values").to_pylist(),
-                                               counts.field("counts").to_pylist()) if v is not None]
-    return sorted(pairs, key=lambda vc: (-vc[1], vc[0]))
-
-
-def _add_results(data: RunData, table: pa.Table, slice_s: float) -> None:
-    required = {"kind", "sent_ns", "done_ns"}
-    if missing := required - set(table.column_names):
-        data.notes.append(f"results.arrow lacks {sorted(missing)}: breakdowns left out.")
-        return
-    data.models = _value_counts(table, "model")
-    data.error_details = _value_counts(table, "error_detail")[:MAX_ERROR_DETAILS]
-    warmup = _column(table, "warmup", False)
-    live = ~warmup.astype(bool) if warmup is not None else np.ones(table.num_rows, bool)
-    if not live.any():
+def _add_results(data: RunData, batches: Iterator[pa.RecordBatch], slice_s: float) -> None:
+    breakdowns = Breakdowns(slice_s, len(data.series.get("t_s", [])))
+    for batch in batches:
+        if missing := set(REQUIRED) - set(batch.schema.names):
+            data.notes.append(f"results.arrow lacks {sorted(missing)}: breakdowns left out.")
+            return
+        breakdowns.add(batch)
+    data.models = most_frequent(breakdowns.models)
+    data.error_details = most_frequent(breakdowns.error_details)[:MAX_ERROR_DETAILS]
+    if breakdowns.live_rows == 0:
         data.notes.append("results.arrow holds no request past warm-up: nothing to chart.")
         return
-    everything = bool(live.all())
-
-    def keep(values: np.ndarray) -> np.ndarray:
-        return values if everything else values[live]    # no copy of 10^6 rows for nothing
-
-    # Missing times read as -1 (as the stats core reads them), never as the run's first instant.
-    cols = {name: keep(_column(table, name, -1 if name.endswith("_ns") else 0))
-            for name in ("sent_ns", "done_ns", "batch_size") if name in table.column_names}
-    cols["kind"], cols["kind_labels"] = _codes(table.column("kind"), live)
-    # Completed, as summary.py defines it: no error class and a done time.
-    errors = table.column("error_class") if "error_class" in table.column_names else None
-    no_error = (keep(np.asarray(errors.is_null().to_numpy(zero_copy_only=False)))
-                if errors is not None else np.ones(int(live.sum()), bool))
-    cols["ok"] = no_error & (cols["done_ns"] >= 0)
-    if len(cols["kind_labels"]) > 1:
-        data.kind_series = _kind_series(cols, slice_s, len(data.series.get("t_s", [])))
-    data.batch_table = _batch_table(cols)
+    data.kind_series = breakdowns.kind_series()
+    data.batch_table = breakdowns.batch_table()
 
 
 def llm_share(run: RunData) -> float | None:
