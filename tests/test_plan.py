@@ -75,3 +75,16 @@ def test_worker_process_imports_no_pyarrow():
                          check=True).stdout
     assert out.strip() == "[]"
 
+
+
+def test_models_and_codes_come_from_the_dictionary_entries_in_use():
+    import pyarrow as pa
+
+    from cpbench.replaying.planning import _codes, trace_models
+    models = pa.DictionaryArray.from_arrays(pa.array([2, 0, 2], pa.int32()),
+                                            pa.array(["m-a", "m-b", "m-c"]))
+    table = pa.table({"model": pa.chunked_array([models])})
+    assert trace_models(table) == ["m-a", "m-c"]          # m-b is in the dictionary, unused
+    assert _codes(table.column("model"), ["m-a", "m-c"]).tolist() == [1, 0, 1]
+    plain = pa.chunked_array([pa.array(["m-c", "m-a"])])
+    assert _codes(plain, ["m-a", "m-c"]).tolist() == [1, 0]

@@ -43,17 +43,30 @@ def select_rows(table: pa.Table, *, speed: float = 1.0, rate_scale: float = 1.0,
     return Selection(rows, intended, warmup)
 
 
+# The trace columns a plan is built from (render_block_prompts reads the whole table apart).
+_PLAN_SOURCES = ("kind", "priority", "model", "input_tokens", "output_tokens", "batch_size",
+                 "slo_ttft_ms", "slo_e2e_ms", "prompt")
+
+
 def _codes(column: pa.ChunkedArray, values: list[str]) -> np.ndarray:
-    strings = pc.cast(column.combine_chunks(), pa.string()) if pa.types.is_dictionary(
-        column.type) else column.combine_chunks()
-    return pc.index_in(strings, value_set=pa.array(values, pa.string())).to_numpy(
+    value_set = pa.array(values, pa.string())
+    array = column.combine_chunks()
+    if pa.types.is_dictionary(array.type) and array.null_count == 0:
+        # Map the few dictionary entries, then index by the codes: no string per row.
+        mapping = pc.index_in(array.dictionary.cast(pa.string()), value_set=value_set)
+        lookup = pc.fill_null(mapping, -1).to_numpy(zero_copy_only=False)
+        return lookup[array.indices.to_numpy()].astype(np.int32)
+    strings = array.cast(pa.string()) if pa.types.is_dictionary(array.type) else array
+    return pc.index_in(strings, value_set=value_set).to_numpy(
         zero_copy_only=False).astype(np.int32)
 
 
 def trace_models(table: pa.Table) -> list[str]:
     """Every model of the trace, sorted: the dictionary of the results' ``model`` column."""
-    col = table.column("model")
-    col = pc.cast(col, pa.string()) if pa.types.is_dictionary(col.type) else col
+    col = table.column("model").combine_chunks()
+    if pa.types.is_dictionary(col.type):
+        # The entries the codes use (a dictionary may hold more): no string per row.
+        col = col.dictionary.take(pc.unique(col.indices).drop_null())
     return sorted(v for v in pc.unique(col).to_pylist() if v is not None)
 
 
@@ -65,7 +78,10 @@ def build_plan(table: pa.Table, sel: Selection, worker: int, n_workers: int,
     """
     pos = np.arange(worker, len(sel.rows), n_workers)
     rows = sel.rows[pos]
-    sub = table.take(pa.array(rows))
+    # Only the columns a plan holds are gathered: a 10^6-row trace's other columns (arrival
+    # times, sessions, prefix blocks) would be copied for nothing at the parent's peak.
+    sub = table.select([c for c in _PLAN_SOURCES if c in table.column_names]).take(
+        pa.array(rows))
     models = trace_models(table) if models is None else models
     kind = _codes(sub.column("kind"), list(KIND_VALUES))
 
