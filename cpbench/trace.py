@@ -230,7 +230,9 @@ def validate_table(table: pa.Table, *, source: str = "<table>",
         return problems
     if table.num_rows == 0:
         return [f"{source}: trace has no rows"]
-    cols = {name: _plain(table.column(name)) for name in table.column_names
+    # Dictionary columns stay encoded: decoding kind, model and priority of a 10^6-row trace
+    # held three columns of strings at once (tens of MB at the replay parent's peak).
+    cols = {name: _combined(table.column(name)) for name in table.column_names
             if name in SCHEMA.names}
     problems.extend(f"{source}: {p}" for p in _row_problems(cols))
     if "prefix_blocks" in cols and not problems:
@@ -243,11 +245,11 @@ def validate_table(table: pa.Table, *, source: str = "<table>",
                  else np.zeros(table.num_rows, bool))
         problems.extend(f"{source}: {p}" for p in prefix_blocks.row_problems(
             cols["prefix_blocks"], _ints(cols["input_tokens"])[0],
-            pc.not_equal(cols["kind"], "embedding").to_numpy(zero_copy_only=False),
+            ~_equals(cols["kind"], "embedding"),
             given, size, raw))
     for name, allowed in PROVENANCE_COLUMNS.items():
         if name in table.column_names:
-            col = _plain(table.column(name))
+            col = _combined(table.column(name))
             bad = _not_in(col, allowed) & ~_nulls(col) if not pa.types.is_null(col.type) \
                 else np.zeros(len(col), bool)
             if bad.any():
@@ -277,6 +279,26 @@ def _type_problem(name: str, typ: pa.DataType) -> str | None:
         return None
     hint = "; store nanoseconds as int64" if name == "arrival_ns" else ""
     return f"column '{name}' has type {typ}, expected {want}{hint}"
+
+
+def _combined(column: pa.ChunkedArray) -> pa.Array:
+    return column.combine_chunks() if column.num_chunks != 1 else column.chunk(0)
+
+
+def _per_row(array: pa.Array, on_values) -> np.ndarray:
+    """``on_values(strings) -> bool array`` for each row of a string or dictionary array; a
+    null row gives False. On a dictionary array it runs once per entry, not once per row."""
+    if pa.types.is_dictionary(array.type):
+        per_entry = on_values(array.dictionary.cast(pa.string()))
+        codes = pc.fill_null(array.indices, 0).to_numpy(zero_copy_only=False)
+        out = per_entry[codes] if len(per_entry) else np.zeros(len(array), bool)
+        return out & ~_nulls(array)
+    return on_values(array.cast(pa.string())) & ~_nulls(array)
+
+
+def _equals(array: pa.Array, value: str) -> np.ndarray:
+    return _per_row(array, lambda v: pc.fill_null(pc.equal(v, value), False).to_numpy(
+        zero_copy_only=False))
 
 
 def _plain(column: pa.ChunkedArray) -> pa.Array:
@@ -313,7 +335,7 @@ def _row_problems(cols: dict[str, pa.Array]) -> list[str]:
         out.append(f"column 'kind' has unknown value {kind[i].as_py()!r} at row {i}; "
                    f"expected one of {', '.join(KINDS)}")
         return out
-    is_llm = pc.not_equal(kind, "embedding").to_numpy(zero_copy_only=False)
+    is_llm = ~_equals(kind, "embedding")
     out.extend(_check_strings(cols))
     out.extend(_check_ints(cols, is_llm))
     for name in ("slo_ttft_ms", "slo_e2e_ms"):
@@ -330,8 +352,9 @@ def _row_problems(cols: dict[str, pa.Array]) -> list[str]:
 def _not_in(array: pa.Array, allowed: tuple[str, ...]) -> np.ndarray:
     if pa.types.is_null(array.type):
         return np.ones(len(array), dtype=bool)
-    found = pc.is_in(array.cast(pa.string()), value_set=pa.array(allowed))
-    return ~pc.fill_null(found, False).to_numpy(zero_copy_only=False)
+    return ~_per_row(array, lambda v: pc.fill_null(
+        pc.is_in(v, value_set=pa.array(allowed, pa.string())), False).to_numpy(
+            zero_copy_only=False))
 
 
 def _nulls(array: pa.Array) -> np.ndarray:

@@ -115,6 +115,18 @@ BAD_TABLES = {
     "priority": (dict(priority=pa.array(["HIGH", "URGENT", "LOW", "LOW", "LOW", "LOW"])),
                  "'priority' has unknown value 'URGENT' at row 1"),
     "nested": (dict(session=pa.array([[1]] * 6)), "'session' has nested type list<item: int64>"),
+    # Dictionary-encoded columns are checked per dictionary entry: the same messages.
+    "kind_dictionary": (dict(kind=pa.array(["chat", "chat", "embeding", "chat", "chat", None])
+                             .dictionary_encode()), "unknown value 'embeding' at row 2"),
+    "kind_dictionary_null": (dict(kind=pa.array(["chat", None, "chat", "chat", "chat", "chat"])
+                                  .dictionary_encode()), "unknown value None at row 1"),
+    "priority_dictionary": (
+        dict(priority=pa.array(["HIGH", None, "URGENT", "LOW", "LOW", "LOW"]).dictionary_encode()),
+        "'priority' has unknown value 'URGENT' at row 2"),
+    "batch0_dictionary_kind": (dict(batch_size=pa.array([1, 0, 1, 1, 4, 1], pa.int16()),
+                                    kind=pa.array(["chat", "embedding", "chat", "chat",
+                                                   "embedding", "chat"]).dictionary_encode()),
+                               "'batch_size' has 0 at row 1 (an embedding request)"),
     "binary_prompt": (dict(prompt=pa.array([b"\xff"] * 6)), "'prompt' has type binary"),
     "slo": (dict(slo_e2e_ms=pa.array([1.0, -5.0, 1, 1, 1, 1], pa.float32())),
             "'slo_e2e_ms' has -5.0 at row 1"),
