@@ -925,7 +925,8 @@ cdef inline Py_ssize_t _head_end(const unsigned char* p, Py_ssize_t n) noexcept 
     return -1 if hit == NULL else <const unsigned char*>hit - p
 
 
-cdef inline Py_ssize_t _next_line(const unsigned char* h, Py_ssize_t i, Py_ssize_t n) noexcept nogil:
+cdef inline Py_ssize_t _next_line(const unsigned char* h, Py_ssize_t i,
+                                  Py_ssize_t n) noexcept nogil:
     # The offset after the next CRLF at or after i (n + 2 when there is none).
     while i + 1 < n:
         if h[i] == 13 and h[i + 1] == 10:

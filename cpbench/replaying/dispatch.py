@@ -1,24 +1,26 @@
 """The open-loop dispatcher of one process: send each request when the plan says, record it.
 
 The hot path is lean by design (docs/design.md, "The hot path"): no task, future or dict per
-request, and nothing kept per request once it is recorded. Each keep-alive connection is a
-compiled :class:`cpbench._core.conn.Conn` that sends, parses its own responses and writes a
-finished request's row straight into the typed buffers of a
-:class:`cpbench._core.conn.Recorder` (which reads the plan's columns in C), whose raw buffers
-the parent turns into Arrow batches; inter-token gaps go straight into the ITL histogram.
-Python runs once per send (this module) and once per response (:meth:`Dispatcher.release`).
-Connections are opened before the start and reused; a request
-due while every connection is busy opens a new one (open loop: nothing caps the in-flight
-count unless ``max_concurrency`` is set).
+request, and nothing kept per request once it is recorded. The per-request path is compiled
+(:mod:`cpbench._core.conn`): a :class:`~cpbench._core.conn.Sender` sends each due row on an
+idle keep-alive connection, each connection is a :class:`~cpbench._core.conn.Conn` that parses
+its own responses and writes a finished request's row straight into the C buffers of a
+:class:`~cpbench._core.conn.Recorder` (which reads the plan's columns in C), and inter-token
+gaps go straight into the ITL histogram. Python runs per request only to render the next
+request's bytes (:meth:`Dispatcher._encode`). This module owns the rest: opening
+connections (a request due while every connection is busy opens a new one; open loop:
+nothing caps the in-flight count unless ``max_concurrency`` is set), timeouts, idle
+trimming, row hand-over and progress.
 
 Timing: event-loop timers tick in whole milliseconds, so sends are timed by a timerfd
-(:class:`cpbench.replaying.timer.MonotonicTimer`) in the loop's own epoll set, armed for the next due
-instant to the nanosecond (the worker sets 1 ns timer slack, so the kernel fires it within
-microseconds). The loop then wakes for a due send or a response alike, with no second poll
-and no task switch. The next request's bytes are built before the wait, so at the due time a
-send is one write, and any response callback that finds a send due sends it first, so a send
-waits for at most one callback, not for a whole turn of the loop. It runs on uvloop or the
-stock asyncio loop alike.
+(:class:`cpbench.replaying.timer.MonotonicTimer`) in the loop's own epoll set, armed for the
+next due instant to the nanosecond (the worker sets 1 ns timer slack, so the kernel fires it
+within microseconds). The loop then wakes for a due send or a response alike, with no second
+poll and no task switch. The next request's bytes are built before the wait, so at the due
+time a send is one write, and any response callback that finds a send due sends it first, so
+a send waits for at most one callback, not for a whole turn of the loop. ``--spin-us`` wakes
+that much early and waits out the rest on the clock. It runs on uvloop or the stock asyncio
+loop alike.
 """
 from __future__ import annotations
 
