@@ -85,6 +85,6 @@ def test_models_and_codes_come_from_the_dictionary_entries_in_use():
                                             pa.array(["m-a", "m-b", "m-c"]))
     table = pa.table({"model": pa.chunked_array([models])})
     assert trace_models(table) == ["m-a", "m-c"]          # m-b is in the dictionary, unused
-    assert _codes(table.column("model"), ["m-a", "m-c"]).tolist() == [1, 0, 1]
-    plain = pa.chunked_array([pa.array(["m-c", "m-a"])])
+    assert _codes(models, ["m-a", "m-c"]).tolist() == [1, 0, 1]
+    plain = pa.array(["m-c", "m-a"])
     assert _codes(plain, ["m-a", "m-c"]).tolist() == [1, 0]

@@ -43,14 +43,8 @@ def select_rows(table: pa.Table, *, speed: float = 1.0, rate_scale: float = 1.0,
     return Selection(rows, intended, warmup)
 
 
-# The trace columns a plan is built from (render_block_prompts reads the whole table apart).
-_PLAN_SOURCES = ("kind", "priority", "model", "input_tokens", "output_tokens", "batch_size",
-                 "slo_ttft_ms", "slo_e2e_ms", "prompt")
-
-
-def _codes(column: pa.ChunkedArray, values: list[str]) -> np.ndarray:
+def _codes(array: pa.Array, values: list[str]) -> np.ndarray:
     value_set = pa.array(values, pa.string())
-    array = column.combine_chunks()
     if pa.types.is_dictionary(array.type) and array.null_count == 0:
         # Map the few dictionary entries, then index by the codes: no string per row.
         mapping = pc.index_in(array.dictionary.cast(pa.string()), value_set=value_set)
@@ -78,24 +72,29 @@ def build_plan(table: pa.Table, sel: Selection, worker: int, n_workers: int,
     """
     pos = np.arange(worker, len(sel.rows), n_workers)
     rows = sel.rows[pos]
-    # Only the columns a plan holds are gathered: a 10^6-row trace's other columns (arrival
-    # times, sessions, prefix blocks) would be copied for nothing at the parent's peak.
-    sub = table.select([c for c in _PLAN_SOURCES if c in table.column_names]).take(
-        pa.array(rows))
+    take = pa.array(rows)
     models = trace_models(table) if models is None else models
-    kind = _codes(sub.column("kind"), list(KIND_VALUES))
+
+    # One column at a time, each gathered and converted before the next: the parent's peak
+    # holds the plan and one column's temporaries, not a copy of every column at once.
+    def gathered(name: str) -> pa.Array:
+        return table.column(name).take(take).combine_chunks()
 
     def nums(name: str, fill, dtype) -> np.ndarray:
-        return pc.fill_null(sub.column(name), fill).to_numpy().astype(dtype)
+        return pc.fill_null(gathered(name), fill).to_numpy().astype(dtype)
 
+    kind = _codes(gathered("kind"), list(KIND_VALUES))
     slos = []
     for i, name in enumerate(("slo_ttft_ms", "slo_e2e_ms")):
-        defaults = np.array([DEFAULT_SLO_MS[k][i] for k in KIND_VALUES])[kind]
-        given = pc.fill_null(sub.column(name), np.nan).to_numpy().astype(np.float64)
-        slos.append(np.where(np.isnan(given), defaults, given))
+        slo = pc.fill_null(gathered(name), np.nan).to_numpy().astype(np.float64)
+        unset = np.isnan(slo)
+        slo[unset] = np.array([DEFAULT_SLO_MS[k][i] for k in KIND_VALUES])[kind[unset]]
+        slos.append(slo)
     prompts = messages = None
-    if "prompt" in sub.column_names and sub.column("prompt").null_count < sub.num_rows:
-        prompts = PromptColumn.from_texts(sub.column("prompt").to_pylist())
+    if "prompt" in table.column_names and table.column("prompt").null_count < table.num_rows:
+        prompt = gathered("prompt")
+        if prompt.null_count < len(prompt):
+            prompts = PromptColumn.from_texts(prompt.to_pylist())
     rendered = render_block_prompts(table, rows)
     if rendered is not None:
         # Literal prompts and blocks never share a row (trace validation): merge the two.
@@ -106,8 +105,8 @@ def build_plan(table: pa.Table, sel: Selection, worker: int, n_workers: int,
         messages = PromptColumn.from_texts(chats) if any(c is not None for c in chats) else None
     return Plan(
         rows=rows, intended_ns=sel.intended_ns[pos], kind=kind,
-        priority=_codes(sub.column("priority"), list(PRIORITY_VALUES)),
-        model=_codes(sub.column("model"), models),
+        priority=_codes(gathered("priority"), list(PRIORITY_VALUES)),
+        model=_codes(gathered("model"), models),
         input_tokens=nums("input_tokens", 0, np.int32),
         output_tokens=nums("output_tokens", -1, np.int32),
         batch_size=nums("batch_size", 1, np.int32),
