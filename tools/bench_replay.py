@@ -30,7 +30,8 @@ On a host shared with other work the lag tail is the scheduler's, not the dispat
 ``preempt`` column counts the workers' involuntary context switches. ``--hogs N`` makes the
 host busy on purpose (N busy-looping processes at normal priority for the length of each
 point) and ``--realtime 0,1`` measures each point without and with ``cpbench replay
---realtime`` (SCHED_FIFO workers; the dispatcher waits in epoll, it never spins).
+--realtime`` (SCHED_FIFO workers; the dispatcher waits in epoll, and spins only with
+``--spin-us``).
 """
 from __future__ import annotations
 

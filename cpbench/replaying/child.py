@@ -39,9 +39,10 @@ def _new_loop(name: str) -> asyncio.AbstractEventLoop:
 def set_realtime(priority: int) -> str | None:
     """Move this process to SCHED_FIFO at ``priority``; None, or why it could not.
 
-    The dispatcher waits in the event loop's epoll between sends and never spins, so a real-time
-    worker only takes the CPU when a send is due or a response arrives: on a busy host its
-    sends stop waiting behind other processes' time slices. A worker that is itself
+    The dispatcher waits in the event loop's epoll between sends (it spins only with
+    ``--spin-us``, at most that long before each send), so a real-time worker only takes the
+    CPU when a send is due or a response arrives: on a busy host its sends stop waiting behind
+    other processes' time slices. A worker that is itself
     saturated would keep its core (the kernel's real-time throttling leaves others 5 %).
     """
     try:
