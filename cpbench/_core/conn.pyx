@@ -22,7 +22,7 @@ from cpython.bytearray cimport PyByteArray_AS_STRING, PyByteArray_GET_SIZE
 from cpython.bytes cimport PyBytes_FromStringAndSize
 from libc.stdint cimport int32_t, int64_t
 from libc.stdlib cimport free, realloc
-from libc.string cimport memcmp, memcpy
+from libc.string cimport memcmp
 
 from cpbench._core.hist cimport Histogram
 from cpbench._core.sse cimport StreamScan, find_int_after
@@ -60,7 +60,6 @@ DEF _MAX_HEAD_BYTES = 65536
 cdef int64_t NEVER = 1 << 62                     # no send due
 
 cdef int E_CONNECT = ERROR_CLASSES.index("connect")
-cdef int E_TIMEOUT = ERROR_CLASSES.index("timeout")
 cdef int E_4XX = ERROR_CLASSES.index("http_4xx")
 cdef int E_5XX = ERROR_CLASSES.index("http_5xx")
 cdef int E_BROKEN = ERROR_CLASSES.index("stream_broken")
@@ -76,9 +75,21 @@ cdef inline int64_t now_ns() noexcept nogil:
     return ts.tv_sec * 1_000_000_000 + ts.tv_nsec
 
 
-def monotonic_ns():
-    """CLOCK_MONOTONIC in ns, as :class:`Conn` stamps it (equal to ``time.monotonic_ns()``)."""
-    return now_ns()
+cdef int _arm_timerfd(int fd, int64_t at_ns) noexcept nogil:
+    # One-shot at an absolute CLOCK_MONOTONIC instant; 0 would disarm it, so at least 1 ns.
+    cdef itimerspec spec
+    at_ns = max(1, at_ns)
+    spec.it_interval.tv_sec = spec.it_interval.tv_nsec = 0
+    spec.it_value.tv_sec = at_ns // 1_000_000_000
+    spec.it_value.tv_nsec = at_ns % 1_000_000_000
+    return timerfd_settime(fd, TFD_TIMER_ABSTIME, &spec, NULL)
+
+
+def arm_timerfd(int fd, int64_t at_ns):
+    """Arm timerfd ``fd`` to fire at ``at_ns`` (absolute CLOCK_MONOTONIC ns; an instant past
+    fires at once): the call :class:`Sender` makes before each send."""
+    if _arm_timerfd(fd, at_ns) != 0:
+        raise OSError(f"timerfd_settime failed on fd {fd}")
 
 
 cdef inline Py_ssize_t _count(const unsigned char* p, Py_ssize_t n, const char* lit,
@@ -367,14 +378,15 @@ cdef class Sender:
     cdef const int64_t[::1] intended
     cdef Py_ssize_t n_rows, burst_max
     cdef readonly int64_t spin_ns
-    cdef public Py_ssize_t next_row
+    cdef readonly Py_ssize_t next_row
     cdef public int64_t due_abs_ns
     cdef object next_data
     cdef object encode, open_and_send, on_end
     cdef readonly list idle
     cdef readonly set busy
     cdef readonly object waiting
-    cdef public int max_concurrency, opening
+    cdef readonly int max_concurrency
+    cdef public int opening
     cdef public int64_t sent
     cdef public bint stopping
     cdef int timer_fd
@@ -439,7 +451,6 @@ cdef class Sender:
         # Build the next request and set the timer for its due instant; or end the schedule.
         # A due instant already past (a burst cut at burst_max, or a row a response callback
         # sent) fires at once, after the responses ready in this turn of the loop.
-        cdef itimerspec spec
         if self.stopping or self.next_row >= self.n_rows:
             self.due_abs_ns = NEVER
             self.on_end()
@@ -447,11 +458,7 @@ cdef class Sender:
         if self.next_data is None:
             # Built while there is time to spare: at the due time a send is one write.
             self.next_data = self.encode(self.next_row)
-        spec.it_interval.tv_sec = spec.it_interval.tv_nsec = 0
-        cdef int64_t at = max(1, self.due_abs_ns - self.spin_ns)     # 0 would disarm it
-        spec.it_value.tv_sec = at // 1_000_000_000
-        spec.it_value.tv_nsec = at % 1_000_000_000
-        timerfd_settime(self.timer_fd, TFD_TIMER_ABSTIME, &spec, NULL)
+        _arm_timerfd(self.timer_fd, self.due_abs_ns - self.spin_ns)
         return 0
 
     cpdef Py_ssize_t send_due(self) except -1:
@@ -595,7 +602,6 @@ cdef class Conn:
         cdef int64_t now = now_ns()
         cdef const unsigned char* p = data
         cdef Py_ssize_t n = len(data), end
-        cdef bytes rest
         if now >= self.sender.due_abs_ns:
             # A send fell due while the loop was reading: it goes first, not after every
             # ready socket has been read.
@@ -605,49 +611,34 @@ cdef class Conn:
         if self.first_byte < 0:
             self.first_byte = now
         if not self.head_done:
-            if PyByteArray_GET_SIZE(self.buf) == 0:
-                if n >= 2 and p[0] == 13 and p[1] == 10:
-                    p += 2                       # a late CRLF of the previous chunked body
-                    n -= 2
-                end = _head_end(p, n)
-                if end < 0:
-                    self.buf.extend(p[:n])
-                    self._check_head_size()
-                    return
-                if not self._parse_head(p, end):
-                    return
-                p += end + 4
-                n -= end + 4
-            else:
+            if PyByteArray_GET_SIZE(self.buf):
+                # The head began in an earlier read (rare): parse the reads joined.
                 self.buf.extend(data)
-                if self.buf[0] == 13 and PyByteArray_GET_SIZE(self.buf) >= 2 \
-                        and self.buf[1] == 10:
-                    del self.buf[:2]             # a late CRLF of the previous chunked body
-                end = _head_end(<const unsigned char*>PyByteArray_AS_STRING(self.buf),
-                                PyByteArray_GET_SIZE(self.buf))
-                if end < 0:
-                    self._check_head_size()
-                    return
-                if not self._parse_head(<const unsigned char*>PyByteArray_AS_STRING(self.buf),
-                                        end):
-                    return
-                rest = bytes(self.buf[end + 4:])
+                data = bytes(self.buf)
                 del self.buf[:]
-                data = rest
                 p = data
-                n = len(rest)
+                n = len(data)
+            if n >= 2 and p[0] == 13 and p[1] == 10:
+                p += 2                           # a late CRLF of the previous chunked body
+                n -= 2
+            end = _head_end(p, n)
+            if end < 0:
+                self.buf.extend(p[:n])
+                self._check_head_size()
+                return
+            if not self._parse_head(p, end):
+                return
+            p += end + 4
+            n -= end + 4
             if self.mode == 0 and self.left <= 0:
                 self._complete(now)
                 return
         self._body(p, n, now)
 
     # -- request life ------------------------------------------------------------------
-    def send(self, Py_ssize_t j, bytes data, bint retried=False):
-        """Carry plan row ``j``: write its request bytes ``data``, stamped as sent now; the
-        first send of a row records its send lag."""
-        self.send_now(j, data, retried)
-
     cdef int send_now(self, Py_ssize_t j, bytes data, bint retried) except -1:
+        # Carry plan row j: write its request bytes, stamped as sent now; the first send of a
+        # row records its send lag.
         cdef int64_t now = now_ns()
         self._begin(j, now, retried)
         self.transport.write(data)
@@ -698,9 +689,7 @@ cdef class Conn:
         self.close_after = memcmp(h, b"HTTP/1.0", 8) == 0
         line = _next_line(h, 0, n)
         while line < n:
-            eol = _next_line(h, line, n) - 2
-            if eol < line:
-                eol = n
+            eol = _next_line(h, line, n) - 2           # this line's CRLF, or n
             colon = line
             while colon < eol and h[colon] != 58:
                 colon += 1
@@ -878,16 +867,7 @@ cdef class Conn:
         if not scan.done and scan.usage is None:
             self.fail(E_BROKEN, "stream ended without [DONE]", status=status)
             return 0
-        cdef bytes usage
-        cdef const unsigned char* up
-        if scan.usage is not None:
-            usage = <bytes>scan.usage
-            up = <const unsigned char*><const char*>usage
-            if not find_int_after(up, len(usage), b'"prompt_tokens":', 16, False, &prompt):
-                prompt = -1
-            if not find_int_after(up, len(usage), b'"completion_tokens":', 20, False,
-                                  &out):
-                out = -1
+        scan.usage_counts(&prompt, &out)
         self._finish(now, -1, None, prompt, self.tokens if out < 0 else out)
         return 0
 

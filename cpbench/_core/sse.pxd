@@ -18,3 +18,4 @@ cdef class StreamScan:
 
     cdef void restart(self, bint chat) noexcept
     cdef long feed_ptr(self, const unsigned char* p, Py_ssize_t n) except -1
+    cdef void usage_counts(self, long long* prompt, long long* completion) noexcept

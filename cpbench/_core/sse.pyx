@@ -4,7 +4,7 @@
 :class:`StreamScan` takes the body one socket read at a time (from Python with ``feed``, from
 :mod:`cpbench._core.conn` with ``feed_ptr`` on the read's bytes) and keeps the count of content
 events, the ``usage`` event, ``[DONE]``, the first error and a shape check. Each segment of
-whole events is counted in one pass, :func:`scan_events`:
+whole events is counted in one pass (:func:`scan_events` from Python).
 
 Counting each marker with ``bytes.count`` walks the segment once per marker (a dozen times for
 a chat stream, about 18 µs for 16 events); this walks it once, in C, with the same rules:
@@ -13,7 +13,9 @@ a chat stream, about 18 µs for 16 events); this walks it once, in C, with the s
   or without a space after the colon) minus the empty ones (``"content":""``);
 - ``data_lines``: ``data:`` field starts; ``objects``: those followed by ``{`` (one optional
   space); ``ends``: ``}`` followed by a blank line (``\\n\\n`` or ``\\r\\n\\r\\n``);
-- ``done``: ``[DONE]`` markers; ``error_at``: offset of the first ``"error"``, or -1.
+- ``done``: ``[DONE]`` markers; ``error_at``: offset of the first ``"error"``, or -1;
+- ``usage_at``: offset of the last ``"usage":`` whose value is an object (one optional space),
+  or -1 (the same pass, not a second search of the segment).
 """
 cimport cython
 from cpython.bytearray cimport PyByteArray_AS_STRING, PyByteArray_GET_SIZE
@@ -81,48 +83,59 @@ def int_after(const unsigned char[:] buf, bytes key, Py_ssize_t start=0, *, bint
     return v
 
 
-cdef tuple _scan(const unsigned char* seg, Py_ssize_t n, bint chat):
-    """Counts over ``seg[:n]`` (bytes of whole events): ``(tokens, data_lines, objects, ends,
-    done, error_at)``; ``chat`` picks ``"content"`` (chat) or ``"text"`` (completions)."""
+cdef struct Counts:
+    long tokens, data_lines, objects, ends, done
+    Py_ssize_t error_at            # the first "error", or -1
+    Py_ssize_t usage_at            # the last "usage" key whose value is an object, or -1
+
+
+cdef Counts _scan(const unsigned char* seg, Py_ssize_t n, bint chat) noexcept nogil:
+    """Counts over ``seg[:n]`` (bytes of whole events), in one pass; ``chat`` picks
+    ``"content"`` (chat) or ``"text"`` (completions) markers."""
     cdef Py_ssize_t i = 0, j
     cdef long tokens = 0, data_lines = 0, objects = 0, ends = 0, done = 0
-    cdef Py_ssize_t error_at = -1
+    cdef Py_ssize_t error_at = -1, usage_at = -1
     cdef const char* key = b'"content":' if chat else b'"text":'
     cdef Py_ssize_t klen = 10 if chat else 7
     cdef unsigned char c
-    with nogil:
-        while i < n:
-            c = seg[i]
-            if c == 34:                                     # '"'
-                if _at(seg, i, n, key, klen):
-                    j = i + klen
-                    if j < n and seg[j] == 32:              # one space after the colon
-                        j += 1
-                    if j < n and seg[j] == 34:              # a string value ...
-                        if not (j + 1 < n and seg[j + 1] == 34):    # ... that is not ""
-                            tokens += 1
-                    i = j
-                    continue
-                if error_at < 0 and _at(seg, i, n, b'"error"', 7):
-                    error_at = i
-            elif c == 100:                                  # 'd'
-                if _at(seg, i, n, b"data:", 5):
-                    data_lines += 1
-                    j = i + 5
-                    if j < n and seg[j] == 32:
-                        j += 1
-                    if j < n and seg[j] == 123:             # '{'
-                        objects += 1
-                    i = j
-                    continue
-            elif c == 125:                                  # '}'
-                if _at(seg, i, n, b"}\n\n", 3) or _at(seg, i, n, b"}\r\n\r\n", 5):
-                    ends += 1
-            elif c == 91:                                   # '['
-                if _at(seg, i, n, b"[DONE]", 6):
-                    done += 1
-            i += 1
-    return tokens, data_lines, objects, ends, done, error_at
+    while i < n:
+        c = seg[i]
+        if c == 34:                                     # '"'
+            if _at(seg, i, n, key, klen):
+                j = i + klen
+                if j < n and seg[j] == 32:              # one space after the colon
+                    j += 1
+                if j < n and seg[j] == 34:              # a string value ...
+                    if not (j + 1 < n and seg[j + 1] == 34):    # ... that is not ""
+                        tokens += 1
+                i = j
+                continue
+            if error_at < 0 and _at(seg, i, n, b'"error"', 7):
+                error_at = i
+            elif _at(seg, i, n, b'"usage":', 8):
+                j = i + 8
+                if j < n and seg[j] == 32:
+                    j += 1
+                if j < n and seg[j] == 123:             # an object, not null
+                    usage_at = i
+        elif c == 100:                                  # 'd'
+            if _at(seg, i, n, b"data:", 5):
+                data_lines += 1
+                j = i + 5
+                if j < n and seg[j] == 32:
+                    j += 1
+                if j < n and seg[j] == 123:             # '{'
+                    objects += 1
+                i = j
+                continue
+        elif c == 125:                                  # '}'
+            if _at(seg, i, n, b"}\n\n", 3) or _at(seg, i, n, b"}\r\n\r\n", 5):
+                ends += 1
+        elif c == 91:                                   # '['
+            if _at(seg, i, n, b"[DONE]", 6):
+                done += 1
+        i += 1
+    return Counts(tokens, data_lines, objects, ends, done, error_at, usage_at)
 
 
 def scan_events(const unsigned char[:] seg, bint chat):
@@ -130,7 +143,10 @@ def scan_events(const unsigned char[:] seg, bint chat):
     error_at)``; ``chat`` picks ``"content"`` (chat) or ``"text"`` (completions) markers."""
     if seg.shape[0] == 0:
         return 0, 0, 0, 0, 0, -1
-    return _scan(&seg[0], seg.shape[0], chat)
+    cdef Counts c
+    with nogil:
+        c = _scan(&seg[0], seg.shape[0], chat)
+    return c.tokens, c.data_lines, c.objects, c.ends, c.done, c.error_at
 
 
 @cython.final
@@ -170,8 +186,8 @@ cdef class StreamScan:
         return self.feed_ptr(&data[0], data.shape[0])
 
     cdef long feed_ptr(self, const unsigned char* p, Py_ssize_t n) except -1:
-        cdef Py_ssize_t cut, cut_lf, cut_crlf, i, start, end, error_at
-        cdef long tokens, data_lines, objects, ends, done
+        cdef Py_ssize_t cut, cut_lf, cut_crlf, start, end
+        cdef Counts c
         cdef bint held = PyByteArray_GET_SIZE(self._tail) > 0
         if held:
             if n:
@@ -189,35 +205,46 @@ cdef class StreamScan:
             if not held and n:
                 self._tail.extend((<const char*>p)[:n])
             return 0
-        tokens, data_lines, objects, ends, done, error_at = _scan(p, cut, self._chat)
-        i = _rfind(p, 0, cut, b'"usage":{', 9)
-        if i < 0:
-            i = _rfind(p, 0, cut, b'"usage": {', 10)
-        if i >= 0:
-            start = _rfind(p, 0, i, b"data:", 5)
+        c = _scan(p, cut, self._chat)
+        if c.usage_at >= 0:
+            # The usage event's data, from its "data:" to the end of its line.
+            start = _rfind(p, 0, c.usage_at, b"data:", 5)
             start = start + 5 if start >= 0 else 0
-            end = _find(p, i, cut, b"\n", 1)
+            end = _find(p, c.usage_at, cut, b"\n", 1)
             if end < 0:
                 end = cut
             self.usage = PyBytes_FromStringAndSize(<const char*>p + start, end - start)
-        if done:
+        if c.done:
             self.done = True
         # A cheap shape check instead of decoding: every data line is a JSON object or [DONE].
-        if objects + done != data_lines or objects != ends:
+        if c.objects + c.done != c.data_lines or c.objects != c.ends:
             self.malformed = True
-        if error_at >= 0 and self.error is None:
-            end = min(<Py_ssize_t>error_at + 200, cut)
-            self.error = PyBytes_FromStringAndSize(<const char*>p + error_at, end - error_at)
+        if c.error_at >= 0 and self.error is None:
+            end = min(c.error_at + 200, cut)
+            self.error = PyBytes_FromStringAndSize(<const char*>p + c.error_at, end - c.error_at)
         # What follows the last whole event waits in the tail (p may point into it).
         if held:
             del self._tail[:cut]
         elif cut < n:
             self._tail.extend((<const char*>p + cut)[:n - cut])
-        return tokens
+        return c.tokens
+
+    cdef void usage_counts(self, long long* prompt, long long* completion) noexcept:
+        """The usage event's ``prompt_tokens`` and ``completion_tokens``, -1 where absent."""
+        cdef const unsigned char* p
+        cdef Py_ssize_t n
+        prompt[0] = completion[0] = -1
+        if self.usage is None:
+            return
+        p = <const unsigned char*><const char*><bytes>self.usage
+        n = len(<bytes>self.usage)
+        if not find_int_after(p, n, b'"prompt_tokens":', 16, False, prompt):
+            prompt[0] = -1
+        if not find_int_after(p, n, b'"completion_tokens":', 20, False, completion):
+            completion[0] = -1
 
     def usage_tokens(self):
         """``(prompt_tokens, completion_tokens)`` from the usage event, None where absent."""
-        if self.usage is None:
-            return None, None
-        return (int_after(self.usage, b'"prompt_tokens":'),
-                int_after(self.usage, b'"completion_tokens":'))
+        cdef long long prompt, completion
+        self.usage_counts(&prompt, &completion)
+        return (None if prompt < 0 else prompt), (None if completion < 0 else completion)

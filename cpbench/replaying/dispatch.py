@@ -97,15 +97,13 @@ class Dispatcher:
         self.target, self.plan, self.options = target, plan, options
         self.emit, self.itl_hist = emit, itl_hist
         self.col = _Columns(plan)
-        self.recorder = Recorder({name: np.ascontiguousarray(getattr(plan, name), dtype)
-                                  for name, dtype in COLUMNS.items()})
+        self.recorder = Recorder({name: getattr(self.col, name) for name in COLUMNS})
         # The compiled send side; its pools and waiting queue are the ones used here.
         self.sender = Sender(self.recorder, self._encode, self._spawn_open, self._schedule_ended,
                              deque(), options.max_concurrency, BURST_MAX, options.spin_ns)
         self.idle: list[Conn] = self.sender.idle
         self.busy: set[Conn] = self.sender.busy
         self.waiting: deque[int] = self.sender.waiting
-        self.start_ns = 0
         self.opened = self.retried = 0
         self.emfile = 0             # connects refused by the open-file limit
         self.idle_closed = 0        # idle connections above the floor closed (trim_idle)
@@ -268,7 +266,7 @@ class Dispatcher:
     # -- the run -----------------------------------------------------------------------
     async def run(self, start_ns: int) -> dict:
         """Send the plan from ``start_ns`` (absolute monotonic ns) on; returns final counters."""
-        self.start_ns = self.recorder.start_ns = start_ns
+        self.recorder.start_ns = start_ns
         loop = asyncio.get_running_loop()
         ticker = loop.create_task(self._ticks())
         try:
