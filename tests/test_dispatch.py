@@ -333,3 +333,39 @@ def test_embedding_bodies_checked_whole_and_classified(head, body, want):
     # A 5xx keeps the connection; a bad body, a close or a bad header does not.
     kept = want["error_class"] in (-1, ERROR_CODE["http_5xx"]) and b"Close" not in head
     assert (sender.idle == [conn], conn.transport.aborted) == (kept, int(not kept))
+
+
+def _only_row(rec) -> tuple[dict, dict]:
+    from cpbench.replaying.rows import ROW_INT_FIELDS
+    n, ints, _, details = rec.take_rows()
+    assert n == 1
+    return dict(zip(ROW_INT_FIELDS, np.frombuffer(ints, np.int64).tolist())), details
+
+
+@pytest.mark.parametrize("reads, detail", [
+    ([b"SSH-2.0-OpenSSH_9.6\r\n\r\n"], "not an HTTP response: b'ssh-2.0-openssh_9.6'"),
+    ([b"HTTP/1.1 200 OK\r\n"] + [b"X-Padding: %s\r\n" % (b"y" * 1000)] * 70,
+     "response headers too long"),
+    ([b"HTTP/1.1 200 OK\r\nTransfer-Encoding: chunked\r\n\r\n", b"zz\r\nabc\r\n"],
+     "bad chunk size: b'zz'"),
+])
+def test_a_broken_head_or_framing_is_a_bad_payload_and_closes(reads, detail):
+    conn, sender, rec, _ = _one_row_conn(kind=KINDS.index("embedding"))
+    conn.begin(0, 10)
+    for data in reads:
+        conn.data_received(data)
+    v, details = _only_row(rec)
+    assert v["error_class"] == ERROR_CODE["bad_payload"] and details == {0: detail}
+    assert sender.idle == [] and conn.transport.aborted == 1
+
+
+def test_a_body_without_length_ends_with_the_close():
+    conn, sender, rec, _ = _one_row_conn(kind=KINDS.index("embedding"))
+    conn.begin(0, 10)
+    conn.data_received(b"HTTP/1.0 200 OK\r\n\r\n{\"data\":[{\"embedding\":[0.5]}],")
+    conn.data_received(b"\"usage\":{\"prompt_tokens\":9}}")
+    assert rec.take_rows() is None                      # nothing ends it but the close
+    conn.connection_lost(None)
+    v, details = _only_row(rec)
+    assert (v["error_class"], v["status"], v["input_tokens"], details) == (-1, 200, 9, {})
+    assert sender.idle == [] and conn.transport is None       # not reused: it closed
