@@ -1,10 +1,12 @@
-"""cpbench._core.sse.scan_events: one C pass that must count what a dozen bytes.count did."""
+"""cpbench._core.sse.scan_events: one C pass that must count what a dozen bytes.count did,
+16 bytes a step (SSE2) and byte by byte alike."""
 from __future__ import annotations
 
+import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from cpbench._core.sse import scan_events
+from cpbench._core.sse import SCAN_BLOCK, scan_events
 
 
 def reference(seg: bytes, chat: bool) -> tuple[int, int, int, int, int, int]:
@@ -39,6 +41,38 @@ EVENTS = [
 def test_matches_the_bytes_count_reference(events, chat):
     seg = b"".join(e + sep for e, sep in events)
     assert scan_events(seg, chat) == reference(seg, chat)
+    assert scan_events(seg, chat, blocks=False) == reference(seg, chat)
+
+
+# Pieces of every marker and its near misses, glued at random: markers straddle the 16-byte
+# steps, overlap and end the segment cut off. bytes.count's arithmetic means nothing on such
+# overlaps, so here the two paths are held to each other, and to the reference where the
+# markers do not overlap.
+FRAGMENTS = [b'"', b'"content":', b'"content": ', b'"text":', b'"', b'""', b'"error"', b'"err',
+             b'"usage":', b'"usage": {', b"{", b"null", b"data:", b"data: ", b"da", b"ta:",
+             b"}", b"\n", b"\r", b"\n\n", b"\r\n\r\n", b"[DONE]", b"[D", b"ONE]", b"x", b"e",
+             b"u", b"c", b"a", b" "]
+
+
+@settings(max_examples=500, deadline=None)
+@given(st.lists(st.sampled_from(FRAGMENTS), max_size=80), st.booleans())
+def test_fragments_across_the_16_byte_steps(pieces, chat):
+    seg = b"".join(pieces)
+    assert scan_events(seg, chat) == scan_events(seg, chat, blocks=False)
+
+
+@settings(max_examples=300, deadline=None)
+@given(st.lists(st.sampled_from(EVENTS), max_size=12), st.integers(0, 15), st.booleans())
+def test_events_at_every_offset_of_the_16_byte_step(events, pad, chat):
+    seg = b"x" * pad + b"".join(e + b"\n\n" for e in events)
+    assert scan_events(seg, chat) == reference(seg, chat)
+
+
+def test_the_block_step_is_compiled_in_on_x86_64():
+    import platform
+    if platform.machine() not in ("x86_64", "AMD64"):
+        pytest.skip("SSE2 is the x86-64 baseline only")
+    assert SCAN_BLOCK == 16
 
 
 def test_exact_counts_of_a_chat_stream():

@@ -7,7 +7,10 @@ events, the ``usage`` event, ``[DONE]``, the first error and a shape check. Each
 whole events is counted in one pass (:func:`scan_events` from Python).
 
 Counting each marker with ``bytes.count`` walks the segment once per marker (a dozen times for
-a chat stream, about 18 µs for 16 events); this walks it once, in C, with the same rules:
+a chat stream, about 18 µs for 16 events); this walks it once, in C, with the same rules.
+Where SSE2 is compiled in (every x86-64 build) the walk takes 16 bytes a step and stops only
+where a marker's first two bytes are: 0.9 µs for a 16-event, 2.8 kB chat body against 6.5 µs
+byte by byte (this VM). The rules:
 
 - ``tokens``: content markers (``"content":"`` for chat, ``"text":"`` for completions, with
   or without a space after the colon) minus the empty ones (``"content":""``);
@@ -89,63 +92,126 @@ cdef struct Counts:
     Py_ssize_t usage_at            # the last "usage" key whose value is an object, or -1
 
 
-cdef Counts _scan(const unsigned char* seg, Py_ssize_t n, bint chat) noexcept nogil:
+cdef extern from *:
+    """
+    /* Candidate positions for the scan, 16 bytes at a time: bit i is set where p[i], p[i+1]
+       can start a marker (a quote before the key's second byte, 'e' or 'u'; "da"; a brace
+       before CR or LF; "[D"). Reads p[0..16]. Without SSE2 there is no block step. */
+    #if defined(__SSE2__)
+    #include <emmintrin.h>
+    #define CPBENCH_SCAN_BLOCK 16
+    static inline unsigned int cpbench_marker_starts(const unsigned char* p, unsigned char k1) {
+        __m128i a = _mm_loadu_si128((const __m128i*)p);
+        __m128i b = _mm_loadu_si128((const __m128i*)(p + 1));
+        __m128i q = _mm_and_si128(_mm_cmpeq_epi8(a, _mm_set1_epi8('"')),
+            _mm_or_si128(_mm_or_si128(_mm_cmpeq_epi8(b, _mm_set1_epi8((char)k1)),
+                                      _mm_cmpeq_epi8(b, _mm_set1_epi8('e'))),
+                         _mm_cmpeq_epi8(b, _mm_set1_epi8('u'))));
+        __m128i d = _mm_and_si128(_mm_cmpeq_epi8(a, _mm_set1_epi8('d')),
+                                  _mm_cmpeq_epi8(b, _mm_set1_epi8('a')));
+        __m128i r = _mm_and_si128(_mm_cmpeq_epi8(a, _mm_set1_epi8('}')),
+            _mm_or_si128(_mm_cmpeq_epi8(b, _mm_set1_epi8('\\n')),
+                         _mm_cmpeq_epi8(b, _mm_set1_epi8('\\r'))));
+        __m128i s = _mm_and_si128(_mm_cmpeq_epi8(a, _mm_set1_epi8('[')),
+                                  _mm_cmpeq_epi8(b, _mm_set1_epi8('D')));
+        return (unsigned int)_mm_movemask_epi8(
+            _mm_or_si128(_mm_or_si128(q, d), _mm_or_si128(r, s)));
+    }
+    #else
+    #define CPBENCH_SCAN_BLOCK 0
+    static inline unsigned int cpbench_marker_starts(const unsigned char* p, unsigned char k1) {
+        (void)p; (void)k1; return 0;
+    }
+    #endif
+    """
+    const int CPBENCH_SCAN_BLOCK
+    unsigned int cpbench_marker_starts(const unsigned char* p, unsigned char k1) nogil
+    int __builtin_ctz(unsigned int x) nogil
+
+
+SCAN_BLOCK = CPBENCH_SCAN_BLOCK     # 16 where the block step is compiled in, else 0 (tests)
+
+
+cdef inline Py_ssize_t _marker(const unsigned char* seg, Py_ssize_t i, Py_ssize_t n,
+                               const char* key, Py_ssize_t klen, Counts* c) noexcept nogil:
+    # Count the marker that may start at seg[i]; the offset to go on from.
+    cdef Py_ssize_t j
+    cdef unsigned char b = seg[i]
+    if b == 34:                                     # '"'
+        if _at(seg, i, n, key, klen):
+            j = i + klen
+            if j < n and seg[j] == 32:              # one space after the colon
+                j += 1
+            if j < n and seg[j] == 34:              # a string value ...
+                if not (j + 1 < n and seg[j + 1] == 34):    # ... that is not ""
+                    c.tokens += 1
+            return j
+        if c.error_at < 0 and _at(seg, i, n, b'"error"', 7):
+            c.error_at = i
+        elif _at(seg, i, n, b'"usage":', 8):
+            j = i + 8
+            if j < n and seg[j] == 32:
+                j += 1
+            if j < n and seg[j] == 123:             # an object, not null
+                c.usage_at = i
+    elif b == 100:                                  # 'd'
+        if _at(seg, i, n, b"data:", 5):
+            c.data_lines += 1
+            j = i + 5
+            if j < n and seg[j] == 32:
+                j += 1
+            if j < n and seg[j] == 123:             # '{'
+                c.objects += 1
+            return j
+    elif b == 125:                                  # '}'
+        if _at(seg, i, n, b"}\n\n", 3) or _at(seg, i, n, b"}\r\n\r\n", 5):
+            c.ends += 1
+    elif b == 91:                                   # '['
+        if _at(seg, i, n, b"[DONE]", 6):
+            c.done += 1
+    return i + 1
+
+
+cdef Counts _scan(const unsigned char* seg, Py_ssize_t n, bint chat,
+                  bint blocks=True) noexcept nogil:
     """Counts over ``seg[:n]`` (bytes of whole events), in one pass; ``chat`` picks
-    ``"content"`` (chat) or ``"text"`` (completions) markers."""
-    cdef Py_ssize_t i = 0, j
-    cdef long tokens = 0, data_lines = 0, objects = 0, ends = 0, done = 0
-    cdef Py_ssize_t error_at = -1, usage_at = -1
+    ``"content"`` (chat) or ``"text"`` (completions) markers.
+
+    With SSE2 the pass takes 16 bytes a step and visits only the bytes where a marker's first
+    two bytes are (a chat event has a quote every ten bytes, few of them a marker's);
+    ``blocks`` False, or the last 16 bytes, go byte by byte with the same rules."""
+    cdef Py_ssize_t i = 0, base, at
     cdef const char* key = b'"content":' if chat else b'"text":'
     cdef Py_ssize_t klen = 10 if chat else 7
-    cdef unsigned char c
+    cdef unsigned char k1 = <unsigned char>key[1]
+    cdef unsigned int mask
+    cdef Counts c = Counts(0, 0, 0, 0, 0, -1, -1)
+    if blocks and CPBENCH_SCAN_BLOCK:
+        base = 0
+        while base + CPBENCH_SCAN_BLOCK < n:        # p[base + 16] is read too
+            mask = cpbench_marker_starts(seg + base, k1)
+            while mask:
+                at = base + __builtin_ctz(mask)
+                mask &= mask - 1
+                if at >= i:                         # not inside a marker already counted
+                    i = _marker(seg, at, n, key, klen, &c)
+            base += CPBENCH_SCAN_BLOCK
+        if i < base:
+            i = base
     while i < n:
-        c = seg[i]
-        if c == 34:                                     # '"'
-            if _at(seg, i, n, key, klen):
-                j = i + klen
-                if j < n and seg[j] == 32:              # one space after the colon
-                    j += 1
-                if j < n and seg[j] == 34:              # a string value ...
-                    if not (j + 1 < n and seg[j + 1] == 34):    # ... that is not ""
-                        tokens += 1
-                i = j
-                continue
-            if error_at < 0 and _at(seg, i, n, b'"error"', 7):
-                error_at = i
-            elif _at(seg, i, n, b'"usage":', 8):
-                j = i + 8
-                if j < n and seg[j] == 32:
-                    j += 1
-                if j < n and seg[j] == 123:             # an object, not null
-                    usage_at = i
-        elif c == 100:                                  # 'd'
-            if _at(seg, i, n, b"data:", 5):
-                data_lines += 1
-                j = i + 5
-                if j < n and seg[j] == 32:
-                    j += 1
-                if j < n and seg[j] == 123:             # '{'
-                    objects += 1
-                i = j
-                continue
-        elif c == 125:                                  # '}'
-            if _at(seg, i, n, b"}\n\n", 3) or _at(seg, i, n, b"}\r\n\r\n", 5):
-                ends += 1
-        elif c == 91:                                   # '['
-            if _at(seg, i, n, b"[DONE]", 6):
-                done += 1
-        i += 1
-    return Counts(tokens, data_lines, objects, ends, done, error_at, usage_at)
+        i = _marker(seg, i, n, key, klen, &c)
+    return c
 
 
-def scan_events(const unsigned char[:] seg, bint chat):
+def scan_events(const unsigned char[:] seg, bint chat, *, bint blocks=True):
     """Counts over ``seg`` (bytes of whole events): ``(tokens, data_lines, objects, ends, done,
-    error_at)``; ``chat`` picks ``"content"`` (chat) or ``"text"`` (completions) markers."""
+    error_at)``; ``chat`` picks ``"content"`` (chat) or ``"text"`` (completions) markers;
+    ``blocks`` False scans byte by byte (the path of builds without SSE2, for the tests)."""
     if seg.shape[0] == 0:
         return 0, 0, 0, 0, 0, -1
     cdef Counts c
     with nogil:
-        c = _scan(&seg[0], seg.shape[0], chat)
+        c = _scan(&seg[0], seg.shape[0], chat, blocks)
     return c.tokens, c.data_lines, c.objects, c.ends, c.done, c.error_at
 
 
