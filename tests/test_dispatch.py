@@ -15,7 +15,8 @@ import uvloop
 
 from cpbench._core.hist import Histogram
 from cpbench.redact import redact_url
-from cpbench.replaying.dispatch import Dispatcher, DispatchOptions, Target
+from cpbench.replaying.dispatch import (POOL_MAX, POOL_MIN, POOL_WINDOW_NS, Dispatcher,
+                                        DispatchOptions, Target, pool_size)
 from cpbench.errors import ConfigError, TargetError
 from cpbench.results import rows_to_batch
 from cpbench.replaying.options import ReplayOptions
@@ -182,6 +183,42 @@ def test_idle_connections_above_the_floor_are_closed(server):
         loop.close()
     assert counters["connections"] == n and counters["done"] == n + 1
     assert counters["idle_closed"] == n - 1     # the floor of one stayed for the last request
+
+
+def test_pool_size_counts_the_busiest_window_within_bounds(monkeypatch):
+    ms = 1_000_000
+    assert pool_size(np.array([], np.int64)) == POOL_MIN
+    assert pool_size(np.arange(1000, dtype=np.int64) * 20 * ms) == POOL_MIN   # 1 per window
+    burst = np.zeros(100, np.int64)
+    assert pool_size(burst) == 100
+    # The window is half open: a request exactly 10 ms after another is not in its window.
+    steady = np.arange(400, dtype=np.int64) * (POOL_WINDOW_NS // 80)        # 80 per 10 ms
+    assert pool_size(steady) == 80
+    two_bursts = np.concatenate([np.zeros(40, np.int64), np.full(60, POOL_WINDOW_NS)])
+    assert pool_size(two_bursts) == 60
+    assert pool_size(np.zeros(5000, np.int64)) == POOL_MAX
+    import resource
+    monkeypatch.setattr(resource, "getrlimit", lambda which: (1024, 4096))
+    assert pool_size(np.zeros(5000, np.int64)) == 256               # a quarter of the fd limit
+
+
+def test_default_pool_is_opened_before_the_start(server):
+    # No --connections: the busiest 10 ms of this schedule (a 70-request burst) is opened up
+    # front, so the burst opens no connection while it is sent.
+    n = 70
+    table = trace(["ok"] * n, ["chat"] * n, gap_ms=0.0)
+    plan = build_plan(table, select_rows(table), 0, 1)
+    loop = uvloop.new_event_loop()
+    try:
+        disp = Dispatcher(Target.from_url(server.url), plan, dispatch_options(), 0,
+                          lambda kind, payload: None, Histogram())
+        assert disp.pool_floor == n
+        loop.run_until_complete(disp.open_pool())
+        assert disp.opened == n
+        counters = loop.run_until_complete(disp.run(time.monotonic_ns() + 20_000_000))
+    finally:
+        loop.close()
+    assert counters["done"] == n and counters["connections"] == n
 
 
 def test_timeout_is_counted_not_raised(server):

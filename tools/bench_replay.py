@@ -202,12 +202,14 @@ def exp_ks(gaps: np.ndarray) -> float:
 
 
 def measure(trace: Path, out: Path, url: str, workers: int, loop: str,
-            wire: bool = False, hogs: int = 0, realtime: int = 0, spin_us: int = 0) -> dict:
+            wire: bool = False, hogs: int = 0, realtime: int = 0, spin_us: int = 0,
+            connections: int = 32) -> dict:
     cap = WireCapture(urlsplit(url).port, out.with_suffix(".pcap")) if wire else None
     hog = Hogs(hogs, limit_s=120.0) if hogs else None
     try:
         run_replay(trace, url=url, output=out, workers=workers, quiet=True, report=False,
-                   timeout_s=10.0, loop=loop, realtime=realtime, spin_us=spin_us)
+                   timeout_s=10.0, loop=loop, realtime=realtime, spin_us=spin_us,
+                   connections=connections)
     finally:
         if hog is not None:
             hog.stop()
@@ -273,6 +275,9 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--prefix", action="store_true",
                     help="chat with ~1,000-token prompts from prefix blocks vs the same body "
                          "size built at the send (see the module docstring)")
+    ap.add_argument("--connections", type=int, default=32,
+                    help="keep-alive connections each worker opens before the start "
+                         "(replay --connections)")
     ap.add_argument("--bodies", default="small", choices=("small", "realistic", "both"),
                     help="16-token probes (default), record synth's shapes (1,000-token "
                          "prompts, 16 x 128-token embedding batches), or both interleaved")
@@ -318,7 +323,8 @@ def main(argv: list[str] | None = None) -> int:
                             for label, path, target in variants:
                                 r = measure(path, tmp / f"out-{label.replace('/', '-')}-"
                                             f"{rate:g}-{w}-{rt}-{spin}", target,
-                                            w, args.loop, args.wire, args.hogs, rt, spin)
+                                            w, args.loop, args.wire, args.hogs, rt, spin,
+                                            args.connections)
                                 r.update({"kind": label, "rate_rps": rate, "workers": w})
                                 rows.append(r)
                                 print(_row(r), flush=True)

@@ -27,6 +27,7 @@ from __future__ import annotations
 import asyncio
 import errno
 import json
+import resource
 import ssl as ssl_module
 import time
 from collections import deque
@@ -50,6 +51,8 @@ PROGRESS_S = 0.5
 SWEEP_S = 0.05                   # timeout check cadence
 IDLE_CLOSE_NS = 2_000_000_000    # an idle connection above the floor is closed after this
 IDLE_TRIM_S = 0.5                # ... checked this often
+POOL_WINDOW_NS = 10_000_000      # default pool: every request due in the busiest 10 ms ...
+POOL_MIN, POOL_MAX = 32, 1024    # ... within these bounds (and a quarter of the fd limit)
 _NEVER = 1 << 62
 E_CONNECT, E_TIMEOUT = ERROR_CODE["connect"], ERROR_CODE["timeout"]
 E_INTERRUPTED = ERROR_CODE["interrupted"]
@@ -67,7 +70,8 @@ class DispatchOptions:
     hints: str
     timeout_s: float
     max_concurrency: int              # this worker's share; 0 = open loop
-    connections: int                  # keep-alive connections opened before the start
+    connections: int                  # keep-alive connections opened before the start (0:
+                                      # pool_size of this worker's schedule)
     grace_s: float                    # in-flight allowance after a stop
     bearer: str | None
     stream: bool                      # chat/completions with "stream": true (else one JSON body)
@@ -114,6 +118,8 @@ class Dispatcher:
         self._heads: dict[tuple, bytes] = {}
         self._models_json = [f'"{m}"' if m.isalnum() else json.dumps(m)
                              for m in plan.models]
+        # The floor of the keep-alive pool: opened before the start, never trimmed below.
+        self.pool_floor = options.connections or pool_size(plan.intended_ns)
 
     # -- connections -------------------------------------------------------------------
     async def _connect(self) -> Conn:
@@ -129,7 +135,7 @@ class Dispatcher:
         """Open the keep-alive connections; a refused target raises TargetError."""
         try:
             conns = await asyncio.gather(*[self._connect()
-                                           for _ in range(max(1, self.options.connections))])
+                                           for _ in range(self.pool_floor)])
         except OSError as exc:
             raise TargetError(f"cannot connect to {self.target.host}:{self.target.port}: "
                               f"{exc.strerror or exc}; is the server running?") from exc
@@ -143,7 +149,7 @@ class Dispatcher:
             pass
 
     def trim_idle(self, now_ns: int) -> int:
-        """Close idle connections above the floor (``connections``) unused for 2 s.
+        """Close idle connections above the floor (:attr:`pool_floor`) unused for 2 s.
 
         A burst opens as many connections as it has requests in flight; without this they
         stay open for the rest of the run, so a long run's descriptors follow its worst
@@ -151,7 +157,7 @@ class Dispatcher:
         holds the longest idle. Returns how many it closed.
         """
         closed = 0
-        floor = max(1, self.options.connections)
+        floor = self.pool_floor
         while len(self.idle) > floor and now_ns - self.idle[0].idle_since_ns > IDLE_CLOSE_NS:
             conn = self.idle.pop(0)
             if conn.transport is not None:
@@ -353,6 +359,28 @@ class Dispatcher:
             if t >= next_progress:
                 self.emit("progress", self.progress())
                 next_progress = t + PROGRESS_S
+
+
+def pool_size(intended_ns: np.ndarray, window_ns: int = POOL_WINDOW_NS) -> int:
+    """Keep-alive connections to open before the start for a schedule (sorted offsets, ns):
+    one for every request due in its busiest ``window_ns``, at least ``POOL_MIN``, at most
+    ``POOL_MAX`` and a quarter of the open-file limit.
+
+    Opening a connection when a request finds none idle costs a connect on the send path
+    (socket, handshake, the server's accept); in a burst, or a stall of the worker, each late
+    send finds the pool empty, and the connects make the next sends later still. Measured at
+    24,000 chat req/s, 2 workers, nginx on the same 2 cores: 32 pre-opened per worker grew to
+    1,756 connections and lag p99 63.9 ms; 160 (this rule's value there) held it at 0.36 ms
+    with none opened during the run.
+    """
+    soft = resource.getrlimit(resource.RLIMIT_NOFILE)[0]
+    high = POOL_MAX if soft == resource.RLIM_INFINITY else min(POOL_MAX, soft // 4)
+    n = len(intended_ns)
+    busiest = 0
+    if n:
+        ends = np.searchsorted(intended_ns, intended_ns + window_ns, side="left")
+        busiest = int((ends - np.arange(n)).max())
+    return max(1, min(max(POOL_MIN, busiest), high))
 
 
 class _Columns:

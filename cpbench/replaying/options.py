@@ -87,9 +87,10 @@ class ReplayOptions:
     workers_per_node: int | None = _opt(
         "--workers-per-node", "with --ray: dispatcher actors per node (default: its CPUs "
         "minus one)", metavar="N", type=int)
-    connections: int = _opt(
-        "--connections", "keep-alive connections each worker opens before the start "
-        "(default 32; more are opened as needed)", default=32, metavar="N", type=int)
+    connections: int | None = _opt(
+        "--connections", "keep-alive connections each worker opens before the start (default: "
+        "one per request due in its schedule's busiest 10 ms, 32 to 1024; more are opened as "
+        "needed)", metavar="N", type=int)
     hints: str = _opt(
         "--hints", "priority/deadline hints: sageLLM headers (default), vLLM body field "
         "`priority`, or none", default="sagellm", choices=HINTS)
@@ -146,6 +147,8 @@ class ReplayOptions:
         for name, lowest in (("max_concurrency", 0), ("connections", 1), ("realtime", 0),
                              ("spin_us", 0)):
             value = getattr(self, name)
+            if value is None and name == "connections":
+                continue                 # sized from each worker's schedule
             if not _is_int(value) or value < lowest:
                 raise ConfigError(f"{flag_of(name)} must be an integer >= {lowest}; "
                                   f"got {value!r}")
@@ -250,7 +253,7 @@ class ReplayOptions:
     def dispatch_config(self, max_concurrency: int, bearer: str | None) -> dict[str, Any]:
         """One worker's :class:`cpbench.replaying.dispatch.DispatchOptions` as a JSON dict."""
         return {"hints": self.hints, "timeout_s": float(self.timeout_s),
-                "connections": int(self.connections), "grace_s": float(self.grace_s),
+                "connections": int(self.connections or 0), "grace_s": float(self.grace_s),
                 "max_concurrency": int(max_concurrency), "bearer": bearer,
                 "stream": bool(self.stream), "spin_ns": int(self.spin_us) * 1000}
 
