@@ -15,6 +15,10 @@ from __future__ import annotations
 
 import functools
 from collections.abc import Sequence
+from typing import TYPE_CHECKING
+
+if TYPE_CHECKING:
+    import numpy as np
 
 _VOCABULARY = (
     "the control plane schedules chat and embedding requests across engines while keeping "
@@ -40,6 +44,16 @@ def _text_and_cuts() -> tuple[str, list[int]]:
         cuts[n] = pos
         pos += 1
     return text, cuts
+
+
+@functools.lru_cache(maxsize=1)
+def prompt_text_and_cuts() -> tuple[bytes, "np.ndarray"]:
+    """The shared text as ASCII bytes and its word ends (int64, ``cuts[n]`` = the end of the
+    first ``n`` words), for the compiled renderer (:mod:`cpbench._core.render`), which builds
+    the same prompts as :func:`build_prompt` in C."""
+    import numpy as np
+    text, cuts = _text_and_cuts()
+    return text.encode("ascii"), np.array(cuts, dtype=np.int64)
 
 
 def count_tokens(text: str) -> int:

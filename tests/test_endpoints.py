@@ -23,7 +23,7 @@ USAGE = _event({"choices": [], "usage": {"prompt_tokens": 11, "completion_tokens
 
 
 def test_chat_body_is_openai_json_with_streamed_usage():
-    body = json.loads(request_body("chat", '"m"', 7, 12, 30, 1, None, "HIGH", "sagellm"))
+    body = json.loads(request_body("chat", "m", 7, 12, 30, 1, None, "HIGH", "sagellm"))
     assert body["model"] == "m"
     assert body["max_tokens"] == 30
     assert body["stream"] is True and body["stream_options"] == {"include_usage": True}
@@ -33,7 +33,7 @@ def test_chat_body_is_openai_json_with_streamed_usage():
 
 @pytest.mark.parametrize("kind", ["chat", "completion"])
 def test_unstreamed_body_asks_for_one_json_answer(kind):
-    body = json.loads(request_body(kind, '"m"', 7, 12, 30, 1, None, "LOW", "vllm", stream=False))
+    body = json.loads(request_body(kind, "m", 7, 12, 30, 1, None, "LOW", "vllm", stream=False))
     assert body["stream"] is False and "stream_options" not in body
     assert body["max_tokens"] == 30 and body["priority"] == 2
 
@@ -52,14 +52,14 @@ def test_check_completion_reads_usage_and_refuses_what_is_not_one_answer():
 
 def test_literal_prompt_is_escaped_and_vllm_priority_added():
     prompt = 'say "hi"\n\\ ünïcode'
-    body = json.loads(request_body("completion", '"m"', 0, 3, None, 1, prompt, "LOW", "vllm"))
+    body = json.loads(request_body("completion", "m", 0, 3, None, 1, prompt, "LOW", "vllm"))
     assert body["prompt"] == prompt
     assert "max_tokens" not in body
     assert body["priority"] == 2
 
 
 def test_embedding_body_has_batch_inputs():
-    body = json.loads(request_body("embedding", '"e"', 3, 5, None, 4, None, "NORMAL", "none"))
+    body = json.loads(request_body("embedding", "e", 3, 5, None, 4, None, "NORMAL", "none"))
     assert len(body["input"]) == 4
     assert all(count_tokens(t) == 5 for t in body["input"])
     assert "stream" not in body
@@ -154,10 +154,10 @@ def test_built_prompts_need_no_escaping_and_bodies_are_json():
     from cpbench.prompts import _VOCABULARY, build_prompt
     assert all(w.isascii() and w.isalpha() and w.islower() for w in _VOCABULARY)
     for n in (1, 2, 32, 1000, 200_000):
-        chat = json.loads(request_body("chat", '"m"', 5, n, 7, 1, None, "NORMAL", "none"))
+        chat = json.loads(request_body("chat", "m", 5, n, 7, 1, None, "NORMAL", "none"))
         assert chat["messages"][0]["content"] == build_prompt(n, 5)
-        emb = json.loads(request_body("embedding", '"m"', 5, n, None, 3, None, "LOW", "none"))
+        emb = json.loads(request_body("embedding", "m", 5, n, None, 3, None, "LOW", "none"))
         assert emb["input"] == [build_prompt(n, 5)] * 3
-    quoted = json.loads(request_body("completion", '"m"', 5, 4, None, 1, 'say "hi"\\', "LOW",
+    quoted = json.loads(request_body("completion", "m", 5, 4, None, 1, 'say "hi"\\', "LOW",
                                      "none"))
     assert quoted["prompt"] == 'say "hi"\\'

@@ -123,10 +123,10 @@ def test_request_body_sends_session_messages_as_given():
     messages = json.dumps([{"role": "user", "content": "a b"},
                            {"role": "assistant", "content": "c"},
                            {"role": "user", "content": "d"}])
-    body = json.loads(request_body("chat", '"m"', 3, 4, 2, 1, "a b c d", "NORMAL", "none",
+    body = json.loads(request_body("chat", "m", 3, 4, 2, 1, "a b c d", "NORMAL", "none",
                                    messages))
     assert body["messages"] == json.loads(messages)
-    body = json.loads(request_body("completion", '"m"', 3, 4, 2, 1, "a b c d", "NORMAL", "none",
+    body = json.loads(request_body("completion", "m", 3, 4, 2, 1, "a b c d", "NORMAL", "none",
                                    messages))
     assert body["prompt"] == "a b c d"
 

@@ -363,7 +363,7 @@ cdef class Sender:
     """The send side of one worker's schedule: the next due row, the connection pools, the
     timerfd that wakes the loop, and the hand-back of each finished request.
 
-    ``encode(j)`` renders plan row ``j``'s request bytes (Python: the dispatcher's);
+    ``encode(j)`` renders plan row ``j``'s request bytes (``Renderer.render``, compiled);
     ``open_and_send(j, data)`` is called when no idle connection is free (it opens one and
     sends there, counting itself in :attr:`opening` meanwhile); ``on_end()`` when the schedule
     is done or stopped. ``burst_max`` caps the sends in a row before the loop reads responses.

@@ -6,8 +6,9 @@ request, and nothing kept per request once it is recorded. The per-request path 
 idle keep-alive connection, each connection is a :class:`~cpbench._core.conn.Conn` that parses
 its own responses and writes a finished request's row straight into the C buffers of a
 :class:`~cpbench._core.conn.Recorder` (which reads the plan's columns in C), and inter-token
-gaps go straight into the ITL histogram. Python runs per request only to render the next
-request's bytes (:meth:`Dispatcher._encode`). This module owns the rest: opening
+gaps go straight into the ITL histogram; each request's bytes are rendered in C too
+(:class:`~cpbench._core.render.Renderer`, built by :func:`cpbench.replaying.wire.renderer`). Python runs per
+request only in the event loop's callback plumbing. This module owns the rest: opening
 connections (a request due while every connection is busy opens a new one; open loop:
 nothing caps the in-flight count unless ``max_concurrency`` is set), timeouts, idle
 trimming, row hand-over and progress.
@@ -26,7 +27,6 @@ from __future__ import annotations
 
 import asyncio
 import errno
-import json
 import resource
 import ssl as ssl_module
 import time
@@ -40,8 +40,7 @@ from cpbench._core.conn import Conn, Recorder, Sender
 from cpbench.errors import TargetError
 from cpbench.replaying.plan import COLUMNS, Plan
 from cpbench.replaying.rows import ERROR_CODE
-from cpbench.replaying.wire import Target, header_block, request_body
-from cpbench.vocab import KINDS, PRIORITIES as PRIORITY_VALUES
+from cpbench.replaying.wire import Target, renderer
 from cpbench.replaying.timer import MonotonicTimer
 
 BURST_MAX = 64                   # sends in a row before the loop gets to read responses
@@ -101,10 +100,15 @@ class Dispatcher:
         self.target, self.plan, self.options = target, plan, options
         self.emit, self.itl_hist = emit, itl_hist
         self.col = _Columns(plan)
-        self.recorder = Recorder({name: getattr(self.col, name) for name in COLUMNS})
+        columns = {name: getattr(self.col, name) for name in COLUMNS}
+        self.recorder = Recorder(columns)
+        self.renderer = renderer(columns, self.col.prompts, self.col.messages, plan.models,
+                                 hints=options.hints, stream=options.stream, target=target,
+                                 bearer=options.bearer)
         # The compiled send side; its pools and waiting queue are the ones used here.
-        self.sender = Sender(self.recorder, self._encode, self._spawn_open, self._schedule_ended,
-                             deque(), options.max_concurrency, BURST_MAX, options.spin_ns)
+        self.sender = Sender(self.recorder, self.renderer.render, self._spawn_open,
+                             self._schedule_ended, deque(), options.max_concurrency, BURST_MAX,
+                             options.spin_ns)
         self.idle: list[Conn] = self.sender.idle
         self.busy: set[Conn] = self.sender.busy
         self.waiting: deque[int] = self.sender.waiting
@@ -115,9 +119,6 @@ class Dispatcher:
         self._sending: asyncio.Future | None = None     # done when the schedule is
         self._timer: MonotonicTimer | None = None
         self._ssl = ssl_module.create_default_context() if target.tls else None
-        self._heads: dict[tuple, bytes] = {}
-        self._models_json = [f'"{m}"' if m.isalnum() else json.dumps(m)
-                             for m in plan.models]
         # The floor of the keep-alive pool: opened before the start, never trimmed below.
         self.pool_floor = options.connections or pool_size(plan.intended_ns)
 
@@ -214,34 +215,6 @@ class Dispatcher:
             conn.transport.close()
             return
         self.sender.write(conn, j, data, retry)
-
-    def _encode(self, j: int) -> bytes:
-        """The whole HTTP request for plan row ``j``."""
-        col = self.col
-        kind, prio, row = col.kind[j], col.priority[j], col.rows[j]
-        hints = self.options.hints
-        prompt = col.prompts[j] if col.prompts is not None else None
-        out = col.output_tokens[j]
-        body = request_body(KINDS[kind], self._models_json[col.model[j]], row,
-                            col.input_tokens[j], None if out < 0 else out, col.batch_size[j],
-                            prompt, PRIORITY_VALUES[prio], hints,
-                            col.messages[j] if col.messages is not None else None,
-                            stream=self.options.stream)
-        head = self._heads.get((kind, prio)) or self._head(kind, prio)
-        if hints == "sagellm":
-            # The static headers are cached; only the per-request hints are formatted.
-            head = b"%sX-Request-ID: cpbench-%d\r\nX-SLO-Deadline-Ms: %s\r\n" % (
-                head, row, b"%g" % col.slo_e2e_ms[j])
-        return b"%sContent-Length: %d\r\n\r\n%s" % (head, len(body), body)
-
-    def _head(self, kind: int, prio: int) -> bytes:
-        # sageLLM's X-Request-ID and X-SLO-Deadline-Ms differ per request: _encode adds them.
-        head = header_block(KINDS[kind], self.target.host_header, bearer=self.options.bearer,
-                            request_id=None, priority=PRIORITY_VALUES[prio], deadline_ms=None,
-                            hints=self.options.hints, path_prefix=self.target.base_path,
-                            query=self.target.query)
-        self._heads[(kind, prio)] = head
-        return head
 
     # -- recording ---------------------------------------------------------------------
     def _record_connect_failure(self, j: int, detail: str) -> None:

@@ -1,7 +1,10 @@
-"""OpenAI request bodies for chat, completions and embeddings, and where they go.
+"""OpenAI requests for chat, completions and embeddings: where they go, their bytes, and the
+checks of their answers.
 
-:class:`Target` turns the base URL into where requests go; :func:`request_body` and
-:func:`header_block` render a request's bytes. The response side is compiled and re-exported
+:class:`Target` turns the base URL into where requests go; :func:`header_block` renders the
+static head of a kind and priority, and :func:`renderer` builds the compiled renderer of a
+plan's requests (:mod:`cpbench._core.render`, the one definition of what is sent);
+:func:`request_body` renders one body through it. The response side is compiled and re-exported
 here: :class:`StreamScan` scans a streamed body one read at a time for content events (token
 counts come from the final ``usage`` chunk, ``stream_options.include_usage``, where the server
 sends one), :func:`check_completion` and :func:`check_embedding` validate a whole body without
@@ -14,11 +17,16 @@ import json
 from dataclasses import dataclass
 from urllib.parse import urlsplit
 
+import numpy as np
+
 from cpbench._core.conn import check_completion, check_embedding
+from cpbench._core.render import Renderer
 from cpbench._core.sse import StreamScan, int_after
 from cpbench.errors import ConfigError
-from cpbench.prompts import build_prompt
+from cpbench.prompts import build_prompt, prompt_text_and_cuts
 from cpbench.redact import redact_url
+from cpbench.replaying.plan import PromptColumn
+from cpbench.vocab import KINDS, PRIORITIES
 
 PATHS = {
     "chat": "/v1/chat/completions",
@@ -28,8 +36,8 @@ PATHS = {
 # vLLM's `priority`: a lower value is scheduled earlier.
 VLLM_PRIORITY = {"HIGH": 0, "NORMAL": 1, "LOW": 2}
 
-__all__ = ["PATHS", "VLLM_PRIORITY", "Target", "request_body", "header_block", "StreamScan",
-           "int_after", "check_completion", "check_embedding"]
+__all__ = ["PATHS", "VLLM_PRIORITY", "Target", "header_block", "renderer", "request_body",
+           "StreamScan", "int_after", "check_completion", "check_embedding"]
 
 @dataclass(frozen=True)
 class Target:
@@ -66,61 +74,6 @@ class Target:
                    f"?{parts.query}" if parts.query else "")
 
 
-def _json_str(text: str) -> str:
-    # Plain ASCII text without quotes or backslashes is its own JSON string body.
-    if text.isascii() and text.isprintable() and '"' not in text and "\\" not in text:
-        return f'"{text}"'
-    return json.dumps(text)
-
-
-def _prompt_json(prompt: str | None, input_tokens: int, row: int) -> str:
-    # A built prompt is lower-case words of cpbench.prompts' vocabulary: it needs no escaping,
-    # and skipping the check saves ~10 µs on a 1,000-token prompt.
-    if prompt is None:
-        return f'"{build_prompt(input_tokens, row)}"'
-    return _json_str(prompt)
-
-
-def request_body(
-    kind: str,
-    model_json: str,
-    row: int,
-    input_tokens: int,
-    output_tokens: int | None,
-    batch_size: int,
-    prompt: str | None,
-    priority: str,
-    hints: str,
-    messages_json: str | None = None,
-    *,
-    stream: bool = True,
-) -> bytes:
-    """The JSON body of one request, as bytes.
-
-    ``model_json`` is the model name already JSON-quoted (the caller caches it per model).
-    ``prompt`` null means a prompt of ``input_tokens`` words built by
-    :func:`cpbench.prompts.build_prompt`, tagged with the trace ``row``. ``messages_json``
-    (chat only) is a ready JSON array of messages (a session's turns), sent as it is.
-    ``stream`` False asks chat and completions for one JSON body instead of SSE events.
-    """
-    extra = f',"priority":{VLLM_PRIORITY.get(priority, 1)}' if hints == "vllm" else ""
-    if kind == "embedding":
-        text = _prompt_json(prompt, input_tokens, row)
-        inputs = ",".join([text] * max(int(batch_size), 1))
-        return f'{{"model":{model_json},"input":[{inputs}]{extra}}}'.encode()
-    text = _prompt_json(prompt, input_tokens, row)
-    max_tokens = "" if output_tokens is None else f',"max_tokens":{int(output_tokens)}'
-    if kind == "chat" and messages_json is not None:
-        head = f'{{"model":{model_json},"messages":{messages_json}'
-    elif kind == "chat":
-        head = f'{{"model":{model_json},"messages":[{{"role":"user","content":{text}}}]'
-    else:
-        head = f'{{"model":{model_json},"prompt":{text}'
-    streaming = ',"stream":true,"stream_options":{"include_usage":true}' if stream \
-        else ',"stream":false'
-    return (head + max_tokens + streaming + extra + "}").encode()
-
-
 def header_block(
     kind: str, host: str, *, bearer: str | None, request_id: str | None,
     priority: str, deadline_ms: float | None, hints: str, path_prefix: str = "",
@@ -138,3 +91,63 @@ def header_block(
         if deadline_ms is not None:
             lines.append(f"X-SLO-Deadline-Ms: {deadline_ms:g}")
     return ("\r\n".join(lines) + "\r\n").encode("latin-1")
+
+
+def model_json(model: str) -> bytes:
+    """A model name as a JSON string (bytes)."""
+    return (f'"{model}"' if model.isalnum() else json.dumps(model)).encode()
+
+
+def renderer(columns: dict, prompts: PromptColumn | None, messages: PromptColumn | None,
+             models: list[str], *, hints: str, stream: bool, target: Target | None = None,
+             bearer: str | None = None) -> Renderer:
+    """The compiled renderer of a plan's requests: ``columns`` are the plan's (names and dtypes
+    of :data:`cpbench.replaying.plan.COLUMNS`), ``prompts`` and ``messages`` its text columns,
+    ``models`` its model names. Without ``target`` it renders bodies only
+    (:meth:`~cpbench._core.render.Renderer.body_of`)."""
+    heads = [b""] * (len(KINDS) * len(PRIORITIES)) if target is None else [
+        header_block(kind, target.host_header, bearer=bearer, request_id=None,
+                     priority=priority, deadline_ms=None, hints=hints,
+                     path_prefix=target.base_path, query=target.query)
+        for kind in KINDS for priority in PRIORITIES]
+    text, cuts = prompt_text_and_cuts()
+    return Renderer(columns, prompts, messages, [model_json(m) for m in models], heads,
+                    len(PRIORITIES),
+                    np.array([VLLM_PRIORITY.get(p, 1) for p in PRIORITIES], np.int64),
+                    hints == "sagellm", hints == "vllm", stream, KINDS.index("embedding"),
+                    KINDS.index("chat"), text, cuts, build_prompt)
+
+
+def request_body(
+    kind: str,
+    model: str,
+    row: int,
+    input_tokens: int,
+    output_tokens: int | None,
+    batch_size: int,
+    prompt: str | None,
+    priority: str,
+    hints: str,
+    messages_json: str | None = None,
+    *,
+    stream: bool = True,
+) -> bytes:
+    """The JSON body of one request (a one-row :func:`renderer`; a replay keeps one per plan).
+
+    ``prompt`` None means a prompt of ``input_tokens`` words built by
+    :func:`cpbench.prompts.build_prompt`, tagged with the trace ``row``. ``messages_json``
+    (chat only) is a ready JSON array of messages (a session's turns), sent as it is.
+    ``stream`` False asks chat and completions for one JSON body instead of SSE events.
+    """
+    def one(value, dtype=np.int32):
+        return np.array([value], dtype)
+
+    columns = {"kind": one(KINDS.index(kind)), "priority": one(PRIORITIES.index(priority)),
+               "rows": one(row, np.int64), "model": one(0),
+               "input_tokens": one(input_tokens),
+               "output_tokens": one(-1 if output_tokens is None else output_tokens),
+               "batch_size": one(batch_size), "slo_e2e_ms": one(0.0, np.float64)}
+    texts = {name: None if value is None else PromptColumn.from_texts([value])
+             for name, value in (("prompts", prompt), ("messages", messages_json))}
+    return renderer(columns, texts["prompts"], texts["messages"], [model], hints=hints,
+                    stream=stream).body_of(0)
