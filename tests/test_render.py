@@ -28,11 +28,12 @@ messages = st.one_of(st.none(), st.sampled_from(
     ['[{"role":"user","content":"a"}]',
      '[{"role":"user","content":"a"},{"role":"assistant","content":"b \\u00e9"}]']))
 rows = st.tuples(
-    st.sampled_from(KINDS), st.sampled_from(PRIORITIES), st.integers(0, 10**12),
+    st.sampled_from(KINDS), st.sampled_from(PRIORITIES),
+    st.one_of(st.integers(0, 10**12), st.sampled_from([0, 9, 10, 2**63 - 1])),
     st.integers(0, len(MODELS) - 1), st.integers(0, 300), st.integers(-1, 5000),
     st.integers(0, 20),
     st.one_of(st.floats(allow_nan=True, allow_infinity=True),
-              st.sampled_from([5000.0, 1e-5, 12345678.9, 0.1, 250.0])),
+              st.sampled_from([5000.0, 1e-5, 12345678.9, 0.1, 250.0, 0.0, -0.0])),
     prompts, messages)
 
 
