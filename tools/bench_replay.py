@@ -65,6 +65,7 @@ def make_trace(path: Path, kind: str, rate_rps: float, seconds: float, seed: int
 # --bodies realistic: the request shapes of `record synth`'s defaults, not 16-token probes.
 REALISTIC = {"chat": {"input_tokens": 1000}, "completion": {"input_tokens": 1000},
              "embedding": {"input_tokens": 128, "batch_size": 16}}
+SHORT_GAP_NS = 10_000            # the "short gap" share each point reports
 BATCH_PATH = "/batch16"           # nginx answers embeddings under it with 16 vectors
 
 
@@ -250,6 +251,12 @@ def measure(trace: Path, out: Path, url: str, workers: int, loop: str,
         "wire_packets": None if wire_ns is None else int(len(wire_ns)),
         "wire_gap_cv": None if wire_ns is None or len(wire_ns) < 3 else
         float(np.diff(wire_ns).std() / np.diff(wire_ns).mean()),
+        # Gaps under 10 µs: a worker's sends cannot be closer than one send's syscall, so the
+        # wire lacks the shortest gaps of the schedule (the trace's share is the target).
+        "trace_short_gaps": float(np.mean(np.diff(np.sort(intended)) < SHORT_GAP_NS)),
+        "sent_short_gaps": float(np.mean(gaps < SHORT_GAP_NS)),
+        "wire_short_gaps": None if wire_ns is None or len(wire_ns) < 3 else
+        float(np.mean(np.diff(wire_ns) < SHORT_GAP_NS)),
     }
 
 
@@ -343,7 +350,7 @@ def main(argv: list[str] | None = None) -> int:
 HEADER = (f"{'kind':<12}{'workers':>8}{'target':>9}{'achieved':>10}{'short%':>8}"
           f"{'lag p50':>9}{'lag p99':>9}{'lag max':>9}{'gap CV':>8}{'cpu us/req':>11}"
           f"{'rss MB':>8}{'errors':>7}{'preempt':>8}{'wire CV':>8}{'wire KS':>8}{'ideal':>7}"
-          f"{'hogs':>5}{'rt':>3}{'spin':>5}")
+          f"{'hogs':>5}{'rt':>3}{'spin':>5}{'<10us% trace/sent/wire':>24}")
 
 
 def _row(r: dict) -> str:
@@ -355,7 +362,10 @@ def _row(r: dict) -> str:
             + (f"{r['wire_gap_cv']:>8.3f}" if r.get("wire_gap_cv") is not None else f"{'-':>8}")
             + (f"{r['wire_ks']:>8.4f}" if r.get("wire_ks") is not None else f"{'-':>8}")
             + f"{r['trace_ks']:>7.4f}"
-            + f"{r['hogs']:>5}{'y' if r['realtime'] else 'n':>3}{r['spin_us']:>5}")
+            + f"{r['hogs']:>5}{'y' if r['realtime'] else 'n':>3}{r['spin_us']:>5}"
+            + f"{100 * r['trace_short_gaps']:>10.2f}/{100 * r['sent_short_gaps']:.2f}/"
+            + (f"{100 * r['wire_short_gaps']:.2f}" if r.get("wire_short_gaps") is not None
+               else "-"))
 
 
 if __name__ == "__main__":
