@@ -50,7 +50,7 @@ PROGRESS_S = 0.5
 SWEEP_S = 0.05                   # timeout check cadence
 IDLE_CLOSE_NS = 2_000_000_000    # an idle connection above the floor is closed after this
 IDLE_TRIM_S = 0.5                # ... checked this often
-POOL_WINDOW_NS = 10_000_000      # default pool: every request due in the busiest 10 ms ...
+POOL_WINDOW_NS = 50_000_000      # default pool: every request due in the busiest 50 ms ...
 POOL_MIN, POOL_MAX = 32, 1024    # ... within these bounds (and a quarter of the fd limit)
 _NEVER = 1 << 62
 E_CONNECT, E_TIMEOUT = ERROR_CODE["connect"], ERROR_CODE["timeout"]
@@ -340,11 +340,13 @@ def pool_size(intended_ns: np.ndarray, window_ns: int = POOL_WINDOW_NS) -> int:
     ``POOL_MAX`` and a quarter of the open-file limit.
 
     Opening a connection when a request finds none idle costs a connect on the send path
-    (socket, handshake, the server's accept); in a burst, or a stall of the worker, each late
-    send finds the pool empty, and the connects make the next sends later still. Measured at
-    24,000 chat req/s, 2 workers, nginx on the same 2 cores: 32 pre-opened per worker grew to
-    1,756 connections and lag p99 63.9 ms; 160 (this rule's value there) held it at 0.36 ms
-    with none opened during the run.
+    (socket, handshake, the server's accept); when a stall of the worker (a preemption on a
+    busy host) leaves every connection busy, each late send pays a connect, which makes the
+    next sends later still. Measured with 2 workers and nginx on the same 2 cores: at 24,000
+    chat req/s a fixed 32 per worker grew to 1,756 connections and lag p99 63.9 ms, where 160
+    held 0.36 ms; at 28,000 the busiest 10 ms (~170 per worker) still grew to 899–1,631 with
+    lag p99 7.5–44 ms, where 700 per worker (this rule's 50 ms) held 0.83–0.89 ms with none
+    opened during the run (two runs each).
     """
     soft = resource.getrlimit(resource.RLIMIT_NOFILE)[0]
     high = POOL_MAX if soft == resource.RLIM_INFINITY else min(POOL_MAX, soft // 4)

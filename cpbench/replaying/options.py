@@ -89,7 +89,7 @@ class ReplayOptions:
         "minus one)", metavar="N", type=int)
     connections: int | None = _opt(
         "--connections", "keep-alive connections each worker opens before the start (default: "
-        "one per request due in its schedule's busiest 10 ms, 32 to 1024; more are opened as "
+        "one per request due in its schedule's busiest 50 ms, 32 to 1024; more are opened as "
         "needed)", metavar="N", type=int)
     hints: str = _opt(
         "--hints", "priority/deadline hints: sageLLM headers (default), vLLM body field "
