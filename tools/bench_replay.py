@@ -204,7 +204,7 @@ def exp_ks(gaps: np.ndarray) -> float:
 
 def measure(trace: Path, out: Path, url: str, workers: int, loop: str,
             wire: bool = False, hogs: int = 0, realtime: int = 0, spin_us: int = 0,
-            connections: int = 32) -> dict:
+            connections: int | None = None) -> dict:
     cap = WireCapture(urlsplit(url).port, out.with_suffix(".pcap")) if wire else None
     hog = Hogs(hogs, limit_s=120.0) if hogs else None
     try:
@@ -282,9 +282,9 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--prefix", action="store_true",
                     help="chat with ~1,000-token prompts from prefix blocks vs the same body "
                          "size built at the send (see the module docstring)")
-    ap.add_argument("--connections", type=int, default=32,
+    ap.add_argument("--connections", type=int, default=None,
                     help="keep-alive connections each worker opens before the start "
-                         "(replay --connections)")
+                         "(replay --connections; default: replay's, from the schedule)")
     ap.add_argument("--bodies", default="small", choices=("small", "realistic", "both"),
                     help="16-token probes (default), record synth's shapes (1,000-token "
                          "prompts, 16 x 128-token embedding batches), or both interleaved")
