@@ -6,8 +6,11 @@ For chat (a 16-chunk SSE body) and embeddings (a 384-float body), at a ladder of
 with 1 and 2 worker processes: achieved vs target rate, dispatch lag p50/p99 (sent - intended),
 the inter-send coefficient of variation (1.0 for Poisson) as the client stamped it and, with
 ``--wire``, as tcpdump saw the requests on lo; client CPU per request
-(worker + parent CPU during the run / requests) and the worst worker's peak RSS. Each point runs
-a few seconds. Prints a table and writes JSON.
+(worker + parent CPU during the run / requests) and the worst worker's peak RSS; the wire's
+Kolmogorov-Smirnov distance to the exponential beside the trace's own (the ideal for that
+many arrivals), and the share of gaps under 10 µs in the trace, the client's send stamps and
+the wire (a worker cannot send twice within one send's syscall, so its short gaps go
+missing). Each point runs a few seconds. Prints a table and writes JSON.
 
     python tools/bench_replay.py                       # full ladder, ~2 minutes
     python tools/bench_replay.py --kinds chat --rates 2000,4000 --workers 2 --seconds 3
@@ -15,6 +18,7 @@ a few seconds. Prints a table and writes JSON.
     python tools/bench_replay.py --kinds chat --rates 2000 --workers 2 --hogs 2 --realtime 0,1
     python tools/bench_replay.py --prefix --rates 4000 --workers 2     # prefix-block prompts
     python tools/bench_replay.py --bodies both --rates 4000 --workers 1  # small vs realistic
+    python tools/bench_replay.py --rates 24000,28000,32000 --workers 2 --connections 32
 
 ``--prefix`` compares, point by point, chat requests with ~1,000-token prompts rendered from
 prefix blocks ahead of the send (``chat+blocks``: 62 blocks of 16 tokens from 8 shared
