@@ -343,10 +343,11 @@ def pool_size(intended_ns: np.ndarray, window_ns: int = POOL_WINDOW_NS) -> int:
     (socket, handshake, the server's accept); when a stall of the worker (a preemption on a
     busy host) leaves every connection busy, each late send pays a connect, which makes the
     next sends later still. Measured with 2 workers and nginx on the same 2 cores: at 24,000
-    chat req/s a fixed 32 per worker grew to 1,756 connections and lag p99 63.9 ms, where 160
-    held 0.36 ms; at 28,000 the busiest 10 ms (~170 per worker) still grew to 899–1,631 with
-    lag p99 7.5–44 ms, where 700 per worker (this rule's 50 ms) held 0.83–0.89 ms with none
-    opened during the run (two runs each).
+    chat req/s a fixed 32 per worker grew to 1,756 connections and lag p99 63.9 ms. At 28,000,
+    over every run of this size: the busiest 10 ms (~170 per worker) held lag p99 ≤ 1 ms in 3
+    of 8 runs (median 2.4 ms, worst 15.9 ms, three runs cascading into 1,118–1,319
+    connections); 700 per worker (this rule's 50 ms) in 5 of 10 (median 1.0 ms, worst 1.7
+    ms), with no connection opened during the run.
     """
     soft = resource.getrlimit(resource.RLIMIT_NOFILE)[0]
     high = POOL_MAX if soft == resource.RLIM_INFINITY else min(POOL_MAX, soft // 4)
