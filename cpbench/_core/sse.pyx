@@ -132,6 +132,12 @@ cdef extern from *:
 SCAN_BLOCK = CPBENCH_SCAN_BLOCK     # 16 where the block step is compiled in, else 0 (tests)
 
 
+cdef inline Py_ssize_t _value_at(const unsigned char* seg, Py_ssize_t j,
+                                 Py_ssize_t n) noexcept nogil:
+    # Where a value after a colon starts: one optional space skipped.
+    return j + 1 if j < n and seg[j] == 32 else j
+
+
 cdef inline Py_ssize_t _marker(const unsigned char* seg, Py_ssize_t i, Py_ssize_t n,
                                const char* key, Py_ssize_t klen, Counts* c) noexcept nogil:
     # Count the marker that may start at seg[i]; the offset to go on from.
@@ -139,9 +145,7 @@ cdef inline Py_ssize_t _marker(const unsigned char* seg, Py_ssize_t i, Py_ssize_
     cdef unsigned char b = seg[i]
     if b == 34:                                     # '"'
         if _at(seg, i, n, key, klen):
-            j = i + klen
-            if j < n and seg[j] == 32:              # one space after the colon
-                j += 1
+            j = _value_at(seg, i + klen, n)
             if j < n and seg[j] == 34:              # a string value ...
                 if not (j + 1 < n and seg[j + 1] == 34):    # ... that is not ""
                     c.tokens += 1
@@ -149,17 +153,13 @@ cdef inline Py_ssize_t _marker(const unsigned char* seg, Py_ssize_t i, Py_ssize_
         if c.error_at < 0 and _at(seg, i, n, b'"error"', 7):
             c.error_at = i
         elif _at(seg, i, n, b'"usage":', 8):
-            j = i + 8
-            if j < n and seg[j] == 32:
-                j += 1
+            j = _value_at(seg, i + 8, n)
             if j < n and seg[j] == 123:             # an object, not null
                 c.usage_at = i
     elif b == 100:                                  # 'd'
         if _at(seg, i, n, b"data:", 5):
             c.data_lines += 1
-            j = i + 5
-            if j < n and seg[j] == 32:
-                j += 1
+            j = _value_at(seg, i + 5, n)
             if j < n and seg[j] == 123:             # '{'
                 c.objects += 1
             return j

@@ -131,10 +131,9 @@ def _work(cfg: dict, worker: int, ctl: Connection, emit) -> None:
     except CpbenchError as exc:
         emit("error", str(exc))
         return
-    # The prompt text is built on first use (tens of ms): not on the first send.
-    from cpbench.prompts import build_prompt
-    build_prompt(2, 0)
-    # Everything built so far lives for the whole run: keep the collector off it.
+    # The Dispatcher's renderer has built the shared prompt text (tens of ms), so the first
+    # send does not. Everything built so far lives for the whole run: keep the collector off
+    # it.
     gc.collect()
     gc.freeze()
     emit("ready", len(plan))

@@ -7,8 +7,8 @@ idle keep-alive connection, each connection is a :class:`~cpbench._core.conn.Con
 its own responses and writes a finished request's row straight into the C buffers of a
 :class:`~cpbench._core.conn.Recorder` (which reads the plan's columns in C), and inter-token
 gaps go straight into the ITL histogram; each request's bytes are rendered in C too
-(:class:`~cpbench._core.render.Renderer`, built by :func:`cpbench.replaying.wire.renderer`). Python runs per
-request only in the event loop's callback plumbing. This module owns the rest: opening
+(:class:`~cpbench._core.render.Renderer`, built by :func:`cpbench.replaying.wire.renderer`).
+Python runs per request only in the event loop's callback plumbing. This module owns the rest: opening
 connections (a request due while every connection is busy opens a new one; open loop:
 nothing caps the in-flight count unless ``max_concurrency`` is set), timeouts, idle
 trimming, row hand-over and progress.

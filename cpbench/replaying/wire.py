@@ -74,22 +74,17 @@ class Target:
                    f"?{parts.query}" if parts.query else "")
 
 
-def header_block(
-    kind: str, host: str, *, bearer: str | None, request_id: str | None,
-    priority: str, deadline_ms: float | None, hints: str, path_prefix: str = "",
-    query: str = "",
-) -> bytes:
-    """HTTP/1.1 request line and headers up to (not including) ``Content-Length``."""
+def header_block(kind: str, host: str, *, bearer: str | None, priority: str, hints: str,
+                 path_prefix: str = "", query: str = "") -> bytes:
+    """The static part of a request's head, the same for every request of a kind and
+    priority: request line and headers up to (not including) the per-request ones, which the
+    renderer adds (sageLLM's ``X-Request-ID`` and ``X-SLO-Deadline-Ms``, ``Content-Length``)."""
     lines = [f"POST {path_prefix}{PATHS[kind]}{query} HTTP/1.1", f"Host: {host}",
              "Content-Type: application/json", "Accept: */*", "Accept-Encoding: identity"]
     if bearer:
         lines.append(f"Authorization: Bearer {bearer}")
     if hints == "sagellm":
-        if request_id is not None:
-            lines.append(f"X-Request-ID: {request_id}")
         lines.append(f"X-Request-Priority: {priority}")
-        if deadline_ms is not None:
-            lines.append(f"X-SLO-Deadline-Ms: {deadline_ms:g}")
     return ("\r\n".join(lines) + "\r\n").encode("latin-1")
 
 
@@ -106,8 +101,7 @@ def renderer(columns: dict, prompts: PromptColumn | None, messages: PromptColumn
     ``models`` its model names. Without ``target`` it renders bodies only
     (:meth:`~cpbench._core.render.Renderer.body_of`)."""
     heads = [b""] * (len(KINDS) * len(PRIORITIES)) if target is None else [
-        header_block(kind, target.host_header, bearer=bearer, request_id=None,
-                     priority=priority, deadline_ms=None, hints=hints,
+        header_block(kind, target.host_header, bearer=bearer, priority=priority, hints=hints,
                      path_prefix=target.base_path, query=target.query)
         for kind in KINDS for priority in PRIORITIES]
     text, cuts = prompt_text_and_cuts()

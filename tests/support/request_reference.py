@@ -73,8 +73,8 @@ def encode(kind: str, priority: str, row: int, model: str, input_tokens: int,
     body = request_body(kind, model_json, row, input_tokens,
                         None if output_tokens < 0 else output_tokens, batch_size, prompt,
                         priority, hints, messages_json, stream=stream)
-    head = header_block(kind, host, bearer=bearer, request_id=None, priority=priority,
-                        deadline_ms=None, hints=hints, path_prefix=path_prefix, query=query)
+    head = header_block(kind, host, bearer=bearer, priority=priority, hints=hints,
+                        path_prefix=path_prefix, query=query)
     if hints == "sagellm":
         head = b"%sX-Request-ID: cpbench-%d\r\nX-SLO-Deadline-Ms: %s\r\n" % (
             head, row, b"%g" % slo_e2e_ms)
