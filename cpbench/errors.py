@@ -31,3 +31,10 @@ class OutputError(CpbenchError, OSError):
     """Results cannot be written (full disk, permissions)."""
 
     exit_status = 1
+
+
+class ClientSaturated(CpbenchError):
+    """The client stayed more than ``--max-behind`` behind its schedule and stopped the run:
+    it cannot send this trace at this rate. Everything up to the stop is written."""
+
+    exit_status = 4

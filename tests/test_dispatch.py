@@ -141,6 +141,112 @@ def test_closed_loop_waits_and_the_wait_shows_as_lag(server, loop_name):
                                                                - last["sent_ns"])
 
 
+def _max_overlap(rows: list[dict]) -> int:
+    """The most requests in flight (sent, not yet done) at any instant."""
+    events = sorted([(r["sent_ns"], 1) for r in rows] + [(r["done_ns"], -1) for r in rows])
+    level = peak = 0
+    for _, step in events:
+        level += step
+        peak = max(peak, level)
+    return peak
+
+
+@pytest.mark.parametrize("loop_name", LOOPS)
+def test_rows_wait_for_a_connection_past_the_fd_limit_and_none_fails(server, loop_name,
+                                                                      monkeypatch):
+    # 30 requests 1 ms apart, each answered after 0.2 s, open loop: they would need 30
+    # connections at once. A worker whose open-file limit leaves it 6 (and 2 connects at a
+    # time) sends the rest as those free up: late (dispatch lag), never a connect error.
+    import cpbench.replaying.dispatch as dispatch_mod
+    monkeypatch.setattr(dispatch_mod, "CONNECTS_MAX", 2)
+    monkeypatch.setattr(dispatch_mod, "connection_limit", lambda: 6)
+    n = 30
+    res, _ = dispatch(server.url, trace(["delay:0.2"] * n, ["chat"] * n, gap_ms=1.0),
+                      loop_name, connections=1, timeout_s=10.0)
+    rows = res.to_pylist()
+    assert [r["error_class"] for r in rows] == [None] * n
+    assert _max_overlap(rows) == 6
+    # Rows 6 on went out only after an earlier answer freed its connection.
+    first_done = min(r["done_ns"] for r in rows)
+    assert all(r["sent_ns"] >= first_done for r in rows[6:])
+    assert all(r["sent_ns"] - r["intended_ns"] > 100_000_000 for r in rows[6:])
+
+
+def test_sender_caps_connects_and_connections_and_admits_oldest_first():
+    from collections import deque
+
+    from cpbench._core.conn import Recorder, Sender
+    from cpbench.replaying.plan import COLUMNS
+    n = 8
+    rec = Recorder({name: (np.arange(n, dtype=dtype) * 1000 if name == "intended_ns"
+                           else np.zeros(n, dtype)) for name, dtype in COLUMNS.items()})
+    opened: list[int] = []
+
+    def open_and_send(j, data):
+        opened.append(j)
+        sender.opening += 1
+
+    sender = Sender(rec, lambda j: b"x", open_and_send, lambda: None, deque(), 0, 64, 0,
+                    connects_max=2, connections_max=5)
+    rec.start_ns = time.monotonic_ns() - 10_000_000          # every row is 2+ ms late
+    assert sender.send_due() == n
+    assert opened == [0, 1] and list(sender.waiting) == [2, 3, 4, 5, 6, 7]
+    now = time.monotonic_ns()
+    # Behind by the oldest waiting row's lateness (row 2, due at 2 µs).
+    assert sender.behind_ns(now) == now - rec.start_ns - 2000
+    sender.opening -= 1                 # a connect ended: one more may start, oldest first
+    sender.admit()
+    assert opened == [0, 1, 2] and list(sender.waiting) == [3, 4, 5, 6, 7]
+    sender.busy.update(object() for _ in range(3))           # 3 carrying + 2 connecting = 5
+    sender.opening -= 1
+    sender.admit()
+    assert opened == [0, 1, 2, 3] and not sender.may_open()
+    sender.opening -= 1                                       # 3 busy + 1 connecting: room
+    sender.admit()
+    assert opened == [0, 1, 2, 3, 4] and list(sender.waiting) == [5, 6, 7]
+    sender.waiting.clear()
+    assert sender.behind_ns(time.monotonic_ns()) == 0         # nothing due is left unsent
+
+
+@pytest.mark.parametrize("loop_name", LOOPS)
+def test_a_worker_that_stays_behind_stops_itself_and_says_why(server, loop_name, monkeypatch):
+    # 100 requests 2 ms apart, answered after 1.5 s, with room for 4 connections: the rest
+    # wait, the worker stays more than 50 ms behind, and after half a second it stops.
+    import cpbench.replaying.dispatch as dispatch_mod
+    monkeypatch.setattr(dispatch_mod, "connection_limit", lambda: 4)
+    n = 100
+    table = trace(["delay:1.5"] * n, ["chat"] * n, gap_ms=2.0)
+    plan = build_plan(table, select_rows(table), 0, 1)
+    said: list[tuple] = []
+    batches: list[pa.RecordBatch] = []
+
+    def emit(kind, payload):
+        said.append((kind, payload))
+        if kind == "rows":
+            batches.append(rows_to_batch(payload, plan.models, 0))
+
+    loop = uvloop.new_event_loop() if loop_name == "uvloop" else asyncio.new_event_loop()
+    try:
+        disp = Dispatcher(Target.from_url(server.url), plan,
+                          dispatch_options(connections=1, max_behind_s=0.05), 0, emit,
+                          Histogram())
+        loop.run_until_complete(disp.open_pool())
+        counters = loop.run_until_complete(disp.run(time.monotonic_ns() + 20_000_000))
+    finally:
+        loop.close()
+    saturated = [p for k, p in said if k == "saturated"]
+    assert len(saturated) == 1 and saturated[0] == disp.saturated
+    info = saturated[0]
+    assert info["sent"] == 4 and info["open_connections"] == 4 and info["opening"] == 0
+    assert info["waiting"] == info["due"] - 4 > 0
+    assert info["behind_ns"] > 50_000_000 and 0.5e9 <= info["at_ns"] < 1.5e9
+    # Stopped before any answer came; the four in flight finished in the grace period.
+    rows = pa.Table.from_batches(batches).to_pylist()
+    assert [r["row"] for r in rows] == [0, 1, 2, 3]
+    assert [r["error_class"] for r in rows] == [None] * 4
+    assert counters["sent"] == 4 and counters["behind_max_ns"] >= info["behind_ns"]
+
+
 @pytest.mark.parametrize("loop_name", LOOPS)
 def test_reused_connection_closed_unanswered_is_sent_again(server, loop_name):
     # The server closes each kept-alive connection as a request arrives on it: every

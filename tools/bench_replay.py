@@ -54,6 +54,7 @@ from urllib.parse import urlsplit
 import numpy as np
 
 from cpbench.calibrate import poisson_trace
+from cpbench.errors import ClientSaturated
 from cpbench.replaying.run import run_replay
 from cpbench.results import read_results
 
@@ -211,10 +212,13 @@ def measure(trace: Path, out: Path, url: str, workers: int, loop: str,
             connections: int | None = None) -> dict:
     cap = WireCapture(urlsplit(url).port, out.with_suffix(".pcap")) if wire else None
     hog = Hogs(hogs, limit_s=120.0) if hogs else None
+    stopped = None
     try:
         run_replay(trace, url=url, output=out, workers=workers, quiet=True, report=False,
                    timeout_s=10.0, loop=loop, realtime=realtime, spin_us=spin_us,
                    connections=connections)
+    except ClientSaturated as exc:
+        stopped = str(exc)              # the point failed: what was sent is still measured
     finally:
         if hog is not None:
             hog.stop()
@@ -245,6 +249,8 @@ def measure(trace: Path, out: Path, url: str, workers: int, loop: str,
         "peak_rss_mb": client["worker_max_rss_kb"] / 1024,
         "parent_peak_rss_mb": client["parent_max_rss_kb"] / 1024,
         "connections": client["connections"],
+        "behind_max_s": client.get("behind_max_s"),
+        "saturated": stopped,
         "preempted": client.get("worker_preempted", 0),
         "hogs": hogs, "realtime": all(client.get("worker_realtime") or [False]),
         "spin_us": spin_us,
@@ -369,7 +375,10 @@ def _row(r: dict) -> str:
             + f"{r['hogs']:>5}{'y' if r['realtime'] else 'n':>3}{r['spin_us']:>5}"
             + f"{100 * r['trace_short_gaps']:>10.2f}/{100 * r['sent_short_gaps']:.2f}/"
             + (f"{100 * r['wire_short_gaps']:.2f}" if r.get("wire_short_gaps") is not None
-               else "-"))
+               else "-")
+            + (f"  conns {r['connections']}, behind max {r['behind_max_s']:.2f} s"
+               if r.get("behind_max_s") is not None else "")
+            + ("  STOPPED: client saturated" if r.get("saturated") else ""))
 
 
 if __name__ == "__main__":

@@ -370,8 +370,12 @@ cdef class Sender:
     ``spin_ns`` > 0 arms the timer that much before each send's instant and busy-waits the
     rest in :meth:`on_timer`: the send leaves within a few µs of its instant instead of after
     the kernel's wake-up latency, for that much CPU per send (``--spin-us``).
-    ``idle`` (a stack, most recent on top), ``busy`` and ``waiting`` (rows held back by
-    ``max_concurrency``, a deque) are shared with the dispatcher.
+    ``idle`` (a stack, most recent on top), ``busy`` and ``waiting`` (a deque of rows held
+    back) are shared with the dispatcher. A row waits when ``max_concurrency`` is reached, or
+    when no idle connection is free and a new one may not be opened: ``connects_max``
+    connects are already in progress, or ``connections_max`` connections are open (0: no
+    such cap). Waiting rows go out, oldest first, as connections free up or open
+    (:meth:`admit`); the wait is their dispatch lag.
     """
 
     cdef readonly Recorder recorder
@@ -386,13 +390,16 @@ cdef class Sender:
     cdef readonly set busy
     cdef readonly object waiting
     cdef readonly int max_concurrency
+    cdef readonly int connects_max, connections_max
     cdef public int opening
+    cdef readonly int64_t fd_limited      # rows that waited with connections_max reached
     cdef public int64_t sent
     cdef public bint stopping
     cdef int timer_fd
 
     def __cinit__(self, Recorder recorder, encode, open_and_send, on_end, waiting,
-                  int max_concurrency, Py_ssize_t burst_max, int64_t spin_ns=0):
+                  int max_concurrency, Py_ssize_t burst_max, int64_t spin_ns=0,
+                  int connects_max=0, int connections_max=0):
         self.recorder = recorder
         self.intended = recorder.intended
         self.n_rows = recorder.intended.shape[0]
@@ -404,7 +411,9 @@ cdef class Sender:
         self.encode, self.open_and_send, self.on_end = encode, open_and_send, on_end
         self.idle, self.busy, self.waiting = [], set(), waiting
         self.max_concurrency = max_concurrency
+        self.connects_max, self.connections_max = connects_max, connections_max
         self.opening = 0
+        self.fd_limited = 0
         self.sent = 0
         self.stopping = False
         self.timer_fd = -1
@@ -488,9 +497,51 @@ cdef class Sender:
             self.waiting.append(j)
         elif self.idle:
             self.write(self.idle.pop(), j, data, False)
+        elif self.waiting or not self.may_open():
+            if self.at_connection_limit():
+                self.fd_limited += 1
+            self.waiting.append(j)               # its bytes are rendered again when it goes
         else:
             self.open_and_send(j, data)
         return 0
+
+    cpdef bint may_open(self):
+        """Whether one more connection may be opened now (``connects_max``,
+        ``connections_max``)."""
+        if self.connects_max and self.opening >= self.connects_max:
+            return False
+        return not self.at_connection_limit()
+
+    cpdef bint at_connection_limit(self):
+        """Whether the worker holds ``connections_max`` connections (open or opening)."""
+        return self.connections_max > 0 and \
+            len(self.idle) + len(self.busy) + self.opening >= self.connections_max
+
+    cpdef admit(self):
+        """Send waiting rows, oldest first, while a connection is idle or may be opened (and
+        ``max_concurrency`` allows): after a connect ended, either way."""
+        cdef int cap = self.max_concurrency
+        while self.waiting and not self.stopping:
+            if cap and len(self.busy) + self.opening >= cap:
+                break
+            if self.idle:
+                self.write(self.idle.pop(), self.waiting.popleft(), None, False)
+            elif self.may_open():
+                self.open_and_send(self.waiting.popleft(), None)
+            else:
+                break
+
+    def behind_ns(self, int64_t now_abs_ns):
+        """How far the client is behind its schedule at ``now_abs_ns``: the lateness of the
+        oldest row due and not yet sent (ns, 0 when none). Rows ``max_concurrency`` holds
+        back wait by design and do not count."""
+        cdef int64_t behind = 0
+        if self.next_row < self.n_rows and self.due_abs_ns < now_abs_ns:
+            behind = now_abs_ns - self.due_abs_ns
+        if self.waiting and not self.max_concurrency:
+            behind = max(behind, now_abs_ns - self.recorder.start_ns
+                         - self.intended[<Py_ssize_t>self.waiting[0]])
+        return behind
 
     cpdef write(self, Conn conn, Py_ssize_t j, object data, bint retry):
         """Send row ``j`` on ``conn`` (its bytes ``data``, rendered here when None)."""
@@ -510,11 +561,10 @@ cdef class Sender:
                 conn.transport.abort()
             conn = None
         if self.waiting and not self.stopping:
-            j = self.waiting.popleft()
             if conn is None:
-                self.open_and_send(j, None)
+                self.admit()
             else:
-                self.write(conn, j, None, False)
+                self.write(conn, self.waiting.popleft(), None, False)
             return
         if conn is not None:
             conn.idle_since_ns = now_ns()

@@ -17,7 +17,7 @@ from pathlib import Path
 from typing import Any, TextIO
 
 from cpbench import __version__
-from cpbench.errors import ConfigError, TargetError
+from cpbench.errors import ClientSaturated, ConfigError, TargetError
 from cpbench.experiments import DEFAULT_PROBE_S, KNEE_CRITERIA
 from cpbench.experiments.compare import write_comparison_report
 from cpbench.experiments.runs import (check_policies, control_plane, output_dir, print_where,
@@ -77,20 +77,29 @@ class RatePoints:
             self.progress.start(f"rate {key:g} rps")
             target = _point_dir(self.out, key)
             scale = key / self.base_rps
-            result_dir = replay_one(self.trace, target, url=self.url, policy=self.policy,
-                                    options={**self.options, "rate_scale": scale,
-                                             "duration_s": self.probe_s})
+            saturated = None
+            try:
+                result_dir = replay_one(self.trace, target, url=self.url, policy=self.policy,
+                                        options={**self.options, "rate_scale": scale,
+                                                 "duration_s": self.probe_s})
+            except ClientSaturated as exc:
+                # The client, not the target, could not keep this rate: the probe cannot
+                # tell how the target fares, and a higher rate would not either.
+                result_dir, saturated = target, str(exc)
             wait_idle(self.url, drain_s=self.drain_s)
             metrics = run_metrics(run_arrays(result_dir))
             health = probe_health(result_dir).to_dict()
             self.points[key] = {"rate_rps": key, "rate_scale": scale, "dir": str(result_dir),
-                                **metrics, **health}
+                                **metrics, **health, "client_saturated": saturated}
             self.progress.finish()
         return self.points[key]
 
     def measure(self, rate_rps: float) -> float:
-        """The criterion's value at ``rate_rps``; NaN when the probe passed but was too short."""
+        """The criterion's value at ``rate_rps``; NaN when the probe passed but was too short,
+        or when the client could not send at that rate (``client_saturated``)."""
         point = self.run(rate_rps)
+        if point["client_saturated"]:
+            return math.nan
         value = point[self.metric]
         value = math.nan if value is None else float(value)
         return math.nan if point["too_short"] and value >= self.target_pct else value
@@ -216,14 +225,21 @@ def sweep(trace: str | Path | None, *, rates_rps: Sequence[float], out_dir: str 
     knee_dict = None
     if knee_result is not None:
         knee_dict = {**knee_result.to_dict(), "criterion": knee_by}
-        short = [p for p in ordered if p["too_short"]
+        short = [p for p in ordered if p["too_short"] and not p["client_saturated"]
                  and p[KNEE_CRITERIA[knee_by]] is not None
                  and p[KNEE_CRITERIA[knee_by]] >= target_pct]
+        notes = [knee_dict["note"]]
         if short:
             at = ", ".join(f"{p['rate_rps']:g}" for p in short)
-            knee_dict["note"] = "; ".join(filter(None, [knee_dict["note"], (
-                f"{len(short)} probe(s) too short to reach a steady state (at {at} rps) "
-                f"counted as not passing; a longer --probe-s tells")]))
+            notes.append(f"{len(short)} probe(s) too short to reach a steady state (at {at} "
+                         f"rps) counted as not passing; a longer --probe-s tells")
+        saturated = [p for p in ordered if p["client_saturated"]]
+        if saturated:
+            at = ", ".join(f"{p['rate_rps']:g}" for p in saturated)
+            notes.append(f"the client could not send at {at} rps and counted it as not "
+                         f"passing: the target's knee may be higher; measure with more "
+                         f"--workers or Ray nodes")
+        knee_dict["note"] = "; ".join(filter(None, notes))
     result = {
         "cpbench_version": __version__, "experiment": experiment, "trace": str(trace),
         "trace_rate_rps": base_rps, "trace_requests": n_rows, "policy": policy,
@@ -256,16 +272,20 @@ def print_sweep(result: dict, stdout: TextIO | None = None) -> None:
     for p in result["points"]:
         value = p.get(metric)
         passed = value is not None and value >= target and not p.get("too_short")
+        passed = passed and not p.get("client_saturated")
         rows.append([_fmt(p["rate_rps"], 2), _fmt(p["slo_attainment_pct"]),
                      _fmt(p.get("keep_up_pct")), _fmt(p["ttft_from_intended_p99_ms"]),
                      _fmt(p["e2e_from_intended_p99_ms"]),
+                     "client saturated" if p.get("client_saturated") else
                      "too short" if p.get("too_short") and value is not None
                      and value >= target else ("yes" if passed else "no")])
     what = "SLO" if metric == "slo_attainment_pct" else "keep-up"
     print(format_table(["rate rps", "SLO attained %", "keep-up %", "TTFT p99 ms", "E2E p99 ms",
                         f"{what} >= {target:g}%"], rows), file=stream)
     for p in result["points"]:
-        if p.get("too_short"):
+        if p.get("client_saturated"):
+            print(f"rate {p['rate_rps']:g} rps: {p['client_saturated']}", file=stream)
+        elif p.get("too_short"):
             print(f"rate {p['rate_rps']:g} rps: too short for a steady state: {p['too_short']}",
                   file=stream)
     knee = result["knee"]

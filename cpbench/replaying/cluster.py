@@ -296,6 +296,7 @@ class RayPool(PoolReports):
         self.live: set[int] = set()
         self.progress: list[dict] = [{} for _ in range(self.n)]
         self.finals: list[dict | None] = [None] * self.n
+        self.saturated: dict[int, dict] = {}
         self.lost: dict[int, str] = {}          # worker -> why, naming its node
         self.started = False
         self.planned = 0

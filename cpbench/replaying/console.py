@@ -21,6 +21,10 @@ def warn_failures(summary: dict, tot: dict, out: Path) -> None:
     if req.get("interrupted"):
         print(f"cpbench: the run was stopped with {req['interrupted']} requests in flight "
               "(class `interrupted`, not counted as server errors)", file=sys.stderr)
+    if tot.get("fd_limited"):
+        print(f"cpbench: {tot['fd_limited']} requests waited for a connection because a worker "
+              f"held all the {tot['connection_limit']} its open-file limit allows (the wait is "
+              f"in their dispatch lag); raise the limit with `ulimit -n`", file=sys.stderr)
     if tot.get("emfile"):
         limit = resource.getrlimit(resource.RLIMIT_NOFILE)[0]
         print(f"cpbench: {tot['emfile']} requests could not open a connection: too many open "
@@ -37,7 +41,9 @@ def progress_line(tot: dict, start_ns: int, intended_ns: np.ndarray) -> None:
     sched = due / el if el > 0 else 0.0
     sys.stderr.write(f"\r[{el:7.1f}/{total_s:.1f} s] sent {tot['sent']}/{due} "
                      f"({rate:,.0f}/{sched:,.0f} rps)  in flight {tot['in_flight']}  "
-                     f"errors {tot['errors']}  lag p99 {tot['lag_p99_ns'] / 1e6:.2f} ms   ")
+                     f"errors {tot['errors']}  lag p99 {tot['lag_p99_ns'] / 1e6:.2f} ms"
+                     + (f"  BEHIND {tot['behind_ns'] / 1e9:.1f} s" if tot.get("behind_ns", 0)
+                        >= 100_000_000 else "") + "   ")
     sys.stderr.flush()
 
 

@@ -10,8 +10,11 @@ gaps go straight into the ITL histogram; each request's bytes are rendered in C 
 (:class:`~cpbench._core.render.Renderer`, built by :func:`cpbench.replaying.wire.renderer`).
 Python runs per request only in the event loop's callback plumbing. This module owns the rest: opening
 connections (a request due while every connection is busy opens a new one; open loop:
-nothing caps the in-flight count unless ``max_concurrency`` is set), timeouts, idle
-trimming, row hand-over and progress.
+nothing caps the in-flight count unless ``max_concurrency`` is set, but at most
+``CONNECTS_MAX`` connects run at once and a worker holds at most its open-file limit's worth:
+past either, requests wait for a connection, and the wait is their dispatch lag), timeouts,
+idle trimming, the check that the client keeps its schedule (``--max-behind``), row
+hand-over and progress.
 
 Timing: event-loop timers tick in whole milliseconds, so sends are timed by a timerfd
 (:class:`cpbench.replaying.timer.MonotonicTimer`) in the loop's own epoll set, armed for the
@@ -52,6 +55,9 @@ IDLE_CLOSE_NS = 2_000_000_000    # an idle connection above the floor is closed 
 IDLE_TRIM_S = 0.5                # ... checked this often
 POOL_WINDOW_NS = 50_000_000      # default pool: every request due in the busiest 50 ms ...
 POOL_MIN, POOL_MAX = 32, 1024    # ... within these bounds (and a quarter of the fd limit)
+CONNECTS_MAX = 256               # connects in progress at once; later rows wait for one
+FD_HEADROOM = 64                 # descriptors kept for the worker's own pipes, timer, files
+BEHIND_HOLD_S = 0.5              # behind by more than max_behind this long: saturated
 _NEVER = 1 << 62
 E_CONNECT, E_TIMEOUT = ERROR_CODE["connect"], ERROR_CODE["timeout"]
 E_INTERRUPTED = ERROR_CODE["interrupted"]
@@ -75,6 +81,7 @@ class DispatchOptions:
     bearer: str | None
     stream: bool                      # chat/completions with "stream": true (else one JSON body)
     spin_ns: int                      # wake this early before a send and busy-wait (0: none)
+    max_behind_ns: int                # stop when this far behind the schedule (0: never)
 
 
 class Dispatcher:
@@ -108,13 +115,16 @@ class Dispatcher:
         # The compiled send side; its pools and waiting queue are the ones used here.
         self.sender = Sender(self.recorder, self.renderer.render, self._spawn_open,
                              self._schedule_ended, deque(), options.max_concurrency, BURST_MAX,
-                             options.spin_ns)
+                             options.spin_ns, CONNECTS_MAX, connection_limit())
         self.idle: list[Conn] = self.sender.idle
         self.busy: set[Conn] = self.sender.busy
         self.waiting: deque[int] = self.sender.waiting
         self.opened = self.retried = 0
         self.emfile = 0             # connects refused by the open-file limit
         self.idle_closed = 0        # idle connections above the floor closed (trim_idle)
+        self.behind_max_ns = 0      # the furthest behind the schedule the client fell
+        self.saturated: dict | None = None     # why it stopped itself (_check_behind)
+        self._behind_since = None   # loop time it went over max_behind_ns, None when under
         self._tasks: set[asyncio.Task] = set()
         self._sending: asyncio.Future | None = None     # done when the schedule is
         self._timer: MonotonicTimer | None = None
@@ -209,12 +219,14 @@ class Dispatcher:
             if not retry:
                 self.sender.sent += 1
             self._record_connect_failure(j, f"connect failed: {exc.strerror or exc}")
+            self.sender.admit()
             return
         self.sender.opening -= 1
         if self.stopping and not retry:
             conn.transport.close()
             return
         self.sender.write(conn, j, data, retry)
+        self.sender.admit()             # a connect slot is free: rows waiting for one go
 
     # -- recording ---------------------------------------------------------------------
     def _record_connect_failure(self, j: int, detail: str) -> None:
@@ -240,7 +252,10 @@ class Dispatcher:
                 "in_flight": len(self.busy) + self.sender.opening, "waiting": len(self.waiting),
                 "lag_p99_ns": lag_p99_ns, "lag_max_ns": lag_max_ns,
                 "connections": self.opened, "open_connections": len(self.idle) + len(self.busy),
-                "idle_closed": self.idle_closed, "emfile": self.emfile, "retried": self.retried}
+                "idle_closed": self.idle_closed, "emfile": self.emfile, "retried": self.retried,
+                "behind_ns": self.sender.behind_ns(time.monotonic_ns()),
+                "behind_max_ns": self.behind_max_ns, "fd_limited": self.sender.fd_limited,
+                "connection_limit": self.sender.connections_max}
 
     # -- the run -----------------------------------------------------------------------
     async def run(self, start_ns: int) -> dict:
@@ -329,9 +344,47 @@ class Dispatcher:
             if t >= next_trim and slack_ns > FLUSH_SLACK_NS:
                 self.trim_idle(now)
                 next_trim = t + IDLE_TRIM_S
+            self._check_behind(now, t)
             if t >= next_progress:
                 self.emit("progress", self.progress())
                 next_progress = t + PROGRESS_S
+
+    def _check_behind(self, now_ns: int, t: float) -> None:
+        # Open loop past the client's capacity only gets later, and the results describe the
+        # client, not the target. Behind the schedule by more than max_behind for
+        # BEHIND_HOLD_S on end, the worker stops itself and says why; a pause the client
+        # catches up from (a preemption on a busy host, a burst) does not stop it.
+        behind = self.sender.behind_ns(now_ns)
+        self.behind_max_ns = max(self.behind_max_ns, behind)
+        limit = self.options.max_behind_ns
+        if not limit or self.stopping or behind <= limit:
+            self._behind_since = None
+            return
+        if self._behind_since is None:
+            self._behind_since = t
+        elif t - self._behind_since >= BEHIND_HOLD_S:
+            self.saturated = {"at_ns": now_ns - self.recorder.start_ns, "behind_ns": behind,
+                              "sent": self.sent, "due": self.due_count(now_ns),
+                              "waiting": len(self.waiting), "opening": self.sender.opening,
+                              "open_connections": len(self.idle) + len(self.busy),
+                              "connection_limit": self.sender.connections_max}
+            self.emit("saturated", self.saturated)
+            self.stop()
+
+    def due_count(self, now_ns: int) -> int:
+        """Rows of this worker's plan due by ``now_ns`` (absolute monotonic ns)."""
+        return int(np.searchsorted(self.plan.intended_ns, now_ns - self.recorder.start_ns,
+                                   side="right"))
+
+
+def connection_limit() -> int:
+    """Connections one worker may hold: its soft open-file limit less FD_HEADROOM. Past it a
+    row waits for a connection to free up (dispatch lag) instead of failing to connect with
+    EMFILE, which would count the client's own limit as the target's error."""
+    soft = resource.getrlimit(resource.RLIMIT_NOFILE)[0]
+    if soft == resource.RLIM_INFINITY:
+        return 0
+    return max(POOL_MIN, soft - FD_HEADROOM)
 
 
 def pool_size(intended_ns: np.ndarray, window_ns: int = POOL_WINDOW_NS) -> int:

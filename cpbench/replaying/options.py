@@ -100,6 +100,11 @@ class ReplayOptions:
     max_error_ratio: float | None = _opt(
         "--max-error-ratio", "stop and exit 3 when more than this fraction of requests fail",
         metavar="R", type=float)
+    max_behind_s: float = _opt(
+        "--max-behind", "stop when the client stays more than S seconds behind the trace's "
+        "schedule for half a second: it cannot send at this rate (add --workers or Ray nodes, "
+        "or lower the rate); results so far are kept, exit status 4; 0 = never stop "
+        "(default 1)", default=1.0, metavar="S", type=float)
     grace_s: float = _opt(
         "--grace", "seconds in-flight requests get to finish after the run stops (default 5)",
         default=5.0, metavar="S", type=float)
@@ -141,6 +146,10 @@ class ReplayOptions:
             value = getattr(self, name)
             if not _is_number(value) or not (value > 0 and math.isfinite(value)):
                 raise ConfigError(f"{flag_of(name)} must be a positive number; got {value!r}")
+        if not _is_number(self.max_behind_s) or not (self.max_behind_s >= 0
+                                                     and math.isfinite(self.max_behind_s)):
+            raise ConfigError(f"--max-behind must be seconds >= 0 (0: never stop); got "
+                              f"{self.max_behind_s!r}")
         if self.duration_s is not None and not (_is_number(self.duration_s)
                                                 and self.duration_s > 0):
             raise ConfigError(f"--duration must be positive seconds; got {self.duration_s!r}")
@@ -255,7 +264,8 @@ class ReplayOptions:
         return {"hints": self.hints, "timeout_s": float(self.timeout_s),
                 "connections": int(self.connections or 0), "grace_s": float(self.grace_s),
                 "max_concurrency": int(max_concurrency), "bearer": bearer,
-                "stream": bool(self.stream), "spin_ns": int(self.spin_us) * 1000}
+                "stream": bool(self.stream), "spin_ns": int(self.spin_us) * 1000,
+                "max_behind_ns": int(self.max_behind_s * 1e9)}
 
 
 def _is_number(value: Any) -> bool:
@@ -346,7 +356,7 @@ def add_arguments(parser: argparse.ArgumentParser | argparse._ArgumentGroup, *,
 # replays; the rest (target, output, policy, report, Ray) each command sets itself.
 PER_RUN_OPTIONS: tuple[str, ...] = (
     "speed", "duration_s", "warmup", "timeout_s", "workers", "connections", "hints",
-    "max_error_ratio", "grace_s", "realtime", "spin_us", "metrics_urls", "monitor", "stream")
+    "max_error_ratio", "max_behind_s", "grace_s", "realtime", "spin_us", "metrics_urls", "monitor", "stream")
 
 
 def given(ns: argparse.Namespace, names: Sequence[str] = PER_RUN_OPTIONS) -> dict[str, Any]:

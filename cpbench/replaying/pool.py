@@ -27,12 +27,15 @@ _F_SETPIPE_SZ = 1031            # Linux: let a record batch fit in the pipe with
 
 class PoolReports:
     """What a pool makes of its workers' (processes' or Ray actors') messages: result batches,
-    each worker's latest ``progress`` counters, its ``finals`` (None until it reported)."""
+    each worker's latest ``progress`` counters, its ``finals`` (None until it reported), and
+    ``saturated``: the workers that fell too far behind the schedule and stopped, with what
+    they saw then."""
 
     models: list[str]
     progress: list[dict]
     finals: list[dict | None]
     live: set[int]
+    saturated: dict[int, dict]
 
     def handle(self, w: int, kind: str, payload, on_batch) -> None:
         """One message of worker ``w``: result rows (to ``on_batch`` as an Arrow batch),
@@ -43,6 +46,8 @@ class PoolReports:
             self.progress[w] = payload
         elif kind == "warning":
             print(f"cpbench: warning: {payload}", file=sys.stderr)
+        elif kind == "saturated":
+            self.saturated[w] = payload
         elif kind == "done":
             self.finals[w] = payload
             self.progress[w] = payload["counters"]
@@ -50,9 +55,13 @@ class PoolReports:
 
     def totals(self) -> dict:
         """Progress counters summed over workers (lag: the worst worker's)."""
-        keys = ("sent", "done", "errors", "in_flight", "waiting", "connections", "emfile")
+        keys = ("sent", "done", "errors", "in_flight", "waiting", "connections", "emfile",
+                "fd_limited")
         tot = {k: sum(p.get(k, 0) for p in self.progress) for k in keys}
         tot["lag_p99_ns"] = max((p.get("lag_p99_ns", 0) for p in self.progress), default=0)
+        tot["behind_ns"] = max((p.get("behind_ns", 0) for p in self.progress), default=0)
+        tot["connection_limit"] = max((p.get("connection_limit", 0) for p in self.progress),
+                                      default=0)
         return tot
 
     def merged_itl(self) -> Histogram:
@@ -95,6 +104,7 @@ class WorkerPool(PoolReports):
         self.live = set(range(n_workers))
         self.progress: list[dict] = [{} for _ in range(n_workers)]
         self.finals: list[dict | None] = [None] * n_workers
+        self.saturated: dict[int, dict] = {}
         self.planned = 0
 
     def wait_ready(self, timeout_s: float = 120.0) -> None:

@@ -24,7 +24,7 @@ import numpy as np
 
 from cpbench import __version__
 from cpbench.calibration import load_calibration
-from cpbench.errors import OutputError, TargetError
+from cpbench.errors import ClientSaturated, OutputError, TargetError
 from cpbench.outdir import claim, default_dir, keep_names
 from cpbench.redact import redact_url
 from cpbench.replaying.console import format_summary, progress_line, warn_failures
@@ -69,6 +69,9 @@ def run_replay(trace_path: str | os.PathLike[str], options: ReplayOptions | None
     ErrorRatioExceeded
         More requests failed than ``max_error_ratio`` allows (exit status 3); everything is
         still written.
+    ClientSaturated
+        The client stayed more than ``max_behind_s`` behind the schedule and stopped the run
+        (exit status 4); everything up to the stop is written.
     """
     from cpbench.trace import read_trace, sha256_file, trace_metadata
 
@@ -228,6 +231,9 @@ def _run(run: dict, url: str, sim: EmbeddedSim | None, out: Path, o: ReplayOptio
                     and tot["errors"] > o.max_error_ratio * tot["done"]:
                 stop["why"] = "max-error-ratio"
                 pool.stop()
+            if pool.saturated and stop["why"] is None:
+                stop["why"] = "client-saturated"       # one worker stopped itself: all stop
+                pool.stop()
             if show and time.monotonic() >= next_show:
                 progress_line(tot, start_ns, intended_ns)
                 next_show = time.monotonic() + PROGRESS_S
@@ -275,7 +281,11 @@ def _run(run: dict, url: str, sim: EmbeddedSim | None, out: Path, o: ReplayOptio
                            "worker_realtime": [f.get("realtime", False) for f in finals],
                            "retried": sum(f["counters"].get("retried", 0) for f in finals),
                            "idle_closed": sum(f["counters"].get("idle_closed", 0)
-                                              for f in finals)}})
+                                              for f in finals),
+                           "behind_max_s": max((f["counters"].get("behind_max_ns", 0)
+                                                for f in finals), default=0) / 1e9}})
+    if pool.saturated:
+        run["saturated"] = {str(w): info for w, info in sorted(pool.saturated.items())}
     summary = _write_outputs(out, run, running, pool, o, monitors)
     tot = pool.totals()
     # During the run the ratio is judged from 100 answers on (a few early faults must not stop
@@ -286,6 +296,8 @@ def _run(run: dict, url: str, sim: EmbeddedSim | None, out: Path, o: ReplayOptio
         raise ErrorRatioExceeded(f"{tot['errors']} of {tot['done']} requests failed, more "
                                  f"than --max-error-ratio {o.max_error_ratio}; results "
                                  f"are in {out}")
+    if stop["why"] == "client-saturated":
+        raise ClientSaturated(saturation_message(pool.saturated, o.max_behind_s, out))
     warn_failures(summary, tot, out)
     return out
 
@@ -294,6 +306,23 @@ class ErrorRatioExceeded(TargetError):
     """More requests failed than ``--max-error-ratio`` allows (everything is still written)."""
 
     exit_status = 3
+
+
+def saturation_message(saturated: dict[int, dict], max_behind_s: float, out: Path) -> str:
+    """One line: when the client fell behind, how far, and where its requests stood."""
+    w, info = min(saturated.items(), key=lambda kv: kv[1]["at_ns"])
+    limit = info.get("connection_limit", 0)
+    fds = (f"; {limit:,} connections is all its open-file limit allows: raise it with "
+           f"`ulimit -n`" if limit and info["open_connections"] + info["opening"] >= limit
+           else "")
+    return (f"the client fell more than {max_behind_s:g} s behind the schedule and stopped the "
+            f"run at {info['at_ns'] / 1e9:.1f} s: it cannot send this trace at this rate "
+            f"(worker {w} was {info['behind_ns'] / 1e9:.2f} s behind, had sent {info['sent']:,} "
+            f"of the {info['due']:,} requests due, {info['waiting']:,} waiting for a "
+            f"connection, {info['opening']:,} connects in progress, "
+            f"{info['open_connections']:,} connections open{fds}). Use more --workers or Ray "
+            f"nodes, or a lower rate (--max-behind 0 runs on regardless); results up to the "
+            f"stop are in {out}")
 
 
 def _record_cluster(out: Path, cluster: dict) -> None:
