@@ -22,7 +22,7 @@ from datetime import datetime, timezone
 from pathlib import Path
 
 from cpbench.calibration import LAG_P99_LIMIT_MS, SHORTFALL_LIMIT_PCT
-from cpbench.errors import ConfigError
+from cpbench.errors import ClientSaturated, ConfigError
 from cpbench.spawn import python_module_cmd
 
 KINDS = ("chat", "embedding")
@@ -199,18 +199,24 @@ def calibrate(*, url: str | None = None, duration_s: float = 3.0, kinds=KINDS,
                     i = len(points)
                     trace = tmp / f"{kind}-{i}.arrow"
                     poisson_trace(trace, kind, rate, duration_s, seed + i)
-                    out = run_replay(trace, url=target, output=tmp / f"{kind}-{i}",
-                                     workers=workers, quiet=True, report=False, monitor=False,
-                                     timeout_s=5.0, grace_s=1.0)
+                    out = tmp / f"{kind}-{i}"
+                    try:
+                        run_replay(trace, url=target, output=out, workers=workers, quiet=True,
+                                   report=False, monitor=False, timeout_s=5.0, grace_s=1.0)
+                        saturated = False
+                    except ClientSaturated:
+                        saturated = True    # stopped far behind: what it sent still counts
                     stats = point_stats(read_results(out / "results.arrow"))
-                    stats.update(rate_rps=rate, held=held(stats))
+                    stats.update(rate_rps=rate, held=held(stats) and not saturated,
+                                 client_saturated=saturated)
                     points.append(stats)
                     if log:
                         log(f"{kind:<10} {rate:>10,.0f} req/s  achieved "
                             f"{stats['achieved_rps']:>10,.0f}  short "
                             f"{stats['shortfall_pct']:5.2f} %  lag p99 "
                             f"{stats['lag_p99_ms'] or 0:7.3f} ms  errors {stats['errors']}  "
-                            f"{'held' if stats['held'] else 'not held'}")
+                            f"{'held' if stats['held'] else 'not held'}"
+                            f"{' (client saturated: stopped)' if saturated else ''}")
                     return stats["held"]
 
                 best = find_max_rate(probe, start_rps=start_rps, max_rps=max_rps,

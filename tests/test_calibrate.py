@@ -3,6 +3,7 @@ from __future__ import annotations
 
 import json
 import urllib.request
+from pathlib import Path
 
 import pytest
 
@@ -80,6 +81,34 @@ def test_calibrate_cli_end_to_end_stores_the_file(tmp_path, monkeypatch, capsys)
     assert [f.name for f in path.parent.iterdir()] == ["calibration.json"]   # no temp left
     loaded = load_calibration()
     assert loaded["path"] == str(path) and "points" not in loaded["kinds"]["chat"]
+
+
+def test_a_probe_the_client_stopped_is_not_held_and_the_search_goes_on(tmp_path, monkeypatch,
+                                                                      capsys):
+    # Past the host's capacity a probe ends with the client's own stop (ClientSaturated, exit
+    # 4 from `cpbench replay`); calibrate records it as not held and carries on. The stop is
+    # simulated after a real run: a real one needs a rate this host cannot send.
+    import cpbench.replaying.run as run_mod
+    from cpbench.errors import ClientSaturated
+    real = run_mod.run_replay
+
+    def stopped_at_400(trace, **kwargs):
+        out = real(trace, **kwargs)
+        if "-1" in Path(kwargs["output"]).name:            # the second probe of each kind
+            raise ClientSaturated("the client fell more than 1 s behind the schedule")
+        return out
+
+    monkeypatch.setattr(run_mod, "run_replay", stopped_at_400)
+    monkeypatch.setenv("CPBENCH_HOME", str(tmp_path / "home"))
+    status = main(["calibrate", "--duration-s", "0.4", "--start-rps", "200", "--max-rps", "400",
+                   "--max-points", "2", "--workers", "1", "--kinds", "embedding"])
+    assert status == 0
+    points = json.loads((tmp_path / "home" / "calibration.json").read_text())[
+        "kinds"]["embedding"]["points"]
+    assert [p["client_saturated"] for p in points] == [False, True][:len(points)]
+    assert not any(p["held"] for p in points if p["client_saturated"])
+    if len(points) == 2:
+        assert "not held (client saturated: stopped)" in capsys.readouterr().err
 
 
 def test_calibrate_rejects_bad_kinds_in_one_line(tmp_path, capsys):
