@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import json
 import os
+import platform
 import signal
 import socket
 import subprocess
@@ -14,6 +15,7 @@ from pathlib import Path
 
 import pytest
 
+from cpbench.replaying.timer import WORKER_SLICE_NS
 from cpbench.results import read_results
 from cpbench.summary import decode_histogram
 from support import run_cli, write_table_trace
@@ -265,6 +267,22 @@ def test_embedded_sim_serves_foreign_model_names(tmp_path):
     assert sorted(set(table.column("model").to_pylist())) == sorted(set(models))
 
 
+def custom_slices() -> bool:
+    """Whether this kernel lets a normal thread choose its time slice (Linux 6.12+)."""
+    major, minor = (int(x) for x in platform.release().split(".")[:2])
+    return (major, minor) >= (6, 12) and platform.machine() in ("x86_64", "aarch64")
+
+
+def test_workers_ask_for_a_short_time_slice(server, tmp_path):
+    trace = make_trace(tmp_path / "t.arrow", ["ok"] * 6, ["chat", "embedding"] * 3)
+    out = tmp_path / "out"
+    done = cpbench("replay", trace, "--url", server.url, "-o", out, "--workers", "2",
+                   "--quiet", "--no-report")
+    assert done.returncode == 0, done.stderr
+    want = WORKER_SLICE_NS if custom_slices() else 0
+    assert summary_of(out)["run"]["client"]["worker_slice_ns"] == [want, want]
+
+
 def test_realtime_workers_or_a_warning(server, tmp_path):
     # As root (CI) the workers get SCHED_FIFO; elsewhere each says why not, and runs anyway.
     trace = make_trace(tmp_path / "t.arrow", ["ok"] * 6, ["chat", "embedding"] * 3)
@@ -277,6 +295,11 @@ def test_realtime_workers_or_a_warning(server, tmp_path):
     refused = [w for w, got in enumerate(client["worker_realtime"]) if not got]
     for w in refused:
         assert f"worker {w}: --realtime not granted" in done.stderr
+    # A real-time worker keeps SCHED_FIFO (a slice request would undo it); one refused asks
+    # for the short slice like any worker.
+    want = WORKER_SLICE_NS if custom_slices() else 0
+    assert client["worker_slice_ns"] == [0 if got else want
+                                         for got in client["worker_realtime"]]
     assert summary_of(out)["requests"]["completed"] == 6
     bad = cpbench("replay", trace, "--url", server.url, "-o", tmp_path / "bad", "--realtime",
                   "100", "--quiet")

@@ -33,3 +33,30 @@ def test_realtime_refusal_is_reported_not_raised():
     from cpbench.replaying.child import set_realtime
     problem = set_realtime(100)                     # outside SCHED_FIFO's 1-99 for anyone
     assert isinstance(problem, str) and problem
+
+
+def test_a_slice_request_reads_back_what_the_kernel_took():
+    # In a thread of its own: the setting is per thread and must not outlive the test.
+    import platform
+    import threading
+
+    from cpbench.replaying.timer import request_slice
+    got: dict = {}
+
+    def ask() -> None:
+        got["slice"] = request_slice(200_000)
+        with open("/proc/thread-self/sched") as fh:
+            got["sched"] = fh.read()
+        got["clamped"] = request_slice(10)          # below the kernel's 0.1 ms floor
+
+    t = threading.Thread(target=ask)
+    t.start()
+    t.join()
+    major, minor = (int(x) for x in platform.release().split(".")[:2])
+    if (major, minor) >= (6, 12) and platform.machine() in ("x86_64", "aarch64"):
+        assert got["slice"] == 200_000
+        line = next(x for x in got["sched"].splitlines() if x.startswith("se.slice"))
+        assert int(line.split(":")[1]) == 200_000
+        assert got["clamped"] == 0                  # the kernel made it 0.1 ms, not 10 ns
+    else:
+        assert got["slice"] == 0 and got["clamped"] == 0

@@ -27,7 +27,7 @@ from cpbench._core.hist import Histogram
 from cpbench.replaying.dispatch import Dispatcher, DispatchOptions
 from cpbench.errors import CpbenchError
 from cpbench.replaying.plan import load_plan
-from cpbench.replaying.timer import tighten_timer_slack
+from cpbench.replaying.timer import WORKER_SLICE_NS, request_slice, tighten_timer_slack
 from cpbench.replaying.wire import Target
 
 
@@ -161,6 +161,9 @@ def _work(cfg: dict, worker: int, ctl: Connection, emit) -> None:
         if problem is not None:
             emit("warning", f"worker {worker}: --realtime not granted ({problem}); running at "
                             "normal priority")
+    # A short time slice lets the worker's wake-ups preempt a busy process at once (not with
+    # SCHED_FIFO, which preempts anyway and which a sched_setattr would undo).
+    slice_ns = 0 if realtime else request_slice(WORKER_SLICE_NS)
     cpu0 = time.process_time()
     ctx0 = resource.getrusage(resource.RUSAGE_SELF).ru_nivcsw
     counters = loop.run_until_complete(disp.run(msg[1]))
@@ -169,7 +172,7 @@ def _work(cfg: dict, worker: int, ctl: Connection, emit) -> None:
     # Involuntary switches tell a lag spike caused by a busy host from one caused by us.
     counters["preempted"] = usage.ru_nivcsw - ctx0
     emit("done", {"counters": counters, "cpu_s": cpu_s, "max_rss_kb": peak_rss_kb(),
-                  "itl_hist": hist.encode(), "realtime": realtime})
+                  "itl_hist": hist.encode(), "realtime": realtime, "slice_ns": slice_ns})
     loop.close()
 
 

@@ -279,6 +279,7 @@ def _run(run: dict, url: str, sim: EmbeddedSim | None, out: Path, o: ReplayOptio
                            "worker_preempted": sum(f["counters"].get("preempted", 0)
                                                    for f in finals),
                            "worker_realtime": [f.get("realtime", False) for f in finals],
+                           "worker_slice_ns": [f.get("slice_ns", 0) for f in finals],
                            "retried": sum(f["counters"].get("retried", 0) for f in finals),
                            "idle_closed": sum(f["counters"].get("idle_closed", 0)
                                               for f in finals),
