@@ -97,8 +97,9 @@ def request_slice(slice_ns: int) -> int:
     instead of waiting out that process's slice (1.4 ms by default on the 2-core machine where
     this was measured). Measured there with 2 workers and nginx on the same cores, four
     interleaved runs each: dispatch-lag p99 median at 32,000 chat req/s 1.15 -> 0.72 ms (runs
-    held 1 -> 3 of 4), at 36,000 1.20 -> 1.02 ms, embeddings at 36,000 1.01 -> 0.82 ms; no
-    change at 4,000-8,000 req/s. An older kernel ignores the field for a normal thread, and
+    held 1 -> 3 of 4), at 36,000 1.20 -> 1.02 ms, embeddings at 36,000 1.01 -> 0.82 ms; at
+    4,000 chat req/s the wire's KS distance to the exponential 1.81-2.20x -> 0.77-1.43x the
+    ideal and lag p99 88-118 -> 69-74 us. An older kernel ignores the field for a normal thread, and
     reads back its own slice or 0: either way, 0 here.
     """
     if _LIBC is None or _SCHED_SETATTR is None:
