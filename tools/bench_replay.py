@@ -42,6 +42,7 @@ from __future__ import annotations
 import argparse
 import json
 import os
+import shutil
 import signal
 import struct
 import subprocess
@@ -298,6 +299,8 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--bodies", default="small", choices=("small", "realistic", "both"),
                     help="16-token probes (default), record synth's shapes (1,000-token "
                          "prompts, 16 x 128-token embedding batches), or both interleaved")
+    ap.add_argument("--keep", type=Path, default=None, metavar="DIR",
+                    help="copy each point's results directory into DIR (to study its rows)")
     ap.add_argument("-o", "--output", type=Path, default=Path("bench_replay.json"))
     args = ap.parse_args(argv)
     ladders = {"chat": [1000, 2000, 4000, 6000], "embedding": [1000, 2000, 5000, 7000],
@@ -343,6 +346,12 @@ def main(argv: list[str] | None = None) -> int:
                                             w, args.loop, args.wire, args.hogs, rt, spin,
                                             args.connections)
                                 r.update({"kind": label, "rate_rps": rate, "workers": w})
+                                if args.keep is not None:
+                                    out = tmp / (f"out-{label.replace('/', '-')}-{rate:g}-{w}-"
+                                                 f"{rt}-{spin}")
+                                    shutil.copytree(out, args.keep / out.name,
+                                                    dirs_exist_ok=True)
+                                    r["kept"] = str(args.keep / out.name)
                                 rows.append(r)
                                 print(_row(r), flush=True)
         finally:
