@@ -60,3 +60,31 @@ def test_a_slice_request_reads_back_what_the_kernel_took():
         assert got["clamped"] == 0                  # the kernel made it 0.1 ms, not 10 ns
     else:
         assert got["slice"] == 0 and got["clamped"] == 0
+
+
+def test_a_slice_request_leaves_a_real_time_thread_real_time():
+    # A worker started under `chrt -f` (or --realtime) must stay SCHED_FIFO: a sched_setattr
+    # naming SCHED_OTHER would quietly demote it.
+    import os
+    import threading
+
+    import pytest
+
+    from cpbench.replaying.timer import request_slice
+    got: dict = {}
+
+    def ask() -> None:
+        try:
+            os.sched_setscheduler(0, os.SCHED_FIFO, os.sched_param(1))
+        except PermissionError:
+            got["skip"] = True
+            return
+        got["slice"] = request_slice(200_000)
+        got["policy"] = os.sched_getscheduler(0)
+
+    t = threading.Thread(target=ask)
+    t.start()
+    t.join()
+    if got.get("skip"):
+        pytest.skip("SCHED_FIFO needs root or CAP_SYS_NICE")
+    assert got == {"slice": 0, "policy": os.SCHED_FIFO}

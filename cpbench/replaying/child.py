@@ -161,9 +161,9 @@ def _work(cfg: dict, worker: int, ctl: Connection, emit) -> None:
         if problem is not None:
             emit("warning", f"worker {worker}: --realtime not granted ({problem}); running at "
                             "normal priority")
-    # A short time slice lets the worker's wake-ups preempt a busy process at once (not with
-    # SCHED_FIFO, which preempts anyway and which a sched_setattr would undo).
-    slice_ns = 0 if realtime else request_slice(WORKER_SLICE_NS)
+    # A short time slice lets the worker's wake-ups preempt a busy process at once (a
+    # real-time worker preempts anyway, and keeps its policy).
+    slice_ns = request_slice(WORKER_SLICE_NS)
     cpu0 = time.process_time()
     ctx0 = resource.getrusage(resource.RUSAGE_SELF).ru_nivcsw
     counters = loop.run_until_complete(disp.run(msg[1]))

@@ -91,21 +91,27 @@ def request_slice(slice_ns: int) -> int:
     """Ask the scheduler for a ``slice_ns`` time slice for the calling thread; returns
     ``slice_ns`` when the kernel took it, else 0.
 
-    Since Linux 6.12 a normal (SCHED_OTHER) thread may choose its EEVDF slice, 0.1 to 100 ms,
-    through ``sched_setattr``'s ``sched_runtime``, without privileges. A shorter slice means an
-    earlier virtual deadline, so a worker woken for a due send preempts a busy process at once
-    instead of waiting out that process's slice (1.4 ms by default on the 2-core machine where
-    this was measured). Measured there with 2 workers and nginx on the same cores, four
-    interleaved runs each: dispatch-lag p99 median at 32,000 chat req/s 1.15 -> 0.72 ms (runs
-    held 1 -> 3 of 4), at 36,000 1.20 -> 1.02 ms, embeddings at 36,000 1.01 -> 0.82 ms; at
-    4,000 chat req/s the wire's KS distance to the exponential 1.81-2.20x -> 0.77-1.43x the
-    ideal and lag p99 88-118 -> 69-74 us. An older kernel ignores the field for a normal thread, and
-    reads back its own slice or 0: either way, 0 here.
+    Since Linux 6.12 a normal (SCHED_OTHER or SCHED_BATCH) thread may choose its EEVDF slice,
+    0.1 to 100 ms, through ``sched_setattr``'s ``sched_runtime``, without privileges. A shorter
+    slice means an earlier virtual deadline, so a worker woken for a due send preempts a busy
+    process at once instead of waiting out that process's slice (1.4 ms by default on the
+    2-core machine where this was measured). Measured there with 2 workers and nginx on the
+    same cores, four interleaved runs each: dispatch-lag p99 median at 32,000 chat req/s 1.15
+    -> 0.72 ms (runs held 1 -> 3 of 4), at 36,000 1.20 -> 1.02 ms, embeddings at 36,000 1.01
+    -> 0.82 ms; at 4,000 chat req/s the wire's KS distance to the exponential 1.81-2.20x ->
+    0.77-1.43x the ideal and lag p99 88-118 -> 69-74 us.
+
+    A thread under any other policy (SCHED_FIFO from ``--realtime`` or ``chrt``, SCHED_IDLE) is
+    left as it is: the call would move it to the policy it names. An older kernel ignores the
+    field for a normal thread and reads back its own slice or 0: either way, 0 here.
     """
     if _LIBC is None or _SCHED_SETATTR is None:
         return 0
+    policy = os.sched_getscheduler(0)
+    if policy not in (os.SCHED_OTHER, os.SCHED_BATCH):
+        return 0
     attr = ctypes.create_string_buffer(
-        _SCHED_ATTR.pack(_SCHED_ATTR.size, 0, 0, os.getpriority(os.PRIO_PROCESS, 0), 0,
+        _SCHED_ATTR.pack(_SCHED_ATTR.size, policy, 0, os.getpriority(os.PRIO_PROCESS, 0), 0,
                          slice_ns, 0, 0, 0, 0), _SCHED_ATTR.size)
     if _LIBC.syscall(_SCHED_SETATTR, 0, attr, 0) != 0:
         return 0
