@@ -35,20 +35,25 @@ def _cpbench_with_few_fds(*argv) -> subprocess.CompletedProcess:
     return proc
 
 
-def _replay_with_few_fds(trace, out, url, *extra) -> subprocess.CompletedProcess:
-    return _cpbench_with_few_fds("replay", trace, "--url", url, "-o", out, "--workers", "1",
-                                 "--quiet", "--no-report", *extra)
+def _replay_delayed(tmp_path, n: int, delay_s: float, max_behind: str):
+    """``n`` chat requests 1 ms apart, each answered after ``delay_s``, replayed by one worker
+    with few descriptors; returns the finished process and the results directory."""
+    trace = write_table_trace(tmp_path / "t.arrow", [f"delay:{delay_s:g}"] * n, ["chat"] * n,
+                              1.0)
+    with FaultyServer() as server:
+        proc = _cpbench_with_few_fds("replay", trace, "--url", server.url, "-o",
+                                     tmp_path / "out", "--workers", "1", "--quiet",
+                                     "--no-report", "--max-behind", max_behind)
+    return proc, tmp_path / "out"
 
 
 def test_past_the_fd_limit_requests_wait_for_a_connection_and_none_fails(tmp_path):
     # 150 requests 1 ms apart, each answered after 0.5 s: 64 at a time fit, the rest go out as
     # answers free connections. Before, the 65th on failed with "Too many open files".
     n = 150
-    trace = write_table_trace(tmp_path / "t.arrow", ["delay:0.5"] * n, ["chat"] * n, 1.0)
-    with FaultyServer() as server:
-        proc = _replay_with_few_fds(trace, tmp_path / "out", server.url, "--max-behind", "0")
+    proc, out = _replay_delayed(tmp_path, n, 0.5, "0")
     assert proc.returncode == 0, proc.stderr
-    table, summary = read_run(tmp_path / "out")
+    table, summary = read_run(out)
     assert check_accounting(table, summary, n) == {None: n}
     sent = table.column("sent_ns").to_numpy()
     done = table.column("done_ns").to_numpy()
@@ -68,9 +73,7 @@ def test_a_client_that_stays_behind_stops_the_run_and_keeps_its_results(tmp_path
     # from 64 ms on, the waiting requests fall behind, and half a second past 0.1 s the run
     # stops. The 64 in flight finish in the grace period; nothing else was sent.
     n = 300
-    trace = write_table_trace(tmp_path / "t.arrow", ["delay:2"] * n, ["chat"] * n, 1.0)
-    with FaultyServer() as server:
-        proc = _replay_with_few_fds(trace, tmp_path / "out", server.url, "--max-behind", "0.1")
+    proc, out = _replay_delayed(tmp_path, n, 2.0, "0.1")
     assert proc.returncode == 4, proc.stderr
     lines = proc.stderr.strip().splitlines()
     assert len(lines) == 1, proc.stderr
@@ -79,8 +82,8 @@ def test_a_client_that_stays_behind_stops_the_run_and_keeps_its_results(tmp_path
     assert re.search(r"had sent 64 of the \d+ requests due, \d+ waiting for a connection, "
                      r"0 connects in progress, 64 connections open; 64 connections is all its "
                      r"open-file limit allows: raise it with `ulimit -n`\)", line), line
-    assert str(tmp_path / "out") in line
-    table, summary = read_run(tmp_path / "out")
+    assert str(out) in line
+    table, summary = read_run(out)
     assert check_accounting(table, summary) == {None: 64}
     assert sorted(table.column("row").to_pylist()) == list(range(64))
     run = summary["run"]
