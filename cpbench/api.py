@@ -328,6 +328,8 @@ def replay(trace: Trace | PathLike, url: str | None = None, **options: Any) -> R
     ------
     ConfigError
         An unknown option or a bad value. ``TargetError``: the target is unreachable.
+        ``ClientSaturated``: the client stayed more than ``max_behind_s`` behind its schedule
+        and stopped the run (what it sent is written).
 
     Notes
     -----
@@ -372,15 +374,17 @@ async def replay_async(trace: Trace | PathLike, url: str | None = None, **option
 # --- the CLI as a subprocess (threads, event loops) ----------------------------------------
 
 def _check_cli(command: str, status: int | None, stdout: bytes, stderr: bytes) -> None:
-    from cpbench.errors import CpbenchError, TargetError
+    from cpbench.errors import ClientSaturated, CpbenchError, TargetError
 
     if status == 0:
         return
     lines = stderr.decode("utf-8", "replace").strip().splitlines()
     message = (lines[-1] if lines else f"exited with status {status}")
     message = message.removeprefix("cpbench: error: ")
-    # The CLI's exit statuses: 2 bad input, 1 target trouble; anything else is passed on.
-    cls: type[CpbenchError] = {1: TargetError, 2: ConfigError}.get(status or 0, CpbenchError)
+    # The CLI's exit statuses: 2 bad input, 1 target trouble, 4 the client fell behind its
+    # schedule; anything else is passed on.
+    cls: type[CpbenchError] = {1: TargetError, 2: ConfigError, 4: ClientSaturated}.get(
+        status or 0, CpbenchError)
     error = cls(f"cpbench {command} exited with status {status}: {message}")
     error.exit_status = status or 1
     raise error

@@ -273,3 +273,17 @@ def test_replay_async_errors_and_cancellation(tmp_path):
     summary = api.Run(tmp_path / "c").summary
     assert summary["run"]["interrupted"] is True
     assert summary["requests"]["sent"] < 60  # 60 requests at 2/s take 30 s; cut after ~1 s
+
+
+def test_a_cli_exit_status_becomes_the_error_the_in_process_replay_raises():
+    # From a thread or an event loop the replay is a subprocess: its exit status maps back to
+    # the class run_replay raises in process, with the CLI's one line.
+    from cpbench.errors import ClientSaturated, CpbenchError, TargetError
+    line = b"cpbench: error: the client fell more than 1 s behind the schedule\n"
+    for status, cls in ((1, TargetError), (2, ConfigError), (4, ClientSaturated),
+                        (3, CpbenchError)):
+        with pytest.raises(cls) as info:
+            api._check_cli("replay", status, b"", line)
+        assert info.value.exit_status == status
+        assert str(info.value) == (f"cpbench replay exited with status {status}: the client "
+                                   f"fell more than 1 s behind the schedule")
