@@ -16,7 +16,7 @@ import sys
 
 import pytest
 
-from support import check_accounting, read_run, write_table_trace
+from support import check_accounting, read_run, run_cli, write_table_trace
 from support.faulty_server import FaultyServer
 
 pytestmark = pytest.mark.integration
@@ -92,6 +92,11 @@ def test_a_client_that_stays_behind_stops_the_run_and_keeps_its_results(tmp_path
     assert info["sent"] == 64 and info["waiting"] == info["due"] - 64 > 0
     assert 0.6e9 <= info["at_ns"] < 2e9 and info["behind_ns"] > 0.1e9
     assert summary["requests"]["scheduled"] == n
+    # The report says so where it gives the run's duration.
+    report = run_cli("report", out, "--markdown", out / "report.md")
+    assert report.returncode == 0, report.stderr
+    for name in ("report.html", "report.md"):
+        assert "STOPPED: the client fell behind its schedule" in (out / name).read_text()
 
 
 def test_a_sweep_marks_the_rates_the_client_cannot_send_and_never_passes_them(tmp_path):

@@ -24,6 +24,17 @@ class Table:
     note: str = ""
 
 
+def stopped_note(run_info: dict) -> str:
+    """What the header says after a run's duration when it stopped early, and why."""
+    if not run_info.get("interrupted"):
+        return ""
+    why = run_info.get("stop_reason")
+    if why == "client-saturated":
+        return (" — STOPPED: the client fell behind its schedule (--max-behind); what it sent "
+                "measures the client as much as the target")
+    return f" — interrupted ({why})" if why else " — interrupted"
+
+
 def fmt_ms(value) -> str:
     if not isinstance(value, (int, float)):
         return "–"
@@ -59,8 +70,7 @@ def run_facts_rows(run: RunData) -> list[tuple[str, str]]:
     rows = [("Trace", trace), ("Target", target),
             ("Policy", str(info.get("policy") or "–")),
             ("Started (UTC)", str(info.get("started_utc", "–"))),
-            ("Duration", f"{fmt_num(info.get('duration_s'), 1)} s"
-             + (" — interrupted" if info.get("interrupted") else "")),
+            ("Duration", f"{fmt_num(info.get('duration_s'), 1)} s" + stopped_note(info)),
             ("Requests", " · ".join(f"{k} {fmt_num(req.get(k))}" for k in
                                     ("scheduled", "sent", "completed", "errors", "warmup")
                                     if k in req)),
