@@ -376,8 +376,8 @@ async def replay_async(trace: Trace | PathLike, url: str | None = None, **option
 def _check_cli(command: str, status: int | None, stdout: bytes, stderr: bytes) -> None:
     from cpbench.errors import ClientSaturated, CpbenchError, TargetError
 
-    if status == 0:
-        return
+    if status == 0 or (command == "replay" and status == 130):
+        return      # 130: stopped by a signal, everything written, as run_replay returns then
     lines = stderr.decode("utf-8", "replace").strip().splitlines()
     message = (lines[-1] if lines else f"exited with status {status}")
     message = message.removeprefix("cpbench: error: ")

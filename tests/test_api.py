@@ -287,3 +287,6 @@ def test_a_cli_exit_status_becomes_the_error_the_in_process_replay_raises():
         assert info.value.exit_status == status
         assert str(info.value) == (f"cpbench replay exited with status {status}: the client "
                                    f"fell more than 1 s behind the schedule")
+    # A replay a signal stopped wrote everything and is marked interrupted: in process
+    # run_replay returns it, so the subprocess path returns it too.
+    assert api._check_cli("replay", 130, b"", b"") is None
