@@ -219,7 +219,8 @@ class RunningSummary:
     Parameters
     ----------
     slice_s : float
-        Timeslice length in seconds.
+        Timeslice length in seconds; a run longer than ``MAX_SLICES`` (2,048) of them doubles it
+        as often as needed (``summary.json`` says the length it got, ``timeslices.slice_s``).
     percentiles : sequence of float
         Percents in [0, 100] reported for every latency.
 
@@ -361,7 +362,9 @@ class RunningSummary:
         return by_class, by_kind
 
     def _timeslice_series(self) -> dict[str, Any]:
-        ts, slice_s = self._timeslices, self.slice_s
+        # The length in force: a series past MAX_SLICES slices has doubled it (coarsen).
+        ts = self._timeslices
+        slice_s = ts.slice_ns / 1e9
         counters = ts.counters()
         out: dict[str, Any] = {"slice_s": slice_s,
                                "t_s": [i * slice_s for i in range(ts.n_slices)]}

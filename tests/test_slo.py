@@ -108,6 +108,32 @@ rows_st = st.lists(st.tuples(st.integers(0, 5 * S), st.integers(0, 10**6),
 
 
 @settings(max_examples=60, deadline=None)
+@given(rows_st)
+def test_coarsening_equals_building_with_twice_the_slice(rows):
+    # Exact: counters and every per-slice histogram, as if the slices had been 2 S long.
+    assert _slices_from(rows).coarsen() == _slices_from(rows, 2 * S)
+    assert _slices_from(rows).coarsen().coarsen() == _slices_from(rows, 4 * S)
+
+
+def test_a_long_series_coarsens_itself_and_its_memory_stays_bounded():
+    from cpbench._core.slo import MAX_SLICES
+    # One request a second for 4 * MAX_SLICES seconds, fed in time order in batches: the
+    # series ends with 4 s slices, no more than MAX_SLICES of them, and holds exactly what a
+    # series built with 4 s slices from the start holds.
+    t = np.arange(4 * MAX_SLICES, dtype=np.int64) * S
+    cols = (t, t + 1_000, t + 50_000_000, t + 900_000_000, np.full(t.size, 7, np.int64),
+            np.ones(t.size, bool), np.zeros(t.size, bool), np.ones(t.size, bool))
+    grown = Timeslices(S)
+    for lo in range(0, t.size, 500):
+        grown.add_arrays(*(c[lo:lo + 500] for c in cols))
+    direct = Timeslices(4 * S)
+    direct.add_arrays(*cols)
+    assert grown.slice_ns == 4 * S and grown.n_slices <= MAX_SLICES
+    assert grown == direct
+    assert grown.counters()["sent"].sum() == t.size
+
+
+@settings(max_examples=60, deadline=None)
 @given(rows_st, rows_st)
 def test_timeslices_merge_equals_one_ingest_and_encode_roundtrips(a, b):
     merged = _slices_from(a).merge(_slices_from(b))
@@ -186,9 +212,12 @@ def test_timeslices_reject_bad_input_and_corrupt_blobs():
         Timeslices().percentile_series("itl", 50)
     with pytest.raises(ValueError, match="digits"):
         Timeslices(digits=4)
-    with pytest.raises(ValueError, match="longer slices"):
-        Timeslices(slice_ns=1).add_arrays([0, 10**9], [0, 10**9], [-1, -1], [-1, -1], [0, 0],
-                                          [False, False], [False, False], [False, False])
+    # 1 ns slices over a second would be 10^9 of them: the series lengthens its slices to
+    # 2^19 ns (the first power of two that covers a second in 2,048 slices) instead.
+    tiny = Timeslices(slice_ns=1)
+    tiny.add_arrays([0, 10**9], [0, 10**9], [-1, -1], [-1, -1], [0, 0],
+                    [False, False], [False, False], [False, False])
+    assert tiny.slice_ns == 2**19 and tiny.n_slices == 10**9 // 2**19 + 1
     blob = _slices_from([(0, 10, 2_000, 3_000, True, True, 1)]).encode()
     for cut in range(0, len(blob), 7):
         with pytest.raises(ValueError, match="timeslices|cpbench"):
@@ -200,7 +229,7 @@ def test_timeslices_reject_bad_input_and_corrupt_blobs():
 
 
 def test_one_hour_of_slices_stays_small():
-    # One hour at 1 s slices, 300 requests per second with lognormal latencies: the sparse
+    # One hour from 1 s slices, 300 requests per second with lognormal latencies: the sparse
     # per-slice histograms must keep the whole structure far below the 50 MB budget.
     rng = np.random.default_rng(11)
     n = 3600 * 300
@@ -210,6 +239,8 @@ def test_one_hour_of_slices_stays_small():
     t = Timeslices()
     t.add_arrays(intended, intended + rng.integers(0, 200_000, n), intended + lat // 4,
                  intended + lat, np.full(n, 100), ok, ~ok, lat < 2e8)
-    assert t.n_slices >= 3600   # completions of the last second land after it
+    # Past 2,048 slices the series went to 2 s slices; completions of the last seconds
+    # land after the hour.
+    assert t.slice_ns == 2 * S and t.n_slices >= 1800
     assert int(t.counters()["scheduled"].sum()) == n
     assert t.nbytes < 50 * 1024 * 1024

@@ -39,8 +39,11 @@ FIELDS = ("requests", "completed", "errors", "ttft_met", "e2e_met", "slo_met")
 COUNTER_NAMES = ("scheduled", "sent", "completed", "errors", "output_tokens", "slo_met",
                  "ended")
 METRICS = ("ttft", "e2e", "lag")
-# 23 days of 1 s slices; beyond that the dense per-slice counters would dwarf the data.
-MAX_SLICES = 2_000_000
+# A longer series doubles its slice length (Timeslices.coarsen): each slice holds sparse
+# histograms (5.6 kB a 1 s slice at 500 req/s), so memory would otherwise grow with the run's
+# length (10 MB per 30 minutes); 2,048 slices is 34 minutes of 1 s slices, and any run still
+# charts with 1,024 to 2,048 points.
+MAX_SLICES = 2048
 
 _SLO_MAGIC = b"CPBS"
 _TS_MAGIC = b"CPBT"
@@ -312,6 +315,10 @@ cdef class Timeslices:
     highest_ns : int
         Largest latency held per slice; larger ones go to an overflow slot that percentiles
         report as ``inf``.
+
+    Past ``MAX_SLICES`` slices the series doubles its slice length (:meth:`coarsen`) as
+    often as needed, so ``slice_ns`` is the length in force now, and memory stays bounded
+    however long the run.
     """
 
     cdef readonly int64_t slice_ns
@@ -369,9 +376,8 @@ cdef class Timeslices:
             raise ValueError(f"intended_ns must be >= 0 (run clock); got {intended.min()} at "
                              f"row {int(np.argmin(intended))}")
         last = max(int(intended.max()), int(cols[0].max()), int(cols[2].max()))
-        if last // self.slice_ns + 1 > MAX_SLICES:
-            raise ValueError(f"{last // self.slice_ns + 1} slices of {self.slice_ns} ns would "
-                             f"cover these times, more than {MAX_SLICES}; use longer slices")
+        while last // self.slice_ns + 1 > MAX_SLICES:
+            self.coarsen()
         self._grow(last // self.slice_ns + 1)
         keys = np.empty((3, n), np.int64)
         cdef int64_t n_keys[3]
@@ -418,6 +424,27 @@ cdef class Timeslices:
         indptr, bucket, count = self._hists[metric]
         slices = np.repeat(np.arange(indptr.size - 1, dtype=np.int64), np.diff(indptr))
         return slices * (self._layout.counts_len + 1) + bucket, count.astype(np.int64)
+
+    def coarsen(self):
+        """Double the slice length in place: slices 2i and 2i + 1 become slice i (counters add,
+        histograms merge). The result equals what a series built with twice the slice length
+        from the same requests holds. Returns self."""
+        n = self.n_slices
+        m = (n + 1) // 2
+        padded = np.pad(self._counters, ((0, 0), (0, 2 * m - n)))
+        self._counters = padded.reshape(padded.shape[0], m, 2).sum(axis=2)
+        stride = self._layout.counts_len + 1
+        for metric in METRICS:
+            keys, counts = self._composite(metric)
+            keys = (keys // stride // 2) * stride + keys % stride
+            uniq, inverse = np.unique(keys, return_inverse=True)
+            summed = np.zeros(uniq.size, np.int64)
+            np.add.at(summed, inverse, counts)
+            indptr = np.concatenate([[0], np.cumsum(np.bincount(uniq // stride, minlength=m))])
+            self._hists[metric] = (indptr.astype(np.int64), (uniq % stride).astype(np.uint16),
+                                   summed.astype(np.uint32))
+        self.slice_ns *= 2
+        return self
 
     def counters(self):
         """Per-slice series: ``scheduled``, ``sent``, ``completed``, ``errors``,

@@ -170,8 +170,9 @@ def _timeslices(c: dict[str, Any], slice_s: float) -> dict[str, Any]:
     except ValueError as exc:
         raise ConfigError(f"results table cannot be sliced in time: {exc}") from None
     counters = ts.counters()
-    out: dict[str, Any] = {"slice_s": float(slice_s),
-                           "t_s": [i * float(slice_s) for i in range(ts.n_slices)]}
+    slice_s = ts.slice_ns / 1e9         # the length in force: a long series doubles it
+    out: dict[str, Any] = {"slice_s": slice_s,
+                           "t_s": [i * slice_s for i in range(ts.n_slices)]}
     for name in ("scheduled", "sent", "completed", "errors", "output_tokens", "in_flight",
                  "slo_met"):
         out[name] = [int(v) for v in counters[name]]
