@@ -219,7 +219,7 @@ class RunningSummary:
     Parameters
     ----------
     slice_s : float
-        Timeslice length in seconds; a run longer than ``MAX_SLICES`` (2,048) of them doubles it
+        Timeslice length in seconds; a run longer than ``MAX_SLICES`` (1,024) of them doubles it
         as often as needed (``summary.json`` says the length it got, ``timeslices.slice_s``).
     percentiles : sequence of float
         Percents in [0, 100] reported for every latency.

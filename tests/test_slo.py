@@ -213,11 +213,11 @@ def test_timeslices_reject_bad_input_and_corrupt_blobs():
     with pytest.raises(ValueError, match="digits"):
         Timeslices(digits=4)
     # 1 ns slices over a second would be 10^9 of them: the series lengthens its slices to
-    # 2^19 ns (the first power of two that covers a second in 2,048 slices) instead.
+    # 2^20 ns (the first power of two that covers a second in 1,024 slices) instead.
     tiny = Timeslices(slice_ns=1)
     tiny.add_arrays([0, 10**9], [0, 10**9], [-1, -1], [-1, -1], [0, 0],
                     [False, False], [False, False], [False, False])
-    assert tiny.slice_ns == 2**19 and tiny.n_slices == 10**9 // 2**19 + 1
+    assert tiny.slice_ns == 2**20 and tiny.n_slices == 10**9 // 2**20 + 1
     blob = _slices_from([(0, 10, 2_000, 3_000, True, True, 1)]).encode()
     for cut in range(0, len(blob), 7):
         with pytest.raises(ValueError, match="timeslices|cpbench"):
@@ -239,8 +239,8 @@ def test_one_hour_of_slices_stays_small():
     t = Timeslices()
     t.add_arrays(intended, intended + rng.integers(0, 200_000, n), intended + lat // 4,
                  intended + lat, np.full(n, 100), ok, ~ok, lat < 2e8)
-    # Past 2,048 slices the series went to 2 s slices; completions of the last seconds
-    # land after the hour.
-    assert t.slice_ns == 2 * S and t.n_slices >= 1800
+    # Past 1,024 slices the series doubled its slices twice, to 4 s; completions of the last
+    # seconds land after the hour.
+    assert t.slice_ns == 4 * S and t.n_slices >= 900
     assert int(t.counters()["scheduled"].sum()) == n
     assert t.nbytes < 50 * 1024 * 1024

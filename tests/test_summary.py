@@ -228,11 +228,11 @@ def test_bad_results_raise_config_error():
     broken = ROWS[:1] + [row("chat", "LOW", 100, 900, 500, 2_000, 1)]   # first token < sent
     with pytest.raises(ConfigError, match="negative"):
         summarize(results_table(broken), run=RUN)
-    # 1 ns slices over 3 s would be 3 * 10^9 of them: the series takes 2^21 ns slices instead
-    # (the first power of two under which 3 s fits in 2,048), and says so.
+    # 1 ns slices over 3 s would be 3 * 10^9 of them: the series takes 2^22 ns slices instead
+    # (the first power of two under which 3 s fits in 1,024), and says so.
     tiny = summarize(results_table([row("chat", "HIGH", 0, 0, 5_000, 3 * 10**9, 1)]), run=RUN,
                      slice_s=1e-9)["timeslices"]
-    assert tiny["slice_s"] == 2**21 / 1e9 and len(tiny["t_s"]) == 3 * 10**9 // 2**21 + 1
+    assert tiny["slice_s"] == 2**22 / 1e9 and len(tiny["t_s"]) == 3 * 10**9 // 2**22 + 1
     with pytest.raises(ConfigError, match="slice_s"):
         summarize(results_table(ROWS), run=RUN, slice_s=0)
     with pytest.raises(ConfigError, match="percentiles"):

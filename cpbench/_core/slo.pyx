@@ -41,9 +41,9 @@ COUNTER_NAMES = ("scheduled", "sent", "completed", "errors", "output_tokens", "s
 METRICS = ("ttft", "e2e", "lag")
 # A longer series doubles its slice length (Timeslices.coarsen): each slice holds sparse
 # histograms (5.6 kB a 1 s slice at 500 req/s), so memory would otherwise grow with the run's
-# length (10 MB per 30 minutes); 2,048 slices is 34 minutes of 1 s slices, and any run still
-# charts with 1,024 to 2,048 points.
-MAX_SLICES = 2048
+# length (10 MB per 30 minutes); 1,024 slices is 17 minutes of 1 s slices, and any run still
+# charts with 512 to 1,024 points (a chart is about 1,000 pixels wide).
+MAX_SLICES = 1024
 
 _SLO_MAGIC = b"CPBS"
 _TS_MAGIC = b"CPBT"
