@@ -28,8 +28,8 @@ What they write (beside one result directory per run and ``report.html``/``repor
   ``probe_s``, ``points[]`` (per rate: ``rate_rps``, ``rate_scale``, ``dir``, the metrics
   above and ``steady.ProbeHealth``: ``window_s``, ``median_e2e_ms``, ``keep_up_pct``,
   ``too_short``; ``client_saturated``, the one-line reason when the client could not send
-  at that rate and stopped the probe, else null) and ``knee`` (``knee_rps``, ``low_rps``, ``high_rps``, ``converged``,
-  ``probes[]`` of ``rate_rps``/``value_pct``/``passed``, ``note``, ``criterion``); the throughput
+  at that rate and stopped the probe, else null) and ``knee`` (``knee_rps``, ``low_rps``,
+  ``high_rps``, ``converged``, ``probes[]`` of ``rate_rps``/``value_pct``/``passed``, ``note``, ``criterion``); the throughput
   experiment nests one such record per policy under ``policies`` and answers
   ``knee_rps`` per policy and ``best_policy``; mixed_ratio lists ``points[]`` per LLM ratio.
 """

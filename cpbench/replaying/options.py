@@ -356,7 +356,8 @@ def add_arguments(parser: argparse.ArgumentParser | argparse._ArgumentGroup, *,
 # replays; the rest (target, output, policy, report, Ray) each command sets itself.
 PER_RUN_OPTIONS: tuple[str, ...] = (
     "speed", "duration_s", "warmup", "timeout_s", "workers", "connections", "hints",
-    "max_error_ratio", "max_behind_s", "grace_s", "realtime", "spin_us", "metrics_urls", "monitor", "stream")
+    "max_error_ratio", "max_behind_s", "grace_s", "realtime", "spin_us", "metrics_urls",
+    "monitor", "stream")
 
 
 def given(ns: argparse.Namespace, names: Sequence[str] = PER_RUN_OPTIONS) -> dict[str, Any]:
