@@ -35,6 +35,8 @@ class OutputError(CpbenchError, OSError):
 
 class ClientSaturated(CpbenchError):
     """The client stayed more than ``--max-behind`` behind its schedule and stopped the run:
-    it cannot send this trace at this rate. Everything up to the stop is written."""
+    it cannot send this trace at this rate. Everything up to the stop is written, with
+    ``run.stop_reason`` set to :attr:`stop_reason`."""
 
     exit_status = 4
+    stop_reason = "client-saturated"

@@ -238,7 +238,6 @@ class RunningSummary:
                               f"{list(self.percentiles)}")
         if not (slice_s > 0 and math.isfinite(slice_s)):
             raise ConfigError(f"slice_s must be a positive number of seconds; got {slice_s!r}")
-        self.slice_s = float(slice_s)
         self._timeslices = Timeslices(slice_ns=max(1, round(slice_s * 1e9)))
         self._slo = SloCounters(KINDS, PRIORITIES)
         self._latency = {name: Histogram(lowest_ns=1_000) for name in LATENCIES}

@@ -271,8 +271,8 @@ def print_sweep(result: dict, stdout: TextIO | None = None) -> None:
     rows = []
     for p in result["points"]:
         value = p.get(metric)
-        passed = value is not None and value >= target and not p.get("too_short")
-        passed = passed and not p.get("client_saturated")
+        passed = (value is not None and value >= target and not p.get("too_short")
+                  and not p.get("client_saturated"))
         rows.append([_fmt(p["rate_rps"], 2), _fmt(p["slo_attainment_pct"]),
                      _fmt(p.get("keep_up_pct")), _fmt(p["ttft_from_intended_p99_ms"]),
                      _fmt(p["e2e_from_intended_p99_ms"]),

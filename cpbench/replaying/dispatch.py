@@ -123,7 +123,6 @@ class Dispatcher:
         self.emfile = 0             # connects refused by the open-file limit
         self.idle_closed = 0        # idle connections above the floor closed (trim_idle)
         self.behind_max_ns = 0      # the furthest behind the schedule the client fell
-        self.saturated: dict | None = None     # why it stopped itself (_check_behind)
         self._behind_since = None   # loop time it went over max_behind_ns, None when under
         self._tasks: set[asyncio.Task] = set()
         self._sending: asyncio.Future | None = None     # done when the schedule is
@@ -363,15 +362,15 @@ class Dispatcher:
         if self._behind_since is None:
             self._behind_since = t
         elif t - self._behind_since >= BEHIND_HOLD_S:
-            self.saturated = {"at_ns": now_ns - self.recorder.start_ns, "behind_ns": behind,
-                              "sent": self.sent, "due": self.due_count(now_ns),
-                              "waiting": len(self.waiting), "opening": self.sender.opening,
-                              "open_connections": len(self.idle) + len(self.busy),
-                              "connection_limit": self.sender.connections_max}
-            self.emit("saturated", self.saturated)
+            self.emit("saturated", {
+                "at_ns": now_ns - self.recorder.start_ns, "behind_ns": behind,
+                "sent": self.sent, "due": self._due_count(now_ns), "waiting": len(self.waiting),
+                "opening": self.sender.opening,
+                "open_connections": len(self.idle) + len(self.busy),
+                "connection_limit": self.sender.connections_max})
             self.stop()
 
-    def due_count(self, now_ns: int) -> int:
+    def _due_count(self, now_ns: int) -> int:
         """Rows of this worker's plan due by ``now_ns`` (absolute monotonic ns)."""
         return int(np.searchsorted(self.plan.intended_ns, now_ns - self.recorder.start_ns,
                                    side="right"))

@@ -232,7 +232,7 @@ def _run(run: dict, url: str, sim: EmbeddedSim | None, out: Path, o: ReplayOptio
                 stop["why"] = "max-error-ratio"
                 pool.stop()
             if pool.saturated and stop["why"] is None:
-                stop["why"] = "client-saturated"       # one worker stopped itself: all stop
+                stop["why"] = ClientSaturated.stop_reason     # one worker stopped: all stop
                 pool.stop()
             if show and time.monotonic() >= next_show:
                 progress_line(tot, start_ns, intended_ns)
@@ -297,7 +297,7 @@ def _run(run: dict, url: str, sim: EmbeddedSim | None, out: Path, o: ReplayOptio
         raise ErrorRatioExceeded(f"{tot['errors']} of {tot['done']} requests failed, more "
                                  f"than --max-error-ratio {o.max_error_ratio}; results "
                                  f"are in {out}")
-    if stop["why"] == "client-saturated":
+    if stop["why"] == ClientSaturated.stop_reason:
         raise ClientSaturated(saturation_message(pool.saturated, o.max_behind_s, out))
     warn_failures(summary, tot, out)
     return out

@@ -8,6 +8,7 @@ from __future__ import annotations
 from dataclasses import dataclass
 
 from cpbench.calibration import calibration_fact, calibration_warnings
+from cpbench.errors import ClientSaturated
 from cpbench.reporting.load import RunData, attainment_pct, llm_share, run_facts
 
 SUMMARY_PERCENTS = ("p50", "p90", "p95", "p99", "p99.9")
@@ -29,7 +30,7 @@ def stopped_note(run_info: dict) -> str:
     if not run_info.get("interrupted"):
         return ""
     why = run_info.get("stop_reason")
-    if why == "client-saturated":
+    if why == ClientSaturated.stop_reason:
         return (" — STOPPED: the client fell behind its schedule (--max-behind); what it sent "
                 "measures the client as much as the target")
     return f" — interrupted ({why})" if why else " — interrupted"
