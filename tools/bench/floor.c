@@ -1,0 +1,249 @@
+/* The host's floor for an open-loop HTTP/1.1 sender: what one thread of C pays per request.
+ *
+ * tools/bench_floor.py builds and runs this beside `cpbench replay` (same nginx, same request
+ * bytes, same Poisson rate) so the dispatcher's CPU per request and dispatch lag have a
+ * reference that has no Python and no event-loop library in it: one epoll, one timerfd armed
+ * at the next send's absolute time (how cpbench's dispatcher waits), keep-alive connections
+ * opened before the start, the requests due at a wake-up written whole, and the answer read
+ * until its Content-Length or chunked terminator. What this program pays is what the kernel
+ * and the host charge for the sleep, the wake-up and the two syscalls a request needs.
+ *
+ *   floor HOST PORT SCHEDULE_FILE REQUEST_FILE CONNECTIONS OUT_FILE [START_NS]
+ *
+ * SCHEDULE_FILE holds the send offsets (int64 ns from the start, ascending: a trace's
+ * arrival_ns); REQUEST_FILE the bytes of one request, sent every time. The offsets count
+ * from START_NS (CLOCK_MONOTONIC), which lets several processes share one schedule; without
+ * it, from 20 ms after the pool is open. Writes to OUT_FILE the
+ * intended and sent times (int64 ns, CLOCK_MONOTONIC), request by request, and prints one
+ * JSON line: requests, answers, errors, cpu_s (user + system from before the pool opens to
+ * the last answer), connections.
+ */
+#define _GNU_SOURCE
+#include <arpa/inet.h>
+#include <errno.h>
+#include <fcntl.h>
+#include <netinet/in.h>
+#include <netinet/tcp.h>
+#include <stdint.h>
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+#include <sys/epoll.h>
+#include <sys/prctl.h>
+#include <sys/syscall.h>
+#include <sys/resource.h>
+#include <sys/socket.h>
+#include <sys/timerfd.h>
+#include <time.h>
+#include <unistd.h>
+
+#define MAX_CONNS 16384
+#define READ_BUF 262144
+#define HEAD_MAX 2048
+
+typedef struct {
+    int fd;
+    int busy;
+    char head[HEAD_MAX + 1]; /* the answer's head, gathered until its blank line */
+    long head_n;            /* bytes of it so far; -1 once the head is parsed */
+    long body_left;         /* Content-Length bytes still to come */
+    int chunked;
+    char tail[5];           /* the last body bytes, to find the chunked terminator across reads */
+} conn_t;
+
+static conn_t conns[MAX_CONNS];
+static int nconns, *idle, nidle;
+static struct sockaddr_in addr;
+static int ep;
+
+static int64_t now_ns(void) {
+    struct timespec ts;
+    clock_gettime(CLOCK_MONOTONIC, &ts);
+    return (int64_t)ts.tv_sec * 1000000000LL + ts.tv_nsec;
+}
+
+static double cpu_s(void) {
+    struct rusage u;
+    getrusage(RUSAGE_SELF, &u);
+    return u.ru_utime.tv_sec + u.ru_utime.tv_usec / 1e6 + u.ru_stime.tv_sec
+           + u.ru_stime.tv_usec / 1e6;
+}
+
+/* What cpbench's worker asks of the kernel before it starts (cpbench/replaying/timer.py):
+ * 1 ns timer slack, so the timerfd fires when armed rather than up to 50 µs later, and a
+ * 0.1 ms scheduler slice (sched_setattr's sched_runtime under EEVDF; ignored before 6.6). */
+struct sched_attr_v0 {
+    uint32_t size, sched_policy;
+    uint64_t sched_flags;
+    int32_t sched_nice;
+    uint32_t sched_priority;
+    uint64_t sched_runtime, sched_deadline, sched_period;
+};
+
+static void as_cpbench_worker(void) {
+    prctl(PR_SET_TIMERSLACK, 1, 0, 0, 0);
+    struct sched_attr_v0 a = {0};
+    if (syscall(SYS_sched_getattr, 0, &a, sizeof a, 0) == 0 && a.sched_policy == 0) {
+        a.size = sizeof a;
+        a.sched_runtime = 100000;
+        syscall(SYS_sched_setattr, 0, &a, 0);
+    }
+}
+
+static int open_conn(void) {
+    int fd = socket(AF_INET, SOCK_STREAM, 0), one = 1;
+    if (fd < 0 || connect(fd, (struct sockaddr*)&addr, sizeof addr) != 0 || nconns >= MAX_CONNS)
+        return -1;
+    setsockopt(fd, IPPROTO_TCP, TCP_NODELAY, &one, sizeof one);
+    /* non-blocking after the connect: reads stop at EAGAIN */
+    if (fcntl(fd, F_SETFL, fcntl(fd, F_GETFL) | O_NONBLOCK) != 0) return -1;
+    int i = nconns++;
+    conns[i].fd = fd;
+    conns[i].busy = 0;
+    struct epoll_event ev = {.events = EPOLLIN, .data.u64 = (uint64_t)i + 1};
+    epoll_ctl(ep, EPOLL_CTL_ADD, fd, &ev);
+    idle[nidle++] = i;
+    return i;
+}
+
+/* Feed one read of an answer to its connection; 1 when the answer is complete. The head is
+ * gathered until its blank line, then the body is counted against Content-Length, or
+ * scanned for the chunked terminator "0\r\n\r\n" (the only two framings a server uses for
+ * these answers; a body that ends with the close is not used by nginx or cpbench's sim). */
+static int feed(conn_t* c, const char* data, long n) {
+    if (c->head_n >= 0) {
+        long take = n < HEAD_MAX - c->head_n ? n : HEAD_MAX - c->head_n;
+        memcpy(c->head + c->head_n, data, take);
+        long had = c->head_n;
+        c->head_n += take;
+        c->head[c->head_n] = 0;
+        const char* end = memmem(c->head, c->head_n, "\r\n\r\n", 4);
+        if (end == NULL) return 0;           /* (a head over HEAD_MAX never completes) */
+        long head_len = end + 4 - c->head;
+        const char* cl = strcasestr(c->head, "\r\ncontent-length:");
+        c->chunked = cl == NULL || cl > end;
+        c->body_left = c->chunked ? 0 : strtol(cl + 17, NULL, 10);
+        c->head_n = -1;
+        data += head_len - had;              /* the body bytes of this read */
+        n -= head_len - had;
+    }
+    if (!c->chunked) {
+        c->body_left -= n;
+        return c->body_left <= 0;
+    }
+    if (n <= 0) return 0;
+    long keep = n < 5 ? n : 5;
+    memmove(c->tail, c->tail + keep, 5 - keep);
+    memcpy(c->tail + 5 - keep, data + n - keep, keep);
+    return memcmp(c->tail, "0\r\n\r\n", 5) == 0;
+}
+
+int main(int argc, char** argv) {
+    if (argc != 7 && argc != 8) {
+        fprintf(stderr, "usage: floor HOST PORT SCHEDULE_FILE REQUEST_FILE CONNECTIONS OUT "
+                "[START_NS]\n");
+        return 2;
+    }
+    static char req[1 << 20];
+    long req_n = 0, total = 0;
+    int64_t* intended = NULL;
+    FILE* f = fopen(argv[4], "rb");
+    if (f != NULL) {
+        req_n = fread(req, 1, sizeof req, f);
+        fclose(f);
+    }
+    if ((f = fopen(argv[3], "rb")) != NULL) {
+        fseek(f, 0, SEEK_END);
+        total = ftell(f) / (long)sizeof(int64_t);
+        fseek(f, 0, SEEK_SET);
+        intended = malloc((total + 1) * sizeof(int64_t));
+        total = (long)fread(intended, sizeof(int64_t), total, f);
+        fclose(f);
+    }
+    if (req_n <= 0 || total <= 0) {
+        fprintf(stderr, "floor: cannot read %s or %s (or one is empty)\n", argv[3], argv[4]);
+        return 2;
+    }
+    int want_conns = atoi(argv[5]);
+    addr.sin_family = AF_INET;
+    addr.sin_port = htons(atoi(argv[2]));
+    inet_pton(AF_INET, argv[1], &addr.sin_addr);
+    int64_t* sent = malloc(total * sizeof(int64_t));
+    idle = malloc(MAX_CONNS * sizeof(int));
+
+    as_cpbench_worker();
+    ep = epoll_create1(0);
+    int tfd = timerfd_create(CLOCK_MONOTONIC, 0);
+    struct epoll_event tev = {.events = EPOLLIN, .data.u64 = 0};
+    epoll_ctl(ep, EPOLL_CTL_ADD, tfd, &tev);
+    double cpu0 = cpu_s();
+    for (int i = 0; i < want_conns; i++)
+        if (open_conn() < 0) { perror("connect"); return 1; }
+
+    int64_t start = argc == 8 ? strtoll(argv[7], NULL, 10) : now_ns() + 20000000;
+    for (long i = 0; i < total; i++) intended[i] += start;
+    long next = 0, answered = 0, errors = 0;
+    static char buf[READ_BUF];
+    struct itimerspec arm = {0};
+    arm.it_value.tv_sec = intended[0] / 1000000000LL;
+    arm.it_value.tv_nsec = intended[0] % 1000000000LL;
+    timerfd_settime(tfd, TFD_TIMER_ABSTIME, &arm, NULL);
+    int64_t give_up = intended[total - 1] + 5000000000LL;
+    struct epoll_event evs[256];
+    while (answered + errors < total && now_ns() < give_up) {
+        int k = epoll_wait(ep, evs, 256, 1000);
+        for (int e = 0; e < k; e++) {
+            if (evs[e].data.u64 == 0) {                 /* the timer: send what is due */
+                /* No read of the expiry count: re-arming (or disarming) resets it, as in
+                 * cpbench's Sender.on_timer. */
+                int64_t now = now_ns();
+                while (next < total && intended[next] <= now) {
+                    int i = nidle > 0 ? idle[--nidle] : -1;
+                    if (i < 0 && (i = open_conn()) >= 0) nidle--;
+                    if (i < 0) { errors++; sent[next++] = now; continue; }
+                    conn_t* c = &conns[i];
+                    c->busy = 1;
+                    c->head_n = 0;
+                    memset(c->tail, 0, sizeof c->tail);
+                    sent[next] = now_ns();
+                    if (write(c->fd, req, req_n) != req_n) errors++;
+                    next++;
+                    /* `now` is not read again: like cpbench's Sender.send_due, a row that
+                     * fell due during these writes waits for the next turn of the loop
+                     * (sending it at once would shorten its gap by the wake-up latency) */
+                }
+                int64_t at = next < total ? intended[next] : 0;     /* 0: disarm */
+                arm.it_value.tv_sec = at / 1000000000LL;
+                arm.it_value.tv_nsec = at % 1000000000LL;
+                timerfd_settime(tfd, TFD_TIMER_ABSTIME, &arm, NULL);
+                continue;
+            }
+            int i = (int)evs[e].data.u64 - 1;
+            conn_t* c = &conns[i];
+            long r = read(c->fd, buf, sizeof buf);
+            if (r <= 0) {
+                if (r < 0 && errno == EAGAIN) continue;
+                epoll_ctl(ep, EPOLL_CTL_DEL, c->fd, NULL);
+                close(c->fd);
+                if (c->busy) errors++;
+                c->busy = 0;
+                continue;
+            }
+            int done = c->busy && feed(c, buf, r);
+            if (done) {
+                c->busy = 0;
+                answered++;
+                idle[nidle++] = i;
+            }
+        }
+    }
+    double cpu = cpu_s() - cpu0;
+    FILE* out = fopen(argv[6], "wb");
+    if (out == NULL) { perror(argv[6]); return 2; }
+    fwrite(intended, sizeof(int64_t), next, out);
+    fwrite(sent, sizeof(int64_t), next, out);
+    fclose(out);
+    printf("{\"requests\": %ld, \"answers\": %ld, \"errors\": %ld, \"cpu_s\": %.6f, "
+           "\"connections\": %d}\n", next, answered, errors, cpu, nconns);
+    return 0;
+}

@@ -1,0 +1,216 @@
+"""The host's floor beside cpbench: CPU per request, dispatch lag and send-gap KS distance of a
+minimal C sender, measured interleaved with ``cpbench replay``.
+
+Part of what a replayed request costs is not the dispatcher's to remove: the sleep until the
+send is due, the wake-up, the ``write`` (on loopback it also runs the server's side of TCP)
+and the ``read``. ``tools/bench/floor.c`` does only those things, the way cpbench's worker
+does them: one thread, one epoll, a timerfd armed at the next send's absolute time (1 ns timer
+slack and the 0.1 ms scheduler slice a worker asks for), keep-alive connections opened before
+the start, the rows due at a wake-up written whole (a row that falls due meanwhile waits for
+the next turn, as in ``Sender.send_due``), each answer read to its end. It has no results, no
+summary and no parent process. Point by point it runs beside cpbench: the same nginx, the
+same arrivals (the trace's ``arrival_ns``), the same request bytes (row 0 rendered by
+cpbench's own renderer with replay's default options), and with ``--workers N`` N processes
+that each take every N-th arrival from one shared start, as cpbench splits a plan.
+
+    python tools/bench_floor.py                              # chat and embeddings, 4,000 req/s
+    python tools/bench_floor.py --bodies both --repeats 3    # also 1,000-token chat, 16 x 128
+    python tools/bench_floor.py --rates 8000 --workers 2     # the fidelity ladder's top
+
+Per run it prints for the floor and for cpbench: CPU µs per request (cpbench's is its workers'
+plus its parent's, as ``tools/bench_replay.py`` reports it), lag p50/p99 in µs (sent −
+intended), the KS distance of the send stamps' gaps to the exponential beside the schedule's
+own (the ideal for that n), and cpbench's CPU over the floor's; then medians over repeats.
+What the floor cannot reach on a host, no dispatcher built this way reaches there. Needs
+``cc`` and nginx (``tools/bench/start_nginx.sh``).
+"""
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import signal
+import subprocess
+import sys
+import tempfile
+import time
+from pathlib import Path
+
+import numpy as np
+
+HERE = Path(__file__).resolve().parent
+sys.path.insert(0, str(HERE))
+
+from bench_replay import (BATCH_PATH, SEED, exp_ks, make_realistic_trace, make_trace,  # noqa: E402
+                          measure, start_nginx, write_batch_answer)
+
+
+def build_floor(folder: Path) -> Path:
+    """Compile tools/bench/floor.c into ``folder``."""
+    exe = folder / "floor"
+    subprocess.run(["cc", "-O2", "-Wall", "-o", str(exe), str(HERE / "bench" / "floor.c")],
+                   check=True)
+    return exe
+
+
+def request_bytes(trace: Path, url: str) -> bytes:
+    """Row 0 of ``trace`` exactly as ``cpbench replay --url URL`` sends it with its default
+    options: the plan and the compiled renderer a worker uses (tests/test_bench_floor.py
+    checks these bytes against what a replay sent)."""
+    from cpbench.replaying.dispatch import _Columns
+    from cpbench.replaying.options import ReplayOptions
+    from cpbench.replaying.plan import COLUMNS
+    from cpbench.replaying.planning import build_plan, select_rows
+    from cpbench.replaying.wire import Target, renderer
+    from cpbench.trace import read_trace
+
+    table = read_trace(trace)
+    plan = build_plan(table, select_rows(table), 0, 1)
+    col = _Columns(plan)
+    defaults = ReplayOptions()
+    render = renderer({name: getattr(col, name) for name in COLUMNS}, col.prompts,
+                      col.messages, plan.models, hints=defaults.hints, stream=defaults.stream,
+                      target=Target.from_url(url))
+    return render.render(0)
+
+
+def run_floor(exe: Path, port: int, trace: Path, request: Path, connections: int,
+              out: Path, workers: int = 1) -> dict:
+    """Send ``request`` to 127.0.0.1:``port`` at ``trace``'s arrival times with the C sender
+    (the same arrivals cpbench replays), over ``connections`` keep-alive connections per
+    process. With ``workers`` > 1, that many processes run at once, each with every
+    ``workers``-th arrival (cpbench's split of a plan between its workers)."""
+    from cpbench.trace import read_trace
+    arrivals = np.sort(read_trace(trace).column("arrival_ns").to_numpy()).astype(np.int64)
+    start_ns = time.monotonic_ns() + 300_000_000      # one schedule: every process's pool is open
+    procs = []
+    for w in range(workers):
+        schedule = out.with_suffix(f".{w}.schedule")
+        arrivals[w::workers].tofile(schedule)
+        procs.append(subprocess.Popen([str(exe), "127.0.0.1", str(port), str(schedule),
+                                       str(request), str(connections), f"{out}.{w}",
+                                       str(start_ns)],
+                                      stdout=subprocess.PIPE, text=True))
+    results = []
+    for w, proc in enumerate(procs):
+        stdout, _ = proc.communicate(timeout=600)
+        if proc.returncode:
+            raise RuntimeError(f"floor process {w} exited {proc.returncode}")
+        results.append(json.loads(stdout))
+    intended, sent = [], []
+    for w in range(workers):
+        times = np.fromfile(f"{out}.{w}", dtype=np.int64)
+        intended.append(times[:len(times) // 2])
+        sent.append(times[len(times) // 2:])
+    intended, sent = np.concatenate(intended), np.concatenate(sent)
+    lag_us = (sent - intended) / 1e3
+    n = sum(r["requests"] for r in results)
+    return {"requests": n, "errors": sum(r["errors"] for r in results),
+            "answers": sum(r["answers"] for r in results),
+            "connections": sum(r["connections"] for r in results),
+            "cpu_us_per_request": sum(r["cpu_s"] for r in results) / n * 1e6,
+            "lag_p50_us": float(np.percentile(lag_us, 50)),
+            "lag_p99_us": float(np.percentile(lag_us, 99)),
+            "trace_ks": exp_ks(np.diff(arrivals).astype(np.float64)),
+            "sent_ks": exp_ks(np.diff(np.sort(sent)).astype(np.float64))}
+
+
+def run_cpbench(trace: Path, out: Path, url: str, workers: int) -> dict:
+    from cpbench.results import read_results
+    r = measure(trace, out, url, workers=workers, loop="uvloop")
+    res = read_results(out / "results.arrow")
+    sent = np.sort(res.column("sent_ns").to_numpy())
+    return {"requests": r["requests"], "errors": r["errors"], "connections": r["connections"],
+            "cpu_us_per_request": r["cpu_us_per_request"],
+            "lag_p50_us": r["lag_p50_ms"] * 1e3, "lag_p99_us": r["lag_p99_ms"] * 1e3,
+            "trace_ks": r["trace_ks"], "sent_ks": exp_ks(np.diff(sent).astype(np.float64))}
+
+
+HEADER = (f"{'kind':<16}{'rate':>7}{'who':>9}{'requests':>10}{'errors':>7}{'conns':>7}"
+          f"{'cpu us/req':>11}{'lag p50 us':>11}{'lag p99 us':>11}{'sent KS':>9}{'ideal':>8}"
+          f"{'cpu ratio':>10}")
+
+
+def line(kind: str, rate: float, who: str, r: dict, ratio: float | None) -> str:
+    return (f"{kind:<16}{rate:>7g}{who:>9}{r['requests']:>10}{r['errors']:>7}"
+            f"{r['connections']:>7}{r['cpu_us_per_request']:>11.1f}{r['lag_p50_us']:>11.1f}"
+            f"{r['lag_p99_us']:>11.1f}{r['sent_ks']:>9.4f}{r['trace_ks']:>8.4f}"
+            + (f"{ratio:>10.2f}" if ratio is not None else ""))
+
+
+def main(argv: list[str] | None = None) -> int:
+    ap = argparse.ArgumentParser(description=__doc__.split("\n")[0])
+    ap.add_argument("--kinds", default="chat,embedding")
+    ap.add_argument("--rates", default="4000")
+    ap.add_argument("--seconds", type=float, default=4.0)
+    ap.add_argument("--repeats", type=int, default=3)
+    ap.add_argument("--workers", type=int, default=1,
+                    help="cpbench workers, and C sender processes beside them (each with "
+                         "every N-th arrival)")
+    ap.add_argument("--bodies", default="small", choices=("small", "realistic", "both"))
+    ap.add_argument("-o", "--output", type=Path, default=Path("bench_floor.json"))
+    args = ap.parse_args(argv)
+    bodies = ["small", "realistic"] if args.bodies == "both" else [args.bodies]
+    points = []
+    with tempfile.TemporaryDirectory(prefix="cpbench-floor-") as tmp:
+        tmp = Path(tmp)
+        exe = build_floor(tmp)
+        os.chmod(tmp, 0o755)                 # nginx's workers read the batch answer through it
+        pid, url = start_nginx(tmp / "nginx")
+        write_batch_answer(tmp / "nginx")
+        port = int(url.rsplit(":", 1)[1].split("/")[0])
+        try:
+            print(HEADER, flush=True)
+            for kind in args.kinds.split(","):
+                for body in bodies:
+                    label = kind if body == "small" else f"{kind}/real"
+                    for rate in (float(r) for r in args.rates.split(",")):
+                        trace = tmp / f"{kind}-{rate:g}.arrow"
+                        make_trace(trace, kind, rate, args.seconds, SEED)
+                        target = url
+                        if body == "realistic":
+                            trace = make_realistic_trace(trace, tmp / f"{kind}-{rate:g}-r.arrow",
+                                                         kind)
+                            target = url + BATCH_PATH if kind == "embedding" else url
+                        request = tmp / f"{label.replace('/', '-')}.http"
+                        request.write_bytes(request_bytes(trace, target))
+                        for k in range(args.repeats):
+                            out = tmp / f"out-{label.replace('/', '-')}-{rate:g}-{k}"
+                            mine = run_cpbench(trace, out, target, args.workers)
+                            # The floor opens as many connections as cpbench opened before
+                            # its start (its pool rule), so both pay the same setup.
+                            per = -(-mine["connections"] // args.workers)
+                            floor = run_floor(exe, port, trace, request,
+                                              max(1, min(per, 4096)), tmp / f"floor-{k}.bin",
+                                              args.workers)
+                            ratio = mine["cpu_us_per_request"] / floor["cpu_us_per_request"]
+                            print(line(label, rate, "floor", floor, None), flush=True)
+                            print(line(label, rate, "cpbench", mine, ratio), flush=True)
+                            points.append({"kind": label, "rate_rps": rate, "repeat": k,
+                                           "floor": floor, "cpbench": mine, "cpu_ratio": ratio})
+        finally:
+            os.kill(pid, signal.SIGTERM)
+    summary = {}
+    for p in points:
+        summary.setdefault(f"{p['kind']}@{p['rate_rps']:g}", []).append(p)
+    print("\nmedians over repeats: floor cpu · cpbench cpu · ratio · floor lag p50 · cpbench "
+          "lag p50 (µs)")
+    for key, ps in summary.items():
+        med = {name: float(np.median([get(p) for p in ps])) for name, get in (
+            ("floor", lambda p: p["floor"]["cpu_us_per_request"]),
+            ("cpbench", lambda p: p["cpbench"]["cpu_us_per_request"]),
+            ("ratio", lambda p: p["cpu_ratio"]),
+            ("floor_p50", lambda p: p["floor"]["lag_p50_us"]),
+            ("cpbench_p50", lambda p: p["cpbench"]["lag_p50_us"]))}
+        print(f"{key:<22}{med['floor']:>8.1f}{med['cpbench']:>9.1f}{med['ratio']:>7.2f}"
+              f"{med['floor_p50']:>8.1f}{med['cpbench_p50']:>8.1f}")
+    meta = {"host_cores": os.cpu_count(), "seconds": args.seconds, "repeats": args.repeats,
+            "python": sys.version.split()[0],
+            "time_utc": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime())}
+    args.output.write_text(json.dumps({"meta": meta, "points": points}, indent=2))
+    print(f"wrote {args.output}")
+    return 0
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())
