@@ -45,20 +45,26 @@ def probe(tmp_path: Path, kind: str, bodies: str, model: str = "bench", rate: fl
     return trace
 
 
+@pytest.mark.parametrize("threads", [1, 2])
 @pytest.mark.parametrize("kind,model", [("chat", "ok"), ("chat", "split"),
                                         ("embedding", "ok"), ("embedding", "split")])
-def test_floor_sends_on_schedule_and_reads_every_answer(tmp_path, floor_exe, kind, model):
+def test_floor_sends_on_schedule_and_reads_every_answer(tmp_path, floor_exe, kind, model,
+                                                        threads):
+    """One thread, or a sending and a reading thread (--floor-threads 2)."""
     trace = probe(tmp_path, kind, "small", model, rate=300.0, seconds=1.0)
     arrivals = np.sort(read_trace(trace).column("arrival_ns").to_numpy())
     with FaultyServer() as server:
         port = int(server.url.rsplit(":", 1)[1])
         request = tmp_path / "request.http"
         request.write_bytes(bench_floor.request_bytes(trace, server.url))
-        r = bench_floor.run_floor(floor_exe, port, trace, request, 4, tmp_path / "times.bin")
+        r = bench_floor.run_floor(floor_exe, port, trace, request, 4, tmp_path / "times.bin",
+                                  threads=threads)
         assert server.requests == r["requests"] == len(arrivals)
         assert {s["body"]["model"] for s in server.seen} == {model}
     n = r["requests"]
     assert r["answers"] == n and r["errors"] == 0
+    if model == "ok":                            # (7-byte writes keep many answers in flight)
+        assert r["connections"] < n / 5          # finished connections are reused
     times = np.fromfile(tmp_path / "times.bin.0", dtype=np.int64)     # process 0 of 1
     intended, sent = times[:n], times[n:]
     assert np.array_equal(intended - intended[0], arrivals - arrivals[0])   # the trace's times

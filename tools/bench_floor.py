@@ -48,8 +48,8 @@ from bench_replay import (BATCH_PATH, SEED, exp_ks, make_realistic_trace, make_t
 def build_floor(folder: Path) -> Path:
     """Compile tools/bench/floor.c into ``folder``."""
     exe = folder / "floor"
-    subprocess.run(["cc", "-O2", "-Wall", "-o", str(exe), str(HERE / "bench" / "floor.c")],
-                   check=True)
+    subprocess.run(["cc", "-O2", "-Wall", "-pthread", "-o", str(exe),
+                    str(HERE / "bench" / "floor.c")], check=True)
     return exe
 
 
@@ -75,11 +75,12 @@ def request_bytes(trace: Path, url: str) -> bytes:
 
 
 def run_floor(exe: Path, port: int, trace: Path, request: Path, connections: int,
-              out: Path, workers: int = 1) -> dict:
+              out: Path, workers: int = 1, threads: int = 1) -> dict:
     """Send ``request`` to 127.0.0.1:``port`` at ``trace``'s arrival times with the C sender
     (the same arrivals cpbench replays), over ``connections`` keep-alive connections per
     process. With ``workers`` > 1, that many processes run at once, each with every
-    ``workers``-th arrival (cpbench's split of a plan between its workers)."""
+    ``workers``-th arrival (cpbench's split of a plan between its workers); ``threads`` 2
+    gives each process a thread that only sends and one that only reads."""
     from cpbench.trace import read_trace
     arrivals = np.sort(read_trace(trace).column("arrival_ns").to_numpy()).astype(np.int64)
     start_ns = time.monotonic_ns() + 300_000_000      # one schedule: every process's pool is open
@@ -89,7 +90,7 @@ def run_floor(exe: Path, port: int, trace: Path, request: Path, connections: int
         arrivals[w::workers].tofile(schedule)
         procs.append(subprocess.Popen([str(exe), "127.0.0.1", str(port), str(schedule),
                                        str(request), str(connections), f"{out}.{w}",
-                                       str(start_ns)],
+                                       str(start_ns), str(threads)],
                                       stdout=subprocess.PIPE, text=True))
     results = []
     for w, proc in enumerate(procs):
@@ -148,6 +149,9 @@ def main(argv: list[str] | None = None) -> int:
                     help="cpbench workers, and C sender processes beside them (each with "
                          "every N-th arrival)")
     ap.add_argument("--bodies", default="small", choices=("small", "realistic", "both"))
+    ap.add_argument("--floor-threads", default="1",
+                    help="comma-separated: run the floor with one thread per process (1, as a "
+                         "cpbench worker) and/or with a sending and a reading thread (2)")
     ap.add_argument("-o", "--output", type=Path, default=Path("bench_floor.json"))
     args = ap.parse_args(argv)
     bodies = ["small", "realistic"] if args.bodies == "both" else [args.bodies]
@@ -180,30 +184,37 @@ def main(argv: list[str] | None = None) -> int:
                             # The floor opens as many connections as cpbench opened before
                             # its start (its pool rule), so both pay the same setup.
                             per = -(-mine["connections"] // args.workers)
-                            floor = run_floor(exe, port, trace, request,
-                                              max(1, min(per, 4096)), tmp / f"floor-{k}.bin",
-                                              args.workers)
-                            ratio = mine["cpu_us_per_request"] / floor["cpu_us_per_request"]
-                            print(line(label, rate, "floor", floor, None), flush=True)
+                            floors = {}
+                            for threads in (int(t) for t in args.floor_threads.split(",")):
+                                who = "floor" if threads == 1 else f"floor/{threads}t"
+                                floors[who] = run_floor(exe, port, trace, request,
+                                                        max(1, min(per, 4096)),
+                                                        tmp / f"floor-{k}.bin", args.workers,
+                                                        threads)
+                                print(line(label, rate, who, floors[who], None), flush=True)
+                            base = next(iter(floors.values()))
+                            ratio = mine["cpu_us_per_request"] / base["cpu_us_per_request"]
                             print(line(label, rate, "cpbench", mine, ratio), flush=True)
                             points.append({"kind": label, "rate_rps": rate, "repeat": k,
-                                           "floor": floor, "cpbench": mine, "cpu_ratio": ratio})
+                                           "floor": base, "floors": floors, "cpbench": mine,
+                                           "cpu_ratio": ratio})
         finally:
             os.kill(pid, signal.SIGTERM)
-    summary = {}
+    summary: dict[str, list[dict]] = {}
     for p in points:
         summary.setdefault(f"{p['kind']}@{p['rate_rps']:g}", []).append(p)
-    print("\nmedians over repeats: floor cpu · cpbench cpu · ratio · floor lag p50 · cpbench "
-          "lag p50 (µs)")
+    print("\nmedians over repeats: CPU µs per request · lag p50 µs · send-gap KS / ideal")
     for key, ps in summary.items():
-        med = {name: float(np.median([get(p) for p in ps])) for name, get in (
-            ("floor", lambda p: p["floor"]["cpu_us_per_request"]),
-            ("cpbench", lambda p: p["cpbench"]["cpu_us_per_request"]),
-            ("ratio", lambda p: p["cpu_ratio"]),
-            ("floor_p50", lambda p: p["floor"]["lag_p50_us"]),
-            ("cpbench_p50", lambda p: p["cpbench"]["lag_p50_us"]))}
-        print(f"{key:<22}{med['floor']:>8.1f}{med['cpbench']:>9.1f}{med['ratio']:>7.2f}"
-              f"{med['floor_p50']:>8.1f}{med['cpbench_p50']:>8.1f}")
+        runs = {**{who: [p["floors"][who] for p in ps] for who in ps[0]["floors"]},
+                "cpbench": [p["cpbench"] for p in ps]}
+        cells = []
+        for who, rs in runs.items():
+            cpu, p50, ks = (float(np.median(v)) for v in zip(*[
+                (r["cpu_us_per_request"], r["lag_p50_us"], r["sent_ks"] / r["trace_ks"])
+                for r in rs]))
+            cells.append(f"{who} {cpu:.1f} · {p50:.1f} · {ks:.1f}x")
+        ratio = float(np.median([p["cpu_ratio"] for p in ps]))
+        print(f"{key:<20} " + "   ".join(cells) + f"   cpbench/floor CPU {ratio:.2f}")
     meta = {"host_cores": os.cpu_count(), "seconds": args.seconds, "repeats": args.repeats,
             "python": sys.version.split()[0],
             "time_utc": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime())}

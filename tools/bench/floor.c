@@ -1,26 +1,31 @@
-/* The host's floor for an open-loop HTTP/1.1 sender: what one thread of C pays per request.
+/* The host's floor for an open-loop HTTP/1.1 sender: what a minimal C sender pays per request.
  *
  * tools/bench_floor.py builds and runs this beside `cpbench replay` (same nginx, same request
- * bytes, same Poisson rate) so the dispatcher's CPU per request and dispatch lag have a
- * reference that has no Python and no event-loop library in it: one epoll, one timerfd armed
- * at the next send's absolute time (how cpbench's dispatcher waits), keep-alive connections
- * opened before the start, the requests due at a wake-up written whole, and the answer read
- * until its Content-Length or chunked terminator. What this program pays is what the kernel
- * and the host charge for the sleep, the wake-up and the two syscalls a request needs.
+ * bytes, same arrivals) so the dispatcher's CPU per request and dispatch lag have a reference
+ * that has no Python and no event-loop library in it: one epoll, one timerfd armed at the next
+ * send's absolute time (how cpbench's dispatcher waits), keep-alive connections opened before
+ * the start, the requests due at a wake-up written whole, and the answer read until its
+ * Content-Length or chunked terminator. What this program pays is what the kernel and the
+ * host charge for the sleep, the wake-up and the two syscalls a request needs.
  *
- *   floor HOST PORT SCHEDULE_FILE REQUEST_FILE CONNECTIONS OUT_FILE [START_NS]
+ *   floor HOST PORT SCHEDULE_FILE REQUEST_FILE CONNECTIONS OUT_FILE [START_NS [THREADS]]
  *
  * SCHEDULE_FILE holds the send offsets (int64 ns from the start, ascending: a trace's
  * arrival_ns); REQUEST_FILE the bytes of one request, sent every time. The offsets count
  * from START_NS (CLOCK_MONOTONIC), which lets several processes share one schedule; without
- * it, from 20 ms after the pool is open. Writes to OUT_FILE the
- * intended and sent times (int64 ns, CLOCK_MONOTONIC), request by request, and prints one
- * JSON line: requests, answers, errors, cpu_s (user + system from before the pool opens to
- * the last answer), connections.
+ * it (or 0), from 20 ms after the pool is open. THREADS 2 splits the work the way a
+ * dispatcher with a sending thread would: one thread only waits on the timerfd and writes,
+ * the other only reads, and finished connections go back to the sender through a
+ * single-producer single-consumer ring. Writes to OUT_FILE the intended and sent times (int64
+ * ns, CLOCK_MONOTONIC), request by request, and prints one JSON line: requests, answers,
+ * errors, cpu_s (user + system of all threads, from before the pool opens to the last
+ * answer), connections.
  */
 #define _GNU_SOURCE
 #include <arpa/inet.h>
 #include <errno.h>
+#include <pthread.h>
+#include <stdatomic.h>
 #include <fcntl.h>
 #include <netinet/in.h>
 #include <netinet/tcp.h>
@@ -52,9 +57,18 @@ typedef struct {
 } conn_t;
 
 static conn_t conns[MAX_CONNS];
-static int nconns, *idle, nidle;
+static int nconns;                    /* connections opened (conns[0:nconns]) */
 static struct sockaddr_in addr;
-static int ep;
+static int ep, tfd;                   /* the sockets' epoll; the timerfd */
+/* Idle connections: a ring the reader fills and the sender takes from (with one thread both
+ * are the same thread). Single producer, single consumer. */
+static int ring[MAX_CONNS];
+static _Atomic long ring_head, ring_tail;
+static _Atomic long answered, errors;
+static int64_t *intended, *sent;
+static long total, next_row;
+static char req[1 << 20];
+static long req_n;
 
 static int64_t now_ns(void) {
     struct timespec ts;
@@ -102,8 +116,53 @@ static int open_conn(void) {
     conns[i].busy = 0;
     struct epoll_event ev = {.events = EPOLLIN, .data.u64 = (uint64_t)i + 1};
     epoll_ctl(ep, EPOLL_CTL_ADD, fd, &ev);
-    idle[nidle++] = i;
     return i;
+}
+
+static void give_back(int i) {                 /* the reader: connection i is idle again */
+    long t = atomic_load_explicit(&ring_tail, memory_order_relaxed);
+    ring[t % MAX_CONNS] = i;
+    atomic_store_explicit(&ring_tail, t + 1, memory_order_release);
+}
+
+static int take_idle(void) {                   /* the sender: an idle connection, or a new one */
+    long h = atomic_load_explicit(&ring_head, memory_order_relaxed);
+    if (h < atomic_load_explicit(&ring_tail, memory_order_acquire)) {
+        int i = ring[h % MAX_CONNS];
+        atomic_store_explicit(&ring_head, h + 1, memory_order_release);
+        return i;
+    }
+    return open_conn();
+}
+
+static void arm(int64_t at) {                  /* 0 disarms */
+    struct itimerspec spec = {0};
+    spec.it_value.tv_sec = at / 1000000000LL;
+    spec.it_value.tv_nsec = at % 1000000000LL;
+    timerfd_settime(tfd, TFD_TIMER_ABSTIME, &spec, NULL);
+}
+
+/* The timer fired: send the rows due now, arm for the next. `now` is read once: like
+ * cpbench's Sender.send_due, a row that falls due during these writes waits for the next
+ * wake-up (sending it at once would shorten its gap by the wake-up latency). */
+static void send_due(void) {
+    int64_t now = now_ns();
+    while (next_row < total && intended[next_row] <= now) {
+        int i = take_idle();
+        if (i < 0) {
+            errors++;
+            sent[next_row++] = now;
+            continue;
+        }
+        conn_t* c = &conns[i];
+        c->busy = 1;
+        c->head_n = 0;
+        memset(c->tail, 0, sizeof c->tail);
+        sent[next_row] = now_ns();
+        if (write(c->fd, req, req_n) != req_n) errors++;
+        next_row++;
+    }
+    arm(next_row < total ? intended[next_row] : 0);
 }
 
 /* Feed one read of an answer to its connection; 1 when the answer is complete. The head is
@@ -138,15 +197,41 @@ static int feed(conn_t* c, const char* data, long n) {
     return memcmp(c->tail, "0\r\n\r\n", 5) == 0;
 }
 
+/* Connection i is readable: read once; a finished answer frees the connection. */
+static void on_readable(int i, char* buf, long size) {
+    conn_t* c = &conns[i];
+    long r = read(c->fd, buf, size);
+    if (r < 0 && errno == EAGAIN) return;
+    if (r <= 0) {                                /* closed: its request, if any, failed */
+        epoll_ctl(ep, EPOLL_CTL_DEL, c->fd, NULL);
+        if (c->busy) errors++;
+        c->busy = 0;
+        return;
+    }
+    if (c->busy && feed(c, buf, r)) {
+        c->busy = 0;
+        answered++;
+        give_back(i);
+    }
+}
+
+static void* sending_thread(void* arg) {      /* THREADS 2: wait on the timer, write */
+    (void)arg;
+    as_cpbench_worker();
+    while (next_row < total) {
+        uint64_t expirations;
+        if (read(tfd, &expirations, sizeof expirations) < 0 && errno != EINTR) break;
+        send_due();
+    }
+    return NULL;
+}
+
 int main(int argc, char** argv) {
-    if (argc != 7 && argc != 8) {
+    if (argc < 7 || argc > 9) {
         fprintf(stderr, "usage: floor HOST PORT SCHEDULE_FILE REQUEST_FILE CONNECTIONS OUT "
-                "[START_NS]\n");
+                "[START_NS [THREADS]]\n");
         return 2;
     }
-    static char req[1 << 20];
-    long req_n = 0, total = 0;
-    int64_t* intended = NULL;
     FILE* f = fopen(argv[4], "rb");
     if (f != NULL) {
         req_n = fread(req, 1, sizeof req, f);
@@ -160,90 +245,59 @@ int main(int argc, char** argv) {
         total = (long)fread(intended, sizeof(int64_t), total, f);
         fclose(f);
     }
-    if (req_n <= 0 || total <= 0) {
-        fprintf(stderr, "floor: cannot read %s or %s (or one is empty)\n", argv[3], argv[4]);
+    int threads = argc == 9 ? atoi(argv[8]) : 1;
+    if (req_n <= 0 || total <= 0 || (threads != 1 && threads != 2)) {
+        fprintf(stderr, "floor: cannot read %s or %s (or one is empty), or THREADS is not 1 "
+                "or 2\n", argv[3], argv[4]);
         return 2;
     }
     int want_conns = atoi(argv[5]);
     addr.sin_family = AF_INET;
     addr.sin_port = htons(atoi(argv[2]));
     inet_pton(AF_INET, argv[1], &addr.sin_addr);
-    int64_t* sent = malloc(total * sizeof(int64_t));
-    idle = malloc(MAX_CONNS * sizeof(int));
+    sent = malloc(total * sizeof(int64_t));
 
     as_cpbench_worker();
     ep = epoll_create1(0);
-    int tfd = timerfd_create(CLOCK_MONOTONIC, 0);
-    struct epoll_event tev = {.events = EPOLLIN, .data.u64 = 0};
-    epoll_ctl(ep, EPOLL_CTL_ADD, tfd, &tev);
+    /* One thread: the timerfd is in the sockets' epoll. Two: the sender blocks in read() on
+     * it, the reader never sees it. */
+    tfd = timerfd_create(CLOCK_MONOTONIC, 0);
+    if (threads == 1) {
+        struct epoll_event tev = {.events = EPOLLIN, .data.u64 = 0};
+        epoll_ctl(ep, EPOLL_CTL_ADD, tfd, &tev);
+    }
     double cpu0 = cpu_s();
-    for (int i = 0; i < want_conns; i++)
-        if (open_conn() < 0) { perror("connect"); return 1; }
-
-    int64_t start = argc == 8 ? strtoll(argv[7], NULL, 10) : now_ns() + 20000000;
+    for (int i = 0; i < want_conns; i++) {
+        int c = open_conn();
+        if (c < 0) { perror("connect"); return 1; }
+        give_back(c);
+    }
+    int64_t start = argc >= 8 && atoll(argv[7]) > 0 ? atoll(argv[7]) : now_ns() + 20000000;
     for (long i = 0; i < total; i++) intended[i] += start;
-    long next = 0, answered = 0, errors = 0;
+    arm(intended[0]);
+    pthread_t sender;
+    if (threads == 2) pthread_create(&sender, NULL, sending_thread, NULL);
+
     static char buf[READ_BUF];
-    struct itimerspec arm = {0};
-    arm.it_value.tv_sec = intended[0] / 1000000000LL;
-    arm.it_value.tv_nsec = intended[0] % 1000000000LL;
-    timerfd_settime(tfd, TFD_TIMER_ABSTIME, &arm, NULL);
     int64_t give_up = intended[total - 1] + 5000000000LL;
     struct epoll_event evs[256];
     while (answered + errors < total && now_ns() < give_up) {
         int k = epoll_wait(ep, evs, 256, 1000);
         for (int e = 0; e < k; e++) {
-            if (evs[e].data.u64 == 0) {                 /* the timer: send what is due */
-                /* No read of the expiry count: re-arming (or disarming) resets it, as in
-                 * cpbench's Sender.on_timer. */
-                int64_t now = now_ns();
-                while (next < total && intended[next] <= now) {
-                    int i = nidle > 0 ? idle[--nidle] : -1;
-                    if (i < 0 && (i = open_conn()) >= 0) nidle--;
-                    if (i < 0) { errors++; sent[next++] = now; continue; }
-                    conn_t* c = &conns[i];
-                    c->busy = 1;
-                    c->head_n = 0;
-                    memset(c->tail, 0, sizeof c->tail);
-                    sent[next] = now_ns();
-                    if (write(c->fd, req, req_n) != req_n) errors++;
-                    next++;
-                    /* `now` is not read again: like cpbench's Sender.send_due, a row that
-                     * fell due during these writes waits for the next turn of the loop
-                     * (sending it at once would shorten its gap by the wake-up latency) */
-                }
-                int64_t at = next < total ? intended[next] : 0;     /* 0: disarm */
-                arm.it_value.tv_sec = at / 1000000000LL;
-                arm.it_value.tv_nsec = at % 1000000000LL;
-                timerfd_settime(tfd, TFD_TIMER_ABSTIME, &arm, NULL);
-                continue;
-            }
-            int i = (int)evs[e].data.u64 - 1;
-            conn_t* c = &conns[i];
-            long r = read(c->fd, buf, sizeof buf);
-            if (r <= 0) {
-                if (r < 0 && errno == EAGAIN) continue;
-                epoll_ctl(ep, EPOLL_CTL_DEL, c->fd, NULL);
-                close(c->fd);
-                if (c->busy) errors++;
-                c->busy = 0;
-                continue;
-            }
-            int done = c->busy && feed(c, buf, r);
-            if (done) {
-                c->busy = 0;
-                answered++;
-                idle[nidle++] = i;
-            }
+            if (evs[e].data.u64 == 0)
+                send_due();       /* no read of the expiry count: re-arming resets it */
+            else
+                on_readable((int)evs[e].data.u64 - 1, buf, sizeof buf);
         }
     }
+    if (threads == 2) pthread_join(sender, NULL);
     double cpu = cpu_s() - cpu0;
     FILE* out = fopen(argv[6], "wb");
     if (out == NULL) { perror(argv[6]); return 2; }
-    fwrite(intended, sizeof(int64_t), next, out);
-    fwrite(sent, sizeof(int64_t), next, out);
+    fwrite(intended, sizeof(int64_t), next_row, out);
+    fwrite(sent, sizeof(int64_t), next_row, out);
     fclose(out);
     printf("{\"requests\": %ld, \"answers\": %ld, \"errors\": %ld, \"cpu_s\": %.6f, "
-           "\"connections\": %d}\n", next, answered, errors, cpu, nconns);
+           "\"connections\": %d}\n", next_row, (long)answered, (long)errors, cpu, nconns);
     return 0;
 }
