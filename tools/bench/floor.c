@@ -5,8 +5,9 @@
  * that has no Python and no event-loop library in it: one epoll, one timerfd armed at the next
  * send's absolute time (how cpbench's dispatcher waits), keep-alive connections opened before
  * the start, the requests due at a wake-up written whole, and the answer read until its
- * Content-Length or chunked terminator. What this program pays is what the kernel and the
- * host charge for the sleep, the wake-up and the two syscalls a request needs.
+ * Content-Length or chunked terminator, an idle connection reused most recent first. What
+ * this program pays is what the kernel and the host charge for the sleep, the wake-up and the
+ * two syscalls a request needs.
  *
  *   floor HOST PORT SCHEDULE_FILE REQUEST_FILE CONNECTIONS OUT_FILE [START_NS [THREADS]]
  *
@@ -64,6 +65,7 @@ static int ep, tfd;                   /* the sockets' epoll; the timerfd */
  * are the same thread). Single producer, single consumer. */
 static int ring[MAX_CONNS];
 static _Atomic long ring_head, ring_tail;
+static int one_thread = 1;            /* THREADS 1: the ring is used as a stack */
 static _Atomic long answered, errors;
 static int64_t *intended, *sent;
 static long total, next_row;
@@ -127,6 +129,11 @@ static void give_back(int i) {                 /* the reader: connection i is id
 
 static int take_idle(void) {                   /* the sender: an idle connection, or a new one */
     long h = atomic_load_explicit(&ring_head, memory_order_relaxed);
+    if (one_thread && h < ring_tail) {
+        /* One thread: the most recently freed first, as cpbench's idle pool (a stack) */
+        ring_tail--;
+        return ring[ring_tail % MAX_CONNS];
+    }
     if (h < atomic_load_explicit(&ring_tail, memory_order_acquire)) {
         int i = ring[h % MAX_CONNS];
         atomic_store_explicit(&ring_head, h + 1, memory_order_release);
@@ -246,6 +253,7 @@ int main(int argc, char** argv) {
         fclose(f);
     }
     int threads = argc == 9 ? atoi(argv[8]) : 1;
+    one_thread = threads == 1;
     if (req_n <= 0 || total <= 0 || (threads != 1 && threads != 2)) {
         fprintf(stderr, "floor: cannot read %s or %s (or one is empty), or THREADS is not 1 "
                 "or 2\n", argv[3], argv[4]);
