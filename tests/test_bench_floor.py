@@ -33,7 +33,7 @@ def probe(tmp_path: Path, kind: str, bodies: str, model: str = "bench", rate: fl
     every row's model set to ``model`` (the test server's behaviour)."""
     import pyarrow as pa
 
-    from cpbench.trace import read_trace, write_trace
+    from cpbench.trace import write_trace
     trace = tmp_path / f"{kind}-{bodies}.arrow"
     bench_floor.make_trace(trace, kind, rate, seconds, bench_floor.SEED)
     if bodies == "realistic":

@@ -93,11 +93,18 @@ def run_floor(exe: Path, port: int, trace: Path, request: Path, connections: int
                                        str(start_ns), str(threads)],
                                       stdout=subprocess.PIPE, text=True))
     results = []
-    for w, proc in enumerate(procs):
-        stdout, _ = proc.communicate(timeout=600)
-        if proc.returncode:
-            raise RuntimeError(f"floor process {w} exited {proc.returncode}")
-        results.append(json.loads(stdout))
+    try:
+        for w, proc in enumerate(procs):
+            # Each gives up 5 s after its last send is due; this bound is for a hung one.
+            stdout, _ = proc.communicate(timeout=(arrivals[-1] - arrivals[0]) / 1e9 + 60)
+            if proc.returncode:
+                raise RuntimeError(f"floor process {w} exited {proc.returncode}")
+            results.append(json.loads(stdout))
+    finally:
+        for proc in procs:                  # only the processes started here, by their pid
+            if proc.poll() is None:
+                proc.kill()
+                proc.wait()
     intended, sent = [], []
     for w in range(workers):
         times = np.fromfile(f"{out}.{w}", dtype=np.int64)
