@@ -257,6 +257,7 @@ def measure(trace: Path, out: Path, url: str, workers: int, loop: str,
         "spin_us": spin_us,
         # The trace's own KS distance is the ideal for this n (sampling noise alone).
         "trace_ks": exp_ks(np.diff(np.sort(intended)).astype(np.float64)),
+        "sent_ks": exp_ks(gaps.astype(np.float64)),      # the client's own send stamps
         "wire_ks": None if wire_ns is None or len(wire_ns) < 3 else
         exp_ks(np.diff(wire_ns).astype(np.float64)),
         "wire_packets": None if wire_ns is None else int(len(wire_ns)),
@@ -341,14 +342,12 @@ def main(argv: list[str] | None = None) -> int:
                                          for y in args.spin_us.split(",")):
                             # Interleaved: both variants of a point run back to back.
                             for label, path, target in variants:
-                                r = measure(path, tmp / f"out-{label.replace('/', '-')}-"
-                                            f"{rate:g}-{w}-{rt}-{spin}", target,
-                                            w, args.loop, args.wire, args.hogs, rt, spin,
-                                            args.connections)
+                                out = tmp / (f"out-{label.replace('/', '-')}-{rate:g}-{w}-"
+                                             f"{rt}-{spin}")
+                                r = measure(path, out, target, w, args.loop, args.wire,
+                                            args.hogs, rt, spin, args.connections)
                                 r.update({"kind": label, "rate_rps": rate, "workers": w})
                                 if args.keep is not None:
-                                    out = tmp / (f"out-{label.replace('/', '-')}-{rate:g}-{w}-"
-                                                 f"{rt}-{spin}")
                                     shutil.copytree(out, args.keep / out.name,
                                                     dirs_exist_ok=True)
                                     r["kept"] = str(args.keep / out.name)
