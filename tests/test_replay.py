@@ -5,7 +5,6 @@ from __future__ import annotations
 
 import json
 import os
-import platform
 import signal
 import socket
 import subprocess
@@ -18,7 +17,7 @@ import pytest
 from cpbench.replaying.timer import WORKER_SLICE_NS
 from cpbench.results import read_results
 from cpbench.summary import decode_histogram
-from support import run_cli, write_table_trace
+from support import custom_slices, run_cli, write_table_trace
 from support.faulty_server import TOKENS, FaultyServer
 
 pytestmark = pytest.mark.integration
@@ -265,12 +264,6 @@ def test_embedded_sim_serves_foreign_model_names(tmp_path):
     assert summary["requests"]["completed"] == n and summary["requests"]["errors"] == 0
     table = read_results(out / "results.arrow")
     assert sorted(set(table.column("model").to_pylist())) == sorted(set(models))
-
-
-def custom_slices() -> bool:
-    """Whether this kernel lets a normal thread choose its time slice (Linux 6.12+)."""
-    major, minor = (int(x) for x in platform.release().split(".")[:2])
-    return (major, minor) >= (6, 12) and platform.machine() in ("x86_64", "aarch64")
 
 
 def test_workers_ask_for_a_short_time_slice(server, tmp_path):

@@ -7,6 +7,7 @@ from __future__ import annotations
 
 import contextlib
 import json
+import platform
 import signal
 import subprocess
 import sys
@@ -179,3 +180,10 @@ def check_report_shows(out, classes: dict) -> None:
             if cls is not None:
                 md = cls.replace("_", "\\_")
                 assert f"{cls}: {n:,}" in text or f"{md}: {n:,}" in text, (cls, n)
+
+
+def custom_slices() -> bool:
+    """Whether this kernel lets a normal thread choose its time slice (Linux 6.12+, on the
+    machines ``cpbench.replaying.timer`` knows the syscall numbers of)."""
+    major, minor = (int(x) for x in platform.release().split(".")[:2])
+    return (major, minor) >= (6, 12) and platform.machine() in ("x86_64", "aarch64")
