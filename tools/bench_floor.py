@@ -55,23 +55,21 @@ def build_floor(folder: Path) -> Path:
 
 def request_bytes(trace: Path, url: str) -> bytes:
     """Row 0 of ``trace`` exactly as ``cpbench replay --url URL`` sends it with its default
-    options: the plan and the compiled renderer a worker uses (tests/test_bench_floor.py
-    checks these bytes against what a replay sent)."""
-    from cpbench.replaying.dispatch import _Columns
+    options: rendered by the dispatcher a worker builds from its plan and its share of those
+    options (tests/test_bench_floor.py checks these bytes against what a replay sent)."""
+    from cpbench._core.hist import Histogram
+    from cpbench.replaying.dispatch import Dispatcher, DispatchOptions
     from cpbench.replaying.options import ReplayOptions
-    from cpbench.replaying.plan import COLUMNS
     from cpbench.replaying.planning import build_plan, select_rows
-    from cpbench.replaying.wire import Target, renderer
+    from cpbench.replaying.wire import Target
     from cpbench.trace import read_trace
 
     table = read_trace(trace)
     plan = build_plan(table, select_rows(table), 0, 1)
-    col = _Columns(plan)
-    defaults = ReplayOptions()
-    render = renderer({name: getattr(col, name) for name in COLUMNS}, col.prompts,
-                      col.messages, plan.models, hints=defaults.hints, stream=defaults.stream,
-                      target=Target.from_url(url))
-    return render.render(0)
+    options = DispatchOptions(**ReplayOptions().dispatch_config(0, None))
+    dispatcher = Dispatcher(Target.from_url(url), plan, options, 0, lambda kind, payload: None,
+                            Histogram())
+    return dispatcher.renderer.render(0)
 
 
 def run_floor(exe: Path, port: int, trace: Path, request: Path, connections: int,
