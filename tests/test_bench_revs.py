@@ -39,13 +39,19 @@ def test_main_compares_two_trees_and_writes_medians(tmp_path, monkeypatch):
     # nginx is bench_revs's server; the test server stands in for it, and a sleeping process
     # for the nginx master it stops by pid at the end.
     stand_in = subprocess.Popen(["sleep", "60"])
-    with FaultyServer() as server:
-        monkeypatch.setattr(bench_revs, "start_nginx", lambda prefix: (stand_in.pid, server.url))
-        out = tmp_path / "revs.json"
-        assert bench_revs.main(["--base", str(ROOT), "--head", str(ROOT), "--rates", "200",
-                                "--repeats", "2", "--seconds", "0.5", "--no-wire",
-                                "-o", str(out)]) == 0
-    assert stand_in.wait(5) == -signal.SIGTERM
+    try:
+        with FaultyServer() as server:
+            monkeypatch.setattr(bench_revs, "start_nginx",
+                                lambda prefix: (stand_in.pid, server.url))
+            out = tmp_path / "revs.json"
+            assert bench_revs.main(["--base", str(ROOT), "--head", str(ROOT), "--rates", "200",
+                                    "--repeats", "2", "--seconds", "0.5", "--no-wire",
+                                    "-o", str(out)]) == 0
+        assert stand_in.wait(5) == -signal.SIGTERM
+    finally:
+        if stand_in.poll() is None:             # main failed before stopping it
+            stand_in.kill()
+            stand_in.wait()
     got = json.loads(out.read_text())
     assert set(got["medians"]) == {"base 200", "head 200"}
     assert [len(v) for v in got["runs"].values()] == [2, 2]
