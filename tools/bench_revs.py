@@ -21,20 +21,22 @@ import subprocess
 import sys
 import tempfile
 from pathlib import Path
+from urllib.parse import urlsplit
 
 import numpy as np
 
 HERE = Path(__file__).resolve().parent
 sys.path.insert(0, str(HERE))
 
-from bench_replay import SEED, WireCapture, make_trace, start_nginx  # noqa: E402
+from bench_replay import (BATCH_PATH, SEED, WireCapture, make_realistic_trace,  # noqa: E402
+                          make_trace, start_nginx, write_batch_answer)
 
 from cpbench.results import read_results  # noqa: E402
 
 
 def one_run(tree: Path, trace: Path, url: str, out: Path, workers: int,
             wire: bool = True) -> dict:
-    cap = WireCapture(int(url.rsplit(":", 1)[1]), out.with_suffix(".pcap")) if wire else None
+    cap = WireCapture(urlsplit(url).port, out.with_suffix(".pcap")) if wire else None
     try:
         # --max-behind 0: a point past the client's capacity still runs to its end, so its
         # lag is measured instead of ending the comparison.
@@ -75,6 +77,9 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--workers", type=int, default=1)
     ap.add_argument("--kind", default="chat", choices=("chat", "completion", "embedding"))
     ap.add_argument("--seconds", type=float, default=4.0)
+    ap.add_argument("--bodies", default="small", choices=("small", "realistic"),
+                    help="16-token probes, or record synth's shapes as in bench_replay.py "
+                         "(1,000-token prompts, 16 x 128-token embedding batches)")
     ap.add_argument("--no-wire", action="store_true",
                     help="no tcpdump (no root needed): at tens of thousands of requests a "
                          "second the capture's own CPU is part of what is measured")
@@ -85,20 +90,26 @@ def main(argv: list[str] | None = None) -> int:
     with tempfile.TemporaryDirectory(prefix="cpbench-revs-") as tmp:
         tmp = Path(tmp)
         pid, url = start_nginx(tmp / "nginx")
+        write_batch_answer(tmp / "nginx")
         try:
             for rate in (float(r) for r in args.rates.split(",")):
                 trace = tmp / f"t{rate:g}.arrow"
                 make_trace(trace, args.kind, rate, args.seconds, SEED)
+                target = url
+                if args.bodies == "realistic":
+                    trace = make_realistic_trace(trace, tmp / f"t{rate:g}-r.arrow", args.kind)
+                    target = url + BATCH_PATH if args.kind == "embedding" else url
                 for rep in range(args.repeats):
                     for name, tree in trees.items():
-                        r = one_run(tree, trace, url, tmp / f"{name}-{rate:g}-{rep}",
+                        r = one_run(tree, trace, target, tmp / f"{name}-{rate:g}-{rep}",
                                     args.workers, wire=not args.no_wire)
                         runs.setdefault(f"{name} {rate:g}", []).append(r)
                         print(f"{name} {rate:g} #{rep}: " + " ".join(
                             f"{k} {v:.4g}" for k, v in r.items()), flush=True)
         finally:
             os.kill(pid, signal.SIGTERM)
-    print(f"medians over {args.repeats} repeats ({args.kind}, {args.workers} worker(s)):")
+    print(f"medians over {args.repeats} repeats ({args.kind}, {args.bodies} bodies, "
+          f"{args.workers} worker(s)):")
     medians = {}
     for key, rs in runs.items():
         medians[key] = {k: float(np.median([r[k] for r in rs])) for k in rs[0]}
