@@ -512,3 +512,99 @@ def test_a_body_without_length_ends_with_the_close():
     v, details = _only_row(rec)
     assert (v["error_class"], v["status"], v["input_tokens"], details) == (-1, 200, 9, {})
     assert sender.idle == [] and conn.transport is None       # not reused: it closed
+
+
+def test_https_goes_through_the_loops_transports_with_the_same_rows(monkeypatch):
+    # Plain HTTP is read and written from C (a Poller); TLS keeps the event loop's
+    # transports. The same faults give the same rows either way.
+    from support.faulty_server import TLS_CERT
+    monkeypatch.setenv("SSL_CERT_FILE", str(TLS_CERT))
+    models = ["ok", "status:503", "cut", "split", "ok", "badjson"]
+    table = trace(models, ["chat", "chat", "chat", "chat", "embedding", "chat"])
+    rows = {}
+    for tls in (False, True):
+        with FaultyServer(tls=tls) as srv:
+            assert srv.url.startswith("https://" if tls else "http://")
+            res, hist = dispatch(srv.url, table, "uvloop")
+            assert srv.requests == len(models)
+        rows[tls] = [(r["status"], r["error_class"], r["output_tokens"], r["input_tokens"])
+                     for r in res.to_pylist()]
+    assert rows[True] == rows[False]
+    assert [r[1] for r in rows[True]] == [None, "http_5xx", "stream_broken", None, None,
+                                          "bad_payload"]
+
+
+def test_a_poller_socket_sends_what_it_could_not_take_in_order_then_reads_the_answer():
+    # A request bigger than the socket takes at once waits for EPOLLOUT; a next request
+    # queued meanwhile follows it and never overtakes it. Then the answer is read from the
+    # socket and parsed, and the peer's close ends the connection with no callback left.
+    import select
+    import socket
+
+    from cpbench._core.conn import Conn, Poller
+    from cpbench.replaying.rows import ROW_INT_FIELDS
+
+    class Owner:
+        forgotten: list = []
+
+        def forget(self, conn):
+            self.forgotten.append(conn)
+
+    _, sender, rec, hist = _one_row_conn()
+    owner = Owner()
+    conn = Conn(owner, sender, hist, True)
+    ours, peer = socket.socketpair()
+    ours.setsockopt(socket.SOL_SOCKET, socket.SO_SNDBUF, 4096)
+    ours.setblocking(False)
+    poller = Poller()
+    conn.attach(poller, ours.detach())
+    assert conn.is_open and poller.watched == 1
+    first, second = b"a" * 2_000_000, b"b" * 1000
+    sender.write(conn, 0, first, False)
+    sender.write(conn, 0, second, False)
+    got = bytearray()
+    deadline = time.monotonic() + 10
+    peer.setblocking(False)
+    while len(got) < len(first) + len(second) and time.monotonic() < deadline:
+        select.select([poller.fd, peer], [], [], 0.1)
+        poller.dispatch()
+        try:
+            got += peer.recv(1 << 20)
+        except BlockingIOError:
+            pass
+    assert bytes(got) == first + second
+    events = b'data: {"choices":[{"delta":{"content":"x"}}]}\n\n' * 3
+    usage = b'data: {"choices":[],"usage":{"prompt_tokens":4,"completion_tokens":3}}\n\n'
+    peer.sendall(b"HTTP/1.1 200 OK\r\nContent-Type: text/event-stream\r\n"
+                 b"Transfer-Encoding: chunked\r\n\r\n"
+                 + _chunked(events, usage, b"data: [DONE]\n\n"))
+    while rec.done == 0 and time.monotonic() < deadline:
+        select.select([poller.fd], [], [], 0.1)
+        poller.dispatch()
+    n, ints, _, details = rec.take_rows()
+    v = dict(zip(ROW_INT_FIELDS, np.frombuffer(ints, np.int64).tolist()))
+    assert (n, details, v["status"], v["error_class"], v["output_tokens"]) == (1, {}, 200, -1, 3)
+    assert sender.idle == [conn] and conn.is_open                  # kept for reuse
+    peer.close()
+    while conn.is_open and time.monotonic() < deadline:
+        select.select([poller.fd], [], [], 0.1)
+        poller.dispatch()
+    assert not conn.is_open and poller.watched == 0 and owner.forgotten == [conn]
+    assert rec.take_rows() is None           # an idle connection's close records nothing
+
+
+def test_dispatch_of_plain_http_drives_sockets_from_c(server):
+    # No transport for plain HTTP: every connection the pool opened is a Poller's socket.
+    table = trace(["ok"] * 4, ["chat"] * 4)
+    plan = build_plan(table, select_rows(table), 0, 1)
+    loop = uvloop.new_event_loop()
+    try:
+        disp = Dispatcher(Target.from_url(server.url), plan, dispatch_options(connections=3),
+                          0, lambda kind, payload: None, Histogram())
+        loop.run_until_complete(disp.open_pool())
+        assert disp.poller.watched == 3
+        assert all(c.is_open and c.transport is None for c in disp.idle)
+        loop.run_until_complete(disp.run(time.monotonic_ns() + 20_000_000))
+        assert disp.poller.watched == 0 and disp.recorder.done == 4
+    finally:
+        loop.close()

@@ -2,8 +2,11 @@
 """A replay worker's per-request path in C: one keep-alive HTTP/1.1 connection, and the row
 each request becomes.
 
-:class:`Conn` is the :class:`asyncio.Protocol` of one connection (uvloop or the stock loop
-call its ``data_received`` with each read). It sends a prebuilt request, stamps the first
+:class:`Conn` is one connection. On plain HTTP its socket belongs to a :class:`Poller`, one
+epoll set per worker that the event loop watches: a ready socket is read into one C buffer and
+parsed there, and a request is one ``send``, with no transport and no Python call per read.
+Over TLS it is the :class:`asyncio.Protocol` of a transport (uvloop or the stock loop call its
+``data_received`` with each read). It sends a prebuilt request, stamps the first
 byte, the first token and each token read on CLOCK_MONOTONIC, parses the status line and
 headers, Content-Length, chunked and until-close bodies, feeds a streamed body to
 :class:`cpbench._core.sse.StreamScan` and checks a whole body in place, all without a Python
@@ -18,11 +21,13 @@ The owner (the dispatcher) provides ``retry(conn, j)`` (a reused connection clos
 unanswered request) and ``forget(conn)`` (an idle connection closed).
 """
 cimport cython
-from cpython.bytearray cimport PyByteArray_AS_STRING, PyByteArray_GET_SIZE
+from cpython.bytearray cimport PyByteArray_GET_SIZE
 from cpython.bytes cimport PyBytes_FromStringAndSize
-from libc.stdint cimport int32_t, int64_t
-from libc.stdlib cimport free, realloc
-from libc.string cimport memcmp
+from cpython.ref cimport Py_DECREF, Py_INCREF
+from libc.errno cimport EAGAIN, EINTR, errno
+from libc.stdint cimport int32_t, int64_t, uint32_t, uint64_t
+from libc.stdlib cimport free, malloc, realloc
+from libc.string cimport memcmp, memcpy
 
 from cpbench._core.hist cimport Histogram
 from cpbench._core.sse cimport StreamScan, find_int_after
@@ -43,6 +48,28 @@ cdef extern from "<string.h>" nogil:
     void* memmem(const void* haystack, size_t hlen, const void* needle, size_t nlen)
     void* memchr(const void* s, int c, size_t n)
 
+cdef extern from "<sys/epoll.h>" nogil:
+    ctypedef union epoll_data_t:
+        void* ptr
+        int fd
+        uint64_t u64
+    cdef struct epoll_event:
+        uint32_t events
+        epoll_data_t data
+    int epoll_create1(int flags)
+    int epoll_ctl(int epfd, int op, int fd, epoll_event* event)
+    int epoll_wait(int epfd, epoll_event* events, int maxevents, int timeout)
+    int EPOLL_CLOEXEC, EPOLL_CTL_ADD, EPOLL_CTL_MOD, EPOLL_CTL_DEL
+    uint32_t EPOLLIN, EPOLLOUT, EPOLLERR, EPOLLHUP
+
+cdef extern from "<sys/socket.h>" nogil:
+    ssize_t send(int fd, const void* buf, size_t n, int flags)
+    ssize_t recv(int fd, void* buf, size_t n, int flags)
+    int MSG_NOSIGNAL
+
+cdef extern from "<unistd.h>" nogil:
+    int close(int fd)
+
 cdef extern from "<sys/timerfd.h>" nogil:
     cdef struct itimerspec:
         timespec it_interval
@@ -57,6 +84,9 @@ N_FLOAT_FIELDS = 2
 DEF _N_INT = 17
 DEF _N_FLOAT = 2
 DEF _MAX_HEAD_BYTES = 65536
+DEF _KEEP_BODY_BYTES = 1 << 20                  # a body buffer larger than this is freed
+DEF _READ_BYTES = 262144                        # one recv of a Poller's connection
+DEF _MAX_EVENTS = 128                           # events one Poller.dispatch takes at once
 cdef int64_t NEVER = 1 << 62                     # no send due
 
 cdef int E_CONNECT = ERROR_CLASSES.index("connect")
@@ -245,6 +275,37 @@ cdef class RowBuffer:
         return packed
 
 
+@cython.final
+cdef class _BodyBuffer:
+    """The bytes of one response body that arrived over several reads, in one C buffer.
+
+    A :class:`Sender` lends these to its connections and takes them back when the response is
+    recorded, so a buffer grows once and serves the next long body as it is: a 59 kB
+    embeddings answer in two or three reads costs one copy of each read, not the three a
+    ``bytearray`` cost (a temporary ``bytes``, the extend, a ``realloc`` as it regrew from
+    empty for every response).
+    """
+
+    cdef unsigned char* data
+    cdef Py_ssize_t n, cap
+
+    def __dealloc__(self):
+        free(self.data)
+
+    cdef int append(self, const unsigned char* p, Py_ssize_t k) except -1:
+        cdef Py_ssize_t cap
+        cdef unsigned char* data
+        if self.n + k > self.cap:
+            cap = max(self.n + k, 2 * self.cap, 4096)
+            data = <unsigned char*>realloc(self.data, cap)
+            if data == NULL:
+                raise MemoryError()
+            self.data, self.cap = data, cap
+        memcpy(self.data + self.n, p, k)
+        self.n += k
+        return 0
+
+
 cdef class _Growing:
     """An int64 array that grows in place (send lags); taken whole as a NumPy array."""
 
@@ -356,6 +417,7 @@ cdef class Recorder:
 
 
 cdef class Conn
+cdef class Poller
 
 
 @cython.final
@@ -396,6 +458,7 @@ cdef class Sender:
     cdef public int64_t sent
     cdef public bint stopping
     cdef int timer_fd
+    cdef list spare_bodies                # _BodyBuffers no connection holds now
 
     def __cinit__(self, Recorder recorder, encode, open_and_send, on_end, waiting,
                   int max_concurrency, Py_ssize_t burst_max, int64_t spin_ns=0,
@@ -417,6 +480,17 @@ cdef class Sender:
         self.sent = 0
         self.stopping = False
         self.timer_fd = -1
+        self.spare_bodies = []
+
+    cdef _BodyBuffer lend_body(self):
+        if self.spare_bodies:
+            return self.spare_bodies.pop()
+        return _BodyBuffer()
+
+    cdef void take_back_body(self, _BodyBuffer body) noexcept:
+        body.n = 0
+        if body.cap <= _KEEP_BODY_BYTES:
+            self.spare_bodies.append(body)
 
     def start(self, int timer_fd):
         """Arm ``timer_fd`` (a CLOCK_MONOTONIC timerfd in the loop's reader set, which calls
@@ -557,8 +631,7 @@ cdef class Sender:
         request first) or close it."""
         self.busy.discard(conn)
         if not reusable:
-            if conn.transport is not None:
-                conn.transport.abort()
+            conn.abort()
             conn = None
         if self.waiting and not self.stopping:
             if conn is None:
@@ -588,6 +661,10 @@ cdef class Conn:
     cdef StreamScan scan
     cdef bint stream_llm
     cdef public object transport
+    cdef int fd                           # the socket, when a Poller drives it (else -1)
+    cdef Poller poller
+    cdef bytes pending_out                # request bytes the socket did not take yet
+    cdef Py_ssize_t pending_at
     cdef readonly int64_t served          # requests answered on this connection so far
     cdef public int64_t idle_since_ns     # when it last went back to the idle pool
     cdef readonly int64_t sent_abs
@@ -597,7 +674,8 @@ cdef class Conn:
     cdef object encoding
     cdef int64_t first_byte, first_token, last_token, tokens, itl_max, itl_sum
     cdef int64_t left, chunk_left
-    cdef bytearray buf, body
+    cdef bytearray buf
+    cdef _BodyBuffer body                 # a body spread over reads, lent by the sender
 
     def __cinit__(self, owner, Sender sender, Histogram itl_hist, bint stream):
         self.owner = owner
@@ -607,8 +685,11 @@ cdef class Conn:
         self.stream_llm = stream
         self.scan = StreamScan()
         self.transport = None
+        self.fd = -1
+        self.poller = None
+        self.pending_out = None
         self.buf = bytearray()
-        self.body = bytearray()
+        self.body = None
         self._j = -1
         self.served = self.idle_since_ns = self.sent_abs = 0
         self.encoding = None
@@ -617,6 +698,89 @@ cdef class Conn:
     def j(self):
         """The plan row this connection carries, or None when it is idle."""
         return None if self._j < 0 else self._j
+
+    @property
+    def is_open(self):
+        """Whether the connection is open (its socket or its transport)."""
+        return self.fd >= 0 or self.transport is not None
+
+    def close(self):
+        """Close the connection, with no callback: it is not in any pool (``abort`` is the
+        same: nothing is buffered to flush but a request's unsent bytes)."""
+        self.abort()
+
+    def abort(self):
+        """Close now. A transport reports ``connection_lost`` later (an idle connection is
+        then forgotten); a socket of a :class:`Poller` just closes."""
+        if self.fd >= 0:
+            self._close_fd()
+        elif self.transport is not None:
+            self.transport.abort()
+
+    # -- a socket a Poller drives ------------------------------------------------------
+    def attach(self, Poller poller, int fd):
+        """Drive connected non-blocking socket ``fd`` from ``poller`` (this object owns and
+        closes it) instead of a transport."""
+        self.poller = poller
+        self.fd = fd
+        poller.watch(self)
+
+    cdef void _close_fd(self) noexcept:
+        if self.fd >= 0:
+            self.poller.unwatch(self)
+            close(self.fd)
+            self.fd = -1
+            self.pending_out = None
+
+    cdef int _write_fd(self, bytes data, Py_ssize_t at) except -1:
+        # Write data[at:]; what the socket does not take now waits for EPOLLOUT. A failed
+        # write is not handled here: the socket reports the error or hang-up to epoll, and
+        # the read that follows ends the connection.
+        cdef const char* p = data
+        cdef Py_ssize_t n = len(data)
+        cdef ssize_t k
+        while at < n:
+            k = send(self.fd, p + at, n - at, MSG_NOSIGNAL)
+            if k >= 0:
+                at += k
+            elif errno == EINTR:
+                continue
+            elif errno == EAGAIN:                 # (EWOULDBLOCK on Linux)
+                if self.pending_out is None:
+                    self.poller.want_write(self, True)
+                self.pending_out, self.pending_at = data, at
+                return 0
+            else:
+                break
+        if self.pending_out is not None:
+            self.pending_out = None
+            self.poller.want_write(self, False)
+        return 0
+
+    cdef int _on_events(self, uint32_t events, unsigned char* rbuf) except -1:
+        # The Poller saw ``events`` on this socket: write what waits, read what came.
+        cdef ssize_t n
+        if self.fd < 0:
+            return 0                                 # closed earlier in this dispatch
+        if events & EPOLLOUT and self.pending_out is not None:
+            self._write_fd(self.pending_out, self.pending_at)
+        if not events & (EPOLLIN | EPOLLHUP | EPOLLERR):
+            return 0
+        while self.fd >= 0:
+            n = recv(self.fd, rbuf, _READ_BYTES, 0)
+            if n > 0:
+                self._data(rbuf, n, now_ns())
+                if n < _READ_BYTES:
+                    break
+            elif n < 0 and errno == EINTR:
+                continue
+            elif n < 0 and errno == EAGAIN:            # (EWOULDBLOCK on Linux)
+                break
+            else:                                    # the peer closed, or an error
+                self._close_fd()
+                self.connection_lost(None)
+                break
+        return 0
 
     # -- asyncio callbacks -------------------------------------------------------------
     def connection_made(self, transport):
@@ -649,25 +813,28 @@ cdef class Conn:
         pass
 
     def data_received(self, bytes data):
-        cdef int64_t now = now_ns()
-        cdef const unsigned char* p = data
-        cdef Py_ssize_t n = len(data), end
+        self._data(data, len(data), now_ns())
+
+    cdef int _data(self, const unsigned char* p, Py_ssize_t n, int64_t now) except -1:
+        # One read's bytes, at ``now``.
+        cdef Py_ssize_t end
+        cdef bytes joined
         if now >= self.sender.due_abs_ns:
             # A send fell due while the loop was reading: it goes first, not after every
             # ready socket has been read.
             self.sender.send_due()
         if self._j < 0:
-            return                                   # late bytes of a timed-out request
+            return 0                                 # late bytes of a timed-out request
         if self.first_byte < 0:
             self.first_byte = now
         if not self.head_done:
             if PyByteArray_GET_SIZE(self.buf):
                 # The head began in an earlier read (rare): parse the reads joined.
-                self.buf.extend(data)
-                data = bytes(self.buf)
+                self.buf.extend(p[:n])
+                joined = bytes(self.buf)
                 del self.buf[:]
-                p = data
-                n = len(data)
+                p = joined
+                n = len(joined)
             if n >= 2 and p[0] == 13 and p[1] == 10:
                 p += 2                           # a late CRLF of the previous chunked body
                 n -= 2
@@ -675,15 +842,16 @@ cdef class Conn:
             if end < 0:
                 self.buf.extend(p[:n])
                 self._check_head_size()
-                return
+                return 0
             if not self._parse_head(p, end):
-                return
+                return 0
             p += end + 4
             n -= end + 4
             if self.mode == 0 and self.left <= 0:
                 self._complete(now)
-                return
+                return 0
         self._body(p, n, now)
+        return 0
 
     # -- request life ------------------------------------------------------------------
     cdef int send_now(self, Py_ssize_t j, bytes data, bint retried) except -1:
@@ -691,7 +859,14 @@ cdef class Conn:
         # row records its send lag.
         cdef int64_t now = now_ns()
         self._begin(j, now, retried)
-        self.transport.write(data)
+        if self.fd >= 0:
+            if self.pending_out is not None:
+                # The last request's tail was still unsent (the answer came first): it
+                # goes first, as a transport's buffer would send it.
+                data = self.pending_out[self.pending_at:] + data
+            self._write_fd(data, 0)
+        else:
+            self.transport.write(data)
         if not retried:
             self.recorder.add_lag(j, now)
         return 0
@@ -717,7 +892,12 @@ cdef class Conn:
         self.streaming = False
         self.encoding = None
         del self.buf[:]
-        del self.body[:]
+        self._return_body()
+
+    cdef inline void _return_body(self) noexcept:
+        if self.body is not None:
+            self.sender.take_back_body(self.body)
+            self.body = None
 
     cdef int _check_head_size(self) except -1:
         if PyByteArray_GET_SIZE(self.buf) > _MAX_HEAD_BYTES:
@@ -830,7 +1010,7 @@ cdef class Conn:
             if pos < n:
                 self.buf.extend(p[pos:n])
         elif self.mode == 0 and not self.streaming and n >= self.left \
-                and PyByteArray_GET_SIZE(self.body) == 0:
+                and self.body is None:
             # The whole body is in this read (the usual case): checked where it lies.
             self._complete(now, p, self.left)
             return 0
@@ -850,7 +1030,9 @@ cdef class Conn:
             return 0
         if self.streaming:
             return self.scan.feed_ptr(p, n)
-        self.body.extend(p[:n])
+        if self.body is None:
+            self.body = self.sender.lend_body()
+        self.body.append(p, n)
         return 0
 
     cdef void _tokens(self, long n, int64_t now) noexcept:
@@ -877,13 +1059,13 @@ cdef class Conn:
     cdef int _complete(self, int64_t now, const unsigned char* body=NULL,
                        Py_ssize_t body_len=0) except -1:
         # The response is whole: classify it. ``body`` points at a body that arrived in one
-        # read (not copied into self.body); NULL means self.body holds it.
+        # read (not copied into self.body); NULL means self.body holds it (or it is empty).
         cdef int status = self.status
         cdef StreamScan scan = self.scan
         cdef long long prompt = -1, out = -1
         if body == NULL:
-            body = <const unsigned char*>PyByteArray_AS_STRING(self.body)
-            body_len = PyByteArray_GET_SIZE(self.body)
+            body_len = 0 if self.body is None else self.body.n
+            body = <const unsigned char*>b"" if body_len == 0 else self.body.data
         if status >= 400 or status < 200:
             detail = f"HTTP {status}: " + _head_of(body, body_len, 120).decode("utf-8",
                                                                                 "replace")
@@ -937,13 +1119,95 @@ cdef class Conn:
         self._j = -1
         self.served += 1
         reusable = (code < 0 or code == E_4XX or code == E_5XX) and not self.close_after \
-            and self.transport is not None
+            and (self.fd >= 0 or self.transport is not None)
         self.recorder.record(j, self.sent_abs, self.first_byte, self.first_token, now,
                              self.status, code, detail, prompt_tokens, out_tokens,
                              self.itl_sum // gaps if gaps > 0 else -1,
                              self.itl_max if gaps > 0 else -1)
+        self._return_body()
         self.sender.release(self, reusable)
         return 0
+
+
+@cython.final
+cdef class Poller:
+    """One epoll set for a worker's plain-HTTP connections, read and written from C.
+
+    The event loop watches :attr:`fd` and calls :meth:`dispatch` when it is readable; one call
+    takes every ready socket (``epoll_wait`` with no wait) and hands each its events: a
+    response's bytes are read into one buffer and parsed where they lie, with no transport,
+    no ``bytes`` object and no Python call per read, and a request is one ``send``. A
+    connection is watched from :meth:`Conn.attach` until it closes; the set holds a reference
+    to each, released at the end of the dispatch it closed in (an event of the same batch
+    may still name it).
+    """
+
+    cdef readonly int fd
+    cdef epoll_event* events
+    cdef unsigned char* rbuf
+    cdef list closed
+    cdef readonly Py_ssize_t watched
+
+    def __cinit__(self):
+        self.fd = -1
+        self.events = <epoll_event*>malloc(_MAX_EVENTS * sizeof(epoll_event))
+        self.rbuf = <unsigned char*>malloc(_READ_BYTES)
+        if self.events == NULL or self.rbuf == NULL:
+            raise MemoryError()
+        self.fd = epoll_create1(EPOLL_CLOEXEC)
+        if self.fd < 0:
+            raise OSError(errno, "epoll_create1 failed")
+        self.closed = []
+        self.watched = 0
+
+    def __dealloc__(self):
+        if self.fd >= 0:
+            close(self.fd)
+        free(self.events)
+        free(self.rbuf)
+
+    cdef int watch(self, Conn conn) except -1:
+        cdef epoll_event ev
+        ev.events = EPOLLIN
+        ev.data.ptr = <void*>conn
+        if epoll_ctl(self.fd, EPOLL_CTL_ADD, conn.fd, &ev) != 0:
+            raise OSError(errno, "epoll_ctl(ADD) failed")
+        Py_INCREF(conn)
+        self.watched += 1
+        return 0
+
+    cdef int want_write(self, Conn conn, bint on) except -1:
+        cdef epoll_event ev
+        ev.events = EPOLLIN | EPOLLOUT if on else EPOLLIN
+        ev.data.ptr = <void*>conn
+        if epoll_ctl(self.fd, EPOLL_CTL_MOD, conn.fd, &ev) != 0:
+            raise OSError(errno, "epoll_ctl(MOD) failed")
+        return 0
+
+    cdef void unwatch(self, Conn conn) noexcept:
+        cdef epoll_event ev
+        epoll_ctl(self.fd, EPOLL_CTL_DEL, conn.fd, &ev)
+        self.closed.append(conn)        # the set's reference, until this dispatch ends
+        Py_DECREF(conn)
+        self.watched -= 1
+
+    def dispatch(self):
+        """Handle every ready socket; the event loop's reader callback for :attr:`fd`."""
+        cdef int n, i
+        cdef Conn conn
+        n = epoll_wait(self.fd, self.events, _MAX_EVENTS, 0)
+        try:
+            for i in range(n):
+                conn = <Conn>self.events[i].data.ptr
+                conn._on_events(self.events[i].events, self.rbuf)
+        finally:
+            del self.closed[:]
+
+    def close(self):
+        """Close the epoll set (the connections close themselves)."""
+        if self.fd >= 0:
+            close(self.fd)
+            self.fd = -1
 
 
 cdef inline bint _digit(unsigned char c) noexcept nogil:

@@ -8,8 +8,12 @@ its own responses and writes a finished request's row straight into the C buffer
 :class:`~cpbench._core.conn.Recorder` (which reads the plan's columns in C), and inter-token
 gaps go straight into the ITL histogram; each request's bytes are rendered in C too
 (:class:`~cpbench._core.render.Renderer`, built by :func:`cpbench.replaying.wire.renderer`).
-Python runs per request only in the event loop's callback plumbing. This module owns the rest: opening
-connections (a request due while every connection is busy opens a new one; open loop:
+On plain HTTP the sockets are read and written from C too: one
+:class:`~cpbench._core.conn.Poller` (an epoll set the event loop watches) per dispatcher, so a
+response costs no transport, ``bytes`` object or Python call per read; TLS connections are the
+loop's transports. Python runs per request only in the event loop's callback plumbing. This
+module owns the rest: opening connections (a request due while every connection is busy opens
+a new one; open loop:
 nothing caps the in-flight count unless ``max_concurrency`` is set, but at most
 ``CONNECTS_MAX`` connects run at once and a worker holds at most its open-file limit's worth:
 past either, requests wait for a connection, and the wait is their dispatch lag), timeouts,
@@ -19,8 +23,8 @@ hand-over and progress.
 Timing: event-loop timers tick in whole milliseconds, so sends are timed by a timerfd
 (:class:`cpbench.replaying.timer.MonotonicTimer`) in the loop's own epoll set, armed for the
 next due instant to the nanosecond (the worker sets 1 ns timer slack, so the kernel fires it
-within microseconds). The loop then wakes for a due send or a response alike, with no second
-poll and no task switch. The next request's bytes are built before the wait, so at the due
+within microseconds). The loop then wakes for a due send or a response alike, with no task
+switch (a response costs one more, non-blocking ``epoll_wait``: the poller's). The next request's bytes are built before the wait, so at the due
 time a send is one write, and any response callback that finds a send due sends it first, so
 a send waits for at most one callback, not for a whole turn of the loop. ``--spin-us`` wakes
 that much early and waits out the rest on the clock. It runs on uvloop or the stock asyncio
@@ -31,6 +35,7 @@ from __future__ import annotations
 import asyncio
 import errno
 import resource
+import socket
 import ssl as ssl_module
 import time
 from collections import deque
@@ -39,7 +44,7 @@ from typing import Callable
 
 import numpy as np
 
-from cpbench._core.conn import Conn, Recorder, Sender
+from cpbench._core.conn import Conn, Poller, Recorder, Sender
 from cpbench.errors import TargetError
 from cpbench.replaying.plan import COLUMNS, Plan
 from cpbench.replaying.rows import ERROR_CODE
@@ -128,6 +133,11 @@ class Dispatcher:
         self._sending: asyncio.Future | None = None     # done when the schedule is
         self._timer: MonotonicTimer | None = None
         self._ssl = ssl_module.create_default_context() if target.tls else None
+        # Plain HTTP: the sockets are read and written from C (one epoll set the loop
+        # watches); TLS stays on the loop's transports.
+        self.poller = None if target.tls else Poller()
+        self._watching = None           # the loop watching the poller
+        self._address: tuple | None = None      # (family, sockaddr) that answered first
         # The floor of the keep-alive pool: opened before the start, never trimmed below.
         self.pool_floor = options.connections or pool_size(plan.intended_ns)
 
@@ -135,11 +145,55 @@ class Dispatcher:
     async def _connect(self) -> Conn:
         loop = asyncio.get_running_loop()
         t = self.target
-        _, conn = await loop.create_connection(
-            lambda: Conn(self, self.sender, self.itl_hist, self.options.stream), t.host,
-            t.port, ssl=self._ssl)
+        if self.poller is None:
+            _, conn = await loop.create_connection(
+                lambda: Conn(self, self.sender, self.itl_hist, self.options.stream), t.host,
+                t.port, ssl=self._ssl)
+        else:
+            self._watch(loop)
+            conn = Conn(self, self.sender, self.itl_hist, self.options.stream)
+            conn.attach(self.poller, await self._connect_socket(loop))
         self.opened += 1
         return conn
+
+    async def _connect_socket(self, loop: asyncio.AbstractEventLoop) -> int:
+        # A connected non-blocking TCP socket's descriptor. The first connect tries the
+        # target's addresses in order (as create_connection does); later ones reuse the
+        # address that answered.
+        if self._address is not None:
+            candidates = [self._address]
+        else:
+            infos = await loop.getaddrinfo(self.target.host, self.target.port,
+                                           type=socket.SOCK_STREAM)
+            candidates = [(family, addr) for family, _, _, _, addr in infos]
+        error: OSError | None = None
+        for family, addr in candidates:
+            sock = socket.socket(family, socket.SOCK_STREAM)
+            try:
+                sock.setblocking(False)
+                sock.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
+                await loop.sock_connect(sock, addr)
+            except OSError as exc:
+                sock.close()
+                error = exc
+                continue
+            except BaseException:
+                sock.close()
+                raise
+            self._address = (family, addr)
+            return sock.detach()
+        raise error if error is not None else OSError(f"no address for {self.target.host}")
+
+    def _watch(self, loop: asyncio.AbstractEventLoop) -> None:
+        # The loop calls the poller when any of its sockets is ready.
+        if self._watching is not loop:
+            loop.add_reader(self.poller.fd, self.poller.dispatch)
+            self._watching = loop
+
+    def _unwatch(self) -> None:
+        if self._watching is not None:
+            self._watching.remove_reader(self.poller.fd)
+            self._watching = None
 
     async def open_pool(self) -> None:
         """Open the keep-alive connections; a refused target raises TargetError."""
@@ -170,8 +224,7 @@ class Dispatcher:
         floor = self.pool_floor
         while len(self.idle) > floor and now_ns - self.idle[0].idle_since_ns > IDLE_CLOSE_NS:
             conn = self.idle.pop(0)
-            if conn.transport is not None:
-                conn.transport.close()
+            conn.close()
             closed += 1
         self.idle_closed += closed
         return closed
@@ -222,7 +275,7 @@ class Dispatcher:
             return
         self.sender.opening -= 1
         if self.stopping and not retry:
-            conn.transport.close()
+            conn.close()
             return
         self.sender.write(conn, j, data, retry)
         self.sender.admit()             # a connect slot is free: rows waiting for one go
@@ -275,8 +328,9 @@ class Dispatcher:
                     conn.fail(E_INTERRUPTED, "still in flight when the run stopped",
                               close=True)
             for conn in self.idle:
-                if conn.transport is not None:
-                    conn.transport.close()
+                conn.close()
+            if self.poller is not None:
+                self._unwatch()
             self.flush()
         return self.progress()
 

@@ -31,7 +31,9 @@ requests and the test knows which row should fail how. The vocabulary (times in 
 Two faults are per server instead, set with the constructor's ``server_mode``:
 ``accept-never-read`` (connections are accepted and never read) and ``refuse-after:<n>``
 (after ``n`` requests the listener closes and every connection is dropped, so later requests
-are refused). ``GET /health`` and ``GET /v1/models`` answer as a server would. Runs on its own
+are refused). ``tls=True`` serves HTTPS with the test certificate in ``tests/data/tls`` (a
+client trusts it through ``SSL_CERT_FILE``). ``GET /health`` and ``GET /v1/models`` answer as a
+server would. Runs on its own
 event loop in a daemon thread; ``stop()`` closes everything. Every POST is recorded in
 ``seen`` (``head`` bytes, ``headers`` as sent, JSON ``body``).
 """
@@ -41,9 +43,12 @@ import asyncio
 import json
 import os
 import socket
+import ssl
 import threading
+from pathlib import Path
 
 TOKENS = 4
+TLS_CERT = Path(__file__).resolve().parent.parent / "data" / "tls" / "cert.pem"
 MODES = ("ok", "delay", "status", "stall", "cut", "nodata", "badjson", "split", "bigchunk",
          "neverend", "gzip", "slowloris", "badlength", "badchunk", "nousage", "fewvectors",
          "dropreused")
@@ -107,8 +112,9 @@ class FaultyServer:
     """``with FaultyServer() as server:`` (or ``start()``/``stop()``); ``url``, ``requests``
     (POSTs answered or faulted), ``seen`` (every POST: head, headers, body), ``heads``."""
 
-    def __init__(self, server_mode: str | None = None) -> None:
+    def __init__(self, server_mode: str | None = None, tls: bool = False) -> None:
         self.server_mode = server_mode
+        self.tls = tls                          # HTTPS with tests/data/tls's certificate
         self.requests = 0
         self.seen: list[dict] = []                # every POST: {"head", "headers", "body"}
         self.url = ""
@@ -145,10 +151,14 @@ class FaultyServer:
     # -- plumbing ----------------------------------------------------------------------
     def _run(self) -> None:
         asyncio.set_event_loop(self._loop)
+        ctx = None
+        if self.tls:
+            ctx = ssl.create_default_context(ssl.Purpose.CLIENT_AUTH)
+            ctx.load_cert_chain(TLS_CERT, TLS_CERT.with_name("key.pem"))
         self._server = self._loop.run_until_complete(
-            asyncio.start_server(self._serve, "127.0.0.1", 0, backlog=4096))
+            asyncio.start_server(self._serve, "127.0.0.1", 0, backlog=4096, ssl=ctx))
         port = self._server.sockets[0].getsockname()[1]
-        self.url = f"http://127.0.0.1:{port}"
+        self.url = f"{'https' if self.tls else 'http'}://127.0.0.1:{port}"
         self._ready.set()
         self._loop.run_forever()
         self._loop.close()
