@@ -1192,16 +1192,21 @@ cdef class Poller:
         self.watched -= 1
 
     def dispatch(self):
-        """Handle every ready socket; the event loop's reader callback for :attr:`fd`."""
-        cdef int n, i
+        """Handle every ready socket; the event loop's reader callback for :attr:`fd`.
+
+        Every one, not one batch of events: when the worker is behind, thousands of answers
+        wait, and a batch a turn of the loop would leave their connections busy while rows
+        fall due, open a connection each, and fall further behind."""
+        cdef int n = _MAX_EVENTS, i
         cdef Conn conn
-        n = epoll_wait(self.fd, self.events, _MAX_EVENTS, 0)
-        try:
-            for i in range(n):
-                conn = <Conn>self.events[i].data.ptr
-                conn._on_events(self.events[i].events, self.rbuf)
-        finally:
-            del self.closed[:]
+        while n == _MAX_EVENTS:
+            n = epoll_wait(self.fd, self.events, _MAX_EVENTS, 0)
+            try:
+                for i in range(n):
+                    conn = <Conn>self.events[i].data.ptr
+                    conn._on_events(self.events[i].events, self.rbuf)
+            finally:
+                del self.closed[:]
 
     def close(self):
         """Close the epoll set (the connections close themselves)."""
