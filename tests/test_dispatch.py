@@ -610,6 +610,25 @@ def test_dispatch_of_plain_http_drives_sockets_from_c(server):
         loop.close()
 
 
+def test_waiting_in_c_ends_at_the_deadline_or_when_a_wake_descriptor_is_readable():
+    # The worker waits in the poller's set between the loop's turns; its control pipe must
+    # end that wait at once (a stop), and nothing else may end it early.
+    import os
+
+    from cpbench._core.conn import Poller
+    poller = Poller()
+    r, w = os.pipe()
+    try:
+        poller.wake_on(r)
+        assert poller.wait(time.monotonic_ns() + 20_000_000) is False     # the deadline
+        os.write(w, b"stop")
+        assert poller.wait(time.monotonic_ns() + 60_000_000_000) is True  # woken, not 60 s
+        assert os.read(r, 4) == b"stop"               # the descriptor is left to its reader
+    finally:
+        os.close(r)
+        os.close(w)
+
+
 def test_one_dispatch_reads_every_ready_socket_not_one_batch():
     # A worker that was stopped finds thousands of answers waiting. Reading one batch of
     # events per turn of the loop left their connections busy while rows fell due, each

@@ -3,8 +3,9 @@
 each request becomes.
 
 :class:`Conn` is one connection. On plain HTTP its socket belongs to a :class:`Poller`, one
-epoll set per worker that the event loop watches: a ready socket is read into one C buffer and
-parsed there, and a request is one ``send``, with no transport and no Python call per read.
+epoll set per worker with the send timer in it, where the worker waits: a ready socket is read
+into one C buffer and parsed there, and a request is one ``send``, with no transport and no
+Python call per read.
 Over TLS it is the :class:`asyncio.Protocol` of a transport (uvloop or the stock loop call its
 ``data_received`` with each read). It sends a prebuilt request, stamps the first
 byte, the first token and each token read on CLOCK_MONOTONIC, parses the status line and
@@ -87,6 +88,8 @@ DEF _MAX_HEAD_BYTES = 65536
 DEF _KEEP_BODY_BYTES = 1 << 20                  # a body buffer larger than this is freed
 DEF _READ_BYTES = 262144                        # one recv of a Poller's connection
 DEF _MAX_EVENTS = 128                           # events one Poller.dispatch takes at once
+DEF _TAG_TIMER = 1                              # a Poller's event for its sender's timer
+DEF _TAG_WAKE = 2                               # ... for a descriptor the event loop reads
 cdef int64_t NEVER = 1 << 62                     # no send due
 
 cdef int E_CONNECT = ERROR_CLASSES.index("connect")
@@ -514,6 +517,10 @@ cdef class Sender:
         row sent at once after a late one would shorten that gap by the latency (measured:
         the wire's KS distance to the exponential tripled).
         """
+        self.fire()
+
+    cdef int fire(self) except -1:
+        # on_timer's body, called from C by a Poller that watches the timer.
         cdef int64_t due
         cdef Py_ssize_t sent = 0
         while not self.stopping:
@@ -529,6 +536,7 @@ cdef class Sender:
             if self.spin_ns == 0 or self.due_abs_ns - now_ns() > self.spin_ns:
                 break                        # the timer wakes the loop for it
         self.arm()
+        return 0
 
     cdef int arm(self) except -1:
         # Build the next request and set the timer for its due instant; or end the schedule.
@@ -1131,15 +1139,16 @@ cdef class Conn:
 
 @cython.final
 cdef class Poller:
-    """One epoll set for a worker's plain-HTTP connections, read and written from C.
+    """One epoll set for a worker's plain-HTTP connections and its send timer, handled in C.
 
-    The event loop watches :attr:`fd` and calls :meth:`dispatch` when it is readable; one call
-    takes every ready socket (``epoll_wait`` with no wait) and hands each its events: a
-    response's bytes are read into one buffer and parsed where they lie, with no transport,
-    no ``bytes`` object and no Python call per read, and a request is one ``send``. A
-    connection is watched from :meth:`Conn.attach` until it closes; the set holds a reference
-    to each, released at the end of the dispatch it closed in (an event of the same batch
-    may still name it).
+    A response's bytes are read into one buffer and parsed where they lie, with no transport,
+    no ``bytes`` object and no Python call per read, and a request is one ``send``. The
+    worker waits here (:meth:`wait`, without the GIL): a wake-up is one ``epoll_wait``, then
+    the timer's sends (:meth:`watch_timer`) and each ready socket's events, all in C. The
+    event loop watches :attr:`fd` too and calls :meth:`dispatch` (the same, with no wait) in
+    its own turns, between waits or while it finishes a connect. A connection is watched
+    from :meth:`Conn.attach` until it closes; the set holds a reference to each, released at
+    the end of the dispatch it closed in (an event of the same batch may still name it).
     """
 
     cdef readonly int fd
@@ -1147,6 +1156,8 @@ cdef class Poller:
     cdef unsigned char* rbuf
     cdef list closed
     cdef readonly Py_ssize_t watched
+    cdef Sender sender                    # whose timer is in the set (None: none is)
+    cdef int timer_fd
 
     def __cinit__(self):
         self.fd = -1
@@ -1159,6 +1170,8 @@ cdef class Poller:
             raise OSError(errno, "epoll_create1 failed")
         self.closed = []
         self.watched = 0
+        self.sender = None
+        self.timer_fd = -1
 
     def __dealloc__(self):
         if self.fd >= 0:
@@ -1191,22 +1204,87 @@ cdef class Poller:
         Py_DECREF(conn)
         self.watched -= 1
 
+    cdef int _add_tagged(self, int fd, uint64_t tag) except -1:
+        cdef epoll_event ev
+        ev.events = EPOLLIN
+        ev.data.u64 = tag
+        if epoll_ctl(self.fd, EPOLL_CTL_ADD, fd, &ev) != 0:
+            raise OSError(errno, "epoll_ctl(ADD) failed")
+        return 0
+
+    def watch_timer(self, int fd, Sender sender):
+        """Run ``sender``'s timer callback (``on_timer``) when timerfd ``fd`` fires."""
+        self._add_tagged(fd, _TAG_TIMER)
+        self.sender, self.timer_fd = sender, fd
+
+    def unwatch_timer(self):
+        cdef epoll_event ev
+        if self.timer_fd >= 0:
+            epoll_ctl(self.fd, EPOLL_CTL_DEL, self.timer_fd, &ev)
+        self.sender, self.timer_fd = None, -1
+
+    def wake_on(self, int fd):
+        """End :meth:`wait` when ``fd`` is readable: the event loop reads it (the worker's
+        control pipe), so the loop gets its turn at once."""
+        self._add_tagged(fd, _TAG_WAKE)
+
+    cdef bint _handle(self, int n) except -1:
+        # Hand each ready event to its connection or the timer; whether a wake-up
+        # descriptor is among them.
+        cdef int i
+        cdef uint64_t tag
+        cdef bint woke = False
+        cdef Conn conn
+        try:
+            for i in range(n):
+                tag = self.events[i].data.u64
+                if tag == _TAG_TIMER:
+                    if self.sender is not None:
+                        self.sender.fire()
+                elif tag == _TAG_WAKE:
+                    woke = True
+                else:
+                    conn = <Conn>self.events[i].data.ptr
+                    conn._on_events(self.events[i].events, self.rbuf)
+        finally:
+            del self.closed[:]
+        return woke
+
     def dispatch(self):
         """Handle every ready socket; the event loop's reader callback for :attr:`fd`.
 
         Every one, not one batch of events: when the worker is behind, thousands of answers
         wait, and a batch a turn of the loop would leave their connections busy while rows
         fall due, open a connection each, and fall further behind."""
-        cdef int n = _MAX_EVENTS, i
-        cdef Conn conn
+        cdef int n = _MAX_EVENTS
         while n == _MAX_EVENTS:
             n = epoll_wait(self.fd, self.events, _MAX_EVENTS, 0)
-            try:
-                for i in range(n):
-                    conn = <Conn>self.events[i].data.ptr
-                    conn._on_events(self.events[i].events, self.rbuf)
-            finally:
-                del self.closed[:]
+            self._handle(n)
+
+    def wait(self, int64_t until_ns):
+        """Wait in this set, in C and without the GIL, handling what is ready as it comes,
+        until ``until_ns`` (absolute CLOCK_MONOTONIC), a :meth:`wake_on` descriptor is
+        readable, or the sender's schedule ends or stops. Returns True when woken early.
+
+        A wake-up is one ``epoll_wait``: no pass through the event loop, no Python call."""
+        cdef int n, timeout_ms
+        cdef int64_t left
+        while True:
+            if self.sender is not None and (self.sender.stopping
+                                            or self.sender.due_abs_ns == NEVER):
+                return True
+            left = until_ns - now_ns()
+            if left <= 0:
+                return False
+            timeout_ms = <int>((left + 999_999) // 1_000_000)
+            with nogil:
+                n = epoll_wait(self.fd, self.events, _MAX_EVENTS, timeout_ms)
+            if n < 0:
+                if errno == EINTR:
+                    continue
+                raise OSError(errno, "epoll_wait failed")
+            if self._handle(n):
+                return True
 
     def close(self):
         """Close the epoll set (the connections close themselves)."""

@@ -154,6 +154,7 @@ def _work(cfg: dict, worker: int, ctl: Connection, emit) -> None:
         disp.stop()
 
     loop.add_reader(ctl.fileno(), on_control)
+    disp.wake_on(ctl.fileno())
     realtime = False
     if cfg.get("realtime"):
         problem = set_realtime(int(cfg["realtime"]))

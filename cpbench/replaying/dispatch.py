@@ -9,26 +9,28 @@ its own responses and writes a finished request's row straight into the C buffer
 gaps go straight into the ITL histogram; each request's bytes are rendered in C too
 (:class:`~cpbench._core.render.Renderer`, built by :func:`cpbench.replaying.wire.renderer`).
 On plain HTTP the sockets are read and written from C too: one
-:class:`~cpbench._core.conn.Poller` (an epoll set the event loop watches) per dispatcher, so a
-response costs no transport, ``bytes`` object or Python call per read; TLS connections are the
-loop's transports. Python runs per request only in the event loop's callback plumbing. This
-module owns the rest: opening connections (a request due while every connection is busy opens
-a new one; open loop:
-nothing caps the in-flight count unless ``max_concurrency`` is set, but at most
+:class:`~cpbench._core.conn.Poller` (an epoll set where the worker waits) per dispatcher, so a
+response costs no transport, ``bytes`` object or Python call per read, and the only Python
+call per request is the renderer's; TLS connections are the loop's transports, with its
+callback plumbing per read. This module owns the rest: opening connections (a request due
+while every connection is busy opens a new one; open loop: nothing caps the in-flight count
+unless ``max_concurrency`` is set, but at most
 ``CONNECTS_MAX`` connects run at once and a worker holds at most its open-file limit's worth:
 past either, requests wait for a connection, and the wait is their dispatch lag), timeouts,
 idle trimming, the check that the client keeps its schedule (``--max-behind``), row
 hand-over and progress.
 
 Timing: event-loop timers tick in whole milliseconds, so sends are timed by a timerfd
-(:class:`cpbench.replaying.timer.MonotonicTimer`) in the loop's own epoll set, armed for the
-next due instant to the nanosecond (the worker sets 1 ns timer slack, so the kernel fires it
-within microseconds). The loop then wakes for a due send or a response alike, with no task
-switch (a response costs one more, non-blocking ``epoll_wait``: the poller's). The next request's bytes are built before the wait, so at the due
-time a send is one write, and any response callback that finds a send due sends it first, so
-a send waits for at most one callback, not for a whole turn of the loop. ``--spin-us`` wakes
-that much early and waits out the rest on the clock. It runs on uvloop or the stock asyncio
-loop alike.
+(:class:`cpbench.replaying.timer.MonotonicTimer`) armed for the next due instant to the
+nanosecond (the worker sets 1 ns timer slack, so the kernel fires it within microseconds). On
+plain HTTP the timer is in the poller's set with the sockets, and the worker waits there, in C
+(:meth:`Poller.wait`): a wake-up for a due send or a response is one ``epoll_wait`` and no
+Python call, and the loop gets a turn between waits (sweeps, the control pipe the moment it is
+readable, connects). Over TLS the timer is in the loop's own set beside the transports. The
+next request's bytes are built before the wait, so at the due time a send is one write, and
+any response that finds a send due sends it first, so a send waits for at most one response's
+parse, not for a whole turn of the loop. ``--spin-us`` wakes that much early and waits out the
+rest on the clock. It runs on uvloop or the stock asyncio loop alike.
 """
 from __future__ import annotations
 
@@ -56,6 +58,8 @@ FLUSH_S = 0.25                   # row hand-over cadence
 FLUSH_SLACK_NS = 500_000         # ... when the next send is at least this far away
 PROGRESS_S = 0.5
 SWEEP_S = 0.05                   # timeout check cadence
+WAIT_SLICE_NS = 10_000_000       # longest wait in C before the loop's turn (plain HTTP)
+WAIT_CONNECT_S = 0.001           # ... the loop's own waits while a connect is in progress
 IDLE_CLOSE_NS = 2_000_000_000    # an idle connection above the floor is closed after this
 IDLE_TRIM_S = 0.5                # ... checked this often
 POOL_WINDOW_NS = 50_000_000      # default pool: every request due in the busiest 50 ms ...
@@ -347,13 +351,41 @@ class Dispatcher:
         loop = asyncio.get_running_loop()
         self._sending = loop.create_future()
         self._timer = timer = MonotonicTimer()
-        loop.add_reader(timer.fd, self.sender.on_timer)
+        if self.poller is None:
+            loop.add_reader(timer.fd, self.sender.on_timer)
+        else:
+            self._watch(loop)
+            self.poller.watch_timer(timer.fd, self.sender)
         try:
             self.sender.start(timer.fd)
-            await self._sending
+            if self.poller is None:
+                await self._sending
+            else:
+                await self._wait_in_c()
         finally:
-            loop.remove_reader(timer.fd)
+            if self.poller is None:
+                loop.remove_reader(timer.fd)
+            else:
+                self.poller.unwatch_timer()
             timer.close()
+
+    async def _wait_in_c(self) -> None:
+        # Plain HTTP: the timer and every socket are in the poller's set, so the worker waits
+        # there, in C, and the loop gets a turn between waits (a sweep's ticks, the control
+        # pipe the moment it is readable: wake_on). While a connect is in progress it is the
+        # loop's to finish, so the loop waits for everything (the poller's set included).
+        while not self._sending.done():
+            if self.sender.opening:
+                await asyncio.sleep(WAIT_CONNECT_S)
+            else:
+                self.poller.wait(time.monotonic_ns() + WAIT_SLICE_NS)
+                await asyncio.sleep(0)
+
+    def wake_on(self, fd: int) -> None:
+        """While waiting in C, give the event loop its turn as soon as ``fd`` is readable
+        (the worker's control pipe, which the loop reads)."""
+        if self.poller is not None:
+            self.poller.wake_on(fd)
 
     def _schedule_ended(self) -> None:
         # The sender has no row left to arm for (or was stopped): quiet the timer, end the wait.
