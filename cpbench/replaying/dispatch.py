@@ -137,8 +137,8 @@ class Dispatcher:
         self._sending: asyncio.Future | None = None     # done when the schedule is
         self._timer: MonotonicTimer | None = None
         self._ssl = ssl_module.create_default_context() if target.tls else None
-        # Plain HTTP: the sockets are read and written from C (one epoll set the loop
-        # watches); TLS stays on the loop's transports.
+        # Plain HTTP: the sockets are read and written from C, in one epoll set where the
+        # worker waits (the loop watches it too); TLS stays on the loop's transports.
         self.poller = None if target.tls else Poller()
         self._watching = None           # the loop watching the poller
         self._address: tuple | None = None      # (family, sockaddr) that answered first
