@@ -661,3 +661,20 @@ def test_one_dispatch_reads_every_ready_socket_not_one_batch():
             conn.close()
         for peer in peers:
             peer.close()
+
+
+def test_a_row_that_needs_a_connection_is_sent_before_the_next_row_is_due(server,
+                                                                         monkeypatch):
+    # Waiting in C, the worker hands the loop its turn as soon as a row finds no idle
+    # connection (connecting is the loop's); it must not hold the row until the wait ends,
+    # however long the wait may last (here a minute). One pooled connection, each answer 2 s
+    # late: rows 2-4 each need a new connection.
+    import cpbench.replaying.dispatch as dispatch_module
+    monkeypatch.setattr(dispatch_module, "WAIT_SLICE_NS", 60_000_000_000)
+    n = 4
+    res, _ = dispatch(server.url, trace(["delay:2"] * n, ["chat"] * n, gap_ms=500.0),
+                      "uvloop", connections=1)
+    assert res.column("error_class").null_count == n
+    intended, sent = res.column("intended_ns").to_pylist(), res.column("sent_ns").to_pylist()
+    assert intended == sorted(intended)
+    assert all(sent[k] < intended[k + 1] for k in range(n - 1))

@@ -1264,13 +1264,15 @@ cdef class Poller:
     def wait(self, int64_t until_ns):
         """Wait in this set, in C and without the GIL, handling what is ready as it comes,
         until ``until_ns`` (absolute CLOCK_MONOTONIC), a :meth:`wake_on` descriptor is
-        readable, or the sender's schedule ends or stops. Returns True when woken early.
+        readable, the sender's schedule ends or stops, or a connect is to be made (the
+        loop's: a row that found no idle connection must not wait for the deadline).
+        Returns True when it ended early.
 
         A wake-up is one ``epoll_wait``: no pass through the event loop, no Python call."""
         cdef int n, timeout_ms
         cdef int64_t left
         while True:
-            if self.sender is not None and (self.sender.stopping
+            if self.sender is not None and (self.sender.stopping or self.sender.opening
                                             or self.sender.due_abs_ns == NEVER):
                 return True
             left = until_ns - now_ns()
