@@ -678,3 +678,24 @@ def test_a_row_that_needs_a_connection_is_sent_before_the_next_row_is_due(server
     intended, sent = res.column("intended_ns").to_pylist(), res.column("sent_ns").to_pylist()
     assert intended == sorted(intended)
     assert all(sent[k] < intended[k + 1] for k in range(n - 1))
+
+
+def test_a_send_on_a_socket_the_peer_closed_ends_the_request_as_a_connect_failure():
+    # A failed send is left to epoll: the hang-up it reports ends the connection, and the
+    # request (never answered, on a connection that served nothing) is a connect failure.
+    import socket
+
+    from cpbench._core.conn import Conn, Poller
+    _, sender, rec, hist = _one_row_conn()
+    poller = Poller()
+    ours, peer = socket.socketpair()
+    ours.setblocking(False)
+    conn = Conn(None, sender, hist, True)
+    conn.attach(poller, ours.detach())
+    peer.close()
+    sender.write(conn, 0, b"x" * 100, False)          # EPIPE: nothing raised here
+    poller.dispatch()
+    v, details = _only_row(rec)
+    assert v["error_class"] == ERROR_CODE["connect"]
+    assert details == {0: "connection closed before any response byte"}
+    assert not conn.is_open and poller.watched == 0 and sender.busy == set()

@@ -713,13 +713,16 @@ cdef class Conn:
         return self.fd >= 0 or self.transport is not None
 
     def close(self):
-        """Close the connection, with no callback: it is not in any pool (``abort`` is the
-        same: nothing is buffered to flush but a request's unsent bytes)."""
-        self.abort()
+        """Close: a transport flushes first (TLS's close_notify) and reports
+        ``connection_lost`` later (an idle connection is then forgotten); a socket of a
+        :class:`Poller` just closes, with no callback."""
+        if self.fd >= 0:
+            self._close_fd()
+        elif self.transport is not None:
+            self.transport.close()
 
     def abort(self):
-        """Close now. A transport reports ``connection_lost`` later (an idle connection is
-        then forgotten); a socket of a :class:`Poller` just closes."""
+        """Close now, dropping what a transport has not sent (as :meth:`close` otherwise)."""
         if self.fd >= 0:
             self._close_fd()
         elif self.transport is not None:
@@ -1287,12 +1290,6 @@ cdef class Poller:
                 raise OSError(errno, "epoll_wait failed")
             if self._handle(n):
                 return True
-
-    def close(self):
-        """Close the epoll set (the connections close themselves)."""
-        if self.fd >= 0:
-            close(self.fd)
-            self.fd = -1
 
 
 cdef inline bint _digit(unsigned char c) noexcept nogil:
