@@ -663,14 +663,26 @@ def test_one_dispatch_reads_every_ready_socket_not_one_batch():
             peer.close()
 
 
+@pytest.mark.parametrize("loop_connects", [False, True])
 def test_a_row_that_needs_a_connection_is_sent_before_the_next_row_is_due(server,
-                                                                         monkeypatch):
-    # Waiting in C, the worker hands the loop its turn as soon as a row finds no idle
-    # connection (connecting is the loop's); it must not hold the row until the wait ends,
-    # however long the wait may last (here a minute). One pooled connection, each answer 2 s
-    # late: rows 2-4 each need a new connection.
+                                                                         monkeypatch,
+                                                                         loop_connects):
+    # Waiting in C, a row that finds no idle connection must not be held until the wait
+    # ends, however long the wait may last (here a minute): the poller connects it, in C,
+    # with no turn of the loop; where the loop connects (an immediate failure to start the
+    # connect, forced here), the wait hands the loop its turn at once. One pooled
+    # connection, each answer 2 s late: rows 2-4 each need a new connection.
     import cpbench.replaying.dispatch as dispatch_module
     monkeypatch.setattr(dispatch_module, "WAIT_SLICE_NS", 60_000_000_000)
+    through_loop = []
+    open_and_send = Dispatcher._open_and_send
+
+    def counted(self, j, retry, data):
+        through_loop.append(j)
+        return open_and_send(self, j, retry, data)
+    monkeypatch.setattr(Dispatcher, "_open_and_send", counted)
+    if loop_connects:
+        monkeypatch.setattr(Dispatcher, "_start_connect", lambda self: -1)
     n = 4
     res, _ = dispatch(server.url, trace(["delay:2"] * n, ["chat"] * n, gap_ms=500.0),
                       "uvloop", connections=1)
@@ -678,6 +690,182 @@ def test_a_row_that_needs_a_connection_is_sent_before_the_next_row_is_due(server
     intended, sent = res.column("intended_ns").to_pylist(), res.column("sent_ns").to_pylist()
     assert intended == sorted(intended)
     assert all(sent[k] < intended[k + 1] for k in range(n - 1))
+    # The pool's connect is the loop's (the first resolves the address); then only the
+    # forced ones.
+    assert len(through_loop) == (3 if loop_connects else 0)
+
+
+def _listener(backlog: int = 16):
+    import socket
+    srv = socket.socket()
+    srv.bind(("127.0.0.1", 0))
+    srv.listen(backlog)
+    return srv
+
+
+def _connecting_socket(address) -> int:
+    """A non-blocking socket whose connect to ``address`` has begun (loopback: EINPROGRESS)."""
+    import errno
+    import socket
+    sock = socket.socket()
+    sock.setblocking(False)
+    assert sock.connect_ex(address) == errno.EINPROGRESS
+    return sock.detach()
+
+
+def test_a_connect_in_progress_ends_in_c_and_its_row_is_stamped_sent_when_it_leaves():
+    # A row that found no idle connection is handed to one whose connect has just begun. A
+    # listener with a full accept queue drops the SYN, so the connect stays in progress:
+    # the bytes wait, the row is not stamped sent, the connection counts as connecting. When
+    # the queue has room, the SYN sent again a second later gets through; the poller then
+    # sends the bytes, stamps the row sent (its lag) and counts the connection opened.
+    import socket
+
+    from cpbench._core.conn import Conn, Poller
+    _, sender, rec, hist = _one_row_conn()
+    poller = Poller()
+    srv = _listener(0)
+    filler = socket.create_connection(srv.getsockname())     # the queue is full
+    try:
+        conn = Conn(None, sender, hist, True)
+        conn.attach(poller, _connecting_socket(srv.getsockname()), True)
+        assert (sender.connecting, sender.opened, poller.watched) == (1, 0, 1)
+        request = b"POST /v1/chat/completions HTTP/1.1\r\nContent-Length: 0\r\n\r\n"
+        sender.write(conn, 0, request, False)
+        assert sender.connecting == 1 and sender.busy == {conn}
+        assert len(rec.take_lags()) == 0                     # not sent yet
+        room_ns = time.monotonic_ns()
+        srv.accept()[0].close()
+        deadline = time.monotonic() + 10
+        while sender.connecting and time.monotonic() < deadline:
+            poller.wait(time.monotonic_ns() + 100_000_000)
+        assert (sender.connecting, sender.opened) == (0, 1)
+        lags = rec.take_lags()             # intended 0, run start 0: the lag is the stamp
+        assert len(lags) == 1 and lags[0] > room_ns
+        peer, _ = srv.accept()
+        peer.settimeout(10)
+        assert peer.recv(1000) == request
+        peer.sendall(b"HTTP/1.1 200 OK\r\nContent-Type: text/event-stream\r\n"
+                     b"Transfer-Encoding: chunked\r\n\r\n"
+                     + _chunked(b'data: {"choices":[{"delta":{"content":"x"}}]}\n\n',
+                                b"data: [DONE]\n\n"))
+        while rec.done == 0 and time.monotonic() < deadline:
+            poller.wait(time.monotonic_ns() + 100_000_000)
+        v, details = _only_row(rec)
+        assert (v["status"], v["error_class"], details) == (200, -1, {})
+        assert v["sent_ns"] == lags[0] and sender.idle == [conn]
+        conn.close()
+        peer.close()
+    finally:
+        filler.close()
+        srv.close()
+
+
+def test_a_refused_connect_ends_its_row_as_a_connect_failure_at_the_next_dispatch():
+    # A refused connect shows on the first send; the row ends at the next dispatch (the
+    # socket's hang-up), not inside the send, where ending it would admit the next waiting
+    # row and nest its connect inside this one.
+    import socket
+
+    from cpbench._core.conn import Conn, Poller
+    _, sender, rec, hist = _one_row_conn()
+    poller = Poller()
+    srv = _listener()
+    closed_port = srv.getsockname()
+    srv.close()
+    conn = Conn(None, sender, hist, True)
+    conn.attach(poller, _connecting_socket(closed_port), True)
+    sender.write(conn, 0, b"GET / HTTP/1.1\r\n\r\n", False)
+    assert rec.done == 0 and sender.connecting == 1
+    poller.dispatch()
+    v, details = _only_row(rec)
+    assert v["error_class"] == ERROR_CODE["connect"]
+    assert details == {0: "connect failed: Connection refused"}
+    assert not conn.is_open and poller.watched == 0
+    assert (sender.connecting, sender.opened, sender.busy) == (0, 0, set())
+    del socket
+
+
+def test_a_row_that_finds_every_connection_busy_takes_one_an_unread_answer_frees():
+    # Connects no longer wait for the loop, so a row that finds no idle connection must
+    # still wait until the poller has read every ready answer: a worker behind its schedule
+    # has its answers unread, and connecting at once opened a connection per late row (a
+    # 150 ms stop of a worker at 40,000 req/s: 190,000 connections, 149,000 retries). Rows
+    # 0-2 fall due together with one connection: row 0 takes it; 1 and 2 wait. Row 0's
+    # answer is ready, unread: the dispatch reads it, row 1 takes the connection it frees,
+    # and only row 2 connects.
+    import socket
+    from collections import deque
+
+    from cpbench._core.conn import Conn, Poller, Recorder, Sender
+    from cpbench.replaying.plan import COLUMNS
+    from cpbench.replaying.timer import MonotonicTimer
+    rec = Recorder({name: np.zeros(3, dtype) for name, dtype in COLUMNS.items()})
+    rec.start_ns = time.monotonic_ns()
+    connects = []
+    request = b"GET / HTTP/1.1\r\n\r\n"
+    sender = Sender(rec, lambda j: request, lambda j, data: connects.append(j), None, deque(),
+                    0, 64)
+    poller, hist, timer = Poller(), Histogram(), MonotonicTimer()
+    ours, peer = socket.socketpair()
+    ours.setblocking(False)
+    conn = Conn(None, sender, hist, True)
+    conn.attach(poller, ours.detach())
+    sender.idle.append(conn)
+    try:
+        poller.watch_timer(timer.fd, sender)           # the schedule is the poller's
+        sender.connect_after_reading = True
+        assert sender.send_due() == 3
+        assert list(sender.waiting) == [1, 2] and connects == []
+        peer.settimeout(10)
+        assert peer.recv(1000) == request
+        peer.sendall(b"HTTP/1.1 200 OK\r\nContent-Type: text/event-stream\r\n"
+                     b"Transfer-Encoding: chunked\r\n\r\n"
+                     + _chunked(b'data: {"choices":[{"delta":{"content":"x"}}]}\n\n',
+                                b"data: [DONE]\n\n"))
+        deadline = time.monotonic() + 10
+        while rec.done == 0 and time.monotonic() < deadline:
+            poller.dispatch()
+        assert peer.recv(1000) == request                  # row 1, on the freed connection
+        assert rec.done == 1 and sender.busy == {conn} and conn.j == 1
+        assert connects == [2] and not sender.waiting
+    finally:
+        poller.unwatch_timer()
+        timer.close()
+        conn.close()
+        peer.close()
+
+
+def test_thousands_of_waiting_rows_facing_refused_connects_fail_one_after_another():
+    # A target that stops listening mid-run, with 3,000 rows waiting for a connect slot:
+    # each failure frees a slot and the next waiting row connects, and fails, in turn. Had a
+    # failure ended its row inside the send, each would nest the next (RecursionError).
+    from collections import deque
+
+    from cpbench._core.conn import Conn, Poller, Recorder, Sender
+    from cpbench.replaying.plan import COLUMNS
+    n = 3000
+    rec = Recorder({name: np.zeros(n, dtype) for name, dtype in COLUMNS.items()})
+    poller, hist = Poller(), Histogram()
+    srv = _listener()
+    closed_port = srv.getsockname()
+    srv.close()
+    sender = None
+
+    def open_and_send(j, data):
+        conn = Conn(None, sender, hist, True)
+        conn.attach(poller, _connecting_socket(closed_port), True)
+        sender.write(conn, j, data, False)
+
+    sender = Sender(rec, lambda j: b"GET / HTTP/1.1\r\n\r\n", open_and_send, None,
+                    deque(range(n)), 0, 64, 0, 8)             # 8 connects at once
+    sender.admit()
+    assert sender.connecting == 8 and len(sender.waiting) == n - 8
+    deadline = time.monotonic() + 60
+    while rec.done < n and time.monotonic() < deadline:
+        poller.dispatch()
+    assert rec.done == rec.errors == n and sender.sent == n
+    assert sender.connecting == 0 and poller.watched == 0 and not sender.waiting
 
 
 def test_a_send_on_a_socket_the_peer_closed_ends_the_request_as_a_connect_failure():

@@ -48,6 +48,7 @@ cdef extern from "<time.h>" nogil:
 cdef extern from "<string.h>" nogil:
     void* memmem(const void* haystack, size_t hlen, const void* needle, size_t nlen)
     void* memchr(const void* s, int c, size_t n)
+    char* strerror(int errnum)
 
 cdef extern from "<sys/epoll.h>" nogil:
     ctypedef union epoll_data_t:
@@ -64,9 +65,11 @@ cdef extern from "<sys/epoll.h>" nogil:
     uint32_t EPOLLIN, EPOLLOUT, EPOLLERR, EPOLLHUP
 
 cdef extern from "<sys/socket.h>" nogil:
+    ctypedef unsigned int socklen_t
     ssize_t send(int fd, const void* buf, size_t n, int flags)
     ssize_t recv(int fd, void* buf, size_t n, int flags)
-    int MSG_NOSIGNAL
+    int getsockopt(int fd, int level, int name, void* value, socklen_t* length)
+    int MSG_NOSIGNAL, SOL_SOCKET, SO_ERROR
 
 cdef extern from "<unistd.h>" nogil:
     int close(int fd)
@@ -429,9 +432,12 @@ cdef class Sender:
     timerfd that wakes the loop, and the hand-back of each finished request.
 
     ``encode(j)`` renders plan row ``j``'s request bytes (``Renderer.render``, compiled);
-    ``open_and_send(j, data)`` is called when no idle connection is free (it opens one and
-    sends there, counting itself in :attr:`opening` meanwhile); ``on_end()`` when the schedule
-    is done or stopped. ``burst_max`` caps the sends in a row before the loop reads responses.
+    ``open_and_send(j, data)`` is called when no idle connection is free. It opens one and
+    sends there: either at once, on a socket whose connect a :class:`Poller` finishes (the
+    connection is busy, and counted in :attr:`connecting` until the connect ends), or through
+    the event loop (counting itself in :attr:`opening` meanwhile). :attr:`opened` counts the
+    connects that succeeded. ``on_end()`` is called when the schedule is done or stopped.
+    ``burst_max`` caps the sends in a row before the loop reads responses.
     ``spin_ns`` > 0 arms the timer that much before each send's instant and busy-waits the
     rest in :meth:`on_timer`: the send leaves within a few µs of its instant instead of after
     the kernel's wake-up latency, for that much CPU per send (``--spin-us``).
@@ -440,7 +446,10 @@ cdef class Sender:
     when no idle connection is free and a new one may not be opened: ``connects_max``
     connects are already in progress, or ``connections_max`` connections are open (0: no
     such cap). Waiting rows go out, oldest first, as connections free up or open
-    (:meth:`admit`); the wait is their dispatch lag.
+    (:meth:`admit`); the wait is their dispatch lag. With :attr:`connect_after_reading` (set
+    while a :class:`Poller` runs the schedule) a row that would open a connection waits too,
+    until the poller has read every ready answer, any of which may free one; then it
+    connects.
     """
 
     cdef readonly Recorder recorder
@@ -457,6 +466,10 @@ cdef class Sender:
     cdef readonly int max_concurrency
     cdef readonly int connects_max, connections_max
     cdef public int opening
+    cdef readonly int connecting
+    cdef public bint connect_after_reading
+    cdef bint admit_pending               # rows wait for the reads to end (connect_after_reading)
+    cdef public int64_t opened
     cdef readonly int64_t fd_limited      # rows that waited with connections_max reached
     cdef public int64_t sent
     cdef public bint stopping
@@ -478,7 +491,9 @@ cdef class Sender:
         self.idle, self.busy, self.waiting = [], set(), waiting
         self.max_concurrency = max_concurrency
         self.connects_max, self.connections_max = connects_max, connections_max
-        self.opening = 0
+        self.opening = self.connecting = 0
+        self.connect_after_reading = self.admit_pending = False
+        self.opened = 0
         self.fd_limited = 0
         self.sent = 0
         self.stopping = False
@@ -583,14 +598,27 @@ cdef class Sender:
             if self.at_connection_limit():
                 self.fd_limited += 1
             self.waiting.append(j)               # its bytes are rendered again when it goes
+        elif self.connect_after_reading:
+            # The poller reads every ready answer before this row connects: one read may
+            # free a connection for it (admit_after_reading).
+            self.waiting.append(j)
+            self.admit_pending = True
         else:
             self.open_and_send(j, data)
+        return 0
+
+    cdef int admit_after_reading(self) except -1:
+        # The Poller has read everything ready: rows that found no idle connection take the
+        # connections those answers freed, and the rest connect.
+        if self.admit_pending:
+            self.admit_pending = False
+            self.admit()
         return 0
 
     cpdef bint may_open(self):
         """Whether one more connection may be opened now (``connects_max``,
         ``connections_max``)."""
-        if self.connects_max and self.opening >= self.connects_max:
+        if self.connects_max and self.opening + self.connecting >= self.connects_max:
             return False
         return not self.at_connection_limit()
 
@@ -670,6 +698,8 @@ cdef class Conn:
     cdef bint stream_llm
     cdef public object transport
     cdef int fd                           # the socket, when a Poller drives it (else -1)
+    cdef bint connecting                  # ... and its connect has not ended yet
+    cdef int connect_err                  # ... a failed first send's errno, reported later
     cdef Poller poller
     cdef bytes pending_out                # request bytes the socket did not take yet
     cdef Py_ssize_t pending_at
@@ -694,6 +724,8 @@ cdef class Conn:
         self.scan = StreamScan()
         self.transport = None
         self.fd = -1
+        self.connecting = False
+        self.connect_err = 0
         self.poller = None
         self.pending_out = None
         self.buf = bytearray()
@@ -729,19 +761,86 @@ cdef class Conn:
             self.transport.abort()
 
     # -- a socket a Poller drives ------------------------------------------------------
-    def attach(self, Poller poller, int fd):
-        """Drive connected non-blocking socket ``fd`` from ``poller`` (this object owns and
-        closes it) instead of a transport."""
+    def attach(self, Poller poller, int fd, bint connecting=False):
+        """Drive non-blocking socket ``fd`` from ``poller`` (this object owns and closes it)
+        instead of a transport. ``connecting``: its connect is in progress (``EINPROGRESS``),
+        and ends here, in C: the first request's bytes go out as soon as the socket is
+        connected (a send that succeeds, or ``EPOLLOUT``), stamped as sent then; a connect
+        that fails ends that request as a ``connect`` error. Until then the sender counts the
+        connection in ``connecting``."""
         self.poller = poller
         self.fd = fd
         poller.watch(self)
+        if connecting:
+            self.connecting = True
+            self.sender.connecting += 1
+        else:
+            self.sender.opened += 1
 
     cdef void _close_fd(self) noexcept:
         if self.fd >= 0:
+            self._connect_ended()
             self.poller.unwatch(self)
             close(self.fd)
             self.fd = -1
             self.pending_out = None
+
+    cdef inline void _connect_ended(self) noexcept:
+        if self.connecting:
+            self.connecting = False
+            self.sender.connecting -= 1
+
+    cdef int _send_connecting(self, bytes data, int64_t now) except -1:
+        # The first request on a socket whose connect may still be in progress. A loopback
+        # connect has mostly finished by the time connect() returns EINPROGRESS, so try the
+        # send: bytes taken mean connected; EAGAIN means still connecting (EPOLLOUT says
+        # when). Any other error is the connect's, reported by the next dispatch (the socket
+        # is closed, so epoll says EPOLLHUP at once), not in this call: ending the request
+        # here would admit the next waiting row, whose connect could fail the same way, one
+        # call inside the other.
+        cdef ssize_t k = send(self.fd, <const char*>data, len(data), MSG_NOSIGNAL)
+        if k >= 0:
+            self._connected(now)
+            if k < len(data):
+                self._write_fd(data, k)
+            return 0
+        if errno != EAGAIN and errno != EINTR:
+            self.connect_err = errno
+        self.pending_out, self.pending_at = data, 0
+        self.poller.want_write(self, True)
+        return 0
+
+    cdef int _connected(self, int64_t now) except -1:
+        # The connect ended well: the request goes now, so it is stamped sent now.
+        self._connect_ended()
+        self.sender.opened += 1
+        self.sent_abs = now
+        if self._j >= 0 and not self.retried:
+            self.recorder.add_lag(self._j, now)
+        return 0
+
+    cdef int _on_connect_event(self, uint32_t events) except -1:
+        # EPOLLOUT (or an error) on a connecting socket: the connect ended, one way or the
+        # other; a failed first send's errno or SO_ERROR says which.
+        cdef int err = self.connect_err
+        cdef socklen_t size = sizeof(err)
+        cdef str reason
+        if err == 0 and getsockopt(self.fd, SOL_SOCKET, SO_ERROR, &err, &size) != 0:
+            err = errno
+        if err == 0 and not events & (EPOLLERR | EPOLLHUP):
+            self._connected(now_ns())
+            if self.pending_out is not None:
+                self._write_fd(self.pending_out, self.pending_at)
+        else:
+            self._connect_ended()
+            reason = (<bytes>strerror(err)).decode("utf-8", "replace") if err \
+                else "closed by the peer"
+            if self._j >= 0:
+                self.fail(E_CONNECT, "connect failed: " + reason, close=True)
+            else:
+                self._close_fd()
+        self.sender.admit()                 # a connect slot is free: rows waiting for one go
+        return 0
 
     cdef int _write_fd(self, bytes data, Py_ssize_t at) except -1:
         # Write data[at:]; what the socket does not take now waits for EPOLLOUT. A failed
@@ -773,6 +872,11 @@ cdef class Conn:
         cdef ssize_t n
         if self.fd < 0:
             return 0                                 # closed earlier in this dispatch
+        if self.connecting:
+            self._on_connect_event(events)
+            if self.fd < 0 or self.connecting:
+                return 0
+            events &= ~EPOLLOUT                      # its pending bytes were just written
         if events & EPOLLOUT and self.pending_out is not None:
             self._write_fd(self.pending_out, self.pending_at)
         if not events & (EPOLLIN | EPOLLHUP | EPOLLERR):
@@ -870,6 +974,9 @@ cdef class Conn:
         # row records its send lag.
         cdef int64_t now = now_ns()
         self._begin(j, now, retried)
+        if self.connecting:
+            self._send_connecting(data, now)
+            return 0
         if self.fd >= 0:
             if self.pending_out is not None:
                 # The last request's tail was still unsent (the answer came first): it
@@ -1149,9 +1256,10 @@ cdef class Poller:
     worker waits here (:meth:`wait`, without the GIL): a wake-up is one ``epoll_wait``, then
     the timer's sends (:meth:`watch_timer`) and each ready socket's events, all in C. The
     event loop watches :attr:`fd` too and calls :meth:`dispatch` (the same, with no wait) in
-    its own turns, between waits or while it finishes a connect. A connection is watched
-    from :meth:`Conn.attach` until it closes; the set holds a reference to each, released at
-    the end of the dispatch it closed in (an event of the same batch may still name it).
+    its own turns, between waits or while it finishes a connect of its own. A connection is
+    watched from :meth:`Conn.attach` until it closes; the set holds a reference to each,
+    released at the end of the dispatch it closed in (an event of the same batch may still
+    name it).
     """
 
     cdef readonly int fd
@@ -1263,17 +1371,35 @@ cdef class Poller:
         while n == _MAX_EVENTS:
             n = epoll_wait(self.fd, self.events, _MAX_EVENTS, 0)
             self._handle(n)
+        if self.sender is not None:
+            self.sender.admit_after_reading()
+
+    cdef int _admit_after_reading(self) except -1:
+        # Rows that found no idle connection while this batch was handled connect only once
+        # every ready socket is read: each answer read frees a connection. Connecting first,
+        # a worker that fell behind (its answers unread) opened a connection per late row,
+        # the connect storm of docs/design.md, "A dispatch reads every ready socket".
+        cdef int n = _MAX_EVENTS
+        if self.sender is None or not self.sender.admit_pending:
+            return 0
+        while n == _MAX_EVENTS:
+            n = epoll_wait(self.fd, self.events, _MAX_EVENTS, 0)
+            self._handle(n)
+        self.sender.admit_after_reading()
+        return 0
 
     def wait(self, int64_t until_ns):
         """Wait in this set, in C and without the GIL, handling what is ready as it comes,
         until ``until_ns`` (absolute CLOCK_MONOTONIC), a :meth:`wake_on` descriptor is
-        readable, the sender's schedule ends or stops, or a connect is to be made (the
-        loop's: a row that found no idle connection must not wait for the deadline).
-        Returns True when it ended early.
+        readable, the sender's schedule ends or stops, or a connect is to be made through the
+        event loop (``Sender.opening``: a row must not wait for the deadline). Returns True
+        when it ended early. Rows that found no idle connection connect after the ready
+        sockets are read (:attr:`Sender.connect_after_reading`).
 
         A wake-up is one ``epoll_wait``: no pass through the event loop, no Python call."""
         cdef int n, timeout_ms
         cdef int64_t left
+        cdef bint woke
         while True:
             if self.sender is not None and (self.sender.stopping or self.sender.opening
                                             or self.sender.due_abs_ns == NEVER):
@@ -1288,7 +1414,9 @@ cdef class Poller:
                 if errno == EINTR:
                     continue
                 raise OSError(errno, "epoll_wait failed")
-            if self._handle(n):
+            woke = self._handle(n)
+            self._admit_after_reading()
+            if woke:
                 return True
 
 
