@@ -469,6 +469,7 @@ cdef class Sender:
     cdef readonly int connecting
     cdef public bint connect_after_reading
     cdef bint admit_pending               # rows wait for the reads to end (connect_after_reading)
+    cdef Py_ssize_t deferred              # ... of them, those not counted in fd_limited
     cdef public int64_t opened
     cdef readonly int64_t fd_limited      # rows that waited with connections_max reached
     cdef public int64_t sent
@@ -493,6 +494,7 @@ cdef class Sender:
         self.connects_max, self.connections_max = connects_max, connections_max
         self.opening = self.connecting = 0
         self.connect_after_reading = self.admit_pending = False
+        self.deferred = 0
         self.opened = 0
         self.fd_limited = 0
         self.sent = 0
@@ -597,12 +599,15 @@ cdef class Sender:
         elif self.waiting or not self.may_open():
             if self.at_connection_limit():
                 self.fd_limited += 1
+            elif self.admit_pending:
+                self.deferred += 1
             self.waiting.append(j)               # its bytes are rendered again when it goes
         elif self.connect_after_reading:
             # The poller reads every ready answer before this row connects: one read may
             # free a connection for it (admit_after_reading).
             self.waiting.append(j)
             self.admit_pending = True
+            self.deferred = 1
         else:
             self.open_and_send(j, data)
         return 0
@@ -613,6 +618,11 @@ cdef class Sender:
         if self.admit_pending:
             self.admit_pending = False
             self.admit()
+            if self.waiting and self.at_connection_limit():
+                # Those still waiting (the newest: admit takes the oldest first) now wait
+                # for the open-file limit like any row that found it reached.
+                self.fd_limited += min(self.deferred, len(self.waiting))
+            self.deferred = 0
         return 0
 
     cpdef bint may_open(self):
