@@ -836,6 +836,46 @@ def test_a_row_that_finds_every_connection_busy_takes_one_an_unread_answer_frees
         peer.close()
 
 
+def test_the_descriptor_table_is_grown_to_the_open_file_limit_with_nothing_left_open():
+    # In a process with threads each doubling of the kernel's descriptor table waits for an
+    # RCU grace period (7-36 ms here); grown before the run, the table never grows during it.
+    # /proc/self/status's FDSize is the table's size. In a child with a 4,096 soft limit:
+    import subprocess
+    import sys
+    code = """
+import os, resource, threading
+from cpbench.replaying.dispatch import grow_descriptor_table
+resource.setrlimit(resource.RLIMIT_NOFILE, (4096, resource.getrlimit(resource.RLIMIT_NOFILE)[1]))
+threading.Thread(target=lambda: None).start()
+size = lambda: int([l for l in open('/proc/self/status') if l.startswith('FDSize')][0].split()[1])
+before, fds = size(), sorted(os.listdir('/proc/self/fd'))
+print(before, grow_descriptor_table(), size(), sorted(os.listdir('/proc/self/fd')) == fds)
+"""
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True,
+                         check=True).stdout.split()
+    before, grown, after, same_fds = int(out[0]), int(out[1]), int(out[2]), out[3]
+    assert before < 4096 and grown == 4096 and after >= 4096 and same_fds == "True"
+
+
+def test_the_pool_is_opened_after_the_descriptor_table_is_grown(server, monkeypatch):
+    import cpbench.replaying.dispatch as dispatch_module
+    calls = []
+    monkeypatch.setattr(dispatch_module, "grow_descriptor_table",
+                        lambda: calls.append(len(disp.idle)))
+    table = trace(["ok"] * 2, ["chat"] * 2)
+    plan = build_plan(table, select_rows(table), 0, 1)
+    loop = uvloop.new_event_loop()
+    try:
+        disp = Dispatcher(Target.from_url(server.url), plan, dispatch_options(connections=3),
+                          0, lambda kind, payload: None, Histogram())
+        loop.run_until_complete(disp.open_pool())
+        assert calls == [0] and len(disp.idle) == 3        # once, before any connection
+        for conn in disp.idle:
+            conn.close()
+    finally:
+        loop.close()
+
+
 def test_thousands_of_waiting_rows_facing_refused_connects_fail_one_after_another():
     # A target that stops listening mid-run, with 3,000 rows waiting for a connect slot:
     # each failure frees a slot and the next waiting row connects, and fails, in turn. Had a

@@ -36,6 +36,8 @@ from __future__ import annotations
 
 import asyncio
 import errno
+import fcntl
+import os
 import resource
 import socket
 import ssl as ssl_module
@@ -66,6 +68,7 @@ POOL_WINDOW_NS = 50_000_000      # default pool: every request due in the busies
 POOL_MIN, POOL_MAX = 32, 1024    # ... within these bounds (and a quarter of the fd limit)
 CONNECTS_MAX = 256               # connects in progress at once; later rows wait for one
 FD_HEADROOM = 64                 # descriptors kept for the worker's own pipes, timer, files
+FD_TABLE_MAX = 65536             # the descriptor table is grown to the open-file limit, at most
 BEHIND_HOLD_S = 0.5              # behind by more than max_behind this long: saturated
 _NEVER = 1 << 62
 E_CONNECT, E_TIMEOUT = ERROR_CODE["connect"], ERROR_CODE["timeout"]
@@ -220,7 +223,10 @@ class Dispatcher:
             self._watching = None
 
     async def open_pool(self) -> None:
-        """Open the keep-alive connections; a refused target raises TargetError."""
+        """Open the keep-alive connections; a refused target raises TargetError. First the
+        process's descriptor table is grown for every connection it may hold
+        (:func:`grow_descriptor_table`), so that no growth stalls the run."""
+        grow_descriptor_table()
         try:
             conns = await asyncio.gather(*[self._connect()
                                            for _ in range(self.pool_floor)])
@@ -509,6 +515,30 @@ def connection_limit() -> int:
     if soft == resource.RLIM_INFINITY:
         return 0
     return max(POOL_MIN, soft - FD_HEADROOM)
+
+
+def grow_descriptor_table() -> int:
+    """Grow this process's descriptor table to its soft open-file limit (at most
+    ``FD_TABLE_MAX``) before the run; returns the lowest size it now has.
+
+    The kernel doubles the table when a descriptor past its end is allocated, and in a process
+    with threads (the worker's outbox, the loop's resolver) each doubling waits for an RCU
+    grace period: 7–36 ms here at 256, 512 and 1,024 descriptors. A replay against an engine
+    that answers in seconds opens connections all through the run, and every send due during
+    such a wait was late by it (docs/design.md, "The descriptor table is grown before the
+    run"). ``F_DUPFD`` at the top allocates a descriptor there without touching any open one;
+    closing it keeps the table.
+    """
+    soft = resource.getrlimit(resource.RLIMIT_NOFILE)[0]
+    size = FD_TABLE_MAX if soft == resource.RLIM_INFINITY else min(soft, FD_TABLE_MAX)
+    src = os.open(os.devnull, os.O_RDONLY | os.O_CLOEXEC)
+    try:
+        os.close(fcntl.fcntl(src, fcntl.F_DUPFD_CLOEXEC, size - 1))
+    except OSError:
+        return 0                     # the top is taken, or the limit was lowered meanwhile
+    finally:
+        os.close(src)
+    return size
 
 
 def pool_size(intended_ns: np.ndarray, window_ns: int = POOL_WINDOW_NS) -> int:
