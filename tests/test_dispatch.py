@@ -361,6 +361,14 @@ def _chunked(*parts: bytes) -> bytes:
     return b"".join(b"%x\r\n%s\r\n" % (len(p), p) for p in parts) + b"0\r\n\r\n"
 
 
+def _one_token_answer() -> bytes:
+    """A whole streamed chat answer: one content event, then [DONE]."""
+    return (b"HTTP/1.1 200 OK\r\nContent-Type: text/event-stream\r\n"
+            b"Transfer-Encoding: chunked\r\n\r\n"
+            + _chunked(b'data: {"choices":[{"delta":{"content":"x"}}]}\n\n',
+                       b"data: [DONE]\n\n"))
+
+
 def _one_row_conn(kind: int = 0, batch_size: int = 1):
     """A Conn on a one-row plan (row 7 of the trace), its owner, recorder and ITL histogram."""
     from collections import deque
@@ -593,8 +601,13 @@ def test_a_poller_socket_sends_what_it_could_not_take_in_order_then_reads_the_an
     assert rec.take_rows() is None           # an idle connection's close records nothing
 
 
-def test_dispatch_of_plain_http_drives_sockets_from_c(server):
-    # No transport for plain HTTP: every connection the pool opened is a Poller's socket.
+def test_dispatch_of_plain_http_drives_sockets_from_c(server, monkeypatch):
+    # No transport for plain HTTP: every connection the pool opened is a Poller's socket,
+    # opened after the descriptor table was grown (once, before any connection).
+    import cpbench.replaying.dispatch as dispatch_module
+    grown_with = []
+    monkeypatch.setattr(dispatch_module, "grow_descriptor_table",
+                        lambda: grown_with.append(len(disp.idle)))
     table = trace(["ok"] * 4, ["chat"] * 4)
     plan = build_plan(table, select_rows(table), 0, 1)
     loop = uvloop.new_event_loop()
@@ -602,7 +615,7 @@ def test_dispatch_of_plain_http_drives_sockets_from_c(server):
         disp = Dispatcher(Target.from_url(server.url), plan, dispatch_options(connections=3),
                           0, lambda kind, payload: None, Histogram())
         loop.run_until_complete(disp.open_pool())
-        assert disp.poller.watched == 3
+        assert grown_with == [0] and disp.poller.watched == 3
         assert all(c.is_open and c.transport is None for c in disp.idle)
         loop.run_until_complete(disp.run(time.monotonic_ns() + 20_000_000))
         assert disp.poller.watched == 0 and disp.recorder.done == 4
@@ -640,10 +653,7 @@ def test_one_dispatch_reads_every_ready_socket_not_one_batch():
 
     _, sender, rec, hist = _one_row_conn()
     poller = Poller()
-    answer = (b"HTTP/1.1 200 OK\r\nContent-Type: text/event-stream\r\n"
-              b"Transfer-Encoding: chunked\r\n\r\n"
-              + _chunked(b'data: {"choices":[{"delta":{"content":"x"}}]}\n\n',
-                         b"data: [DONE]\n\n"))
+    answer = _one_token_answer()
     peers = []
     try:
         for _ in range(300):                 # more than one epoll batch
@@ -745,10 +755,7 @@ def test_a_connect_in_progress_ends_in_c_and_its_row_is_stamped_sent_when_it_lea
         peer, _ = srv.accept()
         peer.settimeout(10)
         assert peer.recv(1000) == request
-        peer.sendall(b"HTTP/1.1 200 OK\r\nContent-Type: text/event-stream\r\n"
-                     b"Transfer-Encoding: chunked\r\n\r\n"
-                     + _chunked(b'data: {"choices":[{"delta":{"content":"x"}}]}\n\n',
-                                b"data: [DONE]\n\n"))
+        peer.sendall(_one_token_answer())
         while rec.done == 0 and time.monotonic() < deadline:
             poller.wait(time.monotonic_ns() + 100_000_000)
         v, details = _only_row(rec)
@@ -819,10 +826,7 @@ def test_a_row_that_finds_every_connection_busy_takes_one_an_unread_answer_frees
         assert list(sender.waiting) == [1, 2] and connects == []
         peer.settimeout(10)
         assert peer.recv(1000) == request
-        peer.sendall(b"HTTP/1.1 200 OK\r\nContent-Type: text/event-stream\r\n"
-                     b"Transfer-Encoding: chunked\r\n\r\n"
-                     + _chunked(b'data: {"choices":[{"delta":{"content":"x"}}]}\n\n',
-                                b"data: [DONE]\n\n"))
+        peer.sendall(_one_token_answer())
         deadline = time.monotonic() + 10
         while rec.done == 0 and time.monotonic() < deadline:
             poller.dispatch()
@@ -855,25 +859,6 @@ print(before, grow_descriptor_table(), size(), sorted(os.listdir('/proc/self/fd'
                          check=True).stdout.split()
     before, grown, after, same_fds = int(out[0]), int(out[1]), int(out[2]), out[3]
     assert before < 4096 and grown == 4096 and after >= 4096 and same_fds == "True"
-
-
-def test_the_pool_is_opened_after_the_descriptor_table_is_grown(server, monkeypatch):
-    import cpbench.replaying.dispatch as dispatch_module
-    calls = []
-    monkeypatch.setattr(dispatch_module, "grow_descriptor_table",
-                        lambda: calls.append(len(disp.idle)))
-    table = trace(["ok"] * 2, ["chat"] * 2)
-    plan = build_plan(table, select_rows(table), 0, 1)
-    loop = uvloop.new_event_loop()
-    try:
-        disp = Dispatcher(Target.from_url(server.url), plan, dispatch_options(connections=3),
-                          0, lambda kind, payload: None, Histogram())
-        loop.run_until_complete(disp.open_pool())
-        assert calls == [0] and len(disp.idle) == 3        # once, before any connection
-        for conn in disp.idle:
-            conn.close()
-    finally:
-        loop.close()
 
 
 def test_thousands_of_waiting_rows_facing_refused_connects_fail_one_after_another():
