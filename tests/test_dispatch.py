@@ -772,8 +772,6 @@ def test_a_refused_connect_ends_its_row_as_a_connect_failure_at_the_next_dispatc
     # A refused connect shows on the first send; the row ends at the next dispatch (the
     # socket's hang-up), not inside the send, where ending it would admit the next waiting
     # row and nest its connect inside this one.
-    import socket
-
     from cpbench._core.conn import Conn, Poller
     _, sender, rec, hist = _one_row_conn()
     poller = Poller()
@@ -790,7 +788,6 @@ def test_a_refused_connect_ends_its_row_as_a_connect_failure_at_the_next_dispatc
     assert details == {0: "connect failed: Connection refused"}
     assert not conn.is_open and poller.watched == 0
     assert (sender.connecting, sender.opened, sender.busy) == (0, 0, set())
-    del socket
 
 
 def test_a_row_that_finds_every_connection_busy_takes_one_an_unread_answer_frees():

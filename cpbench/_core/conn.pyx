@@ -841,15 +841,15 @@ cdef class Conn:
             self._connected(now_ns())
             if self.pending_out is not None:
                 self._write_fd(self.pending_out, self.pending_at)
+            self.sender.admit()             # a connect slot is free: rows waiting for one go
+            return 0
+        # Failed: closing the socket frees the slot, and the release admits waiting rows.
+        reason = (<bytes>strerror(err)).decode("utf-8", "replace") if err \
+            else "closed by the peer"
+        if self._j >= 0:
+            self.fail(E_CONNECT, "connect failed: " + reason, close=True)
         else:
-            self._connect_ended()
-            reason = (<bytes>strerror(err)).decode("utf-8", "replace") if err \
-                else "closed by the peer"
-            if self._j >= 0:
-                self.fail(E_CONNECT, "connect failed: " + reason, close=True)
-            else:
-                self._close_fd()
-        self.sender.admit()                 # a connect slot is free: rows waiting for one go
+            self._close_fd()
         return 0
 
     cdef int _write_fd(self, bytes data, Py_ssize_t at) except -1:
@@ -1377,25 +1377,26 @@ cdef class Poller:
         Every one, not one batch of events: when the worker is behind, thousands of answers
         wait, and a batch a turn of the loop would leave their connections busy while rows
         fall due, open a connection each, and fall further behind."""
+        self._read_ready()
+        if self.sender is not None:
+            self.sender.admit_after_reading()
+
+    cdef int _read_ready(self) except -1:
+        # Handle what is ready until nothing is (each epoll_wait takes one batch).
         cdef int n = _MAX_EVENTS
         while n == _MAX_EVENTS:
             n = epoll_wait(self.fd, self.events, _MAX_EVENTS, 0)
             self._handle(n)
-        if self.sender is not None:
-            self.sender.admit_after_reading()
+        return 0
 
     cdef int _admit_after_reading(self) except -1:
         # Rows that found no idle connection while this batch was handled connect only once
         # every ready socket is read: each answer read frees a connection. Connecting first,
         # a worker that fell behind (its answers unread) opened a connection per late row,
         # the connect storm of docs/design.md, "A dispatch reads every ready socket".
-        cdef int n = _MAX_EVENTS
-        if self.sender is None or not self.sender.admit_pending:
-            return 0
-        while n == _MAX_EVENTS:
-            n = epoll_wait(self.fd, self.events, _MAX_EVENTS, 0)
-            self._handle(n)
-        self.sender.admit_after_reading()
+        if self.sender is not None and self.sender.admit_pending:
+            self._read_ready()
+            self.sender.admit_after_reading()
         return 0
 
     def wait(self, int64_t until_ns):
