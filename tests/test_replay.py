@@ -276,6 +276,50 @@ def test_workers_ask_for_a_short_time_slice(server, tmp_path):
     assert summary_of(out)["run"]["client"]["worker_slice_ns"] == [want, want]
 
 
+def _children_named(pid: int) -> set[str]:
+    """Command names of ``pid``'s child processes (/proc), as ps and top show them."""
+    names = set()
+    for entry in Path("/proc").iterdir():
+        try:
+            stat = (entry / "stat").read_text()
+        except (OSError, ValueError):
+            continue                     # not a process, or one that just ended
+        comm, rest = stat[stat.index("(") + 1:stat.rindex(")")], stat[stat.rindex(")") + 2:]
+        if int(rest.split()[1]) == pid:
+            names.add(comm)
+    return names
+
+
+def test_workers_are_named_and_the_run_clock_origin_is_recorded(server, tmp_path):
+    # ps, top -H and perf show each worker as cpbench-wN, not "python"; summary.json gives
+    # the run clock's origin on CLOCK_MONOTONIC, so rows line up with perf -k mono stamps.
+    trace = make_trace(tmp_path / "t.arrow", ["ok"] * 60, ["chat"] * 60, gap_ms=50.0)
+    out = tmp_path / "out"
+    before = time.monotonic_ns()
+    proc = subprocess.Popen([sys.executable, "-m", "cpbench", "replay", str(trace), "--url",
+                             server.url, "-o", str(out), "--workers", "2", "--no-report",
+                             "--quiet"], cwd=ROOT, stdout=subprocess.PIPE,
+                            stderr=subprocess.PIPE, text=True)
+    seen: set[str] = set()
+    try:
+        deadline = time.monotonic() + 30
+        while proc.poll() is None and time.monotonic() < deadline \
+                and not {"cpbench-w0", "cpbench-w1"} <= seen:
+            seen |= _children_named(proc.pid)
+            time.sleep(0.05)
+        _, err = proc.communicate(timeout=60)
+    finally:
+        if proc.poll() is None:
+            proc.kill()
+            proc.wait()
+    after = time.monotonic_ns()
+    assert proc.returncode == 0, err
+    assert {"cpbench-w0", "cpbench-w1"} <= seen
+    start = summary_of(out)["run"]["start_monotonic_ns"]
+    sent = read_results(out / "results.arrow").column("sent_ns").to_numpy()
+    assert before < start and start + sent.max() < after
+
+
 def test_realtime_workers_or_a_warning(server, tmp_path):
     # As root (CI) the workers get SCHED_FIFO; elsewhere each says why not, and runs anyway.
     trace = make_trace(tmp_path / "t.arrow", ["ok"] * 6, ["chat", "embedding"] * 3)

@@ -27,7 +27,8 @@ from cpbench._core.hist import Histogram
 from cpbench.replaying.dispatch import Dispatcher, DispatchOptions
 from cpbench.errors import CpbenchError
 from cpbench.replaying.plan import load_plan
-from cpbench.replaying.timer import WORKER_SLICE_NS, request_slice, tighten_timer_slack
+from cpbench.replaying.timer import (WORKER_SLICE_NS, name_thread, request_slice,
+                                     tighten_timer_slack)
 from cpbench.replaying.wire import Target
 
 
@@ -111,6 +112,8 @@ def worker_main(cfg: dict, worker: int, ctl: Connection, out: Connection) -> Non
     if threading.current_thread() is threading.main_thread():
         signal.signal(signal.SIGINT, signal.SIG_IGN)
         signal.signal(signal.SIGTERM, signal.SIG_IGN)
+    # "cpbench-w0", ... in ps, top -H and perf, for this thread and the ones it starts.
+    name_thread(f"cpbench-w{worker}")
     outbox = Outbox(out)
     try:
         _work(cfg, worker, ctl, outbox.put)

@@ -220,6 +220,9 @@ def _run(run: dict, url: str, sim: EmbeddedSim | None, out: Path, o: ReplayOptio
             run["cluster"] = pool.cluster_facts()
             _record_cluster(out, run["cluster"])
         start_ns = time.monotonic_ns() + 250_000_000
+        # The run clock's origin on this host's CLOCK_MONOTONIC: lines the rows up with what
+        # other tools stamped on it (perf, a server's own log).
+        run["start_monotonic_ns"] = start_ns
         monitors = _start_monitors(o, url if sim is not None else None, start_ns)
         pool.start(start_ns)
         cpu0 = time.process_time()
