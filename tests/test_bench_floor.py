@@ -69,6 +69,8 @@ def test_floor_sends_on_schedule_and_reads_every_answer(tmp_path, floor_exe, kin
     intended, sent = times[:n], times[n:]
     assert np.array_equal(intended - intended[0], arrivals - arrivals[0])   # the trace's times
     assert np.all(sent >= intended)
+    # The schedule's span on CLOCK_MONOTONIC, to window a perf trace (--sched).
+    assert r["window_ns"][0] == intended[0] and r["window_ns"][1] == intended[-1]
     assert r["cpu_us_per_request"] > 0 and r["lag_p50_us"] >= 0
 
 

@@ -16,11 +16,18 @@ that each take every N-th arrival from one shared start, as cpbench splits a pla
     python tools/bench_floor.py                              # chat and embeddings, 4,000 req/s
     python tools/bench_floor.py --bodies both --repeats 3    # also 1,000-token chat, 16 x 128
     python tools/bench_floor.py --rates 8000 --workers 2     # the fidelity ladder's top
+    python tools/bench_floor.py --kinds chat --rates 40000 --workers 2 --sched   # root, perf
 
 Per run it prints for the floor and for cpbench: CPU µs per request (cpbench's is its workers'
 plus its parent's, as ``tools/bench_replay.py`` reports it), lag p50/p99 in µs (sent −
 intended), the KS distance of the send stamps' gaps to the exponential beside the schedule's
 own (the ideal for that n), and cpbench's CPU over the floor's; then medians over repeats.
+With ``--sched`` (root and ``perf``) each client also runs under a trace of the scheduler's
+events (``tools/sched_waits.py``), and a second table gives, per client, its stretches on a
+CPU (p50/p99/p99.9 µs), its run-queue waits over 0.5 and 1 ms (count and ms in all), and
+what ran on the waiting CPU during the waits over 0.5 ms: the client's other processes, the
+server, cpbench's parent, other tasks. That tells whose the lag tail at high rates is, with
+far fewer runs than comparing lag p99.
 What the floor cannot reach on a host, no dispatcher built this way reaches there. Needs
 ``cc`` and nginx (``tools/bench/start_nginx.sh``).
 """
@@ -43,6 +50,9 @@ sys.path.insert(0, str(HERE))
 
 from bench_replay import (BATCH_PATH, SEED, exp_ks, make_realistic_trace, make_trace,  # noqa: E402
                           measure, start_nginx, write_batch_answer)
+from sched_waits import SchedTrace, parse, processes_named, summarize  # noqa: E402
+
+CLIENT_NAMES = {"floor": "floor", "cpbench": "cpbench-w"}    # command-name prefixes
 
 
 def build_floor(folder: Path) -> Path:
@@ -118,7 +128,8 @@ def run_floor(exe: Path, port: int, trace: Path, request: Path, connections: int
             "lag_p50_us": float(np.percentile(lag_us, 50)),
             "lag_p99_us": float(np.percentile(lag_us, 99)),
             "trace_ks": exp_ks(np.diff(arrivals).astype(np.float64)),
-            "sent_ks": exp_ks(np.diff(np.sort(sent)).astype(np.float64))}
+            "sent_ks": exp_ks(np.diff(np.sort(sent)).astype(np.float64)),
+            "window_ns": [int(start_ns + arrivals[0]), int(start_ns + arrivals[-1])]}
 
 
 def run_cpbench(trace: Path, out: Path, url: str, workers: int) -> dict:
@@ -126,7 +137,38 @@ def run_cpbench(trace: Path, out: Path, url: str, workers: int) -> dict:
     return {"requests": r["requests"], "errors": r["errors"], "connections": r["connections"],
             "cpu_us_per_request": r["cpu_us_per_request"],
             "lag_p50_us": r["lag_p50_ms"] * 1e3, "lag_p99_us": r["lag_p99_ms"] * 1e3,
-            "trace_ks": r["trace_ks"], "sent_ks": r["sent_ks"]}
+            "trace_ks": r["trace_ks"], "sent_ks": r["sent_ks"], "window_ns": r["window_ns"]}
+
+
+def traced(who: str, folder: Path, run, on: bool) -> dict:
+    """``run()``'s result; with ``on``, under a trace of the scheduler's events, with their
+    summary for ``who``'s processes added as ``sched``."""
+    if not on:
+        return run()
+    with SchedTrace(folder) as trace:
+        result = run()
+    events, comms = parse(trace.lines)
+    clients = processes_named(events, comms, CLIENT_NAMES[who.split("/")[0]])
+    a, b = (t / 1e9 for t in result["window_ns"])      # the schedule's span only
+    result["sched"] = summarize(events, comms, clients, parent=os.getpid(), window=(a, b))
+    # The server's own stretches and waits beside this client (its share of the CPUs).
+    result["sched"]["server"] = summarize(events, comms, processes_named(events, comms, "nginx"),
+                                          parent=os.getpid(), window=(a, b))
+    return result
+
+
+SCHED_HEADER = (f"{'kind':<16}{'rate':>7}{'who':>9}{'stretch p50':>12}{'p99':>7}{'p99.9':>7}"
+                f"{'>0.5ms':>7}{'waits>0.5ms':>12}{'ms':>7}{'>1ms':>6}{'ms':>7}"
+                f"   behind (ms): client server parent other")
+
+
+def sched_line(kind: str, rate: float, who: str, s: dict) -> str:
+    b = s["behind_ms"]
+    return (f"{kind:<16}{rate:>7g}{who:>9}{s['stretch_us']['p50']:>12.0f}"
+            f"{s['stretch_us']['p99']:>7.0f}{s['stretch_us']['p99.9']:>7.0f}"
+            f"{s['stretches_over_0.5ms']:>7}{s['waits_over_0.5ms']:>12}"
+            f"{s['wait_ms_over_0.5ms']:>7.1f}{s['waits_over_1ms']:>6}{s['wait_ms_over_1ms']:>7.1f}"
+            f"   {b['client']:>13.1f}{b['server']:>7.1f}{b['parent']:>7.1f}{b['other']:>6.1f}")
 
 
 HEADER = (f"{'kind':<16}{'rate':>7}{'who':>9}{'requests':>10}{'errors':>7}{'conns':>7}"
@@ -154,6 +196,9 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--floor-threads", default="1",
                     help="comma-separated: run the floor with one thread per process (1, as a "
                          "cpbench worker) and/or with a sending and a reading thread (2)")
+    ap.add_argument("--sched", action="store_true",
+                    help="trace the scheduler's events around each client (root, perf) and "
+                         "print where its run-queue waits went (tools/sched_waits.py)")
     ap.add_argument("-o", "--output", type=Path, default=Path("bench_floor.json"))
     args = ap.parse_args(argv)
     bodies = ["small", "realistic"] if args.bodies == "both" else [args.bodies]
@@ -182,21 +227,27 @@ def main(argv: list[str] | None = None) -> int:
                         request.write_bytes(request_bytes(trace, target))
                         for k in range(args.repeats):
                             out = tmp / f"out-{label.replace('/', '-')}-{rate:g}-{k}"
-                            mine = run_cpbench(trace, out, target, args.workers)
+                            mine = traced("cpbench", tmp, lambda: run_cpbench(
+                                trace, out, target, args.workers), args.sched)
                             # The floor opens as many connections as cpbench opened before
                             # its start (its pool rule), so both pay the same setup.
                             per = -(-mine["connections"] // args.workers)
                             floors = {}
                             for threads in (int(t) for t in args.floor_threads.split(",")):
                                 who = "floor" if threads == 1 else f"floor/{threads}t"
-                                floors[who] = run_floor(exe, port, trace, request,
-                                                        max(1, min(per, 4096)),
-                                                        tmp / f"floor-{k}.bin", args.workers,
-                                                        threads)
+                                floors[who] = traced(who, tmp, lambda: run_floor(
+                                    exe, port, trace, request, max(1, min(per, 4096)),
+                                    tmp / f"floor-{k}.bin", args.workers, threads),
+                                    args.sched)
                                 print(line(label, rate, who, floors[who], None), flush=True)
                             base = next(iter(floors.values()))
                             ratio = mine["cpu_us_per_request"] / base["cpu_us_per_request"]
                             print(line(label, rate, "cpbench", mine, ratio), flush=True)
+                            if args.sched:
+                                print(SCHED_HEADER)
+                                for who, r in [*floors.items(), ("cpbench", mine)]:
+                                    print(sched_line(label, rate, who, r["sched"]), flush=True)
+                                    print(sched_line("", rate, "nginx", r["sched"]["server"]))
                             points.append({"kind": label, "rate_rps": rate, "repeat": k,
                                            "floor": base, "floors": floors, "cpbench": mine,
                                            "cpu_ratio": ratio})
@@ -217,6 +268,14 @@ def main(argv: list[str] | None = None) -> int:
             cells.append(f"{who} {cpu:.1f} · {p50:.1f} · {ks:.1f}x")
         ratio = float(np.median([p["cpu_ratio"] for p in ps]))
         print(f"{key:<20} " + "   ".join(cells) + f"   cpbench/floor CPU {ratio:.2f}")
+        if args.sched:
+            for who, rs in runs.items():
+                waits = [r["sched"]["waits_over_1ms"] for r in rs]
+                ms = [r["sched"]["wait_ms_over_1ms"] for r in rs]
+                parent = [r["sched"]["behind_ms"]["parent"] for r in rs]
+                print(f"{'':<20} {who}: run-queue waits over 1 ms {np.median(waits):g} "
+                      f"({np.median(ms):.1f} ms), behind the parent over 0.5 ms "
+                      f"{np.median(parent):.1f} ms (medians)")
     meta = {"host_cores": os.cpu_count(), "seconds": args.seconds, "repeats": args.repeats,
             "python": sys.version.split()[0],
             "time_utc": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime())}
