@@ -276,23 +276,27 @@ def test_workers_ask_for_a_short_time_slice(server, tmp_path):
     assert summary_of(out)["run"]["client"]["worker_slice_ns"] == [want, want]
 
 
-def _children_named(pid: int) -> set[str]:
-    """Command names of ``pid``'s child processes (/proc), as ps and top show them."""
-    names = set()
+def _children(pid: int) -> dict[int, tuple[str, int, int]]:
+    """``pid``'s child processes (/proc): their command name, as ps and top show it, process
+    group and session."""
+    found = {}
     for entry in Path("/proc").iterdir():
         try:
             stat = (entry / "stat").read_text()
         except (OSError, ValueError):
             continue                     # not a process, or one that just ended
         comm, rest = stat[stat.index("(") + 1:stat.rindex(")")], stat[stat.rindex(")") + 2:]
-        if int(rest.split()[1]) == pid:
-            names.add(comm)
-    return names
+        _, ppid, pgrp, session = rest.split()[:4]
+        if int(ppid) == pid:
+            found[int(entry.name)] = (comm, int(pgrp), int(session))
+    return found
 
 
-def test_workers_are_named_and_the_run_clock_origin_is_recorded(server, tmp_path):
-    # ps, top -H and perf show each worker as cpbench-wN, not "python"; summary.json gives
-    # the run clock's origin on CLOCK_MONOTONIC, so rows line up with perf -k mono stamps.
+def test_workers_are_named_grouped_and_the_run_clock_origin_is_recorded(server, tmp_path):
+    # ps, top -H and perf show each worker as cpbench-wN, not "python". Each leads a process
+    # group of its own (a terminal's Ctrl-C reaches the parent only) in the parent's session
+    # (one autogroup with it, not one each). summary.json gives the run clock's origin on
+    # CLOCK_MONOTONIC, so rows line up with perf -k mono stamps.
     trace = make_trace(tmp_path / "t.arrow", ["ok"] * 60, ["chat"] * 60, gap_ms=50.0)
     out = tmp_path / "out"
     before = time.monotonic_ns()
@@ -300,12 +304,13 @@ def test_workers_are_named_and_the_run_clock_origin_is_recorded(server, tmp_path
                              server.url, "-o", str(out), "--workers", "2", "--no-report",
                              "--quiet"], cwd=ROOT, stdout=subprocess.PIPE,
                             stderr=subprocess.PIPE, text=True)
-    seen: set[str] = set()
+    workers: dict[int, tuple[str, int, int]] = {}
     try:
         deadline = time.monotonic() + 30
-        while proc.poll() is None and time.monotonic() < deadline \
-                and not {"cpbench-w0", "cpbench-w1"} <= seen:
-            seen |= _children_named(proc.pid)
+        while proc.poll() is None and time.monotonic() < deadline and \
+                {"cpbench-w0", "cpbench-w1"} - {comm for comm, _, _ in workers.values()}:
+            workers.update({p: c for p, c in _children(proc.pid).items()
+                            if c[0].startswith("cpbench-w")})
             time.sleep(0.05)
         _, err = proc.communicate(timeout=60)
     finally:
@@ -314,7 +319,9 @@ def test_workers_are_named_and_the_run_clock_origin_is_recorded(server, tmp_path
             proc.wait()
     after = time.monotonic_ns()
     assert proc.returncode == 0, err
-    assert {"cpbench-w0", "cpbench-w1"} <= seen
+    assert sorted(comm for comm, _, _ in workers.values()) == ["cpbench-w0", "cpbench-w1"]
+    assert all(pgrp == p and session == os.getsid(0) for p, (_, pgrp, session) in
+               workers.items())                  # the CLI runs in this test's session
     start = summary_of(out)["run"]["start_monotonic_ns"]
     sent = read_results(out / "results.arrow").column("sent_ns").to_numpy()
     assert before < start and start + sent.max() < after

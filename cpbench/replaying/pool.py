@@ -22,6 +22,9 @@ from cpbench.errors import TargetError
 from cpbench.results import rows_to_batch
 from cpbench.spawn import python_module_cmd
 
+# Popen's process_group is Python 3.11's; before it, setpgid(0, 0) in the child.
+_OWN_GROUP = {"process_group": 0} if sys.version_info >= (3, 11) else {"preexec_fn": os.setpgrp}
+
 _F_SETPIPE_SZ = 1031            # Linux: let a record batch fit in the pipe without blocking
 
 
@@ -90,10 +93,15 @@ class WorkerPool(PoolReports):
             except OSError:
                 pass
             cmd = python_module_cmd("cpbench.replaying.child", str(w), str(ctl_r), str(out_w))
-            # Own session: a terminal's Ctrl-C reaches the parent only, which stops the workers
-            # by message after a clean hand-over. The key travels on stdin, never on argv.
+            # Own process group: a terminal's Ctrl-C (sent to the foreground group) reaches the
+            # parent only, which stops the workers by message after a clean hand-over. The
+            # parent's session, not one of their own: under the kernel's autogroup (a
+            # scheduling group per session) a worker with a session of its own was a group
+            # of its own, and the parent's group, running its fold, held a CPU the workers
+            # waited for (docs/design.md, "Where the lag tail at high rates goes"). The key
+            # travels on stdin, never on argv.
             proc = subprocess.Popen(cmd, stdin=subprocess.PIPE, pass_fds=(ctl_r, out_w),
-                                    start_new_session=True)
+                                    **_OWN_GROUP)
             proc.stdin.write(json.dumps(cfgs[w]).encode())
             proc.stdin.close()
             os.close(ctl_r)
