@@ -62,8 +62,11 @@ def test_parse_reads_switches_and_wakeups_and_skips_the_rest():
     assert [type(e).__name__ for e in events[:3]] == ["Switch", "Switch", "Switch"]
     first = events[2]                                      # w0 preempted at 1 ms
     assert (first.t, first.cpu, first.prev_tgid, first.prev, first.prev_runnable,
-            first.next, first.next_comm) == (0.001, 0, 100, 100, True, 400, "python")
-    assert comms[101] == "cpbench-w0" and comms[300] == "nginx" and comms[0] == "swapper/0"
+            first.next) == (0.001, 0, 100, 100, True, 400)
+    assert comms[400] == "python" and comms[101] == "cpbench-w0" and comms[300] == "nginx"
+    assert comms[0] == "swapper/0"
+    wake = events[5]                                       # w1 woken at 5 ms
+    assert (type(wake).__name__, wake.t, wake.tid) == ("Wakeup", 0.005, 200)
     assert sched_waits.processes_named(events, comms, "cpbench-w") == {100, 200}
 
 
@@ -100,6 +103,14 @@ def test_a_window_keeps_what_begins_within_it_and_a_sleep_ends_a_stale_wait():
              switch(50.0, 0, IDLE0, "R", ("cpbench-w0", 100))]
     ev, cm = sched_waits.parse(stale)
     assert sched_waits.summarize(ev, cm, {100})["waits"] == 0
+
+
+def test_no_perf_is_one_line_saying_what_to_install(tmp_path, monkeypatch):
+    monkeypatch.setattr(sched_waits.shutil, "which", lambda name: None)
+    with pytest.raises(RuntimeError, match=r"^perf is not installed \(Debian: linux-perf\)$"):
+        with sched_waits.SchedTrace(tmp_path):
+            pass
+    assert not list(tmp_path.iterdir())
 
 
 def test_a_recorded_trace_sees_a_process_burn_its_cpu(tmp_path):

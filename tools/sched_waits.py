@@ -38,7 +38,7 @@ _HEAD = re.compile(r"^\s*(-?\d+)/(\d+)\s+\[(\d+)\]\s+([\d.]+):\s+sched:(sched_sw
                    r"\s+(.*)$")
 _SWITCH = re.compile(r"prev_comm=(.*?) prev_pid=(\d+) prev_prio=-?\d+ prev_state=(\S+) ==> "
                      r"next_comm=(.*?) next_pid=(\d+)")
-_WAKEUP = re.compile(r"comm=(.*?) pid=(\d+) prio=-?\d+(?: success=\d+)? target_cpu=(\d+)")
+_WAKEUP = re.compile(r"comm=(.*?) pid=(\d+) prio=-?\d+(?: success=\d+)? target_cpu=\d+")
 
 
 @dataclass(frozen=True)
@@ -48,15 +48,13 @@ class Switch:
     prev_tgid: int      # the process of the task switched out
     prev: int           # its thread id
     prev_runnable: bool  # preempted (state R), not gone to sleep
-    next: int
-    next_comm: str
+    next: int           # the thread switched in (command names: parse's second result)
 
 
 @dataclass(frozen=True)
 class Wakeup:
     t: float
-    cpu: int            # where it is queued
-    tid: int
+    tid: int            # the thread made runnable
 
 
 def parse(lines) -> tuple[list, dict[int, str]]:
@@ -76,13 +74,13 @@ def parse(lines) -> tuple[list, dict[int, str]]:
             comms[int(s.group(2))] = s.group(1)
             comms[int(s.group(5))] = s.group(4)
             events.append(Switch(t, cpu, tgid, int(s.group(2)), s.group(3).startswith("R"),
-                                 int(s.group(5)), s.group(4)))
+                                 int(s.group(5))))
         else:
             w = _WAKEUP.search(rest)
             if w is None:
                 continue
             comms[int(w.group(2))] = w.group(1)
-            events.append(Wakeup(t, int(w.group(3)), int(w.group(2))))
+            events.append(Wakeup(t, int(w.group(2))))
     events.sort(key=lambda e: e.t)
     return events, comms
 
@@ -101,9 +99,8 @@ def summarize(events: list, comms: dict[int, str], clients: set[int],
     (thread-group ids).
 
     Returns the time on a CPU (ms), the stretch lengths' p50/p99/p99.9/max (µs) and how many
-    exceeded 0.5 ms; the
-    waits over each of ``WAIT_THRESHOLDS_MS`` (count and ms in all); and, over the waits of
-    more than the first threshold, the ms each kind of task ran on the waiting CPU meanwhile:
+    exceeded 0.5 ms; the waits over each of ``WAIT_THRESHOLDS_MS`` (count and ms in all);
+    and, over the waits of more than the first threshold, the ms each kind of task ran on the waiting CPU meanwhile:
     ``client`` (another client thread), ``server`` (``servers`` by command name), ``parent``
     (the ``parent`` process's threads), ``idle`` and ``other``. With ``window`` (seconds on
     the trace's clock) only the stretches and waits that begin within it count.
