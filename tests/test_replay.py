@@ -292,10 +292,23 @@ def _children(pid: int) -> dict[int, tuple[str, int, int]]:
     return found
 
 
+def _fold_threads(pid: int) -> dict[int, int]:
+    """``pid``'s threads named cpbench-fold, with their nice values."""
+    found = {}
+    for task in Path(f"/proc/{pid}/task").glob("*"):
+        try:
+            if (task / "comm").read_text().strip() == "cpbench-fold":
+                found[int(task.name)] = os.getpriority(os.PRIO_PROCESS, int(task.name))
+        except OSError:
+            continue                     # a thread that just ended
+    return found
+
+
 def test_workers_are_named_grouped_and_the_run_clock_origin_is_recorded(server, tmp_path):
     # ps, top -H and perf show each worker as cpbench-wN, not "python". Each leads a process
     # group of its own (a terminal's Ctrl-C reaches the parent only) in the parent's session
-    # (one autogroup with it, not one each). summary.json gives the run clock's origin on
+    # (one autogroup with it, not one each). The parent writes and folds rows in a thread
+    # named cpbench-fold at nice 19. summary.json gives the run clock's origin on
     # CLOCK_MONOTONIC, so rows line up with perf -k mono stamps.
     trace = make_trace(tmp_path / "t.arrow", ["ok"] * 60, ["chat"] * 60, gap_ms=50.0)
     out = tmp_path / "out"
@@ -305,12 +318,15 @@ def test_workers_are_named_grouped_and_the_run_clock_origin_is_recorded(server, 
                              "--quiet"], cwd=ROOT, stdout=subprocess.PIPE,
                             stderr=subprocess.PIPE, text=True)
     workers: dict[int, tuple[str, int, int]] = {}
+    folds: dict[int, int] = {}
     try:
         deadline = time.monotonic() + 30
         while proc.poll() is None and time.monotonic() < deadline and \
-                {"cpbench-w0", "cpbench-w1"} - {comm for comm, _, _ in workers.values()}:
+                ({"cpbench-w0", "cpbench-w1"} - {comm for comm, _, _ in workers.values()}
+                 or not folds):
             workers.update({p: c for p, c in _children(proc.pid).items()
                             if c[0].startswith("cpbench-w")})
+            folds.update(_fold_threads(proc.pid))
             time.sleep(0.05)
         _, err = proc.communicate(timeout=60)
     finally:
@@ -322,6 +338,8 @@ def test_workers_are_named_grouped_and_the_run_clock_origin_is_recorded(server, 
     assert sorted(comm for comm, _, _ in workers.values()) == ["cpbench-w0", "cpbench-w1"]
     assert all(pgrp == p and session == os.getsid(0) for p, (_, pgrp, session) in
                workers.items())                  # the CLI runs in this test's session
+    assert list(folds.values()) == [19]
+    assert summary_of(out)["run"]["client"]["fold_nice"] == 19
     start = summary_of(out)["run"]["start_monotonic_ns"]
     sent = read_results(out / "results.arrow").column("sent_ns").to_numpy()
     assert before < start and start + sent.max() < after

@@ -236,9 +236,9 @@ class RayCluster:
         """Every live node's address as Ray reports it."""
         return [n.address for n in self.nodes]
 
-    def pool(self, cfgs: list[dict], models: list[str]) -> "RayPool":
+    def pool(self, cfgs: list[dict]) -> "RayPool":
         """A :class:`RayPool` of ``len(cfgs)`` actors, one per worker configuration."""
-        return RayPool(self, cfgs, models)
+        return RayPool(self, cfgs)
 
     def disconnect(self) -> None:
         """``ray.shutdown()`` when this object connected (a local instance it started
@@ -288,8 +288,8 @@ class RayPool(PoolReports):
     failed to start); either way nothing it started is left running.
     """
 
-    def __init__(self, cluster: RayCluster, cfgs: list[dict], models: list[str]) -> None:
-        self.cluster, self.ray, self.models = cluster, cluster.ray, models
+    def __init__(self, cluster: RayCluster, cfgs: list[dict]) -> None:
+        self.cluster, self.ray = cluster, cluster.ray
         self.n = len(cfgs)
         self.actors: list = []
         self.pg = None
@@ -394,14 +394,14 @@ class RayPool(PoolReports):
         for w in self.live:
             _call(self.actors[w], "stop")
 
-    def pump(self, timeout_s: float, on_batch) -> None:
-        """Handle what the actors sent within ``timeout_s``; batches go to ``on_batch``."""
+    def pump(self, timeout_s: float, on_rows) -> None:
+        """Handle what the actors sent within ``timeout_s``; rows go to ``on_rows``."""
         for w, msgs in self._answers(timeout_s):
             for kind, payload in msgs:
                 if kind == "error":
                     self._lose(w, payload)
                 else:
-                    self.handle(w, kind, payload, on_batch)
+                    self.handle(w, kind, payload, on_rows)
 
     def _answers(self, timeout_s: float):
         """``(worker, messages)`` for each poll answered within ``timeout_s``; the next poll

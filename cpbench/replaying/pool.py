@@ -4,7 +4,8 @@ Workers (:mod:`cpbench.replaying.child`) map the plan the parent saved, open the
 connections, report ready, and all start from one absolute ``time.monotonic_ns()`` instant the
 parent chooses (CLOCK_MONOTONIC is system-wide on Linux). On the way back each worker sends
 packed result rows, progress counters, and at the end its encoded ITL histogram; the parent
-turns the rows into record batches as they come and merges the histograms, which is exact.
+hands the rows on as they come (to :class:`cpbench.replaying.sink.ResultSink`) and merges the
+histograms, which is exact.
 """
 from __future__ import annotations
 
@@ -19,7 +20,6 @@ from multiprocessing.connection import Connection, wait
 
 from cpbench._core.hist import Histogram
 from cpbench.errors import TargetError
-from cpbench.results import rows_to_batch
 from cpbench.spawn import python_module_cmd
 
 # Popen's process_group is Python 3.11's; before it, setpgid(0, 0) in the child.
@@ -29,22 +29,21 @@ _F_SETPIPE_SZ = 1031            # Linux: let a record batch fit in the pipe with
 
 
 class PoolReports:
-    """What a pool makes of its workers' (processes' or Ray actors') messages: result batches,
+    """What a pool makes of its workers' (processes' or Ray actors') messages: result rows,
     each worker's latest ``progress`` counters, its ``finals`` (None until it reported), and
     ``saturated``: the workers that fell too far behind the schedule and stopped, with what
     they saw then."""
 
-    models: list[str]
     progress: list[dict]
     finals: list[dict | None]
     live: set[int]
     saturated: dict[int, dict]
 
-    def handle(self, w: int, kind: str, payload, on_batch) -> None:
-        """One message of worker ``w``: result rows (to ``on_batch`` as an Arrow batch),
+    def handle(self, w: int, kind: str, payload, on_rows) -> None:
+        """One message of worker ``w``: packed result rows (to ``on_rows(w, rows)``),
         progress counters, a warning for the console, or its final report."""
         if kind == "rows":
-            on_batch(rows_to_batch(payload, self.models, w))
+            on_rows(w, payload)
         elif kind == "progress":
             self.progress[w] = payload
         elif kind == "warning":
@@ -79,11 +78,10 @@ class PoolReports:
 class WorkerPool(PoolReports):
     """The parent's side: start workers, release them together, pump their messages."""
 
-    def __init__(self, cfgs: list[dict], n_workers: int, models: list[str]) -> None:
+    def __init__(self, cfgs: list[dict], n_workers: int) -> None:
         # Plain subprocesses running this module, not multiprocessing's spawn: spawn re-runs
         # the caller's __main__, which breaks any script that calls run_replay unguarded.
         self.n = n_workers
-        self.models = models            # the results' model dictionary (trace_models)
         self.procs, self.ctl, self.out = [], [], []
         for w in range(n_workers):
             ctl_r, ctl_w = os.pipe()
@@ -151,8 +149,8 @@ class WorkerPool(PoolReports):
             except (BrokenPipeError, OSError):
                 pass
 
-    def pump(self, timeout_s: float, on_batch) -> None:
-        """Handle whatever the workers sent within ``timeout_s``; batches go to ``on_batch``."""
+    def pump(self, timeout_s: float, on_rows) -> None:
+        """Handle whatever the workers sent within ``timeout_s``; rows go to ``on_rows``."""
         for conn in wait([self.out[w] for w in self.live], timeout=timeout_s):
             w = self.out.index(conn)
             try:
@@ -160,7 +158,7 @@ class WorkerPool(PoolReports):
             except (EOFError, OSError):
                 self.live.discard(w)
                 continue
-            self.handle(w, kind, payload, on_batch)
+            self.handle(w, kind, payload, on_rows)
 
     def close(self, grace_s: float = 5.0) -> None:
         """Join the workers; one that hangs past ``grace_s`` is killed."""

@@ -24,7 +24,7 @@ import numpy as np
 
 from cpbench import __version__
 from cpbench.calibration import load_calibration
-from cpbench.errors import ClientSaturated, OutputError, TargetError
+from cpbench.errors import ClientSaturated, TargetError
 from cpbench.outdir import claim, default_dir, keep_names
 from cpbench.redact import redact_url
 from cpbench.replaying.console import format_summary, progress_line, warn_failures
@@ -32,6 +32,7 @@ from cpbench.replaying.options import ReplayOptions, warmup_split
 from cpbench.replaying.plan import save_plan
 from cpbench.replaying.planning import build_plan, select_rows, trace_models
 from cpbench.replaying.pool import WorkerPool
+from cpbench.replaying.sink import ResultSink
 from cpbench.replaying.target import EmbeddedSim, active_policy, check_reachable
 from cpbench.results import ResultsWriter
 from cpbench.summary import RunningSummary
@@ -189,21 +190,8 @@ def _run(run: dict, url: str, sim: EmbeddedSim | None, out: Path, o: ReplayOptio
     writer = ResultsWriter(out / "results.arrow", run)
     # Each batch is summarized as it arrives: no step of the run holds every row.
     running = RunningSummary()
-    pool = cluster.pool(cfgs, models) if cluster else WorkerPool(cfgs, n_workers, models)
-    failed_write: list[OutputError] = []
-
-    def write(batch) -> None:
-        # After a failed write (full disk) the workers are stopped and drained; later
-        # batches are dropped and the run ends with that one error.
-        if failed_write:
-            return
-        try:
-            writer.write(batch)
-        except OutputError as exc:
-            failed_write.append(exc)
-            pool.stop()
-            return
-        running.add(batch)
+    pool = cluster.pool(cfgs) if cluster else WorkerPool(cfgs, n_workers)
+    sink = None
     stop = {"why": None}
 
     def on_signal(signum, frame) -> None:
@@ -215,6 +203,9 @@ def _run(run: dict, url: str, sim: EmbeddedSim | None, out: Path, o: ReplayOptio
     show = not o.quiet and sys.stderr.isatty()
     monitors = None
     try:
+        # Rows are written and folded in a nice-19 thread, so a worker that wakes takes the
+        # CPU from it (cpbench.replaying.sink); this thread reads the pipes and watches the run.
+        sink = ResultSink(writer, running, models)
         pool.wait_ready()
         if cluster is not None:
             run["cluster"] = pool.cluster_facts()
@@ -226,9 +217,14 @@ def _run(run: dict, url: str, sim: EmbeddedSim | None, out: Path, o: ReplayOptio
         monitors = _start_monitors(o, url if sim is not None else None, start_ns)
         pool.start(start_ns)
         cpu0 = time.process_time()
-        next_show = 0.0
+        next_show, stopped_to_drain = 0.0, False
         while pool.live:
-            pool.pump(0.1, write)
+            pool.pump(0.1, sink.put)
+            if sink.broken and not stopped_to_drain:
+                # A failed write (full disk): the workers are stopped and drained; later
+                # batches are dropped and the run ends with that one error.
+                stopped_to_drain = True
+                pool.stop()
             tot = pool.totals()
             if o.max_error_ratio is not None and stop["why"] is None and tot["done"] >= 100 \
                     and tot["errors"] > o.max_error_ratio * tot["done"]:
@@ -241,7 +237,6 @@ def _run(run: dict, url: str, sim: EmbeddedSim | None, out: Path, o: ReplayOptio
                 progress_line(tot, start_ns, intended_ns)
                 next_show = time.monotonic() + PROGRESS_S
         duration_s = (time.monotonic_ns() - start_ns) / 1e9
-        parent_cpu_s = time.process_time() - cpu0
     finally:
         for s, h in old.items():
             signal.signal(s, h)
@@ -251,12 +246,18 @@ def _run(run: dict, url: str, sim: EmbeddedSim | None, out: Path, o: ReplayOptio
             sys.stderr.write("\n")
         pool.stop()
         pool.close()
-        if failed_write:
-            writer.abandon()
-        else:
-            writer.close()
-    if failed_write:
-        raise failed_write[0]
+        try:
+            if sink is not None:
+                sink.close()            # the rows still queued are written and folded
+        finally:
+            if sink is not None and sink.failed is not None:
+                writer.abandon()
+            else:
+                writer.close()
+    # The fold's catching up after the last answer is the parent's CPU too.
+    parent_cpu_s = time.process_time() - cpu0
+    if sink.failed is not None:
+        raise sink.failed
     finals = [f for f in pool.finals if f is not None]
     lost = [w for w, f in enumerate(pool.finals) if f is None]
     if lost and stop["why"] is None:
@@ -275,6 +276,7 @@ def _run(run: dict, url: str, sim: EmbeddedSim | None, out: Path, o: ReplayOptio
                              if len(intended_ns) else 0.0},
                 "client": {"worker_cpu_s": sum(f["cpu_s"] for f in finals),
                            "parent_cpu_s": parent_cpu_s,
+                           "fold_nice": sink.nice,
                            "worker_max_rss_kb": max((f["max_rss_kb"] for f in finals), default=0),
                            "parent_max_rss_kb": resource.getrusage(
                                resource.RUSAGE_SELF).ru_maxrss,
