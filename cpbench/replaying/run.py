@@ -238,22 +238,27 @@ def _run(run: dict, url: str, sim: EmbeddedSim | None, out: Path, o: ReplayOptio
                 next_show = time.monotonic() + PROGRESS_S
         duration_s = (time.monotonic_ns() - start_ns) / 1e9
     finally:
-        for s, h in old.items():
-            signal.signal(s, h)
-        if monitors is not None:
-            monitors.stop()
-        if show:
-            sys.stderr.write("\n")
-        pool.stop()
-        pool.close()
+        # The signal handlers stay until results.arrow is complete: a second Ctrl-C while the
+        # workers wind down (at most pool.close's grace) or the last rows are folded only
+        # repeats the stop, and cannot leave the file without its footer.
         try:
-            if sink is not None:
-                sink.close()            # the rows still queued are written and folded
+            if monitors is not None:
+                monitors.stop()
+            if show:
+                sys.stderr.write("\n")
+            pool.stop()
+            pool.close()
         finally:
-            if sink is not None and sink.failed is not None:
-                writer.abandon()
-            else:
-                writer.close()
+            try:
+                if sink is not None:
+                    sink.close()        # the rows still queued are written and folded
+            finally:
+                if sink is not None and sink.failed is not None:
+                    writer.abandon()
+                else:
+                    writer.close()
+                for s, h in old.items():
+                    signal.signal(s, h)
     # The fold's catching up after the last answer is the parent's CPU too.
     parent_cpu_s = time.process_time() - cpu0
     if sink.failed is not None:
