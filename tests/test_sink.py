@@ -16,6 +16,7 @@ from cpbench.replaying.rows import ROW_FIELDS, RowBuffer
 from cpbench.replaying.sink import FOLD_NICE, ResultSink
 from cpbench.results import ResultsWriter, read_results, rows_to_batch
 from cpbench.summary import RunningSummary
+from support import wait_until
 
 MS = 1_000_000
 RUN = {"trace": "t.arrow", "workers": 2}
@@ -125,7 +126,7 @@ def test_a_broken_batch_is_raised_at_close_after_the_batches_before_it(tmp_path)
     n, ints, floats, details = packed(5, 5)
     sink.put(0, (n + 1, ints, floats, details))     # says one row more than it holds
     sink.put(0, packed(10, 5))
-    assert _eventually(lambda: sink.broken)
+    assert wait_until(lambda: sink.broken)
     with pytest.raises(ValueError):
         sink.close()
     writer.close()
@@ -159,7 +160,7 @@ def test_put_waits_once_the_backlog_is_full_and_no_row_is_lost(tmp_path):
     thread.start()
     assert writer.entered.wait(10)
     # The fold holds batch 0; batches 1 and 2 fill the backlog; the put of batch 3 waits.
-    assert _eventually(lambda: returned == [0, 1, 2])
+    assert wait_until(lambda: returned == [0, 1, 2])
     time.sleep(0.2)
     assert returned == [0, 1, 2]
     writer.gate.set()
@@ -169,11 +170,3 @@ def test_put_waits_once_the_backlog_is_full_and_no_row_is_lost(tmp_path):
     writer.close()
     assert read_results(tmp_path / "results.arrow").column("row").to_pylist() == list(range(15))
 
-
-def _eventually(check, timeout_s: float = 10.0) -> bool:
-    deadline = time.monotonic() + timeout_s
-    while time.monotonic() < deadline:
-        if check():
-            return True
-        time.sleep(0.01)
-    return check()
