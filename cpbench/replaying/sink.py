@@ -17,8 +17,8 @@ a share, so it keeps up (what a run cost it is ``run.client.parent_cpu_s``). Mea
 2 workers beside nginx, six interleaved runs a point against the fold on the main thread:
 dispatch-lag p99 medians 1.08 -> 0.76 ms (chat, 32,000 req/s), 1.26 -> 0.63 ms (embeddings,
 32,000), 1.85 -> 1.49 ms and 1.75 -> 1.33 ms at 40,000; lower in 18 of 24 pairs. The thread
-at normal priority did not help; SCHED_IDLE helped as much, but three of its 108 runs had a
-lag p99 near 20 ms, against one of 120 at normal priority and none of 68 at nice 19.
+at normal priority did not help; SCHED_IDLE helped as much, but three of its 112 runs had a
+lag p99 near 20 ms, against one of 124 at normal priority and none of 68 at nice 19.
 
 Lowering a thread's priority needs no privilege and raising it back does, which is why the
 fold has a thread of its own that ends with the run, rather than the main thread being
