@@ -15,10 +15,9 @@ import sys
 import time
 from pathlib import Path
 
-import pyarrow as pa
 import pytest
 
-from support import check_accounting, read_run, write_trace_for
+from support import check_accounting, read_run, readable_batches, write_trace_for
 from support.faulty_server import FaultyServer
 
 pytestmark = pytest.mark.integration
@@ -118,20 +117,6 @@ def _mount_tmpfs(path: Path, size: str) -> None:
         pytest.skip(f"mount -t tmpfs not permitted here: {res.stderr.strip()}")
 
 
-def _readable_batches(path: Path) -> pa.Table:
-    """The record batches of an Arrow IPC file that may lack its footer (cut short)."""
-    data = path.read_bytes()
-    assert data.startswith(b"ARROW1")
-    reader = pa.ipc.open_stream(pa.BufferReader(data[8:]))
-    batches = []
-    try:
-        for batch in reader:
-            batches.append(batch)
-    except (pa.ArrowInvalid, OSError):
-        pass                                    # the torn last batch
-    return pa.Table.from_batches(batches, schema=reader.schema)
-
-
 def test_full_output_filesystem_is_a_clear_error_and_keeps_what_was_written(tmp_path):
     mnt = tmp_path / "small"
     _mount_tmpfs(mnt, "96k")
@@ -143,7 +128,7 @@ def test_full_output_filesystem_is_a_clear_error_and_keeps_what_was_written(tmp_
         lines = err.strip().splitlines()
         assert rc == 1 and len(lines) == 1, err
         assert "No space left on device" in lines[0] and str(mnt / "out") in lines[0]
-        kept = _readable_batches(mnt / "out" / "results.arrow")
+        kept = readable_batches(mnt / "out" / "results.arrow")
         rows = kept.column("row").to_pylist()
         assert len(rows) > 0 and len(rows) == len(set(rows))
     finally:

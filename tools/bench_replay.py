@@ -252,7 +252,7 @@ def measure(trace: Path, out: Path, url: str, workers: int, loop: str,
         "connections": client["connections"],
         "behind_max_s": client.get("behind_max_s"),
         # The schedule's span on this host's CLOCK_MONOTONIC (to window a perf trace).
-        "window_ns": [summary["run"]["start_monotonic_ns"],
+        "window_ns": [summary["run"]["start_monotonic_ns"] + int(intended.min()),
                       summary["run"]["start_monotonic_ns"] + int(intended.max())],
         "saturated": stopped,
         "preempted": client.get("worker_preempted", 0),

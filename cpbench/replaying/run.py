@@ -191,7 +191,9 @@ def _run(run: dict, url: str, sim: EmbeddedSim | None, out: Path, o: ReplayOptio
     # Each batch is summarized as it arrives: no step of the run holds every row.
     running = RunningSummary()
     pool = cluster.pool(cfgs) if cluster else WorkerPool(cfgs, n_workers)
-    sink = None
+    # Rows are written and folded in a nice-19 thread, so a worker that wakes takes the CPU
+    # from it (cpbench.replaying.sink); this thread reads the pipes and watches the run.
+    sink = ResultSink(writer, running, models)
     stop = {"why": None}
 
     def on_signal(signum, frame) -> None:
@@ -203,9 +205,6 @@ def _run(run: dict, url: str, sim: EmbeddedSim | None, out: Path, o: ReplayOptio
     show = not o.quiet and sys.stderr.isatty()
     monitors = None
     try:
-        # Rows are written and folded in a nice-19 thread, so a worker that wakes takes the
-        # CPU from it (cpbench.replaying.sink); this thread reads the pipes and watches the run.
-        sink = ResultSink(writer, running, models)
         pool.wait_ready()
         if cluster is not None:
             run["cluster"] = pool.cluster_facts()
@@ -250,13 +249,8 @@ def _run(run: dict, url: str, sim: EmbeddedSim | None, out: Path, o: ReplayOptio
             pool.close()
         finally:
             try:
-                if sink is not None:
-                    sink.close()        # the rows still queued are written and folded
+                sink.close()        # the rows still queued, then results.arrow's end
             finally:
-                if sink is not None and sink.failed is not None:
-                    writer.abandon()
-                else:
-                    writer.close()
                 for s, h in old.items():
                     signal.signal(s, h)
     # The fold's catching up after the last answer is the parent's CPU too.

@@ -63,24 +63,20 @@ class ResultSink:
     Parameters
     ----------
     writer
-        Where the batches go (``results.arrow``); the caller closes it after :meth:`close`.
+        Where the batches go (``results.arrow``); :meth:`close` closes it.
     running
         The summary each written batch is folded into.
     models
         The trace's models in dictionary-code order (:func:`rows_to_batch`).
-    lower
-        Run the thread at nice :data:`FOLD_NICE` (:attr:`nice` says what it got: None where
-        threads have no nice value of their own, or with ``lower=False``).
     backlog
         How many batches may wait for the thread before :meth:`put` blocks.
     """
 
     def __init__(self, writer: ResultsWriter, running: RunningSummary, models: list[str], *,
-                 lower: bool = True, backlog: int = BACKLOG_BATCHES) -> None:
+                 backlog: int = BACKLOG_BATCHES) -> None:
         self.writer, self.running, self.models = writer, running, models
         self.failed: OutputError | None = None    # the first write that failed (full disk)
-        self.nice: int | None = None
-        self._lower = lower
+        self.nice: int | None = None              # the thread's (lower_priority)
         self._queue: queue.Queue = queue.Queue(maxsize=backlog)
         self._crash: BaseException | None = None
         self._started = threading.Event()
@@ -103,16 +99,22 @@ class ResultSink:
         self._queue.put((worker, packed))
 
     def close(self) -> None:
-        """Write and fold everything queued, then end the thread. An unexpected error in the
-        thread is raised here (with every batch before it written)."""
+        """Write and fold everything queued, end the thread, and close ``results.arrow``:
+        complete, or after a failed write without its footer, keeping the batches before it
+        (:attr:`failed` says which; the caller raises it). An unexpected error in the thread
+        is raised here, after the file is closed with every batch before it."""
         self._queue.put(_END)
         self._thread.join()
+        if self.failed is not None:
+            self.writer.abandon()
+        else:
+            self.writer.close()
         if self._crash is not None:
             raise self._crash
 
     def _run(self) -> None:
         name_thread("cpbench-fold")
-        self.nice = lower_priority() if self._lower else None
+        self.nice = lower_priority()
         self._started.set()
         while (item := self._queue.get()) is not _END:
             if self.broken:
