@@ -51,7 +51,9 @@ def test_matches_the_bytes_count_reference(events, chat):
 FRAGMENTS = [b'"', b'"content":', b'"content": ', b'"text":', b'"', b'""', b'"error"', b'"err',
              b'"usage":', b'"usage": {', b"{", b"null", b"data:", b"data: ", b"da", b"ta:",
              b"}", b"\n", b"\r", b"\n\n", b"\r\n\r\n", b"[DONE]", b"[D", b"ONE]", b"x", b"e",
-             b"u", b"c", b"a", b" "]
+             b"u", b"c", b"a", b" ",
+             # the block filter's three-byte prefixes, and their halves
+             b'"co', b'"te', b'"er', b'"us', b"o", b"t", b"r", b"s"]
 
 
 @settings(max_examples=500, deadline=None)
