@@ -1,5 +1,6 @@
 """Dispatch fidelity of two cpbench checkouts side by side: the same trace, the same nginx,
-interleaved repeats, so a change is measured against its base on one host in one run.
+interleaved repeats, so a change is measured against its base on one host in one run. The
+two trees take turns going first (base-head, head-base, ...).
 
 For each rate and repeat it runs ``cpbench replay`` from ``--base`` and from ``--head`` (any
 two source trees with built extensions; ``PYTHONPATH`` picks the tree) with tcpdump on lo, and
@@ -100,7 +101,12 @@ def main(argv: list[str] | None = None) -> int:
                     trace = make_realistic_trace(trace, tmp / f"t{rate:g}-r.arrow", args.kind)
                     target = url + BATCH_PATH if args.kind == "embedding" else url
                 for rep in range(args.repeats):
-                    for name, tree in trees.items():
+                    # Alternate which tree goes first (base, head, head, base, ...): a run
+                    # just after another one can fare differently (sockets in TIME_WAIT,
+                    # caches, the host's other work), and a fixed order would charge that to
+                    # one side.
+                    order = list(trees.items())
+                    for name, tree in (order[::-1] if rep % 2 else order):
                         r = one_run(tree, trace, target, tmp / f"{name}-{rate:g}-{rep}",
                                     args.workers, wire=not args.no_wire)
                         runs.setdefault(f"{name} {rate:g}", []).append(r)
