@@ -90,6 +90,16 @@ def test_stream_scan_counts_content_and_reads_usage_across_split_reads():
         assert scan.usage_tokens() == (11, 42)
 
 
+def test_stream_scan_reset_drops_a_partial_event_held_from_the_last_response():
+    # A response cut mid-event leaves bytes in the tail; the next response starts clean.
+    scan = StreamScan()
+    scan.reset("chat")
+    assert scan.feed(_content("a") + b'data: {"choices":[{"delta":{"content":"b') == 1
+    scan.reset("chat")
+    assert scan.feed(_content("c") + b"data: [DONE]\n\n") == 1
+    assert scan.done and not scan.malformed
+
+
 def test_stream_scan_crlf_events_completions_and_no_usage():
     scan = StreamScan()
     scan.reset("completion")

@@ -1050,8 +1050,7 @@ cdef class Conn:
         line = _next_line(h, 0, n)
         while line < n:
             eol = _next_line(h, line, n) - 2           # this line's CRLF, or n
-            hit = <const unsigned char*>memchr(h + line, 58, eol - line) if eol > line \
-                else NULL
+            hit = <const unsigned char*>memchr(h + line, 58, eol - line)    # eol >= line
             colon = eol if hit == NULL else hit - h
             vs = colon + 1
             while vs < eol and (h[vs] == 32 or h[vs] == 9):

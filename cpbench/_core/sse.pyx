@@ -153,22 +153,32 @@ cdef inline Py_ssize_t _value_at(const unsigned char* seg, Py_ssize_t j,
     return j + 1 if j < n and seg[j] == 32 else j
 
 
-cdef inline bint _key_at(const unsigned char* seg, Py_ssize_t i, Py_ssize_t n,
-                         bint chat) noexcept nogil:
-    # The content key at seg[i], each literal at its own constant length (inlined compares).
+# The content keys, chat's and completions'. Each is compared at its constant length, so the
+# compiler inlines the compare; the block filter takes their second and third bytes.
+cdef const char* _CHAT_KEY = b'"content":'
+cdef const char* _TEXT_KEY = b'"text":'
+DEF _CHAT_KEY_LEN = 10
+DEF _TEXT_KEY_LEN = 7
+
+
+cdef inline Py_ssize_t _key_at(const unsigned char* seg, Py_ssize_t i, Py_ssize_t n,
+                               bint chat) noexcept nogil:
+    # The content key's length where it starts at seg[i], else 0.
     if chat:
-        return _at(seg, i, n, b'"content":', 10)
-    return _at(seg, i, n, b'"text":', 7)
+        return _CHAT_KEY_LEN if _at(seg, i, n, _CHAT_KEY, _CHAT_KEY_LEN) else 0
+    return _TEXT_KEY_LEN if _at(seg, i, n, _TEXT_KEY, _TEXT_KEY_LEN) else 0
 
 
 cdef inline Py_ssize_t _marker(const unsigned char* seg, Py_ssize_t i, Py_ssize_t n,
                                bint chat, Counts* c) noexcept nogil:
     # Count the marker that may start at seg[i]; the offset to go on from.
     cdef Py_ssize_t j
+    cdef Py_ssize_t k
     cdef unsigned char b = seg[i]
     if b == 34:                                     # '"'
-        if _key_at(seg, i, n, chat):
-            j = _value_at(seg, i + (10 if chat else 7), n)
+        k = _key_at(seg, i, n, chat)
+        if k:
+            j = _value_at(seg, i + k, n)
             if j < n and seg[j] == 34:              # a string value ...
                 if not (j + 1 < n and seg[j + 1] == 34):    # ... that is not ""
                     c.tokens += 1
@@ -204,9 +214,8 @@ cdef Counts _scan(const unsigned char* seg, Py_ssize_t n, bint chat,
     bytes are (a chat event has a quote every ten bytes, few of them a marker's);
     ``blocks`` False, or the last 17 bytes, go byte by byte with the same rules."""
     cdef Py_ssize_t i = 0, base, at
-    # The content key's second and third bytes, for the block filter.
-    cdef unsigned char k1 = b'c' if chat else b't'
-    cdef unsigned char k2 = b'o' if chat else b'e'
+    cdef const char* key = _CHAT_KEY if chat else _TEXT_KEY
+    cdef unsigned char k1 = <unsigned char>key[1], k2 = <unsigned char>key[2]
     cdef unsigned int mask
     cdef Counts c = Counts(0, 0, 0, 0, 0, -1, -1)
     if blocks and CPBENCH_SCAN_BLOCK:
