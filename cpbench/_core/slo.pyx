@@ -399,7 +399,9 @@ cdef class Timeslices:
         n = self.n_slices
         indptr, bucket, count = self._hists[metric]
         if indptr.size < n + 1:
-            indptr = np.concatenate([indptr, np.full(n + 1 - indptr.size, indptr[-1])])
+            # (Never a negative index here: under wraparound=False, Cython hands it to the
+            # type's sq_item as it is, and NumPy 2.5 arrays take that path.)
+            indptr = np.concatenate([indptr, np.full(n + 1 - indptr.size, indptr[indptr.size - 1])])
         first = int(keys[0] // stride) if keys.size else n
         head = int(indptr[first])
         old_keys = (np.repeat(np.arange(first, n, dtype=np.int64), np.diff(indptr[first:]))
