@@ -88,7 +88,8 @@ def run_floor(exe: Path, port: int, trace: Path, request: Path, connections: int
     (the same arrivals cpbench replays), over ``connections`` keep-alive connections per
     process. With ``workers`` > 1, that many processes run at once, each with every
     ``workers``-th arrival (cpbench's split of a plan between its workers); ``threads`` 2
-    gives each process a thread that only sends and one that only reads."""
+    gives each process a thread that only sends and one that only reads, 3 one thread with no
+    timerfd (the wait's own timeout times the sends)."""
     from cpbench.trace import read_trace
     arrivals = np.sort(read_trace(trace).column("arrival_ns").to_numpy()).astype(np.int64)
     start_ns = time.monotonic_ns() + 300_000_000      # one schedule: every process's pool is open
@@ -195,7 +196,9 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--bodies", default="small", choices=("small", "realistic", "both"))
     ap.add_argument("--floor-threads", default="1",
                     help="comma-separated: run the floor with one thread per process (1, as a "
-                         "cpbench worker) and/or with a sending and a reading thread (2)")
+                         "cpbench worker), with a sending and a reading thread (2), and/or "
+                         "with one thread that times its sends by epoll_pwait2's nanosecond "
+                         "timeout instead of a timerfd (3)")
     ap.add_argument("--sched", action="store_true",
                     help="trace the scheduler's events around each client (root, perf) and "
                          "print where its run-queue waits went (tools/sched_waits.py)")

@@ -17,7 +17,9 @@
  * it (or 0), from 20 ms after the pool is open. THREADS 2 splits the work the way a
  * dispatcher with a sending thread would: one thread only waits on the timerfd and writes,
  * the other only reads, and finished connections go back to the sender through a
- * single-producer single-consumer ring. Writes to OUT_FILE the intended and sent times (int64
+ * single-producer single-consumer ring. THREADS 3 is one thread with no timerfd: each wait is
+ * an epoll_pwait2 whose nanosecond timeout ends at the next send's instant (a timer armed only
+ * when the wait sleeps, cancelled when a socket wakes it first). Writes to OUT_FILE the intended and sent times (int64
  * ns, CLOCK_MONOTONIC), request by request, and prints one JSON line: requests, answers,
  * errors, cpu_s (user + system of all threads, from before the pool opens to the last
  * answer), connections.
@@ -65,7 +67,8 @@ static int ep, tfd;                   /* the sockets' epoll; the timerfd */
  * are the same thread). Single producer, single consumer. */
 static int ring[MAX_CONNS];
 static _Atomic long ring_head, ring_tail;
-static int one_thread = 1;            /* THREADS 1: the ring is used as a stack */
+static int one_thread = 1;            /* THREADS 1 or 3: the ring is used as a stack */
+static int wait_timed = 0;            /* THREADS 3: no timerfd; epoll_pwait2's timeout */
 static _Atomic long answered, errors;
 static int64_t *intended, *sent;
 static long total, next_row;
@@ -143,6 +146,7 @@ static int take_idle(void) {                   /* the sender: an idle connection
 }
 
 static void arm(int64_t at) {                  /* 0 disarms */
+    if (wait_timed) return;                    /* the wait's own timeout times the send */
     struct itimerspec spec = {0};
     spec.it_value.tv_sec = at / 1000000000LL;
     spec.it_value.tv_nsec = at % 1000000000LL;
@@ -253,10 +257,11 @@ int main(int argc, char** argv) {
         fclose(f);
     }
     int threads = argc == 9 ? atoi(argv[8]) : 1;
-    one_thread = threads == 1;
-    if (req_n <= 0 || total <= 0 || (threads != 1 && threads != 2)) {
-        fprintf(stderr, "floor: cannot read %s or %s (or one is empty), or THREADS is not 1 "
-                "or 2\n", argv[3], argv[4]);
+    one_thread = threads != 2;
+    wait_timed = threads == 3;
+    if (req_n <= 0 || total <= 0 || threads < 1 || threads > 3) {
+        fprintf(stderr, "floor: cannot read %s or %s (or one is empty), or THREADS is not 1, "
+                "2 or 3\n", argv[3], argv[4]);
         return 2;
     }
     int want_conns = atoi(argv[5]);
@@ -270,7 +275,7 @@ int main(int argc, char** argv) {
     /* One thread: the timerfd is in the sockets' epoll. Two: the sender blocks in read() on
      * it, the reader never sees it. */
     tfd = timerfd_create(CLOCK_MONOTONIC, 0);
-    if (threads == 1) {
+    if (threads == 1) {               /* (3: no timerfd at all) */
         struct epoll_event tev = {.events = EPOLLIN, .data.u64 = 0};
         epoll_ctl(ep, EPOLL_CTL_ADD, tfd, &tev);
     }
@@ -290,7 +295,19 @@ int main(int argc, char** argv) {
     int64_t give_up = intended[total - 1] + 5000000000LL;
     struct epoll_event evs[256];
     while (answered + errors < total && now_ns() < give_up) {
-        int k = epoll_wait(ep, evs, 256, 1000);
+        int k;
+        if (wait_timed) {
+            int64_t left = next_row < total ? intended[next_row] - now_ns() : 1000000000LL;
+            if (left <= 0) {
+                send_due();
+                left = 0;             /* then take what is ready without sleeping */
+            }
+            struct timespec ts = {.tv_sec = left / 1000000000LL,
+                                  .tv_nsec = left % 1000000000LL};
+            k = epoll_pwait2(ep, evs, 256, &ts, NULL);
+        } else {
+            k = epoll_wait(ep, evs, 256, 1000);
+        }
         for (int e = 0; e < k; e++) {
             if (evs[e].data.u64 == 0)
                 send_due();       /* no read of the expiry count: re-arming resets it */
