@@ -45,12 +45,13 @@ def probe(tmp_path: Path, kind: str, bodies: str, model: str = "bench", rate: fl
     return trace
 
 
-@pytest.mark.parametrize("threads", [1, 2])
+@pytest.mark.parametrize("threads", [1, 2, 3])
 @pytest.mark.parametrize("kind,model", [("chat", "ok"), ("chat", "split"),
                                         ("embedding", "ok"), ("embedding", "split")])
 def test_floor_sends_on_schedule_and_reads_every_answer(tmp_path, floor_exe, kind, model,
                                                         threads):
-    """One thread, or a sending and a reading thread (--floor-threads 2)."""
+    """One thread, a sending and a reading thread (--floor-threads 2), or one thread timed by
+    epoll_pwait2 with no timerfd (3)."""
     trace = probe(tmp_path, kind, "small", model, rate=300.0, seconds=1.0)
     arrivals = np.sort(read_trace(trace).column("arrival_ns").to_numpy())
     with FaultyServer() as server:
@@ -72,6 +73,20 @@ def test_floor_sends_on_schedule_and_reads_every_answer(tmp_path, floor_exe, kin
     # The schedule's span on CLOCK_MONOTONIC, to window a perf trace (--sched).
     assert r["window_ns"][0] == intended[0] and r["window_ns"][1] == intended[-1]
     assert r["cpu_us_per_request"] > 0 and r["lag_p50_us"] >= 0
+    gaps = np.diff(np.sort(sent)).astype(np.float64)
+    assert r["sent_cv"] == pytest.approx(gaps.std() / gaps.mean())
+    assert isinstance(r["held"], bool)
+
+
+def test_held_is_the_ladders_three_conditions():
+    """At most 1 % short, lag p99 at most 1 ms, CV within 0.1 + 3/sqrt(n) of 1: each bound is
+    inclusive, and missing any one of them is not held."""
+    held, n = bench_floor.held, 10_000            # 3/sqrt(n) = 0.03: the CV band is [0.87, 1.13]
+    assert held(0.01, 1.0, 1.13, n) and held(0.0, 0.2, 0.87, n)
+    assert not held(0.0101, 0.2, 1.0, n)
+    assert not held(0.0, 1.001, 1.0, n)
+    assert not held(0.0, 0.2, 1.131, n) and not held(0.0, 0.2, 0.869, n)
+    assert held(0.0, 0.2, 1.39, 100) and not held(0.0, 0.2, 1.41, 100)    # 0.1 + 0.3
 
 
 @pytest.mark.parametrize("kind,bodies", [("chat", "small"), ("embedding", "realistic")])

@@ -21,7 +21,9 @@ that each take every N-th arrival from one shared start, as cpbench splits a pla
 Per run it prints for the floor and for cpbench: CPU µs per request (cpbench's is its workers'
 plus its parent's, as ``tools/bench_replay.py`` reports it), lag p50/p99 in µs (sent −
 intended), the KS distance of the send stamps' gaps to the exponential beside the schedule's
-own (the ideal for that n), and cpbench's CPU over the floor's; then medians over repeats.
+own (the ideal for that n), the gaps' coefficient of variation and whether the run held its
+rate (``bench_replay.held``: at most 1 % short, lag p99 at most 1 ms, CV within 0.1 + 3/sqrt(n)
+of 1), and cpbench's CPU over the floor's; then medians over repeats.
 With ``--sched`` (root and ``perf``) each client also runs under a trace of the scheduler's
 events (``tools/sched_waits.py``), and a second table gives, per client, its stretches on a
 CPU (p50/p99/p99.9 µs), its run-queue waits over 0.5 and 1 ms (count and ms in all), and
@@ -48,8 +50,8 @@ import numpy as np
 HERE = Path(__file__).resolve().parent
 sys.path.insert(0, str(HERE))
 
-from bench_replay import (BATCH_PATH, SEED, exp_ks, make_realistic_trace, make_trace,  # noqa: E402
-                          measure, start_nginx, write_batch_answer)
+from bench_replay import (BATCH_PATH, SEED, exp_ks, held, make_realistic_trace,  # noqa: E402
+                          make_trace, measure, start_nginx, write_batch_answer)
 from sched_waits import SchedTrace, parse, processes_named, summarize  # noqa: E402
 
 CLIENT_NAMES = {"floor": "floor", "cpbench": "cpbench-w"}    # command-name prefixes
@@ -122,6 +124,9 @@ def run_floor(exe: Path, port: int, trace: Path, request: Path, connections: int
     intended, sent = np.concatenate(intended), np.concatenate(sent)
     lag_us = (sent - intended) / 1e3
     n = sum(r["requests"] for r in results)
+    gaps = np.diff(np.sort(sent)).astype(np.float64)
+    sent_cv = float(gaps.std() / gaps.mean())
+    shortfall = 1 - (arrivals[-1] - arrivals[0]) / (sent.max() - sent.min())
     return {"requests": n, "errors": sum(r["errors"] for r in results),
             "answers": sum(r["answers"] for r in results),
             "connections": sum(r["connections"] for r in results),
@@ -129,7 +134,8 @@ def run_floor(exe: Path, port: int, trace: Path, request: Path, connections: int
             "lag_p50_us": float(np.percentile(lag_us, 50)),
             "lag_p99_us": float(np.percentile(lag_us, 99)),
             "trace_ks": exp_ks(np.diff(arrivals).astype(np.float64)),
-            "sent_ks": exp_ks(np.diff(np.sort(sent)).astype(np.float64)),
+            "sent_ks": exp_ks(gaps), "sent_cv": sent_cv,
+            "held": held(shortfall, float(np.percentile(lag_us, 99)) / 1e3, sent_cv, n),
             "window_ns": [int(start_ns + arrivals[0]), int(start_ns + arrivals[-1])]}
 
 
@@ -138,7 +144,8 @@ def run_cpbench(trace: Path, out: Path, url: str, workers: int) -> dict:
     return {"requests": r["requests"], "errors": r["errors"], "connections": r["connections"],
             "cpu_us_per_request": r["cpu_us_per_request"],
             "lag_p50_us": r["lag_p50_ms"] * 1e3, "lag_p99_us": r["lag_p99_ms"] * 1e3,
-            "trace_ks": r["trace_ks"], "sent_ks": r["sent_ks"], "window_ns": r["window_ns"]}
+            "trace_ks": r["trace_ks"], "sent_ks": r["sent_ks"], "sent_cv": r["send_gap_cv"],
+            "held": r["held"], "window_ns": r["window_ns"]}
 
 
 def traced(who: str, folder: Path, run, on: bool) -> dict:
@@ -174,13 +181,14 @@ def sched_line(kind: str, rate: float, who: str, s: dict) -> str:
 
 HEADER = (f"{'kind':<16}{'rate':>7}{'who':>9}{'requests':>10}{'errors':>7}{'conns':>7}"
           f"{'cpu us/req':>11}{'lag p50 us':>11}{'lag p99 us':>11}{'sent KS':>9}{'ideal':>8}"
-          f"{'cpu ratio':>10}")
+          f"{'gap CV':>8}{'held':>5}{'cpu ratio':>10}")
 
 
 def line(kind: str, rate: float, who: str, r: dict, ratio: float | None) -> str:
     return (f"{kind:<16}{rate:>7g}{who:>9}{r['requests']:>10}{r['errors']:>7}"
             f"{r['connections']:>7}{r['cpu_us_per_request']:>11.1f}{r['lag_p50_us']:>11.1f}"
             f"{r['lag_p99_us']:>11.1f}{r['sent_ks']:>9.4f}{r['trace_ks']:>8.4f}"
+            f"{r['sent_cv']:>8.3f}{'y' if r['held'] else 'n':>5}"
             + (f"{ratio:>10.2f}" if ratio is not None else ""))
 
 
@@ -259,16 +267,19 @@ def main(argv: list[str] | None = None) -> int:
     summary: dict[str, list[dict]] = {}
     for p in points:
         summary.setdefault(f"{p['kind']}@{p['rate_rps']:g}", []).append(p)
-    print("\nmedians over repeats: CPU µs per request · lag p50 µs · send-gap KS / ideal")
+    print("\nmedians over repeats: CPU µs per request · lag p50 µs · send-gap KS / ideal · "
+          "send-gap CV · runs held")
     for key, ps in summary.items():
         runs = {**{who: [p["floors"][who] for p in ps] for who in ps[0]["floors"]},
                 "cpbench": [p["cpbench"] for p in ps]}
         cells = []
         for who, rs in runs.items():
-            cpu, p50, ks = (float(np.median(v)) for v in zip(*[
-                (r["cpu_us_per_request"], r["lag_p50_us"], r["sent_ks"] / r["trace_ks"])
-                for r in rs]))
-            cells.append(f"{who} {cpu:.1f} · {p50:.1f} · {ks:.1f}x")
+            cpu, p50, ks, cv = (float(np.median(v)) for v in zip(*[
+                (r["cpu_us_per_request"], r["lag_p50_us"], r["sent_ks"] / r["trace_ks"],
+                 r["sent_cv"]) for r in rs]))
+            runs_held = sum(r["held"] for r in rs)
+            cells.append(f"{who} {cpu:.1f} · {p50:.1f} · {ks:.1f}x · {cv:.3f} · "
+                         f"{runs_held}/{len(rs)}")
         ratio = float(np.median([p["cpu_ratio"] for p in ps]))
         print(f"{key:<20} " + "   ".join(cells) + f"   cpbench/floor CPU {ratio:.2f}")
         if args.sched:

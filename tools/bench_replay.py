@@ -10,7 +10,9 @@ the inter-send coefficient of variation (1.0 for Poisson) as the client stamped 
 Kolmogorov-Smirnov distance to the exponential beside the trace's own (the ideal for that
 many arrivals), and the share of gaps under 10 µs in the trace, the client's send stamps and
 the wire (a worker cannot send twice within one send's syscall, so its short gaps go
-missing). Each point runs a few seconds. Prints a table and writes JSON.
+missing); and whether the point held its rate (``held``: at most 1 % short, lag p99 at most
+1 ms, the gaps' CV within 0.1 + 3/sqrt(n) of 1, on the wire with ``--wire``). Each point runs
+a few seconds. Prints a table and writes JSON.
 
     python tools/bench_replay.py                       # full ladder, ~2 minutes
     python tools/bench_replay.py --kinds chat --rates 2000,4000 --workers 2 --seconds 3
@@ -41,6 +43,7 @@ from __future__ import annotations
 
 import argparse
 import json
+import math
 import os
 import shutil
 import signal
@@ -72,6 +75,17 @@ def make_trace(path: Path, kind: str, rate_rps: float, seconds: float, seed: int
 REALISTIC = {"chat": {"input_tokens": 1000}, "completion": {"input_tokens": 1000},
              "embedding": {"input_tokens": 128, "batch_size": 16}}
 SHORT_GAP_NS = 10_000            # the "short gap" share each point reports
+# A rate is held when a run keeps all three (the ladder's criterion): the sent rate at most
+# 1 % short of the target's, dispatch lag p99 at most 1 ms, and the gaps between requests on
+# the wire (the send stamps without --wire) Poisson-like: CV within 0.1 + 3/sqrt(n) of 1.
+HELD_SHORTFALL = 0.01
+HELD_LAG_P99_MS = 1.0
+
+
+def held(shortfall: float, lag_p99_ms: float, gap_cv: float, n: int) -> bool:
+    """Whether a run held its rate (see HELD_SHORTFALL)."""
+    return bool(shortfall <= HELD_SHORTFALL and lag_p99_ms <= HELD_LAG_P99_MS
+                and abs(gap_cv - 1) <= 0.1 + 3 / math.sqrt(n))
 BATCH_PATH = "/batch16"           # nginx answers embeddings under it with 16 vectors
 
 
@@ -234,6 +248,9 @@ def measure(trace: Path, out: Path, url: str, workers: int, loop: str,
     span_target_s = (intended.max() - intended.min()) / 1e9
     span_sent_s = (sent[-1] - sent[0]) / 1e9
     gaps = np.diff(sent)
+    wire_cv = None if wire_ns is None or len(wire_ns) < 3 else \
+        float(np.diff(wire_ns).std() / np.diff(wire_ns).mean())
+    send_cv = float(gaps.std() / gaps.mean())
     return {
         "requests": n,
         "errors": n - res.column("error_class").null_count,
@@ -243,7 +260,9 @@ def measure(trace: Path, out: Path, url: str, workers: int, loop: str,
         "lag_p50_ms": float(np.percentile(lag_ms, 50)),
         "lag_p99_ms": float(np.percentile(lag_ms, 99)),
         "lag_max_ms": float(lag_ms.max()),
-        "send_gap_cv": float(gaps.std() / gaps.mean()),
+        "send_gap_cv": send_cv,
+        "held": stopped is None and held(1 - span_target_s / span_sent_s, float(np.percentile(lag_ms, 99)),
+                     send_cv if wire_cv is None else wire_cv, n),
         "cpu_us_per_request": (client["worker_cpu_s"] + client["parent_cpu_s"]) / n * 1e6,
         "worker_cpu_us_per_request": client["worker_cpu_s"] / n * 1e6,
         "parent_cpu_us_per_request": client["parent_cpu_s"] / n * 1e6,
@@ -264,8 +283,7 @@ def measure(trace: Path, out: Path, url: str, workers: int, loop: str,
         "wire_ks": None if wire_ns is None or len(wire_ns) < 3 else
         exp_ks(np.diff(wire_ns).astype(np.float64)),
         "wire_packets": None if wire_ns is None else int(len(wire_ns)),
-        "wire_gap_cv": None if wire_ns is None or len(wire_ns) < 3 else
-        float(np.diff(wire_ns).std() / np.diff(wire_ns).mean()),
+        "wire_gap_cv": wire_cv,
         # Gaps under 10 µs: a worker's sends cannot be closer than one send's syscall, so the
         # wire lacks the shortest gaps of the schedule (the trace's share is the target).
         "trace_short_gaps": float(np.mean(np.diff(np.sort(intended)) < SHORT_GAP_NS)),
@@ -371,7 +389,7 @@ def main(argv: list[str] | None = None) -> int:
 HEADER = (f"{'kind':<12}{'workers':>8}{'target':>9}{'achieved':>10}{'short%':>8}"
           f"{'lag p50':>9}{'lag p99':>9}{'lag max':>9}{'gap CV':>8}{'cpu us/req':>11}"
           f"{'rss MB':>8}{'errors':>7}{'preempt':>8}{'wire CV':>8}{'wire KS':>8}{'ideal':>7}"
-          f"{'hogs':>5}{'rt':>3}{'spin':>5}{'<10us% trace/sent/wire':>24}")
+          f"{'hogs':>5}{'rt':>3}{'spin':>5}{'held':>5}{'<10us% trace/sent/wire':>24}")
 
 
 def _row(r: dict) -> str:
@@ -384,6 +402,7 @@ def _row(r: dict) -> str:
             + (f"{r['wire_ks']:>8.4f}" if r.get("wire_ks") is not None else f"{'-':>8}")
             + f"{r['trace_ks']:>7.4f}"
             + f"{r['hogs']:>5}{'y' if r['realtime'] else 'n':>3}{r['spin_us']:>5}"
+            + f"{'y' if r['held'] else 'n':>5}"
             + f"{100 * r['trace_short_gaps']:>10.2f}/{100 * r['sent_short_gaps']:.2f}/"
             + (f"{100 * r['wire_short_gaps']:.2f}" if r.get("wire_short_gaps") is not None
                else "-")
