@@ -75,6 +75,7 @@ def make_trace(path: Path, kind: str, rate_rps: float, seconds: float, seed: int
 REALISTIC = {"chat": {"input_tokens": 1000}, "completion": {"input_tokens": 1000},
              "embedding": {"input_tokens": 128, "batch_size": 16}}
 SHORT_GAP_NS = 10_000            # the "short gap" share each point reports
+BATCH_PATH = "/batch16"           # nginx answers embeddings under it with 16 vectors
 # A rate is held when a run keeps all three (the ladder's criterion): the sent rate at most
 # 1 % short of the target's, dispatch lag p99 at most 1 ms, and the gaps between requests on
 # the wire (the send stamps without --wire) Poisson-like: CV within 0.1 + 3/sqrt(n) of 1.
@@ -86,7 +87,6 @@ def held(shortfall: float, lag_p99_ms: float, gap_cv: float, n: int) -> bool:
     """Whether a run held its rate (see HELD_SHORTFALL)."""
     return bool(shortfall <= HELD_SHORTFALL and lag_p99_ms <= HELD_LAG_P99_MS
                 and abs(gap_cv - 1) <= 0.1 + 3 / math.sqrt(n))
-BATCH_PATH = "/batch16"           # nginx answers embeddings under it with 16 vectors
 
 
 def make_realistic_trace(small: Path, path: Path, kind: str) -> Path:
@@ -251,6 +251,7 @@ def measure(trace: Path, out: Path, url: str, workers: int, loop: str,
     wire_cv = None if wire_ns is None or len(wire_ns) < 3 else \
         float(np.diff(wire_ns).std() / np.diff(wire_ns).mean())
     send_cv = float(gaps.std() / gaps.mean())
+    lag_p99_ms = float(np.percentile(lag_ms, 99))
     return {
         "requests": n,
         "errors": n - res.column("error_class").null_count,
@@ -258,11 +259,11 @@ def measure(trace: Path, out: Path, url: str, workers: int, loop: str,
         "target_rps": (n - 1) / span_target_s,
         "achieved_rps": (n - 1) / span_sent_s,
         "lag_p50_ms": float(np.percentile(lag_ms, 50)),
-        "lag_p99_ms": float(np.percentile(lag_ms, 99)),
+        "lag_p99_ms": lag_p99_ms,
         "lag_max_ms": float(lag_ms.max()),
         "send_gap_cv": send_cv,
-        "held": stopped is None and held(1 - span_target_s / span_sent_s, float(np.percentile(lag_ms, 99)),
-                     send_cv if wire_cv is None else wire_cv, n),
+        "held": stopped is None and held(1 - span_target_s / span_sent_s, lag_p99_ms,
+                                         send_cv if wire_cv is None else wire_cv, n),
         "cpu_us_per_request": (client["worker_cpu_s"] + client["parent_cpu_s"]) / n * 1e6,
         "worker_cpu_us_per_request": client["worker_cpu_s"] / n * 1e6,
         "parent_cpu_us_per_request": client["parent_cpu_s"] / n * 1e6,

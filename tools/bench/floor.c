@@ -19,10 +19,10 @@
  * the other only reads, and finished connections go back to the sender through a
  * single-producer single-consumer ring. THREADS 3 is one thread with no timerfd: each wait is
  * an epoll_pwait2 whose nanosecond timeout ends at the next send's instant (a timer armed only
- * when the wait sleeps, cancelled when a socket wakes it first). Writes to OUT_FILE the intended and sent times (int64
- * ns, CLOCK_MONOTONIC), request by request, and prints one JSON line: requests, answers,
- * errors, cpu_s (user + system of all threads, from before the pool opens to the last
- * answer), connections.
+ * when the wait sleeps, cancelled when a socket wakes it first). Writes to OUT_FILE the
+ * intended and sent times (int64 ns, CLOCK_MONOTONIC), request by request, and prints one
+ * JSON line: requests, answers, errors, cpu_s (user + system of all threads, from before the
+ * pool opens to the last answer), connections.
  */
 #define _GNU_SOURCE
 #include <arpa/inet.h>
@@ -273,9 +273,9 @@ int main(int argc, char** argv) {
     as_cpbench_worker();
     ep = epoll_create1(0);
     /* One thread: the timerfd is in the sockets' epoll. Two: the sender blocks in read() on
-     * it, the reader never sees it. */
-    tfd = timerfd_create(CLOCK_MONOTONIC, 0);
-    if (threads == 1) {               /* (3: no timerfd at all) */
+     * it, the reader never sees it. Three: there is none (arm() does nothing). */
+    if (!wait_timed) tfd = timerfd_create(CLOCK_MONOTONIC, 0);
+    if (threads == 1) {
         struct epoll_event tev = {.events = EPOLLIN, .data.u64 = 0};
         epoll_ctl(ep, EPOLL_CTL_ADD, tfd, &tev);
     }
